@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what lvs-ha's tests, demo and benchmarks need on a Debian machine (run as root).
+# Idempotent: a second run with everything present installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+
+debs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip        || debs+=(iproute2)
+have nft       || debs+=(nftables)
+have ipvsadm   || debs+=(ipvsadm)
+have keepalived || debs+=(keepalived)
+have tcpdump   || debs+=(tcpdump)
+have modprobe  || debs+=(kmod)
+have ping      || debs+=(iputils-ping)
+have make      || debs+=(make)
+have ps        || debs+=(procps)
+have mount     || debs+=(mount)
+if ((${#debs[@]})); then
+  if [[ $EUID -ne 0 ]]; then
+    echo "install-deps: missing Debian packages: ${debs[*]} (run as root to install them)" >&2
+  else
+    echo "install-deps: apt-get install ${debs[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${debs[@]}" >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${debs[@]}" >/dev/null; }
+  fi
+fi
+# keepalived must not run as a system service: the tests start their own instances.
+if [[ $EUID -eq 0 ]] && have systemctl && systemctl is-active -q keepalived 2>/dev/null; then
+  systemctl stop keepalived || true
+fi
+
+if ! "$PY" -c 'import ha, pytest, pytest_asyncio, trustme, hypothesis, dns, prometheus_client, pyroute2, aiohttp, yaml' 2>/dev/null \
+   || ! "$PY" -c 'import importlib.metadata as m; m.distribution("lvs-ha")' 2>/dev/null \
+   || [[ pyproject.toml -nt .deps-stamp ]]; then
+  echo "install-deps: pip install -e .[test]" >&2
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -vE '^(WARNING|DEPRECATION)' >&2 || true
+  "$PY" -c 'import ha, pytest, pytest_asyncio, trustme, hypothesis' || { echo "install-deps: pip install failed" >&2; exit 1; }
+  touch .deps-stamp
+fi
