@@ -1,0 +1,134 @@
+"""The ``lvs-ha`` command line.
+
+Each command's implementation lives in its own module and is imported only when that command runs, so that
+``check-config`` stays fast and a missing optional part cannot break the others. A handler takes the parsed
+arguments and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAIL = 1  # invalid config, failed check, refused request
+EXIT_UNREADABLE = 2  # file not readable, daemon not reachable, bad usage
+EXIT_NOT_IMPLEMENTED = 3
+
+DEFAULT_CONFIG = "/etc/lvs-ha/lvs-ha.yaml"
+
+# command -> "module:function"
+HANDLERS = {
+    "run": "ha.daemon:cmd_run",
+    "check-config": "ha.config:cmd_check_config",
+    "plan": "ha.cmd_lvs:cmd_plan",
+    "apply": "ha.cmd_lvs:cmd_apply",
+    "probe": "ha.cmd_probe:cmd_probe",
+    "status": "ha.cmd_ctl:cmd_status",
+    "drain": "ha.cmd_ctl:cmd_drain",
+    "enable": "ha.cmd_ctl:cmd_enable",
+    "failover": "ha.cmd_ctl:cmd_failover",
+    "reload": "ha.cmd_ctl:cmd_reload",
+}
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", required=required,
+                   default=None if required else DEFAULT_CONFIG,
+                   help="the configuration file" + ("" if required else f" (default {DEFAULT_CONFIG})"))
+
+
+def _add_daemon_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH", help="the daemon's control socket (default: from the config file)")
+    p.add_argument("-c", "--config", metavar="FILE", default=None,
+                   help=f"the configuration file, to find the socket (default {DEFAULT_CONFIG})")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon (default 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvs-ha",
+        description="VRRP failover, IPVS programming and realserver health checks for LVS director pairs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+    _add_config(p)
+    p.add_argument("--log-level", default=None, help="override node.log_level (debug, info, warning, error)")
+
+    p = sub.add_parser("check-config", help="validate a configuration file; exit 0 if valid, 1 if not")
+    _add_config(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or summary")
+
+    p = sub.add_parser("plan", help="show the kernel changes the config would make now, without making them")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
+                   help="override node.dataplane")
+
+    p = sub.add_parser("apply", help="program the kernel from the config once (every realserver up) and exit")
+    _add_config(p)
+    p.add_argument("--force", action="store_true", help="allow removing more than the configured share of services")
+    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
+                   help="override node.dataplane")
+
+    p = sub.add_parser("probe", help="run every configured health check once now and print the results")
+    _add_config(p)
+    p.add_argument("service", nargs="?", metavar="SERVICE", help="only this service")
+    p.add_argument("--json", action="store_true", help="a JSON list of results")
+
+    p = sub.add_parser("status", help="instances, services and realservers of the running daemon")
+    _add_daemon_target(p)
+    p.add_argument("--json", action="store_true", help="the status document as JSON")
+
+    for name, text in (("drain", "take a realserver out gracefully"), ("enable", "put a drained realserver back")):
+        p = sub.add_parser(name, help=text)
+        _add_daemon_target(p)
+        p.add_argument("service", metavar="SERVICE", help="the service's name")
+        p.add_argument("realserver", metavar="REALSERVER", help="ADDRESS[:PORT]")
+
+    p = sub.add_parser("failover", help="hand mastership to the peer (planned failover)")
+    _add_daemon_target(p)
+    p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this VRRP instance (default: all)")
+
+    p = sub.add_parser("reload", help="re-read the configuration (a dry run prints the plan)")
+    _add_daemon_target(p)
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lvs-ha")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    target = HANDLERS[args.command]
+    module_name, func_name = target.split(":")
+    handler = None
+    if importlib.util.find_spec(module_name) is not None:
+        handler = getattr(importlib.import_module(module_name), func_name, None)
+    if handler is None:
+        print(f"lvs-ha {args.command}: not implemented yet", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The typed, frozen configuration model (what ``ha.config.load_config`` returns).
+
+Every key of the configuration contract has a field here; durations are float seconds (``*_s``), addresses are
+``ipaddress`` objects, lists are tuples. The loader in ``ha/config.py`` fills these and checks them.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class DataplaneKind(enum.Enum):
+    AUTO = "auto"
+    IPVS = "ipvs"
+    NFTABLES = "nftables"
+    MEMORY = "memory"
+
+
+class OnFailure(enum.Enum):
+    REMOVE = "remove"
+    WEIGHT0 = "weight0"
+
+
+# -- node ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    socket: str = "/run/lvs-ha/api.sock"
+    socket_mode: int = 0o600
+    listen: str | None = None  # "host:port"; requires token_file
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    state_dir: str = "/var/lib/lvs-ha"
+    dataplane: DataplaneKind = DataplaneKind.AUTO
+    api: ApiConfig = field(default_factory=ApiConfig)
+    log_level: str = "info"
+    flush_on_stop: bool = False
+
+
+# -- vrrp ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    address: IPInterface  # with prefix (a bare address gets /32 or /128)
+    interface: str | None = None  # None: the instance's interface
+
+
+@dataclass(frozen=True)
+class UnicastConfig:
+    source: IPAddress | None
+    peers: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True)
+class GarpConfig:
+    count: int = 5  # announcements per burst
+    interval_s: float = 0.2  # between announcements of a burst
+    refresh_s: float = 0.0  # > 0: re-announce periodically while master
+    repeat_delay_s: float = 5.0  # a second burst this long after becoming master (0: none), as Keepalived
+    on_lower_priority: bool = True  # a master that hears a lower-priority advert announces again
+
+
+@dataclass(frozen=True)
+class TrackInterface:
+    name: str
+    weight: int = 0  # 0: FAULT while down; otherwise added to the priority while down
+
+
+@dataclass(frozen=True)
+class TrackScript:
+    name: str
+    command: tuple[str, ...]
+    interval_s: float = 2.0
+    timeout_s: float = 2.0
+    rise: int = 1
+    fall: int = 1
+    weight: int = 0  # 0: FAULT while failing; otherwise added to the priority while failing
+
+
+@dataclass(frozen=True)
+class TrackFile:
+    path: str
+    weight: int = 1  # priority += integer in file x weight
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    interfaces: tuple[TrackInterface, ...] = ()
+    scripts: tuple[TrackScript, ...] = ()
+    files: tuple[TrackFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    hmac_key_file: str | None = None  # HMAC-SHA256 adverts (lvs-ha peers only)
+    password: str | None = None  # VRRPv2 simple password (RFC 3768 type 1), for Keepalived `auth_type PASS`
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    master: tuple[str, ...] = ()
+    backup: tuple[str, ...] = ()
+    fault: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    any: tuple[str, ...] = ()  # on every transition
+
+
+@dataclass(frozen=True)
+class VrrpInstanceConfig:
+    name: str
+    interface: str
+    vrid: int
+    priority: int = 100
+    version: int = 3
+    advert_interval_s: float = 1.0
+    preempt: bool = True
+    preempt_delay_s: float = 0.0
+    vips: tuple[VipConfig, ...] = ()
+    unicast: UnicastConfig | None = None
+    garp: GarpConfig = field(default_factory=GarpConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    startup_delay_s: float = 0.0
+
+    @property
+    def family(self) -> int:
+        return self.vips[0].address.version if self.vips else 4
+
+
+@dataclass(frozen=True)
+class SyncGroupConfig:
+    name: str
+    instances: tuple[str, ...]
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+
+@dataclass(frozen=True)
+class VrrpConfig:
+    instances: tuple[VrrpInstanceConfig, ...] = ()
+    sync_groups: tuple[SyncGroupConfig, ...] = ()
+
+
+# -- checks ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    type: str
+    interval_s: float = 5.0
+    timeout_s: float = 3.0
+    rise: int = 2
+    fall: int = 3
+    connect_address: IPAddress | None = None
+    connect_port: int | None = None
+    initial_state: str = "up"  # "up" | "down" (Keepalived's alpha)
+    spec: Any = None  # the checker plugin's frozen spec for the type-specific keys
+    name: str | None = None  # the name under `checks`, None for an inline check
+
+
+# -- services ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersistenceConfig:
+    timeout_s: float = 300.0
+    netmask: str | None = None  # IPv4 granularity ("255.255.255.255" if unset)
+    prefix_len: int | None = None  # IPv6 granularity (128 if unset)
+
+
+@dataclass(frozen=True)
+class QuorumConfig:
+    min_up: int = 1
+    hysteresis: int = 0
+
+
+@dataclass(frozen=True)
+class SorryServerConfig:
+    address: IPAddress
+    port: int
+    forwarding: str | None = None  # default: the service's forwarding
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    type: str = "ipip"  # ipip | gue | gre
+    port: int = 0  # GUE port
+    flags: tuple[str, ...] = ()  # csum, remcsum (GUE/GRE)
+
+
+@dataclass(frozen=True)
+class RealServerConfig:
+    address: IPAddress
+    port: int
+    weight: int = 1
+    forwarding: str = "dr"  # nat | dr | tun (the service's if not given)
+    check: CheckConfig | None = None  # the service's check if not given; None: no check (always up)
+    upper_threshold: int = 0
+    lower_threshold: int = 0
+    tunnel: TunnelConfig | None = None
+
+    @property
+    def ident(self) -> str:
+        return f"[{self.address}]:{self.port}" if self.address.version == 6 else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    vip: IPAddress | None = None
+    port: int | None = None
+    protocol: str = "tcp"  # tcp | udp | sctp
+    fwmark: int | None = None
+    family: int = 4  # address family; from the VIP, or `family:` for fwmark services
+    scheduler: str = "wlc"
+    scheduler_flags: tuple[str, ...] = ()
+    forwarding: str = "dr"
+    persistence: PersistenceConfig | None = None
+    check: CheckConfig | None = None
+    quorum: QuorumConfig = field(default_factory=QuorumConfig)
+    sorry_server: SorryServerConfig | None = None
+    on_failure: OnFailure = OnFailure.REMOVE
+    drain_timeout_s: float = 60.0
+    realservers: tuple[RealServerConfig, ...] = ()
+
+    @property
+    def key_str(self) -> str:
+        """The service key as the status document shows it: ``tcp/192.168.10.100:80`` or ``fwmark/10``."""
+        if self.fwmark is not None:
+            return f"fwmark/{self.fwmark}" + ("/v6" if self.family == 6 else "")
+        host = f"[{self.vip}]" if self.family == 6 else str(self.vip)
+        return f"{self.protocol}/{host}:{self.port}"
+
+
+# -- data plane settings (lvs-ha extension) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncDaemonConfig:
+    interface: str
+    sync_id: int = 0
+    instance: str | None = None  # follow this VRRP instance's role (master <-> backup); None: run both
+
+
+@dataclass(frozen=True)
+class LvsConfig:
+    sysctls: tuple[tuple[str, int], ...] = ()  # e.g. (("net.ipv4.vs.sloppy_tcp", 1),)
+    timeouts: tuple[float, float, float] | None = None  # tcp, tcp_fin, udp seconds
+    sync_daemon: SyncDaemonConfig | None = None
+    resync_interval_s: float = 30.0
+    min_sync_interval_s: float = 0.05
+    max_remove_share: float = 0.5  # refuse a plan removing more than this share of owned services
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig
+    vrrp: VrrpConfig = field(default_factory=VrrpConfig)
+    checks: tuple[tuple[str, CheckConfig], ...] = ()  # named checks, in file order
+    services: tuple[ServiceConfig, ...] = ()
+    lvs: LvsConfig = field(default_factory=LvsConfig)
+    source: str = ""  # the file it came from
+
+    def check_named(self, name: str) -> CheckConfig | None:
+        return dict(self.checks).get(name)
+
+    def service(self, name: str) -> ServiceConfig | None:
+        for s in self.services:
+            if s.name == name:
+                return s
+        return None
+
+    def instance(self, name: str) -> VrrpInstanceConfig | None:
+        for i in self.vrrp.instances:
+            if i.name == name:
+                return i
+        return None
