@@ -118,6 +118,15 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class HandoverConfig:
+    """Planned handover (``lvs-ha failover``, SIGTERM): how a backup takes over from a resigning master and how
+    long the resigning master keeps the VIPs (still serving) until the new master has announced itself."""
+
+    takeover: str = "auto"  # auto (immediate with exactly one unicast peer, else skew) | skew | immediate
+    hold_s: float = 2.0  # keep VIPs after resigning until the new master's advert is heard, at most this long
+
+
+@dataclass(frozen=True)
 class VrrpInstanceConfig:
     name: str
     interface: str
@@ -134,6 +143,7 @@ class VrrpInstanceConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     startup_delay_s: float = 0.0
+    handover: HandoverConfig = field(default_factory=HandoverConfig)
 
     @property
     def family(self) -> int:
