@@ -71,6 +71,7 @@ class Host:
     port: str | None = None  # its port on the bridge (in the bridge namespace)
     addresses: list[str] = field(default_factory=list)
     mac: str | None = None
+    ports: dict[str, str] = field(default_factory=dict)  # interface name -> its bridge port
 
     def run(self, *argv: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return sh(["ip", "netns", "exec", self.ns, *argv], check=check, timeout=timeout)
@@ -97,6 +98,7 @@ class Lab:
         self.procs: list[subprocess.Popen[Any]] = []
         self.hosts: dict[str, Host] = {}
         self.br_ns: str | None = None
+        self.bridges: set[str] = set()
         self._ports = itertools.count(1)
 
     # -- context manager -------------------------------------------------------------------------------------
@@ -116,38 +118,51 @@ class Lab:
             sh(["ip", "netns", "exec", name, "sysctl", "-qw", knob], check=False)
         return name
 
-    def bridge(self) -> str:
-        """Create the bridge namespace (call once, before hosts)."""
-        self.br_ns = self._netns("br")
-        sh(["ip", "-n", self.br_ns, "link", "add", "br0", "type", "bridge", "forward_delay", "0",
+    def bridge(self, name: str = "br0") -> str:
+        """Create a bridge (in the lab's bridge namespace, made on first use). Hosts join ``br0`` by default."""
+        if self.br_ns is None:
+            self.br_ns = self._netns("br")
+        sh(["ip", "-n", self.br_ns, "link", "add", name, "type", "bridge", "forward_delay", "0",
             "mcast_snooping", "0"])
-        sh(["ip", "-n", self.br_ns, "link", "set", "br0", "up"])
+        sh(["ip", "-n", self.br_ns, "link", "set", name, "up"])
+        self.bridges.add(name)
         return self.br_ns
 
     def host(self, name: str, addresses: Sequence[str] = (), mac: str | None = None, ifname: str = "eth0",
-             sysctls: Sequence[str] = ()) -> Host:
-        """A namespace with one interface ``ifname`` on the bridge, carrying ``addresses``."""
-        if self.br_ns is None:
-            self.bridge()
-        assert self.br_ns is not None
+             sysctls: Sequence[str] = (), bridge: str = "br0") -> Host:
+        """A namespace with one interface ``ifname`` on ``bridge``, carrying ``addresses``."""
         ns = self._netns(name)
+        h = Host(self, name, ns)
+        self.hosts[name] = h
+        for knob in sysctls:
+            sh(["ip", "netns", "exec", ns, "sysctl", "-qw", knob])
+        self.attach(h, addresses, mac=mac, ifname=ifname, bridge=bridge)
+        return h
+
+    def attach(self, host: Host, addresses: Sequence[str] = (), mac: str | None = None, ifname: str = "eth0",
+               bridge: str = "br0") -> str:
+        """Give ``host`` another interface on ``bridge``; returns the bridge port's name."""
+        if bridge not in self.bridges:
+            self.bridge(bridge)
+        assert self.br_ns is not None
+        ns = host.ns
         port = f"v{self.id[-6:]}{next(self._ports)}"[:15]
         sh(["ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", port, "netns", self.br_ns])
         if mac:
             sh(["ip", "-n", ns, "link", "set", ifname, "address", mac])
-        sh(["ip", "-n", self.br_ns, "link", "set", port, "master", "br0"])
+        sh(["ip", "-n", self.br_ns, "link", "set", port, "master", bridge])
         sh(["ip", "-n", self.br_ns, "link", "set", port, "up"])
-        for knob in sysctls:
-            sh(["ip", "netns", "exec", ns, "sysctl", "-qw", knob])
         for a in addresses:
             sh(["ip", "-n", ns, "addr", "add", a, "dev", ifname])
         sh(["ip", "-n", ns, "link", "set", ifname, "up"])
         if mac is None:
             out = sh(["ip", "-n", ns, "-br", "link", "show", ifname]).stdout.split()
             mac = out[2] if len(out) > 2 else None
-        h = Host(self, name, ns, port, list(addresses), mac)
-        self.hosts[name] = h
-        return h
+        if host.port is None:  # the first interface is the one cut()/heal() act on
+            host.port, host.mac = port, mac
+        host.ports[ifname] = port
+        host.addresses.extend(addresses)
+        return port
 
     def bare_host(self, name: str) -> Host:
         """A namespace with only loopback (wire it yourself)."""
@@ -156,12 +171,15 @@ class Lab:
         return h
 
     # -- faults ------------------------------------------------------------------------------------------------
-    def cut(self, host: Host) -> None:
-        """Cut a host off at the bridge: its own link stays up, nothing reaches it or leaves it."""
-        sh(["ip", "-n", str(self.br_ns), "link", "set", str(host.port), "down"])
+    def cut(self, host: Host, ifname: str | None = None) -> None:
+        """Cut a host off at the bridge: its own link stays up, nothing reaches it or leaves it.
+        Without ``ifname``, every interface of the host is cut."""
+        for port in [host.ports[ifname]] if ifname else host.ports.values():
+            sh(["ip", "-n", str(self.br_ns), "link", "set", port, "down"])
 
-    def heal(self, host: Host) -> None:
-        sh(["ip", "-n", str(self.br_ns), "link", "set", str(host.port), "up"])
+    def heal(self, host: Host, ifname: str | None = None) -> None:
+        for port in [host.ports[ifname]] if ifname else host.ports.values():
+            sh(["ip", "-n", str(self.br_ns), "link", "set", port, "up"])
 
     def link_down(self, host: Host, ifname: str = "eth0") -> None:
         host.ip("link", "set", ifname, "down")
