@@ -1,0 +1,7 @@
+"""``python -m ha`` is the ``lvs-ha`` command."""
+
+import sys
+
+from ha.cli import main
+
+sys.exit(main())
