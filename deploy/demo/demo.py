@@ -1,0 +1,283 @@
+"""The lvs-ha demo lab: a client, two directors running lvs-ha and three realservers, in network namespaces.
+
+    make demo            (or: python3 deploy/demo/demo.py [--keep-going] [--advert 100ms])
+
+Topology (nothing leaves the machine; every address lives in namespaces this script creates):
+
+    client 192.168.77.50 --[front]-- dir1 .11 / dir2 .12   VIP 192.168.77.100 (VRRP, VRID 77)
+                                     dir1 10.77.0.11 / dir2 10.77.0.12 --[back]-- rs1..rs3 10.77.0.21-23
+                                     gateway VIP 10.77.0.1 (same instance) for the realservers' replies (NAT)
+
+The data plane is IPVS when the kernel has it, otherwise lvs-ha's nftables backend (NAT mode in both cases).
+The client sends an HTTP request to the VIP every 20 ms for the whole run; the script walks through normal
+balancing, a realserver crash and recovery, a drain, a planned failover and a director crash, and prints a timeline
+with the client-visible gaps. Everything is torn down at the end and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.lab import Host, Lab, LabUnavailable, wait_for  # noqa: E402
+from tests.traffic import read_records, summarize  # noqa: E402
+
+PY = sys.executable
+VIP = "192.168.77.100"
+RS = {"rs1": "10.77.0.21", "rs2": "10.77.0.22", "rs3": "10.77.0.23"}
+
+
+def director_config(name: str, priority: int, workdir: Path, dataplane: str, advert: str) -> str:
+    rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 1 }}" for a in RS.values())
+    return f"""\
+node:
+  name: {name}
+  state_dir: {workdir}/{name}/state
+  dataplane: {dataplane}
+  api: {{ socket: {workdir}/{name}/api.sock }}
+  log_level: info
+vrrp:
+  instances:
+    - name: VI_DEMO
+      interface: eth0
+      vrid: 77
+      priority: {priority}
+      advert_interval: {advert}
+      vips:
+        - 192.168.77.100/24
+        - {{ address: 10.77.0.1/24, interface: eth1 }}
+      garp: {{ count: 3, interval: 50ms }}
+checks:
+  web:
+    type: http
+    path: /healthz
+    expect_status: ["200"]
+    interval: 300ms
+    timeout: 250ms
+    rise: 2
+    fall: 2
+services:
+  - name: web
+    vip: {VIP}
+    port: 80
+    protocol: tcp
+    scheduler: rr
+    forwarding: nat
+    check: web
+    drain_timeout: 5s
+    realservers:
+{rs}
+"""
+
+
+class Demo:
+    def __init__(self, lab: Lab, workdir: Path, advert: str) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.advert = advert
+        self.t0 = time.time()
+        self.events: list[tuple[float, str]] = []
+        self.records: list[dict[str, Any]] = []
+        self.daemons: dict[str, subprocess.Popen[Any]] = {}
+        self.servers: dict[str, subprocess.Popen[Any]] = {}
+        self.hosts: dict[str, Host] = {}
+
+    # -- output -----------------------------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        now = time.time()
+        self.events.append((now, text))
+        print(f"[{now - self.t0:6.2f}s] {text}", flush=True)
+
+    def window(self, since: float, until: float | None = None) -> str:
+        s = summarize(self.records, since=since, until=until)
+        spread = ", ".join(f"{k} {v}" for k, v in sorted(s.by_rs.items()))
+        gap = f"longest client-visible gap {s.longest_gap_s * 1000:.0f} ms" if s.gaps else "no client-visible gap"
+        return f"{s.total} requests, {s.failed} failed, {gap}; answered by: {spread or 'nobody'}"
+
+    # -- building ---------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        lab = self.lab
+        fwd = ["net.ipv4.ip_forward=1"]
+        self.hosts["client"] = lab.host("client", ["192.168.77.50/24"], bridge="front")
+        for name, addr, back in (("dir1", "192.168.77.11/24", "10.77.0.11/24"),
+                                 ("dir2", "192.168.77.12/24", "10.77.0.12/24")):
+            h = lab.host(name, [addr], bridge="front", sysctls=fwd)
+            lab.attach(h, [back], ifname="eth1", bridge="back")
+            self.hosts[name] = h
+        for name, addr in RS.items():
+            h = lab.host(name, [f"{addr}/24"], bridge="back")
+            h.ip("route", "add", "default", "via", "10.77.0.1")
+            self.hosts[name] = h
+            self.start_server(name)
+        dataplane = "ipvs" if Path("/proc/net/ip_vs").exists() else "nftables"
+        self.say(f"lab built: client, dir1, dir2, rs1..rs3 (data plane: {dataplane})")
+        for name, prio in (("dir1", 150), ("dir2", 100)):
+            d = self.workdir / name
+            (d / "state").mkdir(parents=True)
+            cfg = d / "lvs-ha.yaml"
+            cfg.write_text(director_config(name, prio, self.workdir, dataplane, self.advert))
+            self.start_daemon(name)
+
+    def start_server(self, name: str) -> None:
+        self.servers[name] = self.lab.spawn(self.hosts[name], [PY, "-m", "tests.traffic", "serve", "--port", "80",
+                                                                "--name", name], cwd=ROOT,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_daemon(self, name: str) -> None:
+        d = self.workdir / name
+        with open(d / "daemon.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.daemons[name] = self.lab.spawn(self.hosts[name], [PY, "-m", "ha", "run", "-c",
+                                                                   str(d / "lvs-ha.yaml")],
+                                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def ctl(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        sock = str(self.workdir / name / "api.sock")
+        r = subprocess.run([PY, "-m", "ha", *args, "--socket", sock], capture_output=True, text=True, cwd=ROOT,
+                           timeout=20)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"lvs-ha {' '.join(args)} on {name}: {r.stderr.strip() or r.stdout.strip()}")
+        return r
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            r = self.ctl(name, "status", "--json", check=False)
+        except subprocess.TimeoutExpired:
+            return None
+        if r.returncode != 0:
+            return None
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            return None
+
+    def role(self, name: str) -> str | None:
+        st = self.status(name)
+        if not st or not st.get("instances"):
+            return None
+        return str(st["instances"][0]["role"])
+
+    def health(self, name: str, rs: str) -> str | None:
+        st = self.status(name)
+        for svc in (st or {}).get("services", []):
+            for r in svc["realservers"]:
+                if r["realserver"].startswith(RS[rs] + ":"):
+                    return str(r["health"])
+        return None
+
+    # -- client traffic ---------------------------------------------------------------------------------------------
+    def start_client(self) -> None:
+        p = self.lab.spawn(self.hosts["client"], [PY, "-m", "tests.traffic", "probe", "--host", VIP, "--port", "80",
+                                                  "--interval", "0.02", "--timeout", "0.5"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+        def reader() -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                self.records.extend(read_records([line]))
+
+        threading.Thread(target=reader, daemon=True).start()
+
+    # -- the walk-through ------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.build()
+        wait_for(lambda: self.role("dir1") == "MASTER", 30, 0.1, "dir1 to become MASTER")
+        wait_for(lambda: self.role("dir2") == "BACKUP", 30, 0.1, "dir2 to be BACKUP")
+        self.say("dir1 is MASTER (priority 150), dir2 is BACKUP (priority 100)")
+        self.start_client()
+        wait_for(lambda: any(r["ok"] for r in self.records), 20, 0.05, "the client's first answer")
+        t = time.time()
+        self.say("client sends a request to the VIP every 20 ms")
+        time.sleep(2.0)
+        self.say(f"1. normal balancing: {self.window(t)}")
+
+        t = time.time()
+        self.lab.stop(self.servers["rs2"], signal.SIGKILL)
+        self.say("2. rs2 crashes (its HTTP server is killed)")
+        wait_for(lambda: self.health("dir1", "rs2") == "down", 20, 0.05, "rs2 marked down")
+        self.say(f"   health check marks rs2 down: {self.window(t)}")
+        t = time.time()
+        self.start_server("rs2")
+        wait_for(lambda: self.health("dir1", "rs2") == "up", 20, 0.05, "rs2 back up")
+        time.sleep(1.0)
+        self.say(f"   rs2 restarted and back in the pool: {self.window(t)}")
+
+        t = time.time()
+        self.ctl("dir1", "drain", "web", f"{RS['rs3']}:80")
+        self.say("3. operator drains rs3 (lvs-ha drain web 10.77.0.23:80)")
+        time.sleep(1.5)
+        self.say(f"   while drained: {self.window(time.time() - 1.0)}")
+        self.ctl("dir1", "enable", "web", f"{RS['rs3']}:80")
+        time.sleep(1.0)
+        self.say(f"   rs3 enabled again: {self.window(t)}")
+
+        t = time.time()
+        self.ctl("dir1", "failover")
+        self.say("4. planned failover (lvs-ha failover on dir1)")
+        wait_for(lambda: self.role("dir2") == "MASTER", 20, 0.02, "dir2 to become MASTER")
+        time.sleep(1.5)
+        self.say(f"   dir2 is MASTER: {self.window(t)}")
+
+        t = time.time()
+        self.lab.cut(self.hosts["dir2"])
+        self.lab.stop(self.daemons["dir2"], signal.SIGKILL)
+        self.say("5. dir2 (the master) crashes: cut off from both networks, its daemon killed")
+        wait_for(lambda: self.role("dir1") == "MASTER", 20, 0.02, "dir1 to take over")
+        time.sleep(1.5)
+        self.say(f"   dir1 took over: {self.window(t)}")
+
+        s = summarize(self.records)
+        self.say(f"whole run: {s.total} requests, {s.failed} failed")
+        return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--advert", default="100ms", help="VRRP advert interval (default 100ms)")
+    a = ap.parse_args()
+    try:
+        lab = Lab("demo")
+    except LabUnavailable as e:
+        print(f"demo: cannot build the lab here: {e}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="lvs-ha-demo."))
+    demo = Demo(lab, workdir, a.advert)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    rc = 1
+    try:
+        rc = demo.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: tearing down", flush=True)
+        rc = 130
+    except Exception as e:  # show what failed, then clean up
+        print(f"demo failed: {e}", file=sys.stderr)
+        for name in ("dir1", "dir2"):
+            log = workdir / name / "daemon.log"
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                print(f"--- {name} daemon log (last lines) ---\n" + "\n".join(tail), file=sys.stderr)
+    finally:
+        lab.close()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+        print("lab torn down: namespaces and processes removed", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    sys.exit(main())
