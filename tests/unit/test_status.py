@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from ha.config_model import Config, NodeConfig, RealServerConfig, ServiceConfig, SorryServerConfig
+from ha.status import InstanceView, LastCheck, RsHealth, ServiceInfo, build_status, format_table, iso
+from lvs import model as m
+
+
+def cfg() -> Config:
+    rss = tuple(RealServerConfig(ipaddress.ip_address(a), 80, weight=10) for a in ("10.0.0.1", "10.0.0.2"))
+    web = ServiceConfig("web", ipaddress.ip_address("192.0.2.10"), 80, realservers=rss,
+                        sorry_server=SorryServerConfig(ipaddress.ip_address("10.0.0.9"), 80))
+    v6 = ServiceConfig("v6", ipaddress.ip_address("2001:db8::10"), 443, family=6,
+                       realservers=(RealServerConfig(ipaddress.ip_address("2001:db8::5"), 443),))
+    return Config(NodeConfig("dir1"), services=(web, v6), source="/etc/lvs-ha/lvs-ha.yaml")
+
+
+def actual() -> m.State:
+    key = m.ServiceKey.vip("tcp", "192.0.2.10", 80)
+    d1 = m.Destination(m.DestKey("10.0.0.1", 80), weight=10)
+    st = m.State().add(m.Service(key), d1)
+    st.stats[(key, d1.key)] = m.DestStats(active_conns=7, inactive_conns=3)
+    return st
+
+
+def doc() -> dict:
+    return build_status(
+        cfg(), loaded_at=1_700_000_000.0,
+        instances=[InstanceView("VI_WEB", "MASTER", 150, "192.0.2.2", 1_700_000_001.5, "higher priority", 51)],
+        health={("web", "10.0.0.1:80"): RsHealth("up", LastCheck(True, "200 OK", 0.002)),
+                ("web", "10.0.0.2:80"): RsHealth("down", LastCheck(False, "connection refused", 0.0005))},
+        drained=[("web", "10.0.0.2:80")],
+        services={"web": ServiceInfo(quorum=True, sorry_active=False, up=1)},
+        actual=actual(),
+    )
+
+
+def test_contract_shape() -> None:
+    d = json.loads(json.dumps(doc()))
+    assert d["node"] == "dir1"
+    assert d["config"] == {"loaded_at": "2023-11-14T22:13:20.000Z", "file": "/etc/lvs-ha/lvs-ha.yaml",
+                           "last_reload_error": None}
+    inst = d["instances"][0]
+    assert {k: inst[k] for k in ("name", "role", "priority", "master", "reason")} == {
+        "name": "VI_WEB", "role": "MASTER", "priority": 150, "master": "192.0.2.2", "reason": "higher priority"}
+    assert inst["since"].endswith("Z")
+    web = d["services"][0]
+    assert (web["name"], web["key"], web["quorum"], web["sorry_active"]) == ("web", "tcp/192.0.2.10:80", True, False)
+    r1, r2 = web["realservers"]
+    assert r1 == {"realserver": "10.0.0.1:80", "health": "up", "weight": 10, "configured_weight": 10,
+                  "drained": False, "in_kernel": True, "forwarding": "dr", "active_conns": 7, "inactive_conns": 3,
+                  "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002, "at": None}}
+    assert (r2["health"], r2["weight"], r2["drained"], r2["in_kernel"]) == ("down", 0, True, False)
+    assert r2["last_check"]["reason"] == "connection refused"
+
+
+def test_missing_health_is_unknown_and_v6_keys() -> None:
+    d = doc()
+    v6 = d["services"][1]
+    assert v6["key"] == "tcp/[2001:db8::10]:443"
+    assert v6["in_kernel"] is False
+    assert v6["realservers"][0]["realserver"] == "[2001:db8::5]:443"
+    assert v6["realservers"][0]["health"] == "unknown"
+    assert v6["realservers"][0]["last_check"] is None
+
+
+def test_reload_error_is_reported() -> None:
+    d = build_status(cfg(), loaded_at=None, last_reload_error=["x.yaml:3:1: services[0].port: bad"])
+    assert d["config"]["last_reload_error"] == ["x.yaml:3:1: services[0].port: bad"]
+    assert "last reload FAILED:" in format_table(d)
+
+
+def test_table_reads_like_ipvsadm_joined_with_health() -> None:
+    text = format_table(doc())
+    lines = text.splitlines()
+    assert any(line.startswith("VI_WEB") and "MASTER" in line and "192.0.2.2" in line for line in lines)
+    row = next(line for line in lines if "-> 10.0.0.1:80" in line)
+    assert "up" in row and "10/10" in row and " 7 " in row and "200 OK (2.0ms)" in row
+    row2 = next(line for line in lines if "-> 10.0.0.2:80" in line)
+    assert "down drained" in row2 and "0/10" in row2 and "connection refused" in row2
+    assert "not in kernel" in next(line for line in lines if line.startswith("v6"))
+
+
+def test_iso() -> None:
+    assert iso(None) is None
+    assert iso(0.25) == "1970-01-01T00:00:00.250Z"
