@@ -1,0 +1,216 @@
+"""Prometheus metrics: counters the daemon feeds, and a custom collector on a private registry.
+
+Nothing is registered in prometheus_client's global registry, so several daemons (or tests) live in one process.
+The collector reads live snapshots through ``MetricsSources`` at scrape time: VRRP instances, realserver health and
+the kernel's counters; the daemon's own event counters (check results and latency, reconcile runs, reloads) are kept
+in ``DaemonMetrics``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from lvs.model import State
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ROLES = ("INIT", "BACKUP", "MASTER", "FAULT")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Histogram:
+    """Cumulative-bucket histogram (plain numbers; no clock, no locks: fed from the event loop)."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.bounds = tuple(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            acc += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(acc)))
+        return out
+
+
+@dataclass
+class DaemonMetrics:
+    """Event counters the daemon updates as things happen."""
+
+    check_results: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    check_latency: dict[str, Histogram] = field(default_factory=dict)  # per service
+    reconcile_duration: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    reconcile_writes: int = 0
+    reconcile_errors: int = 0
+    reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    last_reload_ok: bool = True
+    last_reload_ts: float = 0.0  # wall-clock epoch seconds of the last reload attempt (or the start)
+    config_loaded_ts: float = 0.0
+
+    def observe_check(self, service: str, realserver: str, ok: bool, latency_s: float) -> None:
+        self.check_results[(service, realserver, "success" if ok else "failure")] += 1
+        h = self.check_latency.get(service)
+        if h is None:
+            h = self.check_latency[service] = Histogram(LATENCY_BUCKETS)
+        h.observe(latency_s)
+
+    def observe_reconcile(self, duration_s: float, writes: int, ok: bool) -> None:
+        self.reconcile_duration.observe(duration_s)
+        self.reconcile_writes += writes
+        if not ok:
+            self.reconcile_errors += 1
+
+    def observe_reload(self, ok: bool, now_wall: float) -> None:
+        self.reloads["success" if ok else "failure"] += 1
+        self.last_reload_ok = ok
+        self.last_reload_ts = now_wall
+        if ok:
+            self.config_loaded_ts = now_wall
+
+
+@dataclass(frozen=True)
+class InstanceMetrics:
+    name: str
+    vrid: int
+    role: str
+    priority: int
+    transitions: int = 0
+    adverts_sent: int = 0
+    adverts_received: int = 0
+    malformed: int = 0
+    lateness: Histogram | None = None  # how late the advert timer fired
+
+
+@dataclass
+class MetricsSources:
+    """What the collector reads at scrape time (all callables return fresh snapshots)."""
+
+    node: str
+    instances: Callable[[], Sequence[InstanceMetrics]] = lambda: ()
+    realserver_up: Callable[[], Mapping[tuple[str, str], bool | None]] = lambda: {}  # None: unknown
+    actual: Callable[[], State | None] = lambda: None
+    service_names: Callable[[], Mapping[str, str]] = lambda: {}  # service key string -> service name
+    daemon: DaemonMetrics = field(default_factory=DaemonMetrics)
+
+
+def _hist(name: str, doc: str, labels: list[str], items: Mapping[tuple[str, ...], Histogram]) -> Metric:
+    fam = HistogramMetricFamily(name, doc, labels=labels)
+    for lv, h in items.items():
+        fam.add_metric(list(lv), h.buckets(), h.sum)
+    return fam
+
+
+class LvsHaCollector:
+    def __init__(self, sources: MetricsSources) -> None:
+        self.s = sources
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: families vary with the config
+
+    def collect(self) -> Iterator[Metric]:
+        s, d = self.s, self.s.daemon
+        yield from self._vrrp()
+        res = CounterMetricFamily("lvs_ha_check_results", "Health check results", labels=["service", "realserver",
+                                                                                           "result"])
+        for (svc, rs, result), n in sorted(d.check_results.items()):
+            res.add_metric([svc, rs, result], n)
+        yield res
+        yield _hist("lvs_ha_check_latency_seconds", "Health check latency", ["service"],
+                    {(k,): v for k, v in sorted(d.check_latency.items())})
+        up = GaugeMetricFamily("lvs_ha_realserver_up", "1 if the realserver is healthy, 0 if down, -1 if unknown",
+                               labels=["service", "realserver"])
+        for (svc, rs), ok in sorted(s.realserver_up().items()):
+            up.add_metric([svc, rs], -1 if ok is None else int(ok))
+        yield up
+        yield from self._ipvs()
+        yield _hist("lvs_ha_reconcile_duration_seconds", "Reconcile run duration", [], {(): d.reconcile_duration})
+        yield CounterMetricFamily("lvs_ha_reconcile_writes", "Kernel writes made by the reconciler",
+                                  value=d.reconcile_writes)
+        yield CounterMetricFamily("lvs_ha_reconcile_errors", "Reconcile runs that failed", value=d.reconcile_errors)
+        rel = CounterMetricFamily("lvs_ha_config_reloads", "Configuration reloads", labels=["result"])
+        for result, n in sorted(d.reloads.items()):
+            rel.add_metric([result], n)
+        yield rel
+        yield GaugeMetricFamily("lvs_ha_config_last_reload_successful", "1 if the last reload succeeded",
+                                value=int(d.last_reload_ok))
+        yield GaugeMetricFamily("lvs_ha_config_last_reload_timestamp_seconds", "Time of the last reload attempt",
+                                value=d.last_reload_ts)
+        yield GaugeMetricFamily("lvs_ha_config_loaded_timestamp_seconds", "Time the running config was loaded",
+                                value=d.config_loaded_ts)
+
+    def _vrrp(self) -> Iterator[Metric]:
+        insts = list(self.s.instances())
+        labels = ["instance", "vrid"]
+        role = GaugeMetricFamily("lvs_ha_vrrp_role", "1 for the instance's current role", labels=[*labels, "role"])
+        prio = GaugeMetricFamily("lvs_ha_vrrp_priority", "Current effective priority", labels=labels)
+        trans = CounterMetricFamily("lvs_ha_vrrp_transitions", "Role transitions", labels=labels)
+        sent = CounterMetricFamily("lvs_ha_vrrp_adverts_sent", "Adverts sent", labels=labels)
+        recv = CounterMetricFamily("lvs_ha_vrrp_adverts_received", "Adverts received", labels=labels)
+        bad = CounterMetricFamily("lvs_ha_vrrp_malformed_packets", "Packets dropped as malformed", labels=labels)
+        late: dict[tuple[str, ...], Histogram] = {}
+        for i in insts:
+            lv = [i.name, str(i.vrid)]
+            for r in ROLES:
+                role.add_metric([*lv, r], int(i.role == r))
+            prio.add_metric(lv, i.priority)
+            trans.add_metric(lv, i.transitions)
+            sent.add_metric(lv, i.adverts_sent)
+            recv.add_metric(lv, i.adverts_received)
+            bad.add_metric(lv, i.malformed)
+            if i.lateness is not None:
+                late[tuple(lv)] = i.lateness
+        yield from (role, prio, trans, sent, recv, bad)
+        yield _hist("lvs_ha_vrrp_advert_timer_lateness_seconds", "How late the advert timer fired", labels, late)
+
+    def _ipvs(self) -> Iterator[Metric]:
+        actual = self.s.actual()
+        names = self.s.service_names()
+        labels = ["service", "vip", "realserver"]
+        fams = {
+            "active_conns": GaugeMetricFamily("lvs_ha_ipvs_active_connections", "Active connections", labels=labels),
+            "inactive_conns": GaugeMetricFamily("lvs_ha_ipvs_inactive_connections", "Inactive connections",
+                                                labels=labels),
+            "conns": CounterMetricFamily("lvs_ha_ipvs_connections", "Connections scheduled", labels=labels),
+            "packets_in": CounterMetricFamily("lvs_ha_ipvs_packets_in", "Packets in", labels=labels),
+            "packets_out": CounterMetricFamily("lvs_ha_ipvs_packets_out", "Packets out", labels=labels),
+            "bytes_in": CounterMetricFamily("lvs_ha_ipvs_bytes_in", "Bytes in", labels=labels),
+            "bytes_out": CounterMetricFamily("lvs_ha_ipvs_bytes_out", "Bytes out", labels=labels),
+        }
+        weight = GaugeMetricFamily("lvs_ha_ipvs_weight", "Destination weight in the kernel", labels=labels)
+        if actual is not None:
+            for key, ss in sorted(actual.services.items()):
+                name = names.get(str(key))
+                if name is None:
+                    continue  # not ours
+                for dkey, dest in sorted(ss.destinations.items()):
+                    lv = [name, str(key), str(dkey)]
+                    weight.add_metric(lv, dest.weight)
+                    st = actual.stats.get((key, dkey))
+                    if st is not None:
+                        for attr, fam in fams.items():
+                            fam.add_metric(lv, getattr(st, attr))
+        yield weight
+        yield from fams.values()
+
+
+def make_registry(sources: MetricsSources) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(LvsHaCollector(sources))  # type: ignore[arg-type]
+    return reg
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
