@@ -1,0 +1,309 @@
+"""Asyncio scheduling of health checks.
+
+One *probe* runs per distinct (checker type, spec, address, port, interval, timeout); every key (e.g. one
+service's realserver) that asks for the same probe shares it, and each key keeps its own hysteresis (rise, fall,
+initial state). The first run of a probe is spread uniformly over its interval, later runs are ``interval`` +/- a
+few per cent apart, so checks never synchronise. Every check gets a hard timeout, a global semaphore bounds the
+checks in flight, and a check that starts more than ``late_after_s`` after its due time counts as late. A checker
+that raises or hangs produces a failed result; it never stops the other probes.
+
+``set_checks`` can be called at any time (reload): keys whose probe is unchanged keep their schedule and their
+hysteresis state; keys whose rise/fall changed keep their state with the new thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from healthchecks.base import Checker, CheckResult, Target
+from healthchecks.hysteresis import Health, Hysteresis
+
+log = logging.getLogger(__name__)
+
+ChangeCallback = Callable[[Hashable, Health, Health, CheckResult], None]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One key's check: what to run, where, how often, and its hysteresis settings."""
+
+    type: str
+    spec: Any
+    target: Target
+    interval_s: float = 5.0
+    timeout_s: float = 3.0
+    rise: int = 2
+    fall: int = 3
+    initial_state: Health = Health.UP
+
+    @property
+    def probe_id(self) -> tuple[Any, ...]:
+        return (self.type, self.spec, self.target.address, self.target.port, self.interval_s, self.timeout_s)
+
+
+@dataclass
+class CheckStatus:
+    """A snapshot of one key (copied out of the runner; safe to keep)."""
+
+    state: Health
+    last_result: CheckResult | None
+    last_success_s: float | None
+    last_failure_s: float | None
+    last_change_s: float | None
+    successes: int  # consecutive
+    failures: int  # consecutive
+    total_successes: int
+    total_failures: int
+    transitions: int
+
+
+@dataclass
+class RunnerStats:
+    checks: int = 0
+    failed: int = 0
+    late: int = 0
+    timeouts: int = 0
+    errors: int = 0  # checker raised
+    max_lateness_s: float = 0.0
+
+
+@dataclass
+class _Probe:
+    pid: tuple[Any, ...]
+    checker: Checker
+    type: str
+    spec: Any
+    target: Target
+    interval_s: float
+    timeout_s: float
+    keys: set[Hashable] = field(default_factory=set)
+    handle: asyncio.TimerHandle | None = None
+    task: asyncio.Task[None] | None = None
+    due: float = 0.0
+    last_result: CheckResult | None = None
+
+
+async def run_check(checker: Checker, target: Target, spec: Any, timeout_s: float) -> CheckResult:
+    """One check with a hard timeout; exceptions become failed results. Never raises (except cancellation)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        async with asyncio.timeout(timeout_s):
+            res = await checker.check(target, spec, timeout_s)
+        if not isinstance(res, CheckResult):
+            return CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult", loop.time() - t0)
+        return res
+    except TimeoutError:
+        return CheckResult(False, f"timeout after {timeout_s:g}s", loop.time() - t0)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        return CheckResult(False, f"checker error: {type(e).__name__}: {e}", loop.time() - t0)
+
+
+class Runner:
+    def __init__(self, registry: Any, concurrency: int = 1000, clock: Callable[[], float] | None = None,
+                 jitter: float = 0.05, late_after_s: float = 0.5, rng: random.Random | None = None) -> None:
+        self.registry = registry
+        self.concurrency = concurrency
+        self._clock = clock
+        self.jitter = jitter
+        self.late_after_s = late_after_s
+        self._rng = rng or random.Random()
+        self._specs: dict[Hashable, CheckSpec] = {}
+        self._hyst: dict[Hashable, Hysteresis] = {}
+        self._probes: dict[tuple[Any, ...], _Probe] = {}
+        self._key_probe: dict[Hashable, tuple[Any, ...]] = {}
+        self._subscribers: list[ChangeCallback] = []
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = RunnerStats()
+
+    # -- configuration -------------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """``callback(key, old, new, result)`` on every state change. Returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    on_change = subscribe
+
+    def set_checks(self, checks: Mapping[Hashable, CheckSpec]) -> None:
+        """Replace the set of checks. Unknown checker types raise KeyError before anything changes."""
+        for key, cs in checks.items():
+            if cs.type not in self.registry:
+                raise KeyError(f"{key}: unknown check type {cs.type!r}")
+        for key in list(self._specs):
+            if key not in checks:
+                self._drop_key(key)
+        for key, cs in checks.items():
+            old = self._specs.get(key)
+            if old == cs:
+                continue
+            if old is not None and old.probe_id != cs.probe_id:
+                self._unlink(key)
+            self._specs[key] = cs
+            h = self._hyst.get(key)
+            if h is None:
+                self._hyst[key] = Hysteresis(cs.rise, cs.fall, cs.initial_state)
+            else:
+                h.reconfigure(cs.rise, cs.fall)
+            if self._key_probe.get(key) != cs.probe_id:
+                self._link(key, cs)
+
+    def _link(self, key: Hashable, cs: CheckSpec) -> None:
+        pid = cs.probe_id
+        probe = self._probes.get(pid)
+        if probe is None:
+            probe = _Probe(pid, self.registry.get(cs.type), cs.type, cs.spec, cs.target, cs.interval_s, cs.timeout_s)
+            self._probes[pid] = probe
+            if self._loop is not None:
+                self._schedule_first(probe)
+        probe.keys.add(key)
+        self._key_probe[key] = pid
+
+    def _unlink(self, key: Hashable) -> None:
+        pid = self._key_probe.pop(key, None)
+        probe = self._probes.get(pid) if pid is not None else None
+        if probe is None:
+            return
+        probe.keys.discard(key)
+        if not probe.keys:
+            self._cancel_probe(probe)
+            del self._probes[probe.pid]
+
+    def _drop_key(self, key: Hashable) -> None:
+        self._unlink(key)
+        self._specs.pop(key, None)
+        self._hyst.pop(key, None)
+
+    @staticmethod
+    def _cancel_probe(probe: _Probe) -> None:
+        if probe.handle is not None:
+            probe.handle.cancel()
+            probe.handle = None
+        if probe.task is not None and not probe.task.done():
+            probe.task.cancel()
+
+    # -- running -------------------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return self._loop.time() if self._loop is not None else 0.0
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._sem = asyncio.Semaphore(self.concurrency)
+        for probe in self._probes.values():
+            self._schedule_first(probe)
+
+    async def stop(self) -> None:
+        tasks = []
+        for probe in self._probes.values():
+            if probe.task is not None and not probe.task.done():
+                tasks.append(probe.task)
+            self._cancel_probe(probe)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop = None
+        closers = {id(p.checker): p.checker for p in self._probes.values()}
+        for checker in closers.values():
+            aclose = getattr(checker, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception as e:
+                    log.warning("closing checker %r failed: %s", checker, e)
+
+    def _schedule_first(self, probe: _Probe) -> None:
+        assert self._loop is not None
+        probe.due = self._loop.time() + self._rng.uniform(0, probe.interval_s)
+        probe.handle = self._loop.call_at(probe.due, self._fire, probe)
+
+    def _schedule_next(self, probe: _Probe) -> None:
+        assert self._loop is not None
+        step = probe.interval_s * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+        now = self._loop.time()
+        probe.due = max(probe.due + step, now)
+        probe.handle = self._loop.call_at(probe.due, self._fire, probe)
+
+    def _fire(self, probe: _Probe) -> None:
+        probe.handle = None
+        if self._probes.get(probe.pid) is not probe or self._loop is None:
+            return
+        probe.task = self._loop.create_task(self._run(probe))
+
+    async def _run(self, probe: _Probe) -> None:
+        assert self._sem is not None and self._loop is not None
+        loop = self._loop
+        try:
+            async with self._sem:
+                lateness = loop.time() - probe.due
+                stats = self.stats
+                stats.checks += 1
+                if lateness > self.late_after_s:
+                    stats.late += 1
+                if lateness > stats.max_lateness_s:
+                    stats.max_lateness_s = lateness
+                res = await run_check(probe.checker, probe.target, probe.spec, probe.timeout_s)
+        except asyncio.CancelledError:
+            return
+        if not res.ok:
+            self.stats.failed += 1
+            if res.reason.startswith("timeout after"):
+                self.stats.timeouts += 1
+            elif res.reason.startswith("checker error"):
+                self.stats.errors += 1
+        probe.task = None
+        if self._probes.get(probe.pid) is not probe:
+            return
+        probe.last_result = res
+        self._deliver(probe, res)
+        if self._loop is not None:
+            self._schedule_next(probe)
+
+    def _deliver(self, probe: _Probe, res: CheckResult) -> None:
+        now = self.now()
+        for key in list(probe.keys):
+            h = self._hyst.get(key)
+            if h is None:
+                continue
+            tr = h.record(res.ok, res.reason, now)
+            if tr is None:
+                continue
+            log.info("check %s: %s -> %s (%s)", key, tr.old.value, tr.new.value, res.reason)
+            for cb in list(self._subscribers):
+                try:
+                    cb(key, tr.old, tr.new, res)
+                except Exception:
+                    log.exception("health change callback failed for %s", key)
+
+    # -- status --------------------------------------------------------------------------------------------------
+
+    def status(self, key: Hashable) -> CheckStatus:
+        h = self._hyst[key]
+        probe = self._probes.get(self._key_probe.get(key, ()))
+        return CheckStatus(h.state, probe.last_result if probe else None, h.last_success_s, h.last_failure_s,
+                           h.last_change_s, h.successes, h.failures, h.total_successes, h.total_failures,
+                           h.transitions)
+
+    def statuses(self) -> dict[Hashable, CheckStatus]:
+        return {key: self.status(key) for key in self._specs}
+
+    def state(self, key: Hashable) -> Health:
+        return self._hyst[key].state
+
+    def keys(self) -> list[Hashable]:
+        return list(self._specs)
+
+    @property
+    def probe_count(self) -> int:
+        return len(self._probes)

@@ -1,0 +1,112 @@
+"""TCP connect check, optionally sending bytes and expecting a reply (bytes or regular expression).
+
+Keys: ``send`` (text with \\r \\n \\xNN escapes) or ``send_hex``; ``expect`` (regular expression on the reply bytes)
+or ``expect_hex`` (exact prefix); ``max_reply`` bytes to read (default 4096).
+The hot path uses a bare non-blocking socket with ``loop.sock_connect`` (no streams, no transports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from healthchecks.base import CheckResult, Target
+from healthchecks.spec import SpecReader
+
+
+@dataclass(frozen=True)
+class TcpSpec:
+    send: bytes | None = None
+    expect: re.Pattern[bytes] | None = None
+    expect_prefix: bytes | None = None
+    max_reply: int = 4096
+
+
+def family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def sockaddr(address: str, port: int) -> tuple[Any, ...]:
+    return (address, port, 0, 0) if ":" in address else (address, port)
+
+
+def describe_oserror(e: OSError) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    return e.strerror or str(e) or type(e).__name__
+
+
+async def read_until(loop: asyncio.AbstractEventLoop, sock: socket.socket, pattern: re.Pattern[bytes] | None,
+                     prefix: bytes | None, limit: int) -> tuple[bool, bytes]:
+    """Read until the pattern matches / prefix is complete, EOF, or ``limit`` bytes. Returns (matched, data)."""
+    buf = b""
+    while len(buf) < limit:
+        chunk = await loop.sock_recv(sock, limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+        if pattern is not None and pattern.search(buf):
+            return True, buf
+        if prefix is not None and len(buf) >= len(prefix):
+            return buf.startswith(prefix), buf
+    if pattern is not None:
+        return bool(pattern.search(buf)), buf
+    if prefix is not None:
+        return buf.startswith(prefix), buf
+    return True, buf
+
+
+def show(data: bytes, n: int = 60) -> str:
+    return repr(data[:n]) + ("..." if len(data) > n else "")
+
+
+class TcpChecker:
+    name: ClassVar[str] = "tcp"
+
+    def parse_spec(self, raw: Mapping[str, Any]) -> TcpSpec:
+        r = SpecReader(raw, {"send", "send_hex", "expect", "expect_hex", "max_reply"}, "tcp")
+        send = r.payload("send", "send_hex")
+        expect = r.regex("expect", binary=True)
+        prefix = r.hex("expect_hex")
+        if expect is not None and prefix is not None:
+            r.error("give either expect or expect_hex, not both", "expect_hex")
+        max_reply = r.int("max_reply", 4096, 1, 1 << 20)
+        r.finish()
+        return TcpSpec(send, expect, prefix, max_reply)
+
+    async def check(self, target: Target, spec: TcpSpec, timeout_s: float) -> CheckResult:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if target.port is None:
+            return CheckResult(False, "no port to connect to", 0.0)
+        sock = socket.socket(family_of(target.address), socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            try:
+                await loop.sock_connect(sock, sockaddr(target.address, target.port))
+            except OSError as e:
+                return CheckResult(False, describe_oserror(e), loop.time() - t0)
+            if spec.send is None and spec.expect is None and spec.expect_prefix is None:
+                return CheckResult(True, "connected", loop.time() - t0)
+            try:
+                if spec.send:
+                    await loop.sock_sendall(sock, spec.send)
+                if spec.expect is None and spec.expect_prefix is None:
+                    return CheckResult(True, "connected, sent", loop.time() - t0)
+                matched, data = await read_until(loop, sock, spec.expect, spec.expect_prefix, spec.max_reply)
+            except OSError as e:
+                return CheckResult(False, describe_oserror(e), loop.time() - t0)
+            if matched:
+                return CheckResult(True, "reply matched", loop.time() - t0)
+            if not data:
+                return CheckResult(False, "closed without a reply", loop.time() - t0)
+            return CheckResult(False, f"unexpected reply {show(data)}", loop.time() - t0)
+        finally:
+            sock.close()
