@@ -87,6 +87,12 @@ class ServiceKey:
             if not 0 <= self.port <= 65535:
                 raise ValueError(f"port out of range: {self.port}")
 
+    def sort_key(self) -> tuple[int, int, int, str, int, int]:
+        """A total order for listings and plans (the generated ``<`` cannot compare a protocol with None)."""
+        ip = int(ipaddress.ip_address(self.address)) if self.address is not None else 0
+        proto = self.protocol.value if self.protocol is not None else ""
+        return (self.family, 0 if self.fwmark is None else 1, self.fwmark or 0, proto, ip, self.port or 0)
+
     @classmethod
     def vip(cls, protocol: Protocol | str, address: str, port: int) -> ServiceKey:
         ip = ipaddress.ip_address(address)
@@ -215,10 +221,42 @@ class State:
     sysctls: dict[str, int] = field(default_factory=dict)  # e.g. {"net.ipv4.vs.sloppy_tcp": 1}
     timeouts: Timeouts | None = None
     sync_daemons: frozenset[SyncDaemon] = frozenset()
+    # desired only: destinations to drain gracefully (weight 0, removed once idle or after this many seconds; 0 =
+    # remove at once). A key may name a destination still in ``services`` (an operator drain) or one that has left.
+    draining: dict[tuple[ServiceKey, DestKey], float] = field(default_factory=dict)
+    # desired only: destinations of these services that leave the desired state drain for at most this long
+    drain_timeouts: dict[ServiceKey, float] = field(default_factory=dict)
 
     def add(self, service: Service, *destinations: Destination) -> State:
         self.services[service.key] = ServiceState(service, {d.key: d for d in destinations})
         return self
+
+    def copy(self) -> State:
+        """A copy that shares the (immutable) services but none of the containers."""
+        return State(dict(self.services), dict(self.stats), dict(self.sysctls), self.timeouts,
+                     frozenset(self.sync_daemons), dict(self.draining), dict(self.drain_timeouts))
+
+
+def key_to_json(key: ServiceKey) -> dict[str, object]:
+    """A service key as a JSON object (the ownership record and ``lvs-ha plan --json`` use it)."""
+    if key.fwmark is not None:
+        out: dict[str, object] = {"family": key.family, "fwmark": key.fwmark}
+        if key.protocol is not None:
+            out["protocol"] = key.protocol.value
+        return out
+    assert key.protocol is not None
+    return {"family": key.family, "protocol": key.protocol.value, "address": key.address, "port": key.port}
+
+
+def key_from_json(obj: Mapping[str, object]) -> ServiceKey:
+    """The inverse of :func:`key_to_json`; raises ValueError/TypeError/KeyError on a malformed object."""
+    proto = obj.get("protocol")
+    protocol = Protocol(proto) if proto is not None else None
+    fwmark = obj.get("fwmark")
+    if fwmark is not None:
+        return ServiceKey(int(obj["family"]), protocol, None, None, int(fwmark))  # type: ignore[call-overload]
+    port = obj["port"]
+    return ServiceKey(int(obj["family"]), protocol, str(obj["address"]), int(port))  # type: ignore[call-overload]
 
 
 # -- operations: what a plan is made of, in the order a backend must apply them ---------------------------------
