@@ -1,0 +1,178 @@
+"""``lvs-ha status|drain|enable|failover|reload``: talk to the running daemon over its unix socket.
+
+Kept light on purpose (stdlib HTTP client, no aiohttp) so that ``lvs-ha status`` starts and answers quickly.
+Exit codes: 0 ok; 1 refused (unknown name, invalid config on reload); 2 no daemon, permission denied, timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import http.client
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from ha.cli import DEFAULT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_UNREADABLE
+
+DEFAULT_SOCKET = "/run/lvs-ha/api.sock"
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answers (exit 2)."""
+
+
+class Refused(Exception):
+    """The daemon answered with an error (exit 1)."""
+
+    def __init__(self, status: int, message: str, errors: list[str]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("lvs-ha", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+
+
+def find_socket(args: argparse.Namespace) -> str:
+    """--socket, else node.api.socket from the config (-c, or the default file if it exists), else the default."""
+    if getattr(args, "socket", None):
+        return str(args.socket)
+    path = getattr(args, "config", None)
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG
+    if explicit or os.path.exists(path):
+        try:
+            import yaml
+
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except (OSError, yaml.YAMLError) as e:
+            if explicit:
+                raise DaemonUnreachable(f"cannot read {path} to find the daemon's socket: {e}") from e
+            raw = None
+        node = raw.get("node") if isinstance(raw, dict) else None
+        api = node.get("api") if isinstance(node, dict) else None
+        if isinstance(api, dict) and isinstance(api.get("socket"), str):
+            return str(api["socket"])
+    return DEFAULT_SOCKET
+
+
+def request(path_sock: str, method: str, url: str, body: dict[str, Any] | None = None,
+            timeout: float = 10.0) -> Any:
+    conn = _UnixConnection(path_sock, timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, url, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    except FileNotFoundError as e:
+        raise DaemonUnreachable(f"no daemon is running: {path_sock} does not exist") from e
+    except PermissionError as e:
+        raise DaemonUnreachable(f"permission denied on {path_sock} (run as root, or as the socket's owner)") from e
+    except ConnectionRefusedError as e:
+        raise DaemonUnreachable(f"no daemon answers on {path_sock} (connection refused; is lvs-ha running?)") from e
+    except TimeoutError as e:
+        raise DaemonUnreachable(f"the daemon on {path_sock} did not answer within {timeout:g}s") from e
+    except OSError as e:
+        if e.errno in (errno.ENOTSOCK, errno.ECONNRESET, errno.EPIPE):
+            raise DaemonUnreachable(f"no daemon answers on {path_sock}: {e.strerror}") from e
+        raise DaemonUnreachable(f"cannot talk to the daemon on {path_sock}: {e}") from e
+    except http.client.HTTPException as e:
+        raise DaemonUnreachable(f"bad answer from the daemon on {path_sock}: {e!r}") from e
+    finally:
+        conn.close()
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        doc = None
+    if resp.status >= 300:
+        msg = doc.get("error") if isinstance(doc, dict) else raw.decode(errors="replace").strip()
+        errors = (doc.get("errors") or []) if isinstance(doc, dict) else []
+        raise Refused(resp.status, str(msg or f"HTTP {resp.status}"), list(errors))
+    if not isinstance(doc, dict):
+        raise DaemonUnreachable(f"bad answer from the daemon on {path_sock}: not a JSON object")
+    return doc
+
+
+def _run(args: argparse.Namespace, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    try:
+        sock = find_socket(args)
+        return EXIT_OK, request(sock, method, url, body, timeout=float(getattr(args, "timeout", 10.0) or 10.0))
+    except DaemonUnreachable as e:
+        print(f"lvs-ha {args.command}: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE, None
+    except Refused as e:
+        print(f"lvs-ha {args.command}: {e.message}", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return (EXIT_UNREADABLE if e.status == 401 else EXIT_FAIL), None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    code, doc = _run(args, "GET", "/v1/status")
+    if code != EXIT_OK:
+        return code
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        from ha.status import format_table
+
+        sys.stdout.write(format_table(doc))
+    return EXIT_OK
+
+
+def _rs_action(args: argparse.Namespace, what: str) -> int:
+    code, doc = _run(args, "POST", f"/v1/{what}", {"service": args.service, "realserver": args.realserver})
+    if code == EXIT_OK:
+        done = "drained" if what == "drain" else "enabled"
+        print(f"{done} {doc.get('service', args.service)} {doc.get('realserver', args.realserver)}"
+              + (f" ({doc['note']})" if doc.get("note") else ""))
+    return code
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    return _rs_action(args, "drain")
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    return _rs_action(args, "enable")
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    body = {"instance": args.instance} if args.instance else {}
+    code, doc = _run(args, "POST", "/v1/failover", body)
+    if code == EXIT_OK:
+        names = doc.get("instances") or []
+        print("handed over: " + (", ".join(names) if names else "nothing (no instance is master here)"))
+    return code
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    code, doc = _run(args, "POST", "/v1/reload", {"dry_run": bool(args.dry_run)})
+    if code != EXIT_OK:
+        return code
+    for line in doc.get("warnings") or []:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in doc.get("plan") or []:
+        print(line)
+    if not args.dry_run:
+        print(doc.get("summary") or "reloaded")
+    return EXIT_OK
