@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None, help="override node.log_level (debug, info, warning, error)")
 
     p = sub.add_parser("check-config", help="validate a configuration file; exit 0 if valid, 1 if not")
-    _add_config(p)
+    p.add_argument("-c", "--config", metavar="FILE", action="append", default=None,
+                   help=f"the configuration file (default {DEFAULT_CONFIG}); give -c twice to check a director "
+                   "pair's two files together")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or summary")
 
     p = sub.add_parser("plan", help="show the kernel changes the config would make now, without making them")
