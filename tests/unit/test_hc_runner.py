@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pytest
+
+from healthchecks.base import CheckResult, Target
+from healthchecks.hysteresis import Health
+from healthchecks.registry import Registry
+from healthchecks.runner import CheckSpec, Runner, run_check
+
+
+async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class Scripted:
+    """A checker whose behaviour per address is set by the test: 'ok', 'fail', 'raise', 'hang'."""
+
+    name: ClassVar[str] = "scripted"
+
+    def __init__(self) -> None:
+        self.mode: dict[str, str] = {}
+        self.calls: list[str] = []
+        self.inflight = 0
+        self.max_inflight = 0
+        self.hold_s = 0.0
+
+    def parse_spec(self, raw: Any) -> Any:
+        return tuple(sorted(raw.items()))
+
+    async def check(self, target: Target, spec: Any, timeout_s: float) -> CheckResult:
+        self.calls.append(target.address)
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.hold_s:
+                await asyncio.sleep(self.hold_s)
+            mode = self.mode.get(target.address, "ok")
+            if mode == "raise":
+                raise RuntimeError("boom in checker")
+            if mode == "hang":
+                await asyncio.Event().wait()
+            return CheckResult(mode == "ok", mode, 0.001)
+        finally:
+            self.inflight -= 1
+
+
+@pytest.fixture
+def reg() -> tuple[Registry, Scripted]:
+    r = Registry()
+    s = Scripted()
+    r.register("scripted", s)
+    return r, s
+
+
+def cs(addr: str, interval: float = 0.02, rise: int = 1, fall: int = 1, timeout: float = 0.5, **kw: Any) -> CheckSpec:
+    return CheckSpec("scripted", (), Target(addr, 80, f"{addr}:80"), interval, timeout, rise, fall, **kw)
+
+
+async def test_identical_checks_share_one_probe_and_fan_out(reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    runner = Runner(registry, rng=random.Random(1))
+    changes: list[tuple[Any, Health, Health]] = []
+    runner.subscribe(lambda k, o, n, r: changes.append((k, o, n)))
+    runner.set_checks({("web", "a"): cs("127.0.0.2"), ("api", "a"): cs("127.0.0.2", fall=2)})
+    assert runner.probe_count == 1
+    await runner.start()
+    try:
+        await until(lambda: len(chk.calls) >= 3)
+        chk.mode["127.0.0.2"] = "fail"
+        await until(lambda: len(changes) == 2, what="both keys down")
+        assert {k for k, _, _ in changes} == {("web", "a"), ("api", "a")}
+        assert all(n is Health.DOWN for _, _, n in changes)
+        st = runner.status(("api", "a"))
+        assert st.state is Health.DOWN and st.last_result is not None and not st.last_result.ok
+        assert st.last_failure_s is not None and st.last_success_s is not None
+    finally:
+        await runner.stop()
+    assert set(chk.calls) == {"127.0.0.2"}
+
+
+async def test_raising_and_hanging_checkers_do_not_stop_the_others(reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    chk.mode.update({"127.0.0.3": "raise", "127.0.0.4": "hang"})
+    runner = Runner(registry, concurrency=2)
+    runner.set_checks({k: cs(k, timeout=0.05) for k in ("127.0.0.2", "127.0.0.3", "127.0.0.4")})
+    await runner.start()
+    try:
+        await until(lambda: runner.state("127.0.0.3") is Health.DOWN and runner.state("127.0.0.4") is Health.DOWN)
+        n = chk.calls.count("127.0.0.2")
+        await until(lambda: chk.calls.count("127.0.0.2") >= n + 5, what="healthy probe keeps running")
+        r3 = runner.status("127.0.0.3").last_result
+        r4 = runner.status("127.0.0.4").last_result
+        assert r3 is not None and "boom in checker" in r3.reason and "RuntimeError" in r3.reason
+        assert r4 is not None and r4.reason.startswith("timeout after")
+        assert runner.state("127.0.0.2") is Health.UP
+        assert runner.stats.errors >= 1 and runner.stats.timeouts >= 1
+    finally:
+        await runner.stop()
+
+
+async def test_concurrency_limit_is_respected(reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    chk.hold_s = 0.01
+    runner = Runner(registry, concurrency=3)
+    runner.set_checks({f"127.0.1.{i}": cs(f"127.0.1.{i}", interval=0.01) for i in range(20)})
+    await runner.start()
+    try:
+        await until(lambda: len(chk.calls) >= 60)
+    finally:
+        await runner.stop()
+    assert chk.max_inflight == 3
+
+
+async def test_late_checks_are_counted(reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    chk.hold_s = 0.3  # one slot, held far longer than late_after_s: the other probe must start late
+    runner = Runner(registry, concurrency=1, late_after_s=0.05)
+    runner.set_checks({"a": cs("127.0.0.2", interval=0.01), "b": cs("127.0.0.3", interval=0.01)})
+    await runner.start()
+    try:
+        await until(lambda: runner.stats.late >= 1)
+    finally:
+        await runner.stop()
+    assert runner.stats.max_lateness_s > 0.05
+
+
+async def test_reload_keeps_schedule_and_state_of_unchanged_checks(reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    chk.mode["127.0.0.2"] = "fail"
+    runner = Runner(registry)
+    runner.set_checks({"a": cs("127.0.0.2"), "b": cs("127.0.0.3"), "c": cs("127.0.0.4")})
+    await runner.start()
+    try:
+        await until(lambda: runner.state("a") is Health.DOWN)
+        probe_a = runner._probes[cs("127.0.0.2").probe_id]
+        total = runner.status("a").total_failures
+        # reload: a unchanged, b gets new rise/fall (same probe), c removed, d added
+        runner.set_checks({"a": cs("127.0.0.2"), "b": cs("127.0.0.3", rise=3, fall=3), "d": cs("127.0.0.5")})
+        assert runner._probes[cs("127.0.0.2").probe_id] is probe_a
+        assert runner.state("a") is Health.DOWN and runner.status("a").total_failures >= total
+        assert sorted(runner.keys()) == ["a", "b", "d"] and runner.probe_count == 3
+        assert runner._hyst["b"].fall == 3
+        n = chk.calls.count("127.0.0.4")
+        await until(lambda: chk.calls.count("127.0.0.5") >= 2)
+        assert chk.calls.count("127.0.0.4") == n
+    finally:
+        await runner.stop()
+
+
+async def test_first_runs_are_spread_over_the_interval(reg: tuple[Registry, Scripted]) -> None:
+    registry, _ = reg
+    runner = Runner(registry, rng=random.Random(7))
+    runner.set_checks({i: cs(f"127.0.2.{i}", interval=10.0) for i in range(50)})
+    await runner.start()
+    try:
+        now = asyncio.get_running_loop().time()
+        offsets = sorted(p.due - now for p in runner._probes.values())
+        assert -0.5 < offsets[0] and offsets[-1] < 10.0
+        assert offsets[-1] - offsets[0] > 5.0  # spread, not synchronised
+        assert len({round(o, 3) for o in offsets}) > 45
+    finally:
+        await runner.stop()
+
+
+async def test_callback_errors_are_contained_and_unsubscribe_works(reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    chk.mode["127.0.0.2"] = "fail"
+    runner = Runner(registry)
+    seen: list[Any] = []
+
+    def bad(*a: Any) -> None:
+        raise ValueError("callback bug")
+
+    runner.subscribe(bad)
+    unsub = runner.subscribe(lambda k, o, n, r: seen.append((k, n, r.reason)))
+    runner.set_checks({"a": cs("127.0.0.2"), "b": cs("127.0.0.3", initial_state=Health.UNKNOWN)})
+    await runner.start()
+    try:
+        await until(lambda: len(seen) == 2)
+        assert sorted(seen) == [("a", Health.DOWN, "fail"), ("b", Health.UP, "ok")]
+        unsub()
+        chk.mode["127.0.0.2"] = "ok"
+        await until(lambda: runner.state("a") is Health.UP)
+        assert len(seen) == 2
+    finally:
+        await runner.stop()
+
+
+def test_unknown_type_is_rejected_before_anything_changes(reg: tuple[Registry, Scripted]) -> None:
+    registry, _ = reg
+    runner = Runner(registry)
+    runner.set_checks({"a": cs("127.0.0.2")})
+    bad = CheckSpec("nosuch", None, Target("127.0.0.9", 1))
+    with pytest.raises(KeyError, match="nosuch"):
+        runner.set_checks({"b": bad})
+    assert runner.keys() == ["a"]
+
+
+async def test_run_check_turns_a_wrong_return_type_into_a_failure() -> None:
+    class Wrong:
+        name = "wrong"
+
+        def parse_spec(self, raw: Any) -> Any:
+            return None
+
+        async def check(self, target: Target, spec: Any, timeout_s: float) -> Any:
+            return True
+
+    res = await run_check(Wrong(), Target("127.0.0.1", 1), None, 1.0)
+    assert not res.ok and "not a CheckResult" in res.reason
