@@ -52,7 +52,7 @@ TABLE = "lvs_ha"
 HASH_SEED = 0x4C564841  # fixed, so both directors of a pair hash a client to the same realserver
 COMMENT_MAX = 128  # nft refuses longer comments
 WRR_MAX_SLOTS = 1024
-MAGLEV_SIZES = (251, 1021, 4093, 16381)
+MAGLEV_SIZES = (1021, 4093, 16381)  # stable across destination changes, so few clients move
 
 NUMGEN_INC = frozenset({Scheduler.RR, Scheduler.WRR})
 NUMGEN_RANDOM = frozenset({Scheduler.LC, Scheduler.WLC, Scheduler.SED, Scheduler.NQ})
@@ -210,8 +210,8 @@ def _scaled(weights: Sequence[int], limit: int) -> list[int]:
     """Weights (all > 0) reduced by their gcd, scaled down (keeping each >= 1) while their sum exceeds ``limit``."""
     ws = _reduced(weights)
     total = sum(ws)
-    if total > limit:
-        ws = _reduced([max(1, round(w * limit / total)) for w in ws])
+    if total > limit:  # floor(x) >= 1 only where x < 1, so the sum stays <= limit
+        ws = _reduced([max(1, w * (limit - len(ws)) // total) for w in ws])
     return ws
 
 
@@ -237,10 +237,10 @@ def maglev_slots(names: Sequence[str], weights: Sequence[int]) -> list[int]:
     """
     size = MAGLEV_SIZES[-1]
     for m in MAGLEV_SIZES:
-        if m >= 8 * sum(_reduced(weights)):
+        if m >= 100 * sum(_reduced(weights)):
             size = m
             break
-    ws = _scaled(weights, size // 8)
+    ws = _scaled(weights, size // 100)
     perms = []
     for name in names:
         digest = hashlib.blake2b(name.encode(), digest_size=16).digest()
@@ -353,7 +353,7 @@ def _service_lines(ss: ServiceState) -> tuple[list[str], list[str], list[str]]:
     if live:
         targets = [f"rs_{h}_{dest_token(d.key)}" for d in live]
         weights = [1 if svc.scheduler in UNWEIGHTED else d.weight for d in live]
-        if svc.scheduler is Scheduler.FO:
+        if svc.scheduler is Scheduler.FO or len(live) == 1:
             best = max(range(len(live)), key=lambda i: (live[i].weight, -i))
             body.append(f"goto {targets[best]}")
         elif svc.scheduler in NUMGEN_INC:
