@@ -1,0 +1,351 @@
+"""The VRRP engine: every instance (and sync group) on one dedicated thread with its own event loop.
+
+Health checks, reconciles or API work on the caller's loop cannot delay adverts or timers here. The caller talks to
+the engine only through thread-safe methods: ``start()``, ``stop(handover)``, ``failover(instance)``, ``status()``;
+transitions are delivered to ``on_transition`` on the caller's loop (``call_soon_threadsafe``) when one is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ha.vrrp import announce
+from ha.vrrp.actions import Role, StateChanged
+from ha.vrrp.driver import DriverSettings, InstanceDriver
+from ha.vrrp.io import AnnounceSocket, VrrpSocket
+from ha.vrrp.machine import Settings, Takeover, VrrpMachine
+from ha.vrrp.notify import Notification, Notifier, commands_for
+from ha.vrrp.track import Outcome, TrackedFile, TrackedInterface, TrackedScript, Tracker, TrackState
+from ha.vrrp.vips import Vip, VipSet
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything the engine needs for one instance (built from the config by ``ha.vrrp_setup``)."""
+
+    name: str
+    interface: str
+    vrid: int
+    priority: int = 100
+    version: int = 3
+    advert_interval_s: float = 1.0
+    preempt: bool = True
+    preempt_delay_s: float = 0.0
+    vips: tuple[Vip, ...] = ()
+    unicast_source: IPAddress | None = None
+    unicast_peers: tuple[IPAddress, ...] = ()
+    garp_count: int = 5
+    garp_interval_s: float = 0.0
+    garp_refresh_s: float = 0.0
+    garp_repeat_delay_s: float = 5.0
+    announce_on_lower: bool = True
+    track_interfaces: tuple[TrackedInterface, ...] = ()
+    track_scripts: tuple[TrackedScript, ...] = ()
+    track_files: tuple[TrackedFile, ...] = ()
+    track_own_interface: bool = True  # FAULT while the instance's interface is down (as Keepalived)
+    password: bytes = b""
+    notify: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # master/backup/fault/stop/any
+    startup_delay_s: float = 0.0
+    takeover: Takeover = Takeover.SKEW
+    hold_s: float = 2.0
+
+    @property
+    def family(self) -> int:
+        return self.vips[0].address.version if self.vips else 4
+
+
+@dataclass(frozen=True)
+class SyncGroupSpec:
+    name: str
+    instances: tuple[str, ...]
+    notify: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class _Instance:
+    def __init__(self, spec: InstanceSpec, driver: InstanceDriver, machine: VrrpMachine, tracker: Tracker) -> None:
+        self.spec = spec
+        self.driver = driver
+        self.machine = machine
+        self.tracker = tracker
+        self.fault_reason: str | None = None
+        self.group: SyncGroupSpec | None = None
+
+
+class VrrpEngine:
+    def __init__(self, instances: list[InstanceSpec], sync_groups: list[SyncGroupSpec] | None = None,
+                 on_transition: Callable[[dict[str, Any]], None] | None = None,
+                 caller_loop: asyncio.AbstractEventLoop | None = None, notify_timeout_s: float = 10.0,
+                 track_poll_s: float = 0.05) -> None:
+        self.specs = list(instances)
+        self.groups = list(sync_groups or ())
+        self.on_transition = on_transition
+        self.caller_loop = caller_loop
+        self.notifier = Notifier(timeout_s=notify_timeout_s)
+        self.track_poll_s = track_poll_s
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # one thread for every netlink address change: pyroute2's sync API cannot run inside an event loop
+        self.vip_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-vips")
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._instances: dict[str, _Instance] = {}
+        self._stopping = False
+        self._done: asyncio.Future[None] | None = None
+
+    # -- public, thread-safe --------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Open sockets, remove leftover VIPs, start every instance; returns when running (raises on failure)."""
+        if self._thread is not None:
+            raise EngineError("engine already started")
+        self._thread = threading.Thread(target=self._thread_main, name="vrrp-engine", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise EngineError("VRRP engine did not start in time")
+        if self._start_error is not None:
+            self._thread.join(5)
+            raise EngineError(f"VRRP engine failed to start: {self._start_error}") from self._start_error
+
+    def stop(self, handover: bool = True, timeout_s: float | None = None) -> None:
+        """Orderly stop. ``handover``: masters resign (priority-0 advert) and keep their VIPs until the new master
+        is heard (at most their hold time); otherwise a last priority-0 advert and the VIPs released at once."""
+        if self._thread is None or self.loop is None:
+            return
+        if timeout_s is None:
+            timeout_s = max((s.hold_s for s in self.specs), default=2.0) + 3.0
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            fut = asyncio.run_coroutine_threadsafe(self._stop(handover, timeout_s), self.loop)
+            with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                fut.result(timeout_s + 5)
+        self._thread.join(timeout_s + 5)
+        self._thread = None
+        self.notifier.stop()
+
+    def failover(self, instance: str | None = None) -> list[str]:
+        """Planned handover of one instance (or every master); returns the names that began resigning."""
+        return self._call(lambda: self._failover(instance))
+
+    def status(self) -> list[dict[str, Any]]:
+        return self._call(self._status)
+
+    def _call(self, fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+        if self.loop is None or self._thread is None:
+            raise EngineError("engine not running")
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # delivered to the caller
+                fut.set_exception(e)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(timeout_s)
+
+    # -- engine thread --------------------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._open_all(loop)
+        except BaseException as e:
+            self._start_error = e
+            self._ready.set()
+            self._close_all()
+            loop.close()
+            return
+        self._done = loop.create_future()
+        self._ready.set()
+        try:
+            loop.run_until_complete(self._done)
+        finally:
+            self._close_all()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+
+    def _open_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        names = {s.name for s in self.specs}
+        if len(names) != len(self.specs):
+            raise EngineError("instance names must be unique")
+        for spec in self.specs:
+            self._instances[spec.name] = self._open(spec, loop)
+        for g in self.groups:
+            for n in g.instances:
+                if n not in self._instances:
+                    raise EngineError(f"sync group {g.name}: no instance {n}")
+                self._instances[n].group = g
+        for inst in self._instances.values():
+            outcome = inst.tracker.prime()
+            inst.machine.set_priority(outcome.priority, loop.time())
+            if outcome.fault:
+                inst.fault_reason = outcome.fault
+                inst.machine.fault(outcome.fault, loop.time())
+            inst.driver.start(loop)
+            inst.tracker.start()
+
+    def _open(self, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> _Instance:
+        vip_ips = tuple(v.address.ip for v in spec.vips)
+        advert_ips = tuple(ip for ip in vip_ips if ip.version == spec.family)
+        vips = VipSet(spec.vips)
+        # we start as non-master: VIPs of ours left by a previous run go
+        leftover = self.vip_worker.submit(vips.release).result(30)
+        if leftover:
+            log.warning("instance=%s removed %d leftover VIP(s) at start: %s", spec.name, len(leftover),
+                        ", ".join(map(str, leftover)))
+        sock = VrrpSocket(spec.family, spec.interface, source=spec.unicast_source, peers=spec.unicast_peers)
+        sock.open(exclude=vip_ips)
+        announcer = AnnounceSocket(spec.interface)
+        announcer.open()
+        msettings = Settings(
+            vrid=spec.vrid, priority=spec.priority, version=spec.version, advert_interval_s=spec.advert_interval_s,
+            preempt=spec.preempt, preempt_delay_s=spec.preempt_delay_s, primary_address=sock.source,
+            family=spec.family, startup_delay_s=spec.startup_delay_s, takeover=spec.takeover, hold_s=spec.hold_s,
+            garp_refresh_s=spec.garp_refresh_s, garp_repeat_delay_s=spec.garp_repeat_delay_s,
+            announce_on_lower=spec.announce_on_lower)
+        machine = VrrpMachine(msettings)
+        dsettings = DriverSettings(spec.name, spec.vrid, spec.version, spec.family, spec.advert_interval_s,
+                                   advert_ips, spec.garp_count, spec.garp_interval_s, spec.password)
+        driver = InstanceDriver(dsettings, machine, sock, vips, announcer,
+                                lambda mac: announce.round_frames(vip_ips, mac), self._transition,
+                                vip_worker=self.vip_worker)
+        ifaces = list(spec.track_interfaces)
+        if spec.track_own_interface and spec.interface not in {i.name for i in ifaces}:
+            ifaces.insert(0, TrackedInterface(spec.interface, 0))
+        state = TrackState(spec.priority, tuple(ifaces), spec.track_scripts, spec.track_files)
+        tracker = Tracker(state, lambda o, n=spec.name: loop.call_soon_threadsafe(self._tracked, n, o),
+                          poll_s=self.track_poll_s)
+        return _Instance(spec, driver, machine, tracker)
+
+    def _close_all(self) -> None:
+        for inst in self._instances.values():
+            inst.tracker.stop()
+            inst.driver.close()
+            inst.driver.sock.close()
+            if inst.driver.announcer is not None:
+                inst.driver.announcer.close()
+            self.vip_worker.submit(inst.driver.vips.close)
+        self.vip_worker.shutdown(wait=True)  # queued VIP changes (the final release) complete first
+
+    def _tracked(self, name: str, outcome: Outcome) -> None:
+        inst = self._instances.get(name)
+        if inst is None or self._stopping:
+            return
+        prev = inst.fault_reason
+        inst.fault_reason = outcome.fault
+        inst.driver.set_priority(outcome.priority)
+        if outcome.fault and outcome.fault != prev:
+            inst.driver.fault(outcome.fault)
+            if prev:
+                inst.driver.clear_fault(prev)
+        elif not outcome.fault and prev:
+            inst.driver.clear_fault(None)
+
+    def _transition(self, driver: InstanceDriver, change: StateChanged) -> None:
+        inst = self._instances.get(driver.s.name)
+        if inst is None:
+            return
+        new = change.new
+        state = "STOP" if new is Role.INIT and self._stopping else new.value
+        prio = inst.machine.priority
+        for argv in commands_for(inst.spec.notify, state):
+            self.notifier.notify(Notification(argv, inst.spec.name, state, prio))
+        if not self._stopping and inst.group is not None:
+            self._sync(inst, change)
+        if self.on_transition is not None:
+            info = {"instance": inst.spec.name, "old": change.old.value, "new": new.value, "reason": change.reason,
+                    "master": change.master, "priority": prio, "time": time.time()}
+            if self.caller_loop is not None:
+                self.caller_loop.call_soon_threadsafe(self.on_transition, info)
+            else:
+                self.on_transition(info)
+
+    def _sync(self, inst: _Instance, change: StateChanged) -> None:
+        """Sync group: every member follows a member that becomes master, leaves master or faults."""
+        assert inst.group is not None and self.loop is not None
+        now = self.loop.time()
+        for name in inst.group.instances:
+            other = self._instances[name]
+            if other is inst:
+                continue
+            if change.new is Role.MASTER and other.machine.role is Role.BACKUP:
+                other.machine.force_master(f"sync group {inst.group.name}: {inst.spec.name} is master", now)
+            elif change.new is Role.BACKUP and change.old is Role.MASTER:
+                other.machine.force_backup(f"sync group {inst.group.name}: {inst.spec.name} left master", now)
+            elif change.new is Role.FAULT and other.machine.role is not Role.FAULT:
+                other.machine.fault(f"sync group {inst.group.name}: {inst.spec.name} in fault", now)
+            elif change.old is Role.FAULT and other.machine.role is Role.FAULT and other.fault_reason is None:
+                other.machine.clear_fault(now)
+            else:
+                continue
+            other.driver._run_actions()
+        if change.new is Role.MASTER or change.old is Role.MASTER:
+            for argv in commands_for(inst.group.notify, change.new.value):
+                self.notifier.notify(Notification(argv, inst.group.name, change.new.value, inst.machine.priority,
+                                                  (("GROUP", inst.group.name),)))
+
+    def _failover(self, instance: str | None) -> list[str]:
+        if instance is not None and instance not in self._instances:
+            raise EngineError(f"no VRRP instance {instance!r}")
+        out = []
+        for name, inst in self._instances.items():
+            if instance is not None and name != instance:
+                continue
+            if inst.driver.failover():
+                out.append(name)
+        return out
+
+    async def _stop(self, handover: bool, timeout_s: float) -> None:
+        self._stopping = True
+        for inst in self._instances.values():
+            inst.tracker.stop()
+            if handover:
+                inst.driver.shutdown()
+            else:
+                inst.driver.abort()
+        deadline = time.monotonic() + timeout_s
+        while handover and time.monotonic() < deadline:
+            if all(i.driver.stopped for i in self._instances.values()):
+                break
+            await asyncio.sleep(0.005)
+        for inst in self._instances.values():
+            if not inst.driver.stopped:
+                log.warning("instance=%s did not finish its handover in time; releasing now", inst.spec.name)
+            inst.driver.abort()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _status(self) -> list[dict[str, Any]]:
+        assert self.loop is not None
+        now_loop, now_wall = self.loop.time(), time.time()
+        out = []
+        for name, inst in self._instances.items():
+            m, d = inst.machine, inst.driver
+            since = m.since
+            out.append({
+                "name": name, "role": m.role.value, "priority": inst.spec.priority,
+                "effective_priority": m.priority, "master": m.master,
+                "since": None if since is None else now_wall - (now_loop - since),
+                "last_reason": m.reason, "faults": list(m.faults), "vrid": inst.spec.vrid,
+                "interface": inst.spec.interface, "vips": [str(v.address) for v in inst.spec.vips],
+                "counters": {**d.counters(), "machine": dict(m.counters)},
+            })
+        return out

@@ -1,0 +1,152 @@
+"""Builds the VRRP engine from a Config, and runs a VRRP-only daemon (``lvs-ha run`` for a config without services).
+
+``python -m ha.vrrp_setup -c FILE`` runs it directly. Signals: SIGTERM/SIGINT orderly stop (masters resign with a
+priority-0 advert, VIPs released); SIGUSR1 planned failover of every master; SIGUSR2 writes the status file now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from ha.config_model import Config, NotifyConfig, VrrpInstanceConfig
+from ha.vrrp.engine import InstanceSpec, SyncGroupSpec, VrrpEngine
+from ha.vrrp.machine import Takeover
+from ha.vrrp.track import TrackedFile, TrackedInterface, TrackedScript
+from ha.vrrp.vips import Vip
+
+log = logging.getLogger(__name__)
+
+
+def _notify_map(n: NotifyConfig) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(getattr(n, k)) for k in ("master", "backup", "fault", "stop", "any") if getattr(n, k)}
+
+
+def _takeover(inst: VrrpInstanceConfig) -> Takeover:
+    mode = inst.handover.takeover
+    if mode == "auto":
+        one_peer = inst.unicast is not None and len(inst.unicast.peers) == 1
+        return Takeover.IMMEDIATE if one_peer else Takeover.SKEW
+    return Takeover(mode)
+
+
+def _password(inst: VrrpInstanceConfig) -> bytes:
+    return inst.auth.password.encode()[:8] if inst.auth.password else b""
+
+
+def instance_spec(inst: VrrpInstanceConfig) -> InstanceSpec:
+    t = inst.track
+    return InstanceSpec(
+        name=inst.name, interface=inst.interface, vrid=inst.vrid, priority=inst.priority, version=inst.version,
+        advert_interval_s=inst.advert_interval_s, preempt=inst.preempt, preempt_delay_s=inst.preempt_delay_s,
+        vips=tuple(Vip(v.address, v.interface or inst.interface) for v in inst.vips),
+        unicast_source=inst.unicast.source if inst.unicast else None,
+        unicast_peers=tuple(inst.unicast.peers) if inst.unicast else (),
+        garp_count=inst.garp.count, garp_interval_s=inst.garp.interval_s, garp_refresh_s=inst.garp.refresh_s,
+        garp_repeat_delay_s=inst.garp.repeat_delay_s, announce_on_lower=inst.garp.on_lower_priority,
+        track_interfaces=tuple(TrackedInterface(i.name, i.weight) for i in t.interfaces),
+        track_scripts=tuple(TrackedScript(s.name, tuple(s.command), s.interval_s, s.timeout_s, s.rise, s.fall,
+                                          s.weight) for s in t.scripts),
+        track_files=tuple(TrackedFile(f.path, f.weight) for f in t.files),
+        password=_password(inst), notify=_notify_map(inst.notify), startup_delay_s=inst.startup_delay_s,
+        takeover=_takeover(inst), hold_s=inst.handover.hold_s)
+
+
+def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:
+    specs = [instance_spec(i) for i in config.vrrp.instances]
+    groups = [SyncGroupSpec(g.name, tuple(g.instances), _notify_map(g.notify)) for g in config.vrrp.sync_groups]
+    return specs, groups
+
+
+def build_engine(config: Config, **kw: Any) -> VrrpEngine:
+    specs, groups = engine_specs(config)
+    return VrrpEngine(specs, groups, **kw)
+
+
+_status_lock = threading.Lock()
+
+
+def _write_status(path: str | None, engine: VrrpEngine) -> None:
+    if not path:
+        return
+    try:
+        doc = engine.status()
+    except Exception as e:  # the engine may be stopping
+        log.debug("status unavailable: %s", e)
+        return
+    with _status_lock:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        os.replace(tmp, path)
+
+
+async def _run(config: Config, status_file: str | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    engine: VrrpEngine | None = None
+
+    def on_transition(info: dict[str, Any]) -> None:
+        log.info("instance=%s %s -> %s (%s)", info["instance"], info["old"], info["new"], info["reason"])
+        if engine is not None:
+            loop.run_in_executor(None, _write_status, status_file, engine)
+
+    engine = build_engine(config, on_transition=on_transition, caller_loop=loop)
+    await loop.run_in_executor(None, engine.start)
+    log.info("VRRP engine running %d instance(s)", len(engine.specs))
+    _write_status(status_file, engine)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("planned failover: %s", engine.failover()))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: _write_status(status_file, engine))
+    await stop.wait()
+    log.info("stopping: masters hand over")
+    await loop.run_in_executor(None, engine.stop, True)
+
+    return 0
+
+
+def run_vrrp_only(config: Config, status_file: str | None = None) -> int:
+    """Run the VRRP engine for ``config`` until SIGTERM/SIGINT; returns the exit code."""
+    return asyncio.run(_run(config, status_file))
+
+
+def load(path: str) -> Config:
+    from ha import config as config_mod
+
+    loaded = config_mod.load_config(path)
+    cfg = loaded[0] if isinstance(loaded, tuple) else loaded
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ha.vrrp_setup", description="run the VRRP part of lvs-ha only")
+    ap.add_argument("-c", "--config", required=True, metavar="FILE")
+    ap.add_argument("--status-file", metavar="PATH", help="write the instances' status (JSON) here on changes")
+    ap.add_argument("--log-level", default=None)
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except Exception as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    level = (args.log_level or cfg.node.log_level or "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("pyroute2", "pyroute2.netlink.core", "pyroute2.netlink.nlsocket"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        return run_vrrp_only(cfg, args.status_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
