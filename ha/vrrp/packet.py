@@ -123,7 +123,7 @@ class Advert:
     max_advert_interval_s: float
     addresses: tuple[IPAddress, ...]
     auth_type: AuthType = AuthType.NONE  # v2 only
-    auth_data: bytes = b""  # v2 only; up to 8 bytes, NUL-padded on the wire
+    auth_data: bytes = b""  # v2 only; up to 8 bytes, stored NUL-padded to 8 as on the wire
 
     def __post_init__(self) -> None:
         if self.version not in (2, 3):
@@ -134,8 +134,13 @@ class Advert:
             raise VrrpLocalError(f"priority must be 0..255, not {self.priority!r}")
         if not 0 <= len(self.addresses) <= 255:
             raise VrrpLocalError("at most 255 addresses")
-        if self.version == 2 and len(self.auth_data) > V2_AUTH_LEN:
-            raise VrrpLocalError("v2 auth data is at most 8 bytes")
+        if self.version == 2:
+            if len(self.auth_data) > V2_AUTH_LEN:
+                raise VrrpLocalError("v2 auth data is at most 8 bytes")
+            object.__setattr__(self, "auth_data", bytes(self.auth_data).ljust(V2_AUTH_LEN, b"\0"))
+        elif self.auth_type is not AuthType.NONE or self.auth_data:
+            raise VrrpLocalError("VRRPv3 has no authentication fields")
+        object.__setattr__(self, "auth_type", AuthType(self.auth_type))
         families = {a.version for a in self.addresses}
         if len(families) > 1:
             raise VrrpLocalError("an advertisement carries addresses of one family only")
