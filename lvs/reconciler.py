@@ -1,0 +1,349 @@
+"""The reconciler: keep the data plane equal to the desired state. Dump -> plan -> apply -> verify, level-triggered.
+
+- ``set_desired(state)`` wakes the loop; bursts of changes are coalesced (at most one sync per ``min_interval_s``).
+- Every ``resync_interval_s`` it syncs anyway, which repairs drift (``ipvsadm -C``, a foreign destination added to
+  one of our services); a sync that changes the kernel although nothing we want changed counts as a drift repair.
+- A failure (dump, apply, verify, ownership record) never escapes: it is counted, kept as ``last_error`` and retried
+  with exponential backoff.
+- Drain: destinations the desired state marks draining, or that leave a service with a drain timeout, are kept at
+  weight 0 until their connections (active + inactive) reach 0 or their timeout passes; then they are removed.
+  UDP services drain at once (there are no connections to wait for).
+
+The bookkeeping (``Backoff``, ``DrainTracker``) is pure and takes ``now``; only ``Reconciler`` reads a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lvs.dataplane import Dataplane
+from lvs.model import DelService, DestKey, Protocol, ServiceKey, ServiceState, State
+from lvs.owned import OwnedStore, OwnedStoreError
+from lvs.plan import Plan, describe, plan
+
+log = logging.getLogger(__name__)
+
+DrainKey = tuple[ServiceKey, DestKey]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff: ``initial_s``, doubling up to ``max_s``; reset by a success."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+    failures: int = 0
+    next_at: float = 0.0
+
+    def failure(self, now: float) -> float:
+        delay = min(self.max_s, self.initial_s * self.factor ** self.failures)
+        self.failures += 1
+        self.next_at = now + delay
+        return self.next_at
+
+    def success(self) -> None:
+        self.failures = 0
+        self.next_at = 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.next_at
+
+
+@dataclass
+class DrainDecision:
+    effective: State  # the desired state without destinations whose drain is over
+    draining: frozenset[DrainKey]  # keep these at weight 0 for now
+    next_deadline: float | None  # the earliest drain timeout still pending
+    finished_now: list[DrainKey]  # drains that ended in this update
+
+
+@dataclass
+class DrainTracker:
+    started: dict[DrainKey, float] = field(default_factory=dict)
+    finished: set[DrainKey] = field(default_factory=set)
+
+    def update(self, desired: State, actual: State, now: float) -> DrainDecision:
+        candidates: dict[DrainKey, float] = {}
+        present: set[DrainKey] = set()  # explicit drains of destinations still in the desired state
+        for key, want in desired.services.items():
+            have = actual.services.get(key)
+            udp = key.protocol is Protocol.UDP
+            for dkey in want.destinations:
+                if (key, dkey) in desired.draining:
+                    present.add((key, dkey))
+                    on_kernel = have is not None and dkey in have.destinations
+                    candidates[(key, dkey)] = 0.0 if udp or not on_kernel else desired.draining[(key, dkey)]
+            if have is None:
+                continue
+            for dkey in have.destinations:
+                if dkey in want.destinations:
+                    continue
+                timeout = desired.draining.get((key, dkey), desired.drain_timeouts.get(key))
+                if timeout is not None:
+                    candidates[(key, dkey)] = 0.0 if udp else timeout
+        for gone in [k for k in self.started if k not in candidates]:
+            del self.started[gone]
+        self.finished &= set(candidates)
+
+        draining: set[DrainKey] = set()
+        finished_now: list[DrainKey] = []
+        deadline: float | None = None
+        for dk, timeout in sorted(candidates.items(), key=lambda kv: (kv[0][0].sort_key(), kv[0][1])):
+            if dk in self.finished:
+                continue
+            start = self.started.setdefault(dk, now)
+            if timeout <= 0 or now >= start + timeout or _idle(actual, dk):
+                self.finished.add(dk)
+                finished_now.append(dk)
+                continue
+            draining.add(dk)
+            deadline = start + timeout if deadline is None else min(deadline, start + timeout)
+
+        effective = desired
+        masked = self.finished & present
+        if masked:
+            effective = desired.copy()
+            for key in {k for k, _ in masked}:
+                ss = desired.services[key]
+                effective.services[key] = ServiceState(
+                    ss.service, {d: v for d, v in ss.destinations.items() if (key, d) not in masked})
+        return DrainDecision(effective, frozenset(draining), deadline, finished_now)
+
+
+def _idle(actual: State, dk: DrainKey) -> bool:
+    """True once the destination has weight 0 in the kernel and no connections left (unknown stats: not idle)."""
+    svc = actual.services.get(dk[0])
+    dest = svc.destinations.get(dk[1]) if svc else None
+    if dest is None:
+        return True
+    stats = actual.stats.get(dk)
+    return dest.weight == 0 and stats is not None and stats.active_conns + stats.inactive_conns == 0
+
+
+@dataclass
+class ReconcilerStats:
+    syncs: int = 0
+    writes: int = 0
+    errors: int = 0
+    refused: int = 0
+    drift_repairs: int = 0
+    verify_failures: int = 0
+    drains_finished: int = 0
+    last_duration_s: float = 0.0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_ok_at: float | None = None
+    last_plan: Plan | None = None
+    consecutive_failures: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        out = {k: v for k, v in self.__dict__.items() if k != "last_plan"}
+        p = self.last_plan
+        out["last_plan"] = None if p is None else {"ops": [describe(op) for op in p.ops], "refused": p.refused,
+                                                   "adopted": [str(k) for k in p.adopted]}
+        return out
+
+
+@dataclass
+class SyncResult:
+    ok: bool
+    plan: Plan | None = None
+    writes: int = 0
+    error: str | None = None
+
+
+class Reconciler:
+    def __init__(self, dataplane: Dataplane, owned_store: OwnedStore, *, clock: Callable[[], float] | None = None,
+                 min_interval_s: float = 0.05, resync_interval_s: float = 30.0, max_remove_share: float = 0.5,
+                 verify: bool = True, backoff: Backoff | None = None, drain_poll_s: float = 1.0) -> None:
+        self.dataplane = dataplane
+        self.owned_store = owned_store
+        self._clock = clock
+        self.min_interval_s = min_interval_s
+        self.resync_interval_s = resync_interval_s
+        self.max_remove_share = max_remove_share
+        self.verify = verify
+        self.backoff = backoff or Backoff()
+        self.drain_poll_s = drain_poll_s
+        self.drains = DrainTracker()
+        self.stats = ReconcilerStats()
+        self.desired: State | None = None
+        self.owned: frozenset[ServiceKey] = owned_store.load_or_empty()
+        self._generation = 0
+        self._force_generation = -1
+        self._synced_generation = -1
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._last_sync_at: float | None = None
+        self._next_drain: float | None = None
+
+    def now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+
+    def set_desired(self, state: State, *, force: bool = False) -> None:
+        """Replace the desired state and schedule a sync; ``force`` lifts the removal guard for this state."""
+        self.desired = state
+        self._generation += 1
+        if force:
+            self._force_generation = self._generation
+        self._wake.set()
+
+    def trigger(self) -> None:
+        """Sync soon even though nothing changed (e.g. after a backend event)."""
+        self._wake.set()
+
+    @property
+    def in_sync(self) -> bool:
+        """True if the last sync succeeded for the current desired state."""
+        return self._synced_generation == self._generation and self.stats.consecutive_failures == 0
+
+    # -- one round ------------------------------------------------------------------------------------------------
+
+    async def sync(self, now: float | None = None) -> SyncResult:
+        async with self._lock:
+            start = self.now()
+            try:
+                return await self._sync(self.now() if now is None else now)
+            finally:
+                self.stats.last_duration_s = self.now() - start
+                self._last_sync_at = self.now()
+
+    async def _sync(self, now: float) -> SyncResult:
+        st = self.stats
+        st.syncs += 1
+        desired, generation = self.desired, self._generation
+        if desired is None:
+            return SyncResult(ok=True)
+        try:
+            actual = await self.dataplane.dump()
+        except Exception as e:  # a backend error must never end the loop
+            return self._failed(now, f"dump failed: {e}")
+        decision = self.drains.update(desired, actual, now)
+        st.drains_finished += len(decision.finished_now)
+        for svc, dkey in decision.finished_now:
+            log.info("drain finished svc=%s rs=%s", svc, dkey)
+        self._next_drain = decision.next_deadline
+        force = self._force_generation == generation
+        p = plan(decision.effective, actual, self.owned, max_remove_share=self.max_remove_share, force=force,
+                 draining=decision.draining)
+        st.last_plan = p
+        if p.refused:
+            st.refused += 1
+            return self._failed(now, f"plan refused: {p.refused}", backoff=False, plan_=p)
+        for key in p.adopted:
+            log.warning("adopting existing service svc=%s (it was not ours; the config declares it)", key)
+        if p.ops and generation == self._synced_generation and not decision.finished_now:
+            st.drift_repairs += 1
+            log.warning("drift: the data plane differs from what we programmed; repairing with %d ops", len(p.ops))
+        try:  # record ownership before creating anything, so that a crash cannot orphan a service
+            self._save_owned(self.owned | frozenset(decision.effective.services))
+        except OwnedStoreError as e:
+            st.errors += 1
+            st.last_error, st.last_error_at = str(e), now
+            log.error("%s", e)
+        try:
+            report = await self.dataplane.apply(p.ops) if p.ops else None
+        except Exception as e:
+            return self._failed(now, f"apply failed: {e}", plan_=p)
+        writes = report.writes if report else 0
+        st.writes += writes
+        if report is not None and not report.ok:
+            deleted = {op.key for op in report.applied if isinstance(op, DelService)}
+            self._save_owned_quietly((self.owned | frozenset(decision.effective.services)) - deleted)
+            what = describe(report.failed) if report.failed is not None else "?"
+            return self._failed(now, f"apply failed at '{what}': {report.error}", plan_=p, writes=writes)
+        self._save_owned_quietly(p.owned_after)
+        if self.verify and p.ops:
+            try:
+                again = await self.dataplane.dump()
+            except Exception as e:
+                return self._failed(now, f"verify dump failed: {e}", plan_=p, writes=writes)
+            check = plan(decision.effective, again, self.owned, max_remove_share=1.0, force=True,
+                         draining=decision.draining)
+            if check.ops:
+                st.verify_failures += 1
+                return self._failed(now, f"verify: {len(check.ops)} differences remain, first: "
+                                    f"{describe(check.ops[0])}", plan_=p, writes=writes)
+        self.backoff.success()
+        st.consecutive_failures = 0
+        st.last_ok_at = now
+        self._synced_generation = generation
+        if p.ops:
+            log.info("synced: %d ops, %d writes", len(p.ops), writes)
+        return SyncResult(ok=True, plan=p, writes=writes)
+
+    def _failed(self, now: float, error: str, *, backoff: bool = True, plan_: Plan | None = None,
+                writes: int = 0) -> SyncResult:
+        st = self.stats
+        st.errors += 1
+        st.consecutive_failures += 1
+        st.last_error, st.last_error_at = error, now
+        if backoff:
+            retry = self.backoff.failure(now)
+            log.error("sync failed (retry in %.1fs): %s", retry - now, error)
+        else:
+            log.error("%s", error)
+        return SyncResult(ok=False, plan=plan_, writes=writes, error=error)
+
+    def _save_owned(self, keys: frozenset[ServiceKey]) -> None:
+        self.owned_store.save(keys)
+        self.owned = keys
+
+    def _save_owned_quietly(self, keys: frozenset[ServiceKey]) -> None:
+        try:
+            self._save_owned(keys)
+        except OwnedStoreError as e:
+            self.owned = keys  # keep it in memory; the file is retried at the next sync
+            self.stats.errors += 1
+            self.stats.last_error = str(e)
+            log.error("%s", e)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="reconciler")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def _next_wakeup(self, now: float) -> float:
+        due = (self._last_sync_at if self._last_sync_at is not None else now) + self.resync_interval_s
+        if self._next_drain is not None:
+            due = min(due, self._next_drain, now + self.drain_poll_s)
+        if self.backoff.failures:
+            due = self.backoff.next_at  # retry a failed round at the backoff's pace
+        return due
+
+    async def _run(self) -> None:
+        while True:
+            now = self.now()
+            timeout = max(0.0, self._next_wakeup(now) - now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            now = self.now()
+            if self._last_sync_at is not None and now - self._last_sync_at < self.min_interval_s:
+                await asyncio.sleep(self.min_interval_s - (now - self._last_sync_at))  # coalesce a burst
+            if not self.backoff.ready(self.now()):
+                await asyncio.sleep(max(0.0, self.backoff.next_at - self.now()))
+            self._wake.clear()
+            try:
+                await self.sync()
+            except Exception:  # never let a bug in one round end the loop
+                self.stats.errors += 1
+                log.exception("reconciler round failed")
