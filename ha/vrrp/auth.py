@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ha.vrrp.packet import (
@@ -157,3 +157,24 @@ def check_v2_auth(advert: Advert, password: str | None) -> None:
         raise BadAuth(f"auth type {advert.auth_type.name} (expected {expected.name})")
     if password and not hmac.compare_digest(advert.auth_data.ljust(8, b"\0"), password_auth_data(password)):
         raise BadAuth("wrong password")
+
+
+class HmacAuthenticator:
+    """``seal``/``check`` adapter for the driver: signs with the first key, accepts all of them.
+
+    ``wall_clock`` (e.g. ``time.time``) is injected by the caller; this module never reads a clock itself.
+    """
+
+    def __init__(self, keys: Iterable[HmacKey], wall_clock: Callable[[], float]) -> None:
+        keys = tuple(keys)
+        if not keys:
+            raise VrrpLocalError("HMAC authentication needs at least one key")
+        self.signer = Signer(keys[0])
+        self.verifier = Verifier(keys)
+        self._wall_clock = wall_clock
+
+    def seal(self, message: bytes, src: IPAddress, dst: IPAddress) -> bytes:
+        return message + self.signer.sign(message, src, dst, self._wall_clock())
+
+    def check(self, payload: bytes, src: IPAddress, dst: IPAddress) -> bytes:
+        return self.verifier.verify(payload, src, dst)

@@ -138,3 +138,16 @@ def test_v2_password_golden() -> None:
     H.check_v2_auth(adv, "kalab77")
     ours = Advert(2, 77, 150, 1.0, adv.addresses, AuthType.PASSWORD, H.password_auth_data("kalab77"))
     assert P.encode_frame(ours, hdr.src, frame[6:12], ident=hdr.ident) == frame
+
+
+def test_authenticator_adapter() -> None:
+    clock = iter([100.0, 100.0, 99.0])
+    sender = H.HmacAuthenticator([KEY, KEY2], lambda: next(clock))
+    receiver = H.HmacAuthenticator([KEY2, KEY], lambda: 0.0)
+    msg = P.encode(ADV, SRC, DST)
+    payloads = [sender.seal(msg, SRC, DST) for _ in range(3)]
+    assert [receiver.check(p, SRC, DST) for p in payloads] == [msg] * 3  # a wall clock stepping back is absorbed
+    with pytest.raises(H.Replay):
+        receiver.check(payloads[1], SRC, DST)
+    with pytest.raises(P.VrrpLocalError):
+        H.HmacAuthenticator([], lambda: 0.0)
