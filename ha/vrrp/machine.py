@@ -383,6 +383,7 @@ class VrrpMachine:
         release = now + margin
         if self._release_at is None or release < self._release_at:
             self._release_at = release
+        self._advert_at = None  # no more resignation repeats: the new master is there
 
     # -- transitions --------------------------------------------------------------------------------------------
 
