@@ -501,7 +501,8 @@ _WEIGHT = c_int(-254, 254, "a weight")
 def _parse_notify(m: _Map | None) -> NotifyConfig:
     if m is None:
         return NotifyConfig()
-    return NotifyConfig(**{k: m.get(k, c_argv, ()) for k in _NOTIFY_KEYS})
+    empty: tuple[str, ...] = ()
+    return NotifyConfig(**{k: m.get(k, c_argv, empty) for k in _NOTIFY_KEYS})
 
 
 def _advert_interval(m: _Map, version: int) -> float:
@@ -667,11 +668,7 @@ def _parse_instance(ctx: _Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfi
                           refresh_s=gm.get("refresh", c_duration(0, 86400), 0.0),
                           repeat_delay_s=gm.get("repeat_delay", c_duration(0, 3600), 5.0),
                           on_lower_priority=gm.get("on_lower_priority", c_bool, True))
-    if None in (name, interface, vrid):
-        return None
-    assert name is not None and interface is not None and vrid is not None
-    inst = VrrpInstanceConfig(
-        name=name, interface=interface, vrid=vrid,
+    rest = dict(
         priority=m.get("priority", c_int(1, 255, "a priority (255 = address owner)"), 100),
         version=version,
         advert_interval_s=_advert_interval(m, version),
@@ -687,7 +684,9 @@ def _parse_instance(ctx: _Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfi
         startup_delay_s=m.get("startup_delay", c_duration(0, 3600), 0.0),
         handover=handover,
     )
-    return inst, m
+    if name is None or interface is None or vrid is None:
+        return None
+    return VrrpInstanceConfig(name=name, interface=interface, vrid=vrid, **rest), m  # type: ignore[arg-type]
 
 
 def _parse_vrrp(ctx: _Ctx, m: _Map | None) -> tuple[VrrpConfig, list[tuple[VrrpInstanceConfig, _Map]]]:
@@ -915,7 +914,7 @@ def _parse_tunnel(ctx: _Ctx, m: _Map | None) -> TunnelConfig | None:
                   "a GUE tunnel needs the realserver's GUE port (1..65535)")
     elif ttype != "gue" and m.has("port"):
         ctx.error(m.value_node("port"), m.p("port"), f"port is only for type: gue (this tunnel is {ttype})")
-    flags = m.get("flags", c_str_list, ())
+    flags: tuple[str, ...] = m.get("flags", c_str_list, ())
     fnode = m.value_node("flags")
     for i, flag in enumerate(flags):
         allowed = {"gue": ("csum", "nocsum", "remcsum"), "gre": ("csum", "nocsum"), "ipip": ()}[ttype]
@@ -951,6 +950,7 @@ def _parse_realserver(ctx: _Ctx, node: Node, path: str, svc: dict[str, Any],
     if tm is not None and forwarding != "tun":
         ctx.error(m.key_node("tunnel"), m.p("tunnel"), f"tunnel settings need forwarding: tun (this is {forwarding})")
     tunnel = _parse_tunnel(ctx, tm)
+    weight = m.get("weight", c_int(0, 65535, "a weight"), 1)
     if address is None:
         return None
     if address.version != svc["family"] and forwarding != "tun":
@@ -959,7 +959,7 @@ def _parse_realserver(ctx: _Ctx, node: Node, path: str, svc: dict[str, Any],
     if forwarding in ("dr", "tun") and svc["port"] and port != svc["port"]:
         ctx.error(m.value_node("port"), m.p("port"), f"{forwarding} forwarding cannot change the port: the "
                   f"realserver must listen on the service port {svc['port']} (or use forwarding: nat)")
-    rs = RealServerConfig(address=address, port=port, weight=m.get("weight", c_int(0, 65535, "a weight"), 1),
+    rs = RealServerConfig(address=address, port=port, weight=weight,
                           forwarding=forwarding, check=check, upper_threshold=upper, lower_threshold=lower,
                           tunnel=tunnel)
     return rs, m
@@ -986,7 +986,7 @@ def _parse_service(ctx: _Ctx, node: Node, path: str, named: dict[str, CheckConfi
         family = vip.version if vip is not None else 4
     protocol = m.get("protocol", c_choice("tcp", "udp", "sctp"), "tcp")
     scheduler = m.get("scheduler", c_choice(*_SCHEDULERS), "wlc")
-    flags = m.get("scheduler_flags", c_str_list, ())
+    flags: tuple[str, ...] = m.get("scheduler_flags", c_str_list, ())
     fnode = m.value_node("scheduler_flags")
     for i, flag in enumerate(flags):
         assert isinstance(fnode, SequenceNode)
@@ -1237,7 +1237,10 @@ def parse_config_text(text: str, filename: str = "<string>", registry: Any = Non
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = " ".join(x for x in (e.context, e.problem) if x)
+        what = e.problem or "cannot parse"
+        if e.context:
+            cm = e.context_mark
+            what += f" ({e.context}{f' on line {cm.line + 1}' if cm and cm.line != mark.line else ''})"
         raise ConfigErrors([ConfigIssue(filename, line, col, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as e:
         raise ConfigErrors([ConfigIssue(filename, 1, 1, "", f"YAML syntax error: {e}")]) from None
