@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ class Conflict(ApiError):
 
 
 class Controller(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
     def metrics(self) -> bytes: ...
 
@@ -154,6 +155,8 @@ def _str_field(data: dict[str, Any], name: str, required: bool = True) -> str | 
 
 async def get_status(request: web.Request) -> web.Response:
     doc = request.app[CONTROLLER].status()
+    if inspect.isawaitable(doc):
+        doc = await doc
     return web.Response(text=json.dumps(doc), content_type="application/json")
 
 
