@@ -89,7 +89,14 @@ def _write_status(path: str | None, engine: VrrpEngine) -> None:
         os.replace(tmp, path)
 
 
-async def _run(config: Config, status_file: str | None) -> int:
+async def _periodic_status(path: str | None, engine: VrrpEngine, interval_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    while path and interval_s > 0:
+        await asyncio.sleep(interval_s)
+        await loop.run_in_executor(None, _write_status, path, engine)
+
+
+async def _run(config: Config, status_file: str | None, status_interval_s: float = 1.0) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     engine: VrrpEngine | None = None
@@ -107,16 +114,18 @@ async def _run(config: Config, status_file: str | None) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("planned failover: %s", engine.failover()))
     loop.add_signal_handler(signal.SIGUSR2, lambda: _write_status(status_file, engine))
+    ticker = asyncio.create_task(_periodic_status(status_file, engine, status_interval_s))
     await stop.wait()
+    ticker.cancel()
     log.info("stopping: masters hand over")
     await loop.run_in_executor(None, engine.stop, True)
 
     return 0
 
 
-def run_vrrp_only(config: Config, status_file: str | None = None) -> int:
+def run_vrrp_only(config: Config, status_file: str | None = None, status_interval_s: float = 1.0) -> int:
     """Run the VRRP engine for ``config`` until SIGTERM/SIGINT; returns the exit code."""
-    return asyncio.run(_run(config, status_file))
+    return asyncio.run(_run(config, status_file, status_interval_s))
 
 
 def load(path: str) -> Config:
@@ -131,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ha.vrrp_setup", description="run the VRRP part of lvs-ha only")
     ap.add_argument("-c", "--config", required=True, metavar="FILE")
     ap.add_argument("--status-file", metavar="PATH", help="write the instances' status (JSON) here on changes")
+    ap.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",
+                    help="also rewrite the status file this often (0: only on changes)")
     ap.add_argument("--log-level", default=None)
     args = ap.parse_args(argv)
     try:
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("pyroute2", "pyroute2.netlink.core", "pyroute2.netlink.nlsocket"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
-        return run_vrrp_only(cfg, args.status_file)
+        return run_vrrp_only(cfg, args.status_file, args.status_interval)
     return 0
 
 

@@ -51,7 +51,8 @@ class LvsHa:
         self.status_path.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
         self.proc = self.lab.spawn(self.host, [sys.executable, "-m", "ha.vrrp_setup", "-c", str(self.config),
-                                               "--status-file", str(self.status_path)], stdout=log, stderr=log)
+                                               "--status-file", str(self.status_path),
+                                               "--status-interval", "0.2"], stdout=log, stderr=log)
         log.close()
         return self
 

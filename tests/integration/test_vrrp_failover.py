@@ -1,0 +1,156 @@
+"""Two lvs-ha directors and a client on a bridge: election, crash, clean stop, link down, preemption, partition and
+heal, unicast and IPv6. Adverts every 100 ms so each scenario takes a second or two; deadlines are generous."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.lab import Host, Lab, wait_for
+from tests.vrrp_helpers import NET, LvsHa, has_vip, holders, neigh_mac, ping_ok
+
+D1, D2, CL = f"{NET}.11/24", f"{NET}.12/24", f"{NET}.50/24"
+
+
+def _pair(lab: Lab, tmp_path: Path, p1: int = 150, p2: int = 100, **cfg: object) -> tuple[Host, Host, Host, LvsHa,
+                                                                                          LvsHa]:
+    d1 = lab.host("d1", [D1])
+    d2 = lab.host("d2", [D2])
+    cl = lab.host("cl", [CL])
+    a = LvsHa(lab, d1, tmp_path, "d1", p1, **cfg)  # type: ignore[arg-type]
+    b = LvsHa(lab, d2, tmp_path, "d2", p2, **cfg)  # type: ignore[arg-type]
+    return d1, d2, cl, a, b
+
+
+def _settled(a: LvsHa, b: LvsHa, hosts: list[Host], master: str) -> bool:
+    roles = {a.name: a.role(), b.name: b.role()}
+    backup = b.name if master == a.name else a.name
+    return holders(hosts) == [master] and roles[master] == "MASTER" and roles[backup] == "BACKUP"
+
+
+def _diag(*daemons: LvsHa) -> str:
+    return "\n".join(f"--- {d.name}\n{d.log()[-2000:]}" for d in daemons)
+
+
+def test_election_then_crash_then_preempt_back(lab: Lab, tmp_path: Path) -> None:
+    d1, d2, cl, a, b = _pair(lab, tmp_path)
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master, d2 backup\n" + _diag(a, b))
+    assert ping_ok(cl)
+    assert neigh_mac(cl) == d1.mac
+    st = a.status()[0]
+    assert st["counters"]["adverts_sent"] > 0 and st["effective_priority"] == 150
+    wait_for(lambda: b.status()[0]["master"] == f"{NET}.11", 5, what="d2 knows the master")
+
+    lab.cut(d1)  # crash as the network sees it: nothing from d1 reaches anyone
+    wait_for(lambda: has_vip(d2), 10, what="d2 takes the VIP")
+    wait_for(lambda: ping_ok(cl), 10, what="client answered by d2")
+    assert neigh_mac(cl) == d2.mac
+
+    lab.heal(d1)  # d1 (priority 150, preempt) takes the VIP back; exactly one holder
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 10, what="d1 master again\n" + _diag(a, b))
+    wait_for(lambda: neigh_mac(cl) == d1.mac or (ping_ok(cl) and neigh_mac(cl) == d1.mac), 10,
+             what="client follows d1")
+
+
+def test_clean_stop_hands_over_and_releases(lab: Lab, tmp_path: Path) -> None:
+    d1, d2, cl, a, b = _pair(lab, tmp_path)
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
+    assert a.stop(signal.SIGTERM) == 0
+    assert not has_vip(d1)
+    wait_for(lambda: holders([d1, d2]) == ["d2"] and b.role() == "MASTER", 10, what="d2 master")
+    assert "priority_zero" in b.status()[0]["counters"]["machine"]
+    assert ping_ok(cl)
+
+
+def test_link_down_faults_master(lab: Lab, tmp_path: Path) -> None:
+    d1, d2, _cl, a, b = _pair(lab, tmp_path)
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
+    lab.link_down(d1)
+    wait_for(lambda: a.role() == "FAULT", 10, what="d1 FAULT\n" + _diag(a))
+    wait_for(lambda: holders([d1, d2]) == ["d2"], 10, what="d2 holds the VIP")
+    lab.link_up(d1)
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 15, what="d1 back as master\n" + _diag(a, b))
+
+
+def test_nopreempt_keeps_the_current_master(lab: Lab, tmp_path: Path) -> None:
+    d1, d2, _cl, a, b = _pair(lab, tmp_path, preempt=False)
+    b.start()
+    wait_for(lambda: b.role() == "MASTER" and has_vip(d2), 10, what="d2 master alone")
+    a.start()
+    wait_for(lambda: a.role() == "BACKUP", 10, what="d1 backup")
+    # d1 has the higher priority but does not preempt: d2 keeps the VIP over many master-down intervals (0.36 s)
+    wait_for(lambda: a.status() and a.status()[0]["counters"]["adverts_received"] > 30, 20, what="30 adverts")
+    assert holders([d1, d2]) == ["d2"] and a.role() == "BACKUP" and b.role() == "MASTER"
+
+
+NFT_DROP_VRRP = ["nft", "-f", "-"]
+PARTITION = """table inet vrrppart {
+  chain in { type filter hook input priority 0; meta l4proto 112 drop; }
+}
+"""
+
+
+def _partition(h: Host) -> None:
+    import subprocess
+
+    subprocess.run(["ip", "netns", "exec", h.ns, *NFT_DROP_VRRP], input=PARTITION, text=True, check=True)
+
+
+def _heal_partition(h: Host) -> None:
+    h.run("nft", "delete", "table", "inet", "vrrppart")
+
+
+def test_partition_both_master_then_heal_one_master(lab: Lab, tmp_path: Path) -> None:
+    d1, d2, cl, a, b = _pair(lab, tmp_path)
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
+    _partition(d1)
+    _partition(d2)
+    wait_for(lambda: holders([d1, d2]) == ["d1", "d2"], 10, what="split brain during the partition")
+    _heal_partition(d1)
+    _heal_partition(d2)
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 10, what="one master after heal\n" + _diag(a, b))
+    # the surviving master re-announced itself, so the client's neighbour entry points at it
+    wait_for(lambda: neigh_mac(cl) in (None, d1.mac) and ping_ok(cl) and neigh_mac(cl) == d1.mac, 10,
+             what="client follows d1 after heal")
+
+
+def test_unicast_peers(lab: Lab, tmp_path: Path) -> None:
+    d1 = lab.host("d1", [D1])
+    d2 = lab.host("d2", [D2])
+    a = LvsHa(lab, d1, tmp_path, "d1", 150, unicast={"source": f"{NET}.11", "peers": [f"{NET}.12"]})
+    b = LvsHa(lab, d2, tmp_path, "d2", 100, unicast={"source": f"{NET}.12", "peers": [f"{NET}.11"]})
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master (unicast)\n" + _diag(a, b))
+    assert a.stop(signal.SIGTERM) == 0
+    # one unicast peer: takeover is immediate on the priority-0 advert
+    wait_for(lambda: holders([d1, d2]) == ["d2"] and b.role() == "MASTER", 10, what="d2 master (unicast)")
+
+
+def test_ipv6_vips(lab: Lab, tmp_path: Path) -> None:
+    d1 = lab.host("d1", [D1, "fd77::11/64"])
+    d2 = lab.host("d2", [D2, "fd77::12/64"])
+    cl = lab.host("cl", [CL, "fd77::50/64"])
+    for h in (d1, d2):
+        wait_for(lambda h=h: "fe80" in h.ip("-6", "addr", "show", "dev", "eth0").stdout, 10, what="link-local")
+    vips = ["fd77::100/64"]
+    a = LvsHa(lab, d1, tmp_path, "d1", 150, vips=vips)
+    b = LvsHa(lab, d2, tmp_path, "d2", 100, vips=vips)
+    b.start()
+    a.start()
+    wait_for(lambda: holders([d1, d2], "fd77::100") == ["d1"] and b.role() == "BACKUP", 20,
+             what="d1 holds the IPv6 VIP\n" + _diag(a, b))
+    assert a.status()[0]["master"].startswith("fe80::")
+    wait_for(lambda: ping_ok(cl, "fd77::100"), 10, what="client reaches the IPv6 VIP")
+    lab.cut(d1)
+    wait_for(lambda: holders([d2], "fd77::100") == ["d2"], 10, what="d2 takes the IPv6 VIP")
+    wait_for(lambda: ping_ok(cl, "fd77::100") and neigh_mac(cl, "fd77::100") == d2.mac, 10,
+             what="client follows d2 (unsolicited NA)")
