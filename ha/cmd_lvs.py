@@ -1,0 +1,161 @@
+"""``lvs-ha plan`` and ``lvs-ha apply``: the desired state with every realserver up, against the live backend.
+
+``plan`` prints the operations and changes nothing. ``apply`` programs them once (recording ownership, then verifying
+with a second dump) and exits; a second run makes zero writes. Exit codes: 0 done, 1 invalid config / refused or
+failed change, 2 unreadable config file or a backend that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from ha.config_model import Config
+from ha.desired import all_up, desired_state
+from lvs.dataplane import Dataplane, DataplaneError
+from lvs.memory import op_to_json
+from lvs.model import ServiceKey, State
+from lvs.owned import OwnedStore, OwnedStoreError
+from lvs.plan import Plan, describe_with_actual, plan
+from lvs.reconciler import Reconciler
+from lvs.select import BackendUnavailable, open_dataplane, resolve_kind
+
+EXIT_OK, EXIT_FAIL, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def _load_config(path: str) -> tuple[Config | None, int]:
+    """The config, or None and the exit code after printing why."""
+    from ha.config import ConfigErrors, ConfigUnreadable, load_config
+
+    try:
+        config, warnings = load_config(path)
+    except ConfigUnreadable as e:
+        print(f"{e.file}: cannot use this file: {e.message}", file=sys.stderr)
+        return None, EXIT_UNAVAILABLE
+    except ConfigErrors as e:
+        for issue in e.errors:
+            print(issue, file=sys.stderr)
+        print(f"{path}: invalid configuration ({len(e.errors)} error(s)); nothing changed", file=sys.stderr)
+        return None, EXIT_FAIL
+    for w in warnings:
+        print(w, file=sys.stderr)
+    return config, EXIT_OK
+
+
+async def _open(config: Config, override: str | None) -> Dataplane:
+    kind = override or config.node.dataplane.value
+    return await open_dataplane(kind, state_dir=config.node.state_dir)
+
+
+def _desired(config: Config) -> State:
+    return desired_state(config, all_up(config)).state
+
+
+def _foreign(actual: State, owned: frozenset[ServiceKey], desired: State) -> list[ServiceKey]:
+    return sorted((k for k in actual.services if k not in owned and k not in desired.services), key=ServiceKey.sort_key)
+
+
+def _print_plan(p: Plan, actual: State, backend: str, owned: frozenset[ServiceKey], desired: State,
+                as_json: bool, header: str) -> None:
+    foreign = _foreign(actual, owned, desired)
+    lines = [describe_with_actual(op, actual) for op in p.ops]
+    if as_json:
+        doc: dict[str, Any] = {
+            "backend": backend, "ops": [op_to_json(op) for op in p.ops], "lines": lines, "refused": p.refused,
+            "adopted": [str(k) for k in p.adopted], "removed_services": [str(k) for k in p.removed_services],
+            "foreign": [str(k) for k in foreign], "counts": p.counts(),
+        }
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{header}: backend {backend}; kernel has {len(actual.services)} service(s), "
+          f"{len(foreign)} foreign (left alone)")
+    for key in p.adopted:
+        print(f"! adopting {key}: it exists but was not ours; the config declares it")
+    for line in lines:
+        print(line)
+    if p.refused:
+        print(f"refused: {p.refused}")
+    elif not p.ops:
+        print("no changes")
+    else:
+        print(f"{len(p.ops)} change(s)")
+
+
+def _owned(config: Config) -> frozenset[ServiceKey]:
+    try:
+        return OwnedStore.in_dir(config.node.state_dir).load()
+    except OwnedStoreError as e:
+        print(f"warning: {e}; treating nothing as owned", file=sys.stderr)
+        return frozenset()
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    config, rc = _load_config(args.config)
+    if config is None:
+        return rc
+    try:
+        dp = await _open(config, getattr(args, "dataplane", None))
+    except BackendUnavailable as e:
+        print(f"lvs-ha plan: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        try:
+            actual = await dp.dump()
+        except DataplaneError as e:
+            print(f"lvs-ha plan: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        desired = _desired(config)
+        owned = _owned(config)
+        p = plan(desired, actual, owned, max_remove_share=config.lvs.max_remove_share)
+        _print_plan(p, actual, dp.name, owned, desired, bool(getattr(args, "json", False)), "plan")
+        return EXIT_OK
+    finally:
+        await dp.close()
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    config, rc = _load_config(args.config)
+    if config is None:
+        return rc
+    try:
+        dp = await _open(config, getattr(args, "dataplane", None))
+    except BackendUnavailable as e:
+        print(f"lvs-ha apply: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        store = OwnedStore.in_dir(config.node.state_dir)
+        rec = Reconciler(dp, store, max_remove_share=config.lvs.max_remove_share)
+        rec.set_desired(_desired(config), force=bool(getattr(args, "force", False)))
+        try:
+            actual = await dp.dump()
+        except DataplaneError as e:
+            print(f"lvs-ha apply: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        owned_before = rec.owned
+        result = await rec.sync()
+        if result.plan is not None:
+            _print_plan(result.plan, actual, dp.name, owned_before, _desired(config), False, "apply")
+        print(f"writes: {result.writes}")
+        if not result.ok:
+            print(f"lvs-ha apply: {result.error}", file=sys.stderr)
+            return EXIT_FAIL
+        if rec.stats.errors:
+            print(f"lvs-ha apply: programmed, but {rec.stats.last_error}", file=sys.stderr)
+            return EXIT_FAIL
+        return EXIT_OK
+    finally:
+        await dp.close()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return asyncio.run(_plan(args))
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return asyncio.run(_apply(args))
+
+
+__all__ = ["cmd_apply", "cmd_plan", "resolve_kind"]

@@ -1,0 +1,130 @@
+"""`lvs-ha plan` / `lvs-ha apply` with the memory data plane (state kept under node.state_dir)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ha.cli import main
+from lvs.memory import MemoryDataplane
+from lvs.model import Destination, DestKey, Scheduler, Service, ServiceKey
+from lvs.select import BackendUnavailable, open_dataplane, resolve_kind
+
+CONFIG = """\
+node:
+  name: dir1
+  state_dir: {state}
+  dataplane: memory
+lvs:
+  sysctls: {{net.ipv4.vs.sloppy_tcp: 1}}
+services:
+  - name: web
+    vip: 192.168.10.100
+    port: 80
+    scheduler: wlc
+    realservers:
+      - {{address: 10.0.20.11, port: 80, weight: {w}}}
+      - {{address: 10.0.20.12, port: 80, weight: 10}}
+  - name: dns
+    vip: 192.168.10.100
+    port: 53
+    protocol: udp
+    scheduler: rr
+    realservers:
+      - {{address: 10.0.20.11, port: 53}}
+"""
+
+
+def write(tmp_path: Path, w: int = 10, extra: str = "") -> str:
+    path = tmp_path / "lvs-ha.yaml"
+    path.write_text(CONFIG.format(state=tmp_path / "state", w=w) + extra)
+    return str(path)
+
+
+def test_plan_prints_ops_and_changes_nothing(tmp_path, capsys) -> None:
+    cfg = write(tmp_path)
+    assert main(["plan", "-c", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "+ service tcp/192.168.10.100:80 wlc" in out
+    assert "+ dest tcp/192.168.10.100:80 -> 10.0.20.11:80 dr weight 10" in out
+    assert "~ sysctl net.ipv4.vs.sloppy_tcp = 1" in out
+    assert not (tmp_path / "state" / "memory-dataplane.json").exists()
+    assert not (tmp_path / "state" / "owned.json").exists()
+
+
+def test_apply_twice_second_run_zero_writes_then_edit_in_place(tmp_path, capsys) -> None:
+    cfg = write(tmp_path)
+    assert main(["apply", "-c", cfg]) == 0
+    assert "writes: 6" in capsys.readouterr().out
+    assert main(["apply", "-c", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "writes: 0" in out and "no changes" in out
+    owned = json.loads((tmp_path / "state" / "owned.json").read_text())
+    assert len(owned["services"]) == 2
+    cfg = write(tmp_path, w=5)
+    assert main(["plan", "-c", cfg]) == 0
+    assert "~ dest tcp/192.168.10.100:80 -> 10.0.20.11:80 weight 10 -> 5" in capsys.readouterr().out
+    assert main(["apply", "-c", cfg]) == 0
+    assert "writes: 1" in capsys.readouterr().out
+
+
+def test_plan_json_and_foreign_services_left_alone(tmp_path, capsys) -> None:
+    cfg = write(tmp_path)
+    mem = MemoryDataplane(persist_path=str(tmp_path / "state" / "memory-dataplane.json"))
+    (tmp_path / "state").mkdir()
+    mem.foreign(Service(ServiceKey.vip("tcp", "10.9.9.9", 443), Scheduler.RR), Destination(DestKey("10.1.1.1", 443)))
+    mem._persist()
+    assert main(["plan", "-c", cfg, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "memory" and doc["foreign"] == ["tcp/10.9.9.9:443"]
+    assert doc["ops"][0] == {"op": "SetSysctl", "name": "net.ipv4.vs.sloppy_tcp", "value": 1}
+    assert all("10.9.9.9" not in line for line in doc["lines"])
+    assert main(["apply", "-c", cfg]) == 0
+    after = MemoryDataplane(persist_path=str(tmp_path / "state" / "memory-dataplane.json"))
+    assert ServiceKey.vip("tcp", "10.9.9.9", 443) in after.state.services
+
+
+def test_apply_refuses_mass_removal_unless_forced(tmp_path, capsys) -> None:
+    cfg = write(tmp_path)
+    assert main(["apply", "-c", cfg]) == 0
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(f"node: {{name: dir1, state_dir: {tmp_path / 'state'}, dataplane: memory}}\n")
+    assert main(["apply", "-c", str(empty)]) == 1
+    assert "refused" in capsys.readouterr().out
+    assert main(["apply", "-c", str(empty), "--force"]) == 0
+    assert "- service tcp/192.168.10.100:80" in capsys.readouterr().out
+
+
+def test_invalid_config_exits_1_and_unreadable_2(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node: {name: dir1, dataplane: memory}\nservices: [{name: web, port: 99999}]\n")
+    assert main(["plan", "-c", str(bad)]) == 1
+    assert main(["plan", "-c", str(tmp_path / "missing.yaml")]) == 2
+    capsys.readouterr()
+
+
+def test_unavailable_backend_exits_2(tmp_path, capsys, monkeypatch) -> None:
+    cfg = write(tmp_path)
+    monkeypatch.setitem(sys.modules, "lvs.ipvs", None)  # the module cannot be imported
+    assert main(["plan", "-c", cfg, "--dataplane", "ipvs"]) == 2
+    assert "ipvs backend is not available" in capsys.readouterr().err
+
+
+async def test_select_memory_and_unknown() -> None:
+    assert isinstance(await open_dataplane("memory"), MemoryDataplane)
+    with pytest.raises(BackendUnavailable, match="unknown data plane"):
+        resolve_kind("bogus")
+    assert resolve_kind("auto") in ("ipvs", "nftables")
+
+
+def test_cli_entry_point_runs(tmp_path) -> None:
+    cfg = write(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "ha.cli", "plan", "-c", cfg], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert textwrap.dedent("+ service udp/192.168.10.100:53 rr") in r.stdout
