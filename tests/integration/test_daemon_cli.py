@@ -1,0 +1,228 @@
+"""``lvs-ha run`` for real (a subprocess, in-memory data plane, API socket and state under a tmp dir), driven through
+the CLI: status, drain, enable, reload (good, bad, dry run), unknown names, restart with persisted overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.lab import wait_for
+
+CONFIG = """\
+node:
+  name: dir1
+  state_dir: {tmp}/state
+  dataplane: memory
+  api:
+    socket: {tmp}/run/api.sock
+checks:
+  t:
+    type: tcp
+    interval: 100ms
+    timeout: 1s
+    rise: 1
+    fall: 1
+services:
+  - name: web
+    vip: 192.0.2.10
+    port: 80
+    forwarding: nat
+    check: t
+    drain_timeout: 1h
+    realservers:
+      - {{ address: 127.0.0.1, port: {up_port}, weight: {w1} }}
+      - {{ address: 127.0.0.1, port: {down_port}, weight: 10 }}
+"""
+
+
+@dataclass
+class Env:
+    tmp: Path
+    config: Path
+    sock: str
+    up_port: int
+    down_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, w1: int = 10, text: str | None = None) -> None:
+        body = text if text is not None else CONFIG.format(tmp=self.tmp, up_port=self.up_port,
+                                                          down_port=self.down_port, w1=w1)
+        tmp = self.config.with_suffix(".new")
+        tmp.write_text(body)
+        os.replace(tmp, self.config)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd, rest = args[0], args[1:]
+        return subprocess.run([sys.executable, "-m", "ha", cmd, "--socket", self.sock, *rest],
+                              capture_output=True, text=True, timeout=60)
+
+    def status(self) -> dict[str, Any]:
+        r = self.cli("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def rs(self, port: int) -> dict[str, Any]:
+        web = self.status()["services"][0]
+        return next(r for r in web["realservers"] if r["realserver"] == f"127.0.0.1:{port}")
+
+    def start(self) -> None:
+        log = open(self.tmp / "daemon.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ha", "run", "-c", str(self.config)], stdout=log,
+                                     stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        wait_for(lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
+                 timeout=60, what="the daemon's API")
+        assert self.proc.poll() is None, self.log()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        return proc.returncode
+
+    def log(self) -> str:
+        return (self.tmp / "daemon.log").read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        import asyncio
+
+        import aiohttp
+
+        async def get() -> str:
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.sock)) as s:
+                async with s.get("http://lvs-ha/metrics") as r:
+                    return await r.text()
+
+        text = asyncio.run(get())
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name:
+                    return float(s.value)
+        raise AssertionError(f"no metric {name}")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    e = Env(tmp_path, tmp_path / "lvs-ha.yaml", str(tmp_path / "run" / "api.sock"), listener.getsockname()[1],
+            dead.getsockname()[1])
+    e.write()
+    try:
+        yield e
+    finally:
+        e.stop()
+        listener.close()
+        dead.close()
+
+
+def test_status_drain_enable_reload_through_the_cli(env: Env) -> None:
+    env.start()
+    wait_for(lambda: env.rs(env.up_port)["health"] == "up" and env.rs(env.down_port)["health"] == "down",
+             timeout=30, what="health results")
+    up = env.rs(env.up_port)
+    assert (up["weight"], up["in_kernel"], up["last_check"]["ok"]) == (10, True, True)
+    assert env.rs(env.down_port)["in_kernel"] is False  # on_failure: remove
+    table = env.cli("status")
+    assert table.returncode == 0
+    assert f"-> 127.0.0.1:{env.up_port}" in table.stdout and "tcp/192.0.2.10:80" in table.stdout
+
+    r = env.cli("drain", "web", f"127.0.0.1:{env.up_port}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"drained web 127.0.0.1:{env.up_port}"
+    rs = env.rs(env.up_port)
+    assert (rs["drained"], rs["weight"], rs["configured_weight"]) == (True, 0, 10)
+    r = env.cli("enable", "web", f"127.0.0.1:{env.up_port}")
+    assert r.returncode == 0, r.stderr
+    rs = env.rs(env.up_port)
+    assert (rs["drained"], rs["weight"]) == (False, 10)
+
+    # unknown names: exit 1 with a clear message, nothing changes
+    r = env.cli("drain", "nope", "127.0.0.1")
+    assert r.returncode == 1 and "no service named 'nope'" in r.stderr
+    r = env.cli("drain", "web", "10.9.9.9:80")
+    assert r.returncode == 1 and "not a realserver" in r.stderr
+
+    # a reload that changes one realserver's weight: exactly one kernel write, health state untouched
+    before = env.rs(env.up_port)["last_check"]
+    writes = env.metric("lvs_ha_reconcile_writes_total")
+    env.write(w1=5)
+    r = env.cli("reload", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "kernel operations: 1" in r.stdout and f"-e -t 192.0.2.10:80 -r 127.0.0.1:{env.up_port} -m -w 5" in r.stdout
+    assert env.rs(env.up_port)["configured_weight"] == 10, "a dry run changes nothing"
+    r = env.cli("reload")
+    assert r.returncode == 0, r.stderr
+    rs = env.rs(env.up_port)
+    assert (rs["configured_weight"], rs["weight"], rs["health"]) == (5, 5, "up")
+    assert env.metric("lvs_ha_reconcile_writes_total") - writes == 1
+    assert "health checks: 0 to change, 2 unchanged" in r.stdout
+    assert rs["last_check"]["ok"] is True and before["ok"] is True
+
+    # a broken config: exit 1, errors printed, the running config stays, the error shows in status and metrics
+    env.write(text="node: [not, a, mapping\n")
+    r = env.cli("reload")
+    assert r.returncode == 1
+    assert "invalid" in r.stderr and "lvs-ha.yaml:" in r.stderr
+    st = env.status()
+    assert st["config"]["last_reload_error"] and "lvs-ha.yaml" in st["config"]["last_reload_error"][0]
+    assert env.rs(env.up_port)["configured_weight"] == 5
+    assert env.metric("lvs_ha_config_last_reload_successful") == 0
+    assert env.metric("lvs_ha_config_reloads_total") >= 1
+
+    # SIGHUP with a good config again clears the error
+    env.write(w1=7)
+    assert env.proc is not None
+    os.kill(env.proc.pid, signal.SIGHUP)
+    wait_for(lambda: env.rs(env.up_port)["configured_weight"] == 7, timeout=30, what="SIGHUP reload")
+    assert env.status()["config"]["last_reload_error"] is None
+    assert env.stop() == 0
+
+
+def test_drain_survives_a_restart_and_services_stay(env: Env) -> None:
+    env.start()
+    r = env.cli("drain", "web", "127.0.0.1:" + str(env.up_port))
+    assert r.returncode == 0, r.stderr
+    assert env.stop() == 0
+    assert "stopped node=dir1" in env.log()
+    kernel = json.loads((env.tmp / "state" / "memory-dataplane.json").read_text())
+    assert "192.0.2.10" in json.dumps(kernel), "the service stays after a stop (no flush_on_stop)"
+    env.start()
+    rs = env.rs(env.up_port)
+    assert (rs["drained"], rs["weight"]) == (True, 0)
+    r = env.cli("drain", "web", "127.0.0.1:" + str(env.up_port))
+    assert r.returncode == 0 and "already drained" in r.stdout
+
+
+def test_no_daemon_and_bad_config(env: Env, tmp_path: Path) -> None:
+    r = env.cli("status")
+    assert r.returncode == 2 and "no daemon is running" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node: {name: x}\nservices: [{name: web, vip: 192.0.2.1, port: 99999}]\n")
+    r = subprocess.run([sys.executable, "-m", "ha", "run", "-c", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "bad.yaml:" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ha", "run", "-c", str(tmp_path / "missing.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "missing.yaml" in r.stderr
