@@ -76,10 +76,11 @@ class Env:
         web = self.status()["services"][0]
         return next(r for r in web["realservers"] if r["realserver"] == f"127.0.0.1:{port}")
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         log = open(self.tmp / "daemon.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "ha", "run", "-c", str(self.config)], stdout=log,
-                                     stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
         log.close()
         wait_for(lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
                  timeout=60, what="the daemon's API")
@@ -226,3 +227,33 @@ def test_no_daemon_and_bad_config(env: Env, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "ha", "run", "-c", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "missing.yaml" in r.stderr
+
+
+def test_sd_notify_ready_reloading_stopping_watchdog(env: Env) -> None:
+    path = str(env.tmp / "notify.sock")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(path)
+    ns.settimeout(30)
+    try:
+        env.start({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+        got: list[str] = []
+
+        def until(prefix: str) -> str:
+            while True:
+                msg = ns.recv(4096).decode()
+                got.append(msg)
+                if msg.startswith(prefix):
+                    return msg
+
+        ready = until("READY=1")
+        assert "STATUS=0 VRRP instance(s), 1 service(s), 2 realserver(s)" in ready
+        until("WATCHDOG=1")
+        env.write(w1=4)
+        assert env.cli("reload").returncode == 0
+        reloading = until("RELOADING=1")
+        assert "MONOTONIC_USEC=" in reloading
+        until("READY=1")
+        assert env.stop() == 0
+        until("STOPPING=1")
+    finally:
+        ns.close()
