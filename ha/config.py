@@ -160,6 +160,8 @@ def _join(path: str, key: str) -> str:
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
+_SAFE_TAGS = frozenset("tag:yaml.org,2002:" + t for t in ("null", "bool", "int", "float", "str", "timestamp", "seq",
+                                                               "map", "merge"))
 
 
 def _describe(node: Node | None) -> str:
@@ -193,6 +195,8 @@ def _scan_duplicates(ctx: _Ctx, node: Node | None, path: str, seen: set[int]) ->
     if node is None or id(node) in seen:
         return
     seen.add(id(node))
+    if node.tag not in _SAFE_TAGS:
+        ctx.error(node, path, f"unsupported YAML tag {node.tag}; only plain YAML values are allowed")
     if isinstance(node, MappingNode):
         first: dict[str, Node] = {}
         for k, v in node.value:
