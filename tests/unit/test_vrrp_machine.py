@@ -6,6 +6,8 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ha.vrrp.actions import AcquireVips, Announce, CancelAnnounce, ReleaseVips, Role, SendAdvert, StateChanged
 from ha.vrrp.machine import Settings, Takeover, VrrpMachine, master_down_interval_s, skew_time_s
@@ -425,3 +427,60 @@ def test_settings_validation(kw: dict[str, Any]) -> None:
 def test_settings_local_error_type() -> None:
     with pytest.raises(VrrpLocalError):
         machine(vrid=300)
+
+
+# -- random operation sequences ------------------------------------------------------------------------------------
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("receive"), st.integers(0, 255), st.sampled_from([LOW, HIGH, ME]), st.sampled_from([77, 78])),
+        st.tuples(st.just("timer")),
+        st.tuples(st.just("set_priority"), st.integers(-10, 300)),
+        st.tuples(st.just("fault"), st.sampled_from(["a", "b"])),
+        st.tuples(st.just("clear_fault"), st.sampled_from(["a", "b", None])),
+        st.tuples(st.just("failover")),
+        st.tuples(st.just("shutdown")),
+        st.tuples(st.just("start")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 255), st.booleans(), st.sampled_from(["skew", "immediate"]), st.floats(0.0, 3.0), OPS,
+       st.lists(st.floats(0.0, 2.0), min_size=60, max_size=60))
+def test_random_inputs_keep_invariants(prio: int, preempt: bool, takeover: str, hold: float, ops: list[Any],
+                                       gaps: list[float]) -> None:
+    """Whatever happens: no exception, VIPs held exactly while MASTER, deadlines never in the past."""
+    m = machine(priority=prio, preempt=preempt, takeover=takeover, hold_s=hold, garp_refresh_s=1.5,
+                garp_repeat_delay_s=2.0)
+    now, holds, role = 0.0, False, Role.INIT
+    m.start(now)
+    for op, gap in zip(ops, gaps, strict=False):
+        now += gap
+        if op[0] == "receive":
+            m.receive(adv(op[1], vrid=op[3]), op[2], now)
+        elif op[0] == "timer":
+            while (d := m.next_deadline()) is not None and d <= now:
+                m.handle_timer(now)
+        elif op[0] in ("fault", "set_priority"):
+            getattr(m, op[0])(op[1], now)
+        elif op[0] == "clear_fault":
+            m.clear_fault(now, op[1])
+        else:
+            getattr(m, op[0])(now)
+        for a in m.pop_actions():
+            if isinstance(a, AcquireVips):
+                holds = True
+            elif isinstance(a, ReleaseVips):
+                holds = False
+            elif isinstance(a, StateChanged):
+                assert a.old is role and a.new is not role
+                role = a.new
+        assert role is m.role
+        assert holds == (m.role is Role.MASTER)
+        if op[0] == "timer":
+            d = m.next_deadline()
+            assert d is None or d > now
+        assert 1 <= m.priority <= 255
