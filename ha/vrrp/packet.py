@@ -184,8 +184,12 @@ def _addr_len(family: int) -> int:
     return 4 if family == 4 else 16
 
 
-def encode(advert: Advert, src: IPAddress, dst: IPAddress) -> bytes:
-    """The VRRP message (header, addresses, v2 auth data) with its checksum filled in."""
+def encode(advert: Advert, src: IPAddress, dst: IPAddress, *, old_unicast_checksum: bool = False) -> bytes:
+    """The VRRP message (header, addresses, v2 auth data) with its checksum filled in.
+
+    ``old_unicast_checksum``: v3 pseudo-header with the multicast group instead of the unicast destination, as
+    Keepalived up to 1.3.5 computed it (its ``old_unicast_checksum`` option), for talking to such peers.
+    """
     family = src.version
     if any(a.version != family for a in advert.addresses):
         raise VrrpLocalError(f"addresses must be of the same family as the source {src}")
@@ -203,7 +207,8 @@ def encode(advert: Advert, src: IPAddress, dst: IPAddress) -> bytes:
         tail = advert.auth_data.ljust(V2_AUTH_LEN, b"\0")
     body = head + b"".join(a.packed for a in advert.addresses) + tail
     if advert.version == 3:
-        csum = checksum(pseudo_header(src, dst, len(body)) + body)
+        csum_dst = _group(src) if old_unicast_checksum else dst
+        csum = checksum(pseudo_header(src, csum_dst, len(body)) + body)
     else:
         csum = checksum(body)
     return body[:6] + struct.pack("!H", csum) + body[8:]
@@ -225,8 +230,16 @@ def message_length(payload: bytes, family: int) -> int:
     raise BadVersion(f"VRRP version {version} (expected 2 or 3)")
 
 
-def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: bool = True) -> Advert:
+def _group(addr: IPAddress) -> IPAddress:
+    return MCAST_V4 if addr.version == 4 else MCAST_V6
+
+
+def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: bool = True,
+           accept_old_unicast_checksum: bool = True) -> Advert:
     """Parse and validate a VRRP message received from ``src`` to ``dst``. Trailing bytes are ignored.
+
+    A v3 unicast advert whose checksum only verifies with the multicast group in the pseudo-header (Keepalived
+    before 1.3.6) is accepted unless ``accept_old_unicast_checksum`` is False.
 
     Raises a ``VrrpProtocolError`` subclass for anything malformed; never anything else.
     """
@@ -251,6 +264,8 @@ def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: b
     if verify_checksum:
         if version == 3:
             ok = checksum(pseudo_header(src, dst, length) + msg) == 0
+            if not ok and accept_old_unicast_checksum and not dst.is_multicast:
+                ok = checksum(pseudo_header(src, _group(src), length) + msg) == 0
         else:
             ok = checksum(msg) == 0
         if not ok:

@@ -329,3 +329,17 @@ def test_fuzz_mutated_captures_never_crash(name: str, data: st.DataObject) -> No
             P.decode_frame(candidate, verify_checksum=data.draw(st.booleans()))
         except P.VrrpProtocolError:
             pass
+
+
+def test_old_unicast_checksum_compat() -> None:
+    adv = Advert(3, 77, 150, 1.0, (V4_VIP,))
+    peer = ip("192.168.77.12")
+    new = P.encode(adv, V4_SRC, peer)
+    old = P.encode(adv, V4_SRC, peer, old_unicast_checksum=True)
+    assert new != old
+    assert P.decode(new, V4_SRC, peer) == adv
+    assert P.decode(old, V4_SRC, peer) == adv  # auto-detected, as Keepalived does
+    with pytest.raises(P.BadChecksum):
+        P.decode(old, V4_SRC, peer, accept_old_unicast_checksum=False)
+    # for multicast both forms are the same thing
+    assert P.encode(adv, V4_SRC, P.MCAST_V4, old_unicast_checksum=True) == P.encode(adv, V4_SRC, P.MCAST_V4)
