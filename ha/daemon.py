@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ha.api import ApiServer, Conflict, NotFound
-from ha.config_model import Config, DataplaneKind, OnFailure, RealServerConfig, ServiceConfig
+from ha.config_model import Config, DataplaneKind, ServiceConfig
 from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics, MetricsSources, make_registry, render
 from ha.reload import Change, ReloadDiff, diff_configs, effective_check, format_plan
 from ha.sdnotify import Notifier
@@ -231,9 +231,14 @@ class Health:
     async def stop(self) -> None:
         await self.runner.stop()
 
-    def states(self) -> dict[HealthKey, str]:
-        out = {k: "up" for k in self.unchecked}
-        out.update({k: st.state.value for k, st in self.runner.statuses().items()})  # type: ignore[misc]
+    def states(self) -> dict[HealthKey, Any]:
+        """(service, realserver) -> ``ha.desired.RsHealth`` (with a dynamic weight when the check reports one)."""
+        from ha.desired import RsHealth as DesiredHealth
+
+        out: dict[HealthKey, Any] = {k: DesiredHealth("up") for k in self.unchecked}
+        for k, st in self.runner.statuses().items():
+            r = st.last_result
+            out[k] = DesiredHealth(st.state.value, r.weight if r is not None else None)  # type: ignore[index]
         return out
 
     def views(self) -> dict[HealthKey, RsHealth]:
@@ -248,68 +253,24 @@ class Health:
         return out
 
     def up_map(self) -> dict[HealthKey, bool | None]:
-        return {k: None if v == "unknown" else v == "up" for k, v in self.states().items()}
+        return {k: None if v.health == "unknown" else v.health == "up" for k, v in self.states().items()}
 
 
 @dataclass
 class Desired:
     state: State
     info: dict[str, ServiceInfo] = field(default_factory=dict)
+    quorum: dict[str, bool] = field(default_factory=dict)  # quorum memory (hysteresis) to pass in next time
 
 
-def _service_key(svc: ServiceConfig) -> m.ServiceKey:
-    if svc.fwmark is not None:
-        return m.ServiceKey.mark(svc.fwmark, svc.family)
-    return m.ServiceKey.vip(svc.protocol, str(svc.vip), int(svc.port or 0))
+def compute_desired(cfg: Config, health: Mapping[HealthKey, Any], drained: frozenset[HealthKey],
+                    roles: Mapping[str, str], quorum: Mapping[str, bool] | None = None) -> Desired:
+    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info."""
+    from ha.desired import desired_state
 
-
-def _destination(address: Any, port: int, weight: int, forwarding: str, rs: RealServerConfig | None) -> m.Destination:
-    tun = rs.tunnel if rs is not None else None
-    return m.Destination(
-        m.DestKey(str(address), port), weight, m.Forwarding(forwarding),
-        rs.upper_threshold if rs else 0, rs.lower_threshold if rs else 0,
-        m.TunnelType(tun.type) if tun else m.TunnelType.IPIP, tun.port if tun else 0,
-        frozenset(tun.flags) if tun else frozenset())
-
-
-def compute_desired(cfg: Config, health: Mapping[HealthKey, str], drained: frozenset[HealthKey],
-                    roles: Mapping[str, str]) -> Desired:
-    """Config + health + overrides + VRRP roles -> the desired data plane ."""
-    st = State(sysctls=dict(cfg.lvs.sysctls))
-    if cfg.lvs.timeouts is not None:
-        st.timeouts = m.Timeouts(*(int(t) for t in cfg.lvs.timeouts))
-    sd = cfg.lvs.sync_daemon
-    if sd is not None:
-        states = ["master", "backup"] if sd.instance is None else [
-            "master" if roles.get(sd.instance) == "MASTER" else "backup"]
-        st.sync_daemons = frozenset(m.SyncDaemon(s, sd.interface, sd.sync_id) for s in states)
-    info: dict[str, ServiceInfo] = {}
-    for svc in cfg.services:
-        key = _service_key(svc)
-        p = svc.persistence
-        service = m.Service(key, m.Scheduler(svc.scheduler), frozenset(m.SchedFlag(f) for f in svc.scheduler_flags),
-                            None if p is None else m.Persistence(int(p.timeout_s), p.netmask, p.prefix_len))
-        dests, up = [], 0
-        for rs in svc.realservers:
-            h = health.get((svc.name, rs.ident), "unknown")
-            weight = rs.weight
-            if h == "up":
-                up += 1
-            elif svc.on_failure is OnFailure.REMOVE:
-                continue
-            else:
-                weight = 0
-            d = _destination(rs.address, rs.port, weight, rs.forwarding, rs)
-            if (svc.name, rs.ident) in drained:
-                st.draining[(key, d.key)] = svc.drain_timeout_s
-            dests.append(d)
-        quorum = up >= svc.quorum.min_up
-        sorry = svc.sorry_server
-        if not quorum and sorry is not None:
-            dests.append(_destination(sorry.address, sorry.port, 1, sorry.forwarding or svc.forwarding, None))
-        st.add(service, *dests)
-        info[svc.name] = ServiceInfo(quorum, not quorum and sorry is not None, up)
-    return Desired(st, info)
+    res = desired_state(cfg, health, drained, quorum=quorum, roles=roles)
+    info = {name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up) for name, sd in res.services.items()}
+    return Desired(res.state, info, dict(res.quorum))
 
 
 def needs_dataplane(cfg: Config) -> bool:
@@ -538,6 +499,7 @@ class Daemon:
         self.vrrp: Vrrp | None = None
         self.api: ApiServer | None = None
         self.roles: dict[str, str] = {}
+        self._quorum: dict[str, bool] = {}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -605,7 +567,12 @@ class Daemon:
     # -- events ----------------------------------------------------------------------------------------------------
 
     def _desired(self, cfg: Config | None = None) -> Desired:
-        return compute_desired(cfg or self.cfg, self.health.states(), self.overrides.drained_keys(), self.roles)
+        """The desired state for the running config (or, for a dry run, ``cfg``; then the quorum memory stays)."""
+        d = compute_desired(cfg or self.cfg, self.health.states(), self.overrides.drained_keys(), self.roles,
+                            self._quorum)
+        if cfg is None:
+            self._quorum = d.quorum
+        return d
 
     def _push_desired(self) -> None:
         if self.lvs is not None:
