@@ -941,9 +941,11 @@ def _parse_realserver(ctx: _Ctx, node: Node, path: str, svc: dict[str, Any],
     m = _Map(ctx, node, path, _RS_KEYS, "a realserver: address, port, weight, forwarding, check, ...")
     if not m.ok:
         return None
+    before = len(ctx.errors)
     address = m.req("address", c_ip)
     port_default = svc["port"] if svc["port"] is not None else 0
     port = m.get("port", c_port(allow_zero=port_default == 0), port_default)
+    bad_ident = len(ctx.errors) > before  # a bad address or port: leave it out of the cross-checks
     forwarding = m.get("forwarding", c_choice(*_FORWARDING), svc["forwarding"])
     check = _check_ref(ctx, m, named) if m.has("check") else svc["check"]
     upper, lower = m.get("upper_threshold", _THRESHOLD, 0), m.get("lower_threshold", _THRESHOLD, 0)
@@ -955,7 +957,7 @@ def _parse_realserver(ctx: _Ctx, node: Node, path: str, svc: dict[str, Any],
         ctx.error(m.key_node("tunnel"), m.p("tunnel"), f"tunnel settings need forwarding: tun (this is {forwarding})")
     tunnel = _parse_tunnel(ctx, tm)
     weight = m.get("weight", c_int(0, 65535, "a weight"), 1)
-    if address is None:
+    if address is None or bad_ident:
         return None
     if address.version != svc["family"] and forwarding != "tun":
         ctx.error(m.value_node("address"), m.p("address"), f"realserver {address} is IPv{address.version} but the "
@@ -1030,8 +1032,8 @@ def _parse_service(ctx: _Ctx, node: Node, path: str, named: dict[str, CheckConfi
                           f"sorry server {saddr} is IPv{saddr.version} but the service is IPv{family}")
             sorry = SorryServerConfig(saddr, sport, sfwd)
     svc = {"port": port, "forwarding": forwarding, "check": check, "family": family}
-    parsed = [r for rpath, rnode in m.seq("realservers", "of realservers")
-              if (r := _parse_realserver(ctx, rnode, rpath, svc, named)) is not None]
+    rs_items = m.seq("realservers", "of realservers")
+    parsed = [r for rpath, rnode in rs_items if (r := _parse_realserver(ctx, rnode, rpath, svc, named)) is not None]
     if fwmark is None and (vip is None or port is None):
         return None
     default_name = (f"fwmark/{fwmark}" if fwmark is not None else
@@ -1044,10 +1046,10 @@ def _parse_service(ctx: _Ctx, node: Node, path: str, named: dict[str, CheckConfi
         drain_timeout_s=m.get("drain_timeout", c_duration(0, 86400), 60.0),
         realservers=tuple(rs for rs, _ in parsed),
     )
-    if qm is not None and qm.has("min_up") and quorum.min_up > len(cfg.realservers):
+    if qm is not None and qm.has("min_up") and quorum.min_up > len(rs_items):
         ctx.error(qm.value_node("min_up"), qm.p("min_up"), f"min_up {quorum.min_up} can never be reached with "
-                  f"{len(cfg.realservers)} realserver(s)")
-    if not cfg.realservers and sorry is None:
+                  f"{len(rs_items)} realserver(s)")
+    if not rs_items and sorry is None:
         ctx.warn(m.key_node("realservers"), m.p("realservers"), "this service has no realservers and no sorry_server")
     return _Svc(cfg, m, [rm for _, rm in parsed])
 
