@@ -197,6 +197,7 @@ class VrrpMachine:
         if self._running:
             return
         self._running = True
+        self._yield_preempt = False
         self._reason = "starting"
         if self.settings.startup_delay_s > 0:
             self._startup_at = now + self.settings.startup_delay_s
