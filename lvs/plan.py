@@ -133,7 +133,7 @@ def plan(
             continue
         if key not in owned_set:
             out.adopted.append(key)
-        if canonical_service(have.service) != canonical_service(want.service):
+        if have.service != want.service and canonical_service(have.service) != canonical_service(want.service):
             edit_svc.append(EditService(want.service))
         _diff_dests(key, want, have, drain_set, add_dest, edit_dest, del_dest)
 
@@ -169,7 +169,7 @@ def _diff_dests(key: ServiceKey, want: ServiceState, have: ServiceState,
         h = have.destinations.get(dkey)
         if h is None:
             add_dest.append(AddDest(key, w))
-        elif canonical_dest(h) != canonical_dest(w):
+        elif h != w and canonical_dest(h) != canonical_dest(w):
             edit_dest.append(EditDest(key, w))
     for dkey in sorted(have.destinations):
         if dkey in want.destinations:
