@@ -343,6 +343,8 @@ class InstanceDriver:
 
     async def _burst_run(self, reason: str) -> None:
         assert self.announcer is not None
+        if self._vip_job is not None and not self._vip_job.done():
+            await asyncio.shield(self._vip_job)  # announce an address only once it is on the interface
         if self.announcer.sock is None:
             self.announcer.open()
         frames = list(self.frames(self.announcer.mac))
