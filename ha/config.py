@@ -1246,7 +1246,7 @@ def parse_config_text(text: str, filename: str = "<string>", registry: Any = Non
         what = e.problem or "cannot parse"
         if e.context:
             cm = e.context_mark
-            what += f" ({e.context}{f' on line {cm.line + 1}' if cm and cm.line != mark.line else ''})"
+            what += f" ({e.context}{f' on line {cm.line + 1}' if cm and cm.line + 1 != line else ''})"
         raise ConfigErrors([ConfigIssue(filename, line, col, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as e:
         raise ConfigErrors([ConfigIssue(filename, 1, 1, "", f"YAML syntax error: {e}")]) from None
