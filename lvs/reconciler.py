@@ -305,6 +305,11 @@ class Reconciler:
             self.stats.last_error = str(e)
             log.error("%s", e)
 
+    async def flush(self) -> SyncResult:
+        """Remove every service we own (``node.flush_on_stop``); foreign services stay. Call after ``stop()``."""
+        self.set_desired(State(), force=True)
+        return await self.sync()
+
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def start(self) -> None:

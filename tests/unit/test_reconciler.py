@@ -260,3 +260,13 @@ async def test_loop_retries_after_failure() -> None:
         assert rec.stats.as_dict()["consecutive_failures"] == 0
     finally:
         await rec.stop()
+
+
+async def test_flush_removes_only_ours() -> None:
+    mem = MemoryDataplane()
+    mem.foreign(Service(FOREIGN), Destination(D3))
+    rec, _, _ = make(mem)
+    rec.set_desired(desired_two())
+    await rec.sync()
+    r = await rec.flush()
+    assert r.ok and set(mem.state.services) == {FOREIGN} and rec.owned == frozenset()
