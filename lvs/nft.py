@@ -36,21 +36,24 @@ Weight 0 and removal
     already made), so the reconciler should drain (weight 0) before it removes.
 
 What it lacks (see :attr:`NftDataplane.capabilities`)
-    Connection thresholds, least-connection scheduling, active/inactive connection counts (stats give only
-    ``conns``, the connections scheduled to each realserver, from a named counter per realserver; packet and byte
-    counts per realserver are not kept), IPVS sysctls, connection timeouts and the sync daemon (use conntrackd).
+    Connection thresholds, least-connection scheduling, packet/byte counts and rates per realserver, IPVS sysctls,
+    connection timeouts and the sync daemon (use conntrackd). Stats give ``conns`` (connections scheduled to each
+    realserver, from a named counter in its chain) and active/inactive connections counted, as IPVS counts them,
+    from ``/proc/net/nf_conntrack`` (read on every dump; when it cannot be read the stats are left out).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from lvs.dataplane import ApplyReport, Capabilities, DataplaneError, Unsupported
-from lvs.model import Forwarding, Op, ServiceKey, ServiceState, State
+from lvs.model import DestKey, Forwarding, Op, ServiceKey, ServiceState, State
 from lvs.nft_render import (
     SCHEDULER_NOTES,
     SUPPORTED_SCHEDULERS,
@@ -78,15 +81,71 @@ CAPABILITIES = Capabilities(
         *SCHEDULER_NOTES,
         "forwarding: nat only; dr and tun are unsupported",
         "no connection thresholds (u_threshold/l_threshold)",
-        "stats: only conns (connections scheduled per realserver); no active/inactive counts, packets or bytes",
+        "stats: conns (connections scheduled per realserver, from counters) and active/inactive connections "
+        "(from /proc/net/nf_conntrack); no packet or byte counts, no rates",
         "no IPVS sysctls, connection timeouts or sync daemon (use conntrackd for connection state)",
         "one-packet scheduling (ops) unsupported",
     ),
 )
 
 
+CONNTRACK = "/proc/net/nf_conntrack"
+
+
 class NftError(DataplaneError):
     """``nft`` failed or is missing."""
+
+
+ConnCounts = dict[tuple[ServiceKey, DestKey], tuple[int, int]]
+
+
+def _addr(text: str) -> str:
+    return str(ipaddress.ip_address(text))
+
+
+def count_connections(text: str, services: Mapping[ServiceKey, ServiceState]) -> ConnCounts:
+    """(active, inactive) connections per destination from a ``/proc/net/nf_conntrack`` listing.
+
+    As IPVS counts them: active = TCP ESTABLISHED, inactive = every other TCP state and all UDP/SCTP entries. An
+    entry belongs to a VIP service by its original destination, and to a destination by its reply source (the
+    realserver after DNAT); an entry to no VIP service goes to a fwmark service with that realserver.
+    """
+    vips = {(k.protocol.value, k.address, k.port): k for k in services if k.fwmark is None and k.protocol}
+    marks = [k for k in services if k.fwmark is not None]
+    out: dict[tuple[ServiceKey, DestKey], list[int]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        tuples: list[dict[str, str]] = [{}, {}]
+        for f in fields:
+            name, eq, value = f.partition("=")
+            if eq and name in ("src", "dst", "sport", "dport"):
+                tuples[0 if name not in tuples[0] else 1].setdefault(name, value)
+        orig, reply = tuples
+        try:
+            odst, odport = _addr(orig["dst"]), int(orig.get("dport", 0))
+            rsrc, rsport = _addr(reply["src"]), int(reply.get("sport", 0))
+        except (KeyError, ValueError):
+            continue
+        if (odst, odport) == (rsrc, rsport):
+            continue  # not DNATed
+        proto = fields[2]
+        active = proto == "tcp" and fields[5] == "ESTABLISHED"
+        candidates = [vips[(proto, odst, odport)]] if (proto, odst, odport) in vips else marks
+        for sk in candidates:
+            dests = services[sk].destinations
+            dk = next((d for d in (DestKey(rsrc, rsport), DestKey(rsrc, 0)) if d in dests), None)
+            if dk is not None:
+                counts = out.setdefault((sk, dk), [0, 0])
+                counts[0 if active else 1] += 1
+                break
+    return {k: (a, i) for k, (a, i) in out.items()}
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
 
 
 class NftDataplane:
@@ -109,6 +168,7 @@ class NftDataplane:
         self.timeout_s = timeout_s
         self._services: dict[ServiceKey, ServiceState] | None = None
         self.problems: list[str] = []  # what the last listing could not parse
+        self._warned_conntrack = False
 
     @property
     def capabilities(self) -> Capabilities:
@@ -119,7 +179,9 @@ class NftDataplane:
         return shutil.which(nft) is not None
 
     async def _run(self, args: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
-        argv = [*self.command_prefix, self.nft, *args]
+        return await self._run_argv([*self.command_prefix, self.nft, *args], stdin)
+
+    async def _run_argv(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -151,11 +213,34 @@ class NftDataplane:
         self.problems = parsed.problems
         return parsed
 
+    async def _conntrack(self) -> str | None:
+        if self.command_prefix:
+            rc, out, _err = await self._run_argv([*self.command_prefix, "cat", CONNTRACK])
+            return out if rc == 0 else None
+        try:
+            return await asyncio.to_thread(_read_text, CONNTRACK)
+        except OSError:
+            return None
+
     async def dump(self) -> State:
-        """Our table as found in the kernel (services, destinations, per-destination ``conns``)."""
+        """Our table as found in the kernel: services, destinations and per-destination stats (``conns`` from
+        our counters, active/inactive connections from the conntrack table). Without a readable conntrack table
+        the stats are left out, so that nothing takes a draining realserver for idle."""
         parsed = await self._list()
         self._services = dict(parsed.state.services)
-        return parsed.state
+        state = parsed.state
+        text = await self._conntrack() if state.services else ""
+        if text is None:
+            if not self._warned_conntrack:
+                log.warning("table=%s: cannot read %s: no connection counts", self.table, CONNTRACK)
+                self._warned_conntrack = True
+            state.stats = {}
+            return state
+        counts = count_connections(text, state.services)
+        for k, st in list(state.stats.items()):
+            active, inactive = counts.get(k, (0, 0))
+            state.stats[k] = replace(st, active_conns=active, inactive_conns=inactive)
+        return state
 
     async def apply(self, ops: Sequence[Op]) -> ApplyReport:
         report = ApplyReport()

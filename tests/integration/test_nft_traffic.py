@@ -186,6 +186,14 @@ def test_weight_zero_keeps_established_connection_and_takes_no_new_ones(net: Net
     assert proc.stdout.readline().strip() == "rs1"  # the client has its own 10 s socket timeout
     net.apply(EditDest(key, nat(net.rs4(0), 0)), EditDest(key, nat(net.rs4(1), 1)))
     assert names(net.get(VIP4, 10)) == {"rs2": 10}  # no new connections to the drained realserver
+
+    def conns(dk: DestKey) -> tuple[int, int]:
+        st = net.dump().stats[(key, dk)]
+        return st.active_conns, st.inactive_conns
+
+    # the conntrack table shows the drained realserver's open connection; the closed ones are inactive
+    assert conns(net.rs4(0))[0] == 1
+    wait_for(lambda: conns(net.rs4(1)) == (0, 10), timeout=30, what="10 closed connections to rs2")
     proc.stdin.write("go\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "rs1"  # the established connection still works

@@ -328,3 +328,34 @@ def test_nft_accepts_every_render(name: str, state: State, masq: bool) -> None:
     text = render_transaction(state.services, Existing(), table="lvs_ha_check", masquerade=masq)
     r = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"{name}: {r.stderr}"
+
+
+CONNTRACK_SAMPLE = """\
+ipv4     2 tcp      6 431999 ESTABLISHED src=192.168.50.2 dst=192.0.2.10 sport=40000 dport=80 \
+src=10.1.0.1 dst=192.168.50.2 sport=80 dport=40000 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 117 TIME_WAIT src=192.168.50.2 dst=192.0.2.10 sport=40002 dport=80 \
+src=10.1.0.2 dst=192.168.50.2 sport=80 dport=40002 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 431999 ESTABLISHED src=192.168.50.2 dst=192.168.50.1 sport=40003 dport=22 \
+src=192.168.50.1 dst=192.168.50.2 sport=22 dport=40003 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 udp      17 20 src=192.168.50.2 dst=192.0.2.99 sport=5000 dport=53 \
+src=10.1.0.1 dst=192.168.50.2 sport=53 dport=5000 mark=0 zone=0 use=2
+ipv6     10 tcp      6 431999 ESTABLISHED src=fd00:0050:0000:0000:0000:0000:0000:0002 \
+dst=2001:0db8:0000:0000:0000:0000:0000:0001 sport=1 dport=53 src=2001:db8:1::2 dst=fd00:50::2 sport=53 dport=1 \
+mark=0 zone=0 use=2
+garbage line
+"""
+
+
+def test_count_connections_like_ipvs() -> None:
+    from lvs.nft import count_connections
+
+    st = wrr_state()
+    st.add(Service(ServiceKey.mark(10)), nat("10.1.0.1", 0))
+    st.add(Service(ServiceKey.vip("tcp", "2001:db8::1", 53)), nat("2001:db8:1::2", 53))
+    counts = count_connections(CONNTRACK_SAMPLE, st.services)
+    assert counts == {
+        (VIP, DestKey("10.1.0.1", 80)): (1, 0),
+        (VIP, DestKey("10.1.0.2", 80)): (0, 1),
+        (ServiceKey.mark(10), DestKey("10.1.0.1", 0)): (0, 1),  # not a VIP service: the fwmark one
+        (ServiceKey.vip("tcp", "2001:db8::1", 53), DestKey("2001:db8:1::2", 53)): (1, 0),
+    }
