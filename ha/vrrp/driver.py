@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -344,7 +345,8 @@ class InstanceDriver:
     async def _burst_run(self, reason: str) -> None:
         assert self.announcer is not None
         if self._vip_job is not None and not self._vip_job.done():
-            await asyncio.shield(self._vip_job)  # announce an address only once it is on the interface
+            with contextlib.suppress(Exception):  # announce an address only once it is on the interface
+                await asyncio.shield(self._vip_job)
         if self.announcer.sock is None:
             self.announcer.open()
         frames = list(self.frames(self.announcer.mac))
