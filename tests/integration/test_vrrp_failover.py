@@ -154,3 +154,29 @@ def test_ipv6_vips(lab: Lab, tmp_path: Path) -> None:
     wait_for(lambda: holders([d2], "fd77::100") == ["d2"], 10, what="d2 takes the IPv6 VIP")
     wait_for(lambda: ping_ok(cl, "fd77::100") and neigh_mac(cl, "fd77::100") == d2.mac, 10,
              what="client follows d2 (unsolicited NA)")
+
+
+NOTIFY = ("import os,sys; open(sys.argv[1],'a').write(os.environ['INSTANCE']+' '+os.environ['STATE']+' '"
+          "+os.environ['PRIORITY']+'\\n')")
+
+
+def test_tracked_file_lowers_priority_and_notify_runs(lab: Lab, tmp_path: Path) -> None:
+    import sys
+
+    adjust = tmp_path / "adjust"
+    adjust.write_text("0\n")
+    events = tmp_path / "d2-events"
+    d1 = lab.host("d1", [D1])
+    d2 = lab.host("d2", [D2])
+    a = LvsHa(lab, d1, tmp_path, "d1", 150, extra={"track": {"files": [{"path": str(adjust), "weight": -1}]}})
+    b = LvsHa(lab, d2, tmp_path, "d2", 100,
+              extra={"notify": {"master": [sys.executable, "-c", NOTIFY, str(events)],
+                                "backup": [sys.executable, "-c", NOTIFY, str(events)]}})
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
+    adjust.write_text("100\n")  # d1: 150 - 100 = 50 < 100: d2 preempts
+    wait_for(lambda: _settled(a, b, [d1, d2], "d2"), 10, what="d2 preempts\n" + _diag(a, b))
+    assert a.status()[0]["effective_priority"] == 50
+    wait_for(lambda: events.exists() and "VI_1 MASTER 100" in events.read_text(), 10, what="notify master")
+    assert events.read_text().splitlines()[0] == "VI_1 BACKUP 100"
