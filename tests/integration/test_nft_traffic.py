@@ -295,3 +295,16 @@ def test_ipv6_service(net: Net) -> None:
     net.apply(EditDest(key, nat(net.rs6(0), 0)))
     assert names(net.get(VIP6, 4)) == {"rs2": 4}
     assert net.dump().services[key].destinations[net.rs6(0)].weight == 0
+
+
+def test_masquerade_for_realservers_that_do_not_route_back(net: Net) -> None:
+    for h in net.rs[:2]:
+        h.ip("route", "del", "default")  # replies to the client can no longer go through the director
+    key = ServiceKey.vip("tcp", VIP4, 80)
+    net.apply(AddService(Service(key, Scheduler.WRR)), AddDest(key, nat(net.rs4(0))), AddDest(key, nat(net.rs4(1))))
+    assert all(body.startswith("ERR") for _s, body in net.get(VIP4, 2))  # plain NAT: no way back
+    masq = NftDataplane(masquerade=True, command_prefix=net.dp.command_prefix)
+    assert asyncio.run(masq.dump()).services.keys() == {key}
+    report = asyncio.run(masq.apply([EditDest(key, nat(net.rs4(0), 2))]))
+    assert report.ok, report.error
+    assert names(net.get(VIP4, 6)) == {"rs1": 4, "rs2": 2}
