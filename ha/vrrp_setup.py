@@ -15,9 +15,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from ha.config_model import Config, NotifyConfig, VrrpInstanceConfig
+from ha.vrrp.auth import HmacAuthenticator, parse_key_file
 from ha.vrrp.engine import InstanceSpec, SyncGroupSpec, VrrpEngine
 from ha.vrrp.machine import Takeover
 from ha.vrrp.track import TrackedFile, TrackedInterface, TrackedScript
@@ -42,6 +44,14 @@ def _password(inst: VrrpInstanceConfig) -> bytes:
     return inst.auth.password.encode()[:8] if inst.auth.password else b""
 
 
+def _hmac(inst: VrrpInstanceConfig) -> HmacAuthenticator | None:
+    if not inst.auth.hmac_key_file:
+        return None
+    with open(inst.auth.hmac_key_file) as f:
+        keys = parse_key_file(f.read())
+    return HmacAuthenticator(keys, time.time)
+
+
 def instance_spec(inst: VrrpInstanceConfig) -> InstanceSpec:
     t = inst.track
     return InstanceSpec(
@@ -57,7 +67,7 @@ def instance_spec(inst: VrrpInstanceConfig) -> InstanceSpec:
                                           s.weight) for s in t.scripts),
         track_files=tuple(TrackedFile(f.path, f.weight) for f in t.files),
         password=_password(inst), notify=_notify_map(inst.notify), startup_delay_s=inst.startup_delay_s,
-        takeover=_takeover(inst), hold_s=inst.handover.hold_s)
+        takeover=_takeover(inst), hold_s=inst.handover.hold_s, auth=_hmac(inst))
 
 
 def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:

@@ -20,10 +20,11 @@ from typing import Any
 
 from ha.vrrp import announce
 from ha.vrrp.actions import Role, StateChanged
-from ha.vrrp.driver import DriverSettings, InstanceDriver
+from ha.vrrp.driver import Authenticator, DriverSettings, InstanceDriver
 from ha.vrrp.io import AnnounceSocket, VrrpSocket
 from ha.vrrp.machine import Settings, Takeover, VrrpMachine
 from ha.vrrp.notify import Notification, Notifier, commands_for
+from ha.vrrp.syncgroup import SyncGroup
 from ha.vrrp.track import Outcome, TrackedFile, TrackedInterface, TrackedScript, Tracker, TrackState
 from ha.vrrp.vips import Vip, VipSet
 
@@ -61,6 +62,7 @@ class InstanceSpec:
     startup_delay_s: float = 0.0
     takeover: Takeover = Takeover.SKEW
     hold_s: float = 2.0
+    auth: Authenticator | None = None  # HMAC trailer (lvs-ha peers only)
 
     @property
     def family(self) -> int:
@@ -106,6 +108,7 @@ class VrrpEngine:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._instances: dict[str, _Instance] = {}
+        self._syncgroups: dict[str, SyncGroup] = {}
         self._stopping = False
         self._done: asyncio.Future[None] | None = None
 
@@ -193,6 +196,7 @@ class VrrpEngine:
                 if n not in self._instances:
                     raise EngineError(f"sync group {g.name}: no instance {n}")
                 self._instances[n].group = g
+            self._syncgroups[g.name] = SyncGroup(g.name, {n: self._instances[n].machine for n in g.instances})
         for inst in self._instances.values():
             outcome = inst.tracker.prime()
             inst.machine.set_priority(outcome.priority, loop.time())
@@ -226,7 +230,7 @@ class VrrpEngine:
                                    advert_ips, spec.garp_count, spec.garp_interval_s, spec.password)
         driver = InstanceDriver(dsettings, machine, sock, vips, announcer,
                                 lambda mac: announce.round_frames(vip_ips, mac), self._transition,
-                                vip_worker=self.vip_worker)
+                                auth=spec.auth, vip_worker=self.vip_worker)
         ifaces = list(spec.track_interfaces)
         if spec.track_own_interface and spec.interface not in {i.name for i in ifaces}:
             ifaces.insert(0, TrackedInterface(spec.interface, 0))
@@ -279,24 +283,13 @@ class VrrpEngine:
                 self.on_transition(info)
 
     def _sync(self, inst: _Instance, change: StateChanged) -> None:
-        """Sync group: every member follows a member that becomes master, leaves master or faults."""
+        """Sync group: the pure ``SyncGroup`` drags the other members along; their actions run here."""
         assert inst.group is not None and self.loop is not None
-        now = self.loop.time()
+        group = self._syncgroups[inst.group.name]
+        group.sync(self.loop.time())
         for name in inst.group.instances:
-            other = self._instances[name]
-            if other is inst:
-                continue
-            if change.new is Role.MASTER and other.machine.role is Role.BACKUP:
-                other.machine.force_master(f"sync group {inst.group.name}: {inst.spec.name} is master", now)
-            elif change.new is Role.BACKUP and change.old is Role.MASTER:
-                other.machine.force_backup(f"sync group {inst.group.name}: {inst.spec.name} left master", now)
-            elif change.new is Role.FAULT and other.machine.role is not Role.FAULT:
-                other.machine.fault(f"sync group {inst.group.name}: {inst.spec.name} in fault", now)
-            elif change.old is Role.FAULT and other.machine.role is Role.FAULT and other.fault_reason is None:
-                other.machine.clear_fault(now)
-            else:
-                continue
-            other.driver._run_actions()
+            if name != inst.spec.name:
+                self._instances[name].driver._run_actions()
         if change.new is Role.MASTER or change.old is Role.MASTER:
             for argv in commands_for(inst.group.notify, change.new.value):
                 self.notifier.notify(Notification(argv, inst.group.name, change.new.value, inst.machine.priority,

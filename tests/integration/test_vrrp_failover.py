@@ -180,3 +180,23 @@ def test_tracked_file_lowers_priority_and_notify_runs(lab: Lab, tmp_path: Path) 
     assert a.status()[0]["effective_priority"] == 50
     wait_for(lambda: events.exists() and "VI_1 MASTER 100" in events.read_text(), 10, what="notify master")
     assert events.read_text().splitlines()[0] == "VI_1 BACKUP 100"
+
+
+def test_hmac_authenticated_pair_and_wrong_key_rejected(lab: Lab, tmp_path: Path) -> None:
+    good = tmp_path / "good.key"
+    good.write_text("1 " + "ab" * 32 + "\n")
+    bad = tmp_path / "bad.key"
+    bad.write_text("1 " + "cd" * 32 + "\n")
+    d1 = lab.host("d1", [D1])
+    d2 = lab.host("d2", [D2])
+    d3 = lab.host("d3", [f"{NET}.13/24"])
+    a = LvsHa(lab, d1, tmp_path, "d1", 150, extra={"auth": {"hmac_key_file": str(good)}})
+    b = LvsHa(lab, d2, tmp_path, "d2", 100, extra={"auth": {"hmac_key_file": str(good)}})
+    c = LvsHa(lab, d3, tmp_path, "d3", 200, extra={"auth": {"hmac_key_file": str(bad)}})
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master (HMAC)\n" + _diag(a, b))
+    c.start()  # a higher priority with the wrong key: its adverts are rejected, it cannot take over
+    wait_for(lambda: (b.status()[0]["counters"]["errors"].get("bad_auth", 0) > 5), 10,
+             what="wrong-key adverts counted\n" + _diag(b, c))
+    assert holders([d1, d2]) == ["d1"] and a.role() == "MASTER" and b.role() == "BACKUP"
