@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -117,6 +118,10 @@ class VrrpEngine:
         """Open sockets, remove leftover VIPs, start every instance; returns when running (raises on failure)."""
         if self._thread is not None:
             raise EngineError("engine already started")
+        fastest = min((s.advert_interval_s for s in self.specs), default=1.0)
+        if fastest < 0.1 and sys.getswitchinterval() > 0.001:
+            # sub-100 ms adverts: let the VRRP thread get the interpreter lock within 1 ms of its timer
+            sys.setswitchinterval(0.001)
         self._thread = threading.Thread(target=self._thread_main, name="vrrp-engine", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s):
