@@ -240,8 +240,12 @@ class VrrpEngine:
         if spec.track_own_interface and spec.interface not in {i.name for i in ifaces}:
             ifaces.insert(0, TrackedInterface(spec.interface, 0))
         state = TrackState(spec.priority, tuple(ifaces), spec.track_scripts, spec.track_files)
-        tracker = Tracker(state, lambda o, n=spec.name: loop.call_soon_threadsafe(self._tracked, n, o),
-                          poll_s=self.track_poll_s)
+        name = spec.name
+
+        def on_change(outcome: Outcome) -> None:  # from the tracker thread
+            loop.call_soon_threadsafe(self._tracked, name, outcome)
+
+        tracker = Tracker(state, on_change, poll_s=self.track_poll_s)
         return _Instance(spec, driver, machine, tracker)
 
     def _close_all(self) -> None:
