@@ -62,6 +62,8 @@ from healthchecks.base import COMMON_KEYS, SpecError, SpecErrors, format_duratio
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB
+# libyaml's safe loader when present (about 5x faster on big files); both keep line/column marks on every node
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 T = TypeVar("T")
 
@@ -1239,7 +1241,7 @@ def parse_config_text(text: str, filename: str = "<string>", registry: Any = Non
         raise ConfigUnreadable(filename, f"larger than {MAX_CONFIG_BYTES} bytes (1 MiB); refusing to read it")
     ctx = _Ctx(filename, registry)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

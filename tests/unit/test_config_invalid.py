@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+import ha.config as config_module
 from ha.config import ConfigErrors, Severity, load_config
 from tests.unit.config_fixtures.stubs import stub_registry
 
@@ -35,8 +37,18 @@ def test_there_are_enough_fixtures() -> None:
     assert all(expected(f) for f in FILES), [f.name for f in FILES if not expected(f)]
 
 
+@pytest.fixture(params=["libyaml", "pure"])
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each fixture through libyaml's loader (when installed) and the pure-Python one: positions must agree."""
+    if request.param == "pure":
+        monkeypatch.setattr(config_module, "_LOADER", yaml.SafeLoader)
+    elif not getattr(yaml, "__with_libyaml__", False):
+        pytest.skip("PyYAML without libyaml")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("fixture", FILES, ids=[f.stem for f in FILES])
-def test_invalid_fixture(fixture: Path) -> None:
+def test_invalid_fixture(fixture: Path, yaml_loader: str) -> None:
     with pytest.raises(ConfigErrors) as info:
         load_config(fixture, registry=stub_registry())
     errors = info.value.errors
