@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 
 class Role(enum.Enum):
+    """RFC 5798 states. INIT is both "not started yet" (startup delay included) and "stopped" (after shutdown)."""
+
     INIT = "INIT"
     BACKUP = "BACKUP"
     MASTER = "MASTER"
