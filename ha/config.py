@@ -659,6 +659,9 @@ def _parse_instance(ctx: _Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfi
     version = int(m.get("version", c_choice("2", "3"), "3"))
     vips = _parse_vips(ctx, m)
     family = vips[0].address.version if vips else 4
+    if family == 6 and version == 2:
+        ctx.error(m.value_node("version"), m.p("version"), "VRRPv2 carries IPv4 addresses only; IPv6 VIPs need "
+                  "version: 3")
     if not vips and m.ok:
         ctx.warn(m.value_node("vips") or m.node, m.p("vips"), "this instance has no VIPs, so it moves nothing")
     hm = m.sub("handover", ("takeover", "hold"), "handover: takeover, hold")
@@ -1313,8 +1316,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def check_pair(a: Config, b: Config) -> list[ConfigIssue]:
-    """Warnings for a director pair's two files: equal priorities, differing VIPs/timers, same node name."""
-    return _check_pair(a, b)
+    """Warnings for a director pair's two files: equal priorities, differing VIPs/timers, same node name.
+
+    The warnings name ``b``'s file; their line and column are found by reading it again (1:1 if it cannot be read).
+    """
+    issues = _check_pair(a, b)
+    try:
+        root = yaml.compose(_read_text(b.source), Loader=_LOADER)
+    except (ConfigError, yaml.YAMLError):
+        return issues
+    return [dataclasses.replace(i, line=pos[0], col=pos[1]) if (pos := _locate(root, i.path)) else i for i in issues]
+
+
+def _locate(root: Node | None, path: str) -> tuple[int, int] | None:
+    """The position of a dotted key path (``vrrp.instances[0].priority``) in a composed document."""
+    node = root
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if isinstance(node, SequenceNode) and part.startswith("["):
+            i = int(part[1:-1])
+            node = node.value[i] if i < len(node.value) else None
+        elif isinstance(node, MappingNode):
+            node = next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == part), None)
+        else:
+            node = None
+        if node is None:
+            return None
+    return _pos(node)
 
 
 __all__ = [

@@ -88,6 +88,10 @@ def test_example_pairs_are_consistent(pair: Path) -> None:
     assert {w.path for w in same} == {"node.name"} | {f"vrrp.instances[{i}].priority"
                                                       for i in range(len(a.vrrp.instances))}
     assert all(w.severity is Severity.WARNING for w in same)
+    text = (d / "dir1.yaml").read_text().splitlines()
+    for w in same:  # located in the file: the line holds the key the path ends with
+        key = w.path.rsplit(".", 1)[-1]
+        assert text[w.line - 1][w.col - 1:].startswith(key) or key + ":" in text[w.line - 1], str(w)
 
 
 def test_minimal_defaults() -> None:
