@@ -61,6 +61,7 @@ from lvs.nft_render import (
     Existing,
     Parsed,
     apply_op,
+    object_names,
     parse_listing,
     render_transaction,
 )
@@ -169,6 +170,7 @@ class NftDataplane:
         self._services: dict[ServiceKey, ServiceState] | None = None
         self.problems: list[str] = []  # what the last listing could not parse
         self._warned_conntrack = False
+        self._existing: Existing | None = None  # the objects in our table, as far as we know
 
     @property
     def capabilities(self) -> Capabilities:
@@ -228,6 +230,7 @@ class NftDataplane:
         the stats are left out, so that nothing takes a draining realserver for idle."""
         parsed = await self._list()
         self._services = dict(parsed.state.services)
+        self._existing = parsed.existing
         state = parsed.state
         text = await self._conntrack() if state.services else ""
         if text is None:
@@ -243,15 +246,23 @@ class NftDataplane:
         return state
 
     async def apply(self, ops: Sequence[Op]) -> ApplyReport:
+        """Apply ``ops`` to the state and load the result in one nft transaction.
+
+        The ops are checked in order first; the ones before the first refused op are applied (and reported), the
+        refused one is reported as failed. The table is listed only when we do not know its objects (first use,
+        after a failure); if the transaction fails because the table changed under us, it is listed and retried once.
+        """
         report = ApplyReport()
         if not ops:
             return report
         try:
-            parsed = await self._list()
+            if self._services is None or self._existing is None:
+                await self._refresh()
         except NftError as e:
             report.failed, report.error = ops[0], str(e)
             return report
-        services = dict(parsed.state.services) if self._services is None else dict(self._services)
+        assert self._services is not None and self._existing is not None
+        services = dict(self._services)
         done: list[Op] = []
         for op in ops:
             try:
@@ -265,20 +276,32 @@ class NftDataplane:
             done.append(op)
         if not done:
             return report
-        try:
-            text = render_transaction(services, parsed.existing, self.table, self.masquerade)
-            report.writes += 1
-            rc, _out, err = await self._run(["-f", "-"], stdin=text)
-        except DataplaneError as e:
-            rc, err = 1, str(e)
-        if rc != 0:
-            log.error("table=%s: nft transaction of %d ops failed: %s", self.table, len(done), err.strip())
-            report.failed = done[0]
-            report.error = f"nft transaction of {len(done)} ops rejected (nothing applied): {err.strip()}"
-            return report
-        self._services = services
-        report.applied = done
+        err = ""
+        for attempt in range(2):
+            try:
+                if attempt:
+                    await self._refresh()
+                text = render_transaction(services, self._existing, self.table, self.masquerade)
+                report.writes += 1
+                rc, _out, err = await self._run(["-f", "-"], stdin=text)
+            except DataplaneError as e:
+                rc, err = 1, str(e)
+            if rc == 0:
+                self._services = services
+                self._existing = object_names(services)
+                report.applied = done
+                return report
+            self._existing = None  # list the table again before the next write
+        log.error("table=%s: nft transaction of %d ops failed: %s", self.table, len(done), err.strip())
+        report.failed = done[0]
+        report.error = f"nft transaction of {len(done)} ops rejected (nothing applied): {err.strip()}"
         return report
+
+    async def _refresh(self) -> None:
+        parsed = await self._list()
+        self._existing = parsed.existing
+        if self._services is None:
+            self._services = dict(parsed.state.services)
 
     async def flush(self) -> None:
         """Delete our table (and nothing else): for ``flush_on_stop`` and tests."""
@@ -286,6 +309,7 @@ class NftDataplane:
         if rc != 0 and "No such file or directory" not in err:
             raise NftError(f"nft delete table inet {self.table} failed: {err.strip()}")
         self._services = {}
+        self._existing = Existing()
 
     async def close(self) -> None:
         return None

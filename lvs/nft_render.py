@@ -52,7 +52,8 @@ TABLE = "lvs_ha"
 HASH_SEED = 0x4C564841  # fixed, so both directors of a pair hash a client to the same realserver
 COMMENT_MAX = 128  # nft refuses longer comments
 WRR_MAX_SLOTS = 1024
-MAGLEV_SIZES = (1021, 4093, 16381)  # stable across destination changes, so few clients move
+MAGLEV_SIZES = (251, 1021)  # stable across destination changes (unless weights grow), so few clients move
+MAGLEV_SPREAD = 10  # table slots per unit of (reduced) weight, at least
 
 NUMGEN_INC = frozenset({Scheduler.RR, Scheduler.WRR})
 NUMGEN_RANDOM = frozenset({Scheduler.LC, Scheduler.WLC, Scheduler.SED, Scheduler.NQ})
@@ -237,10 +238,10 @@ def maglev_slots(names: Sequence[str], weights: Sequence[int]) -> list[int]:
     """
     size = MAGLEV_SIZES[-1]
     for m in MAGLEV_SIZES:
-        if m >= 100 * sum(_reduced(weights)):
+        if m >= MAGLEV_SPREAD * sum(_reduced(weights)):
             size = m
             break
-    ws = _scaled(weights, size // 100)
+    ws = _scaled(weights, size // MAGLEV_SPREAD)
     perms = []
     for name in names:
         digest = hashlib.blake2b(name.encode(), digest_size=16).digest()
@@ -363,18 +364,21 @@ def _service_lines(ss: ServiceState) -> tuple[list[str], list[str], list[str]]:
             ws = _reduced(weights)
             slots = [i for i, w in enumerate(ws) for _ in range(w)]
             body.append(f"numgen random mod {len(slots)} vmap {_vmap(_ranges(slots), targets)}")
+        elif svc.scheduler is not Scheduler.MH:  # sh, dh: hash mod the weighted slots, as IPVS's sh table
+            src = f"{ipk} daddr" if svc.scheduler is Scheduler.DH else _hash_source(ipk, svc.flags)
+            slots = [i for i, w in enumerate(_scaled(weights, WRR_MAX_SLOTS)) for _ in range(w)]
+            body.append(f"jhash {src} mod {len(slots)} seed {HASH_SEED:#x} vmap {_vmap(_ranges(slots), targets)}")
         else:
-            if svc.scheduler is Scheduler.DH:
-                src = f"{ipk} daddr"
-            else:
-                src = f"{ipk} saddr"
-                if svc.flags & {SchedFlag.SH_PORT, SchedFlag.MH_PORT}:
-                    src += " . th sport"
+            src = _hash_source(ipk, svc.flags)
             slots = maglev_slots([str(d.key) for d in live], weights)
             body.append(f"jhash {src} mod {len(slots)} seed {HASH_SEED:#x} vmap {_vmap(_ranges(slots), targets)}")
     body.append(f'counter drop comment "{_checked(service_comment(svc))}"')
     chains.insert(0, _chain(f"svc_{h}", body))
     return chains, sets, counters
+
+
+def _hash_source(ipk: str, flags: frozenset[SchedFlag]) -> str:
+    return f"{ipk} saddr" + (" . th sport" if flags & {SchedFlag.SH_PORT, SchedFlag.MH_PORT} else "")
 
 
 def _checked(comment: str) -> str:

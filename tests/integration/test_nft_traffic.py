@@ -24,6 +24,7 @@ from lvs.model import (
     AddDest,
     AddService,
     DelDest,
+    DelService,
     Destination,
     DestKey,
     EditDest,
@@ -308,3 +309,17 @@ def test_masquerade_for_realservers_that_do_not_route_back(net: Net) -> None:
     report = asyncio.run(masq.apply([EditDest(key, nat(net.rs4(0), 2))]))
     assert report.ok, report.error
     assert names(net.get(VIP4, 6)) == {"rs1": 4, "rs2": 2}
+
+
+def test_table_deleted_behind_our_back_is_rebuilt(net: Net) -> None:
+    web, other = ServiceKey.vip("tcp", VIP4, 80), ServiceKey.vip("tcp", VIP4, 8080)
+    net.apply(AddService(Service(web, Scheduler.WRR)), AddDest(web, nat(net.rs4(0))),
+              AddService(Service(other, Scheduler.WRR)), AddDest(other, nat(net.rs4(1))))
+    net.nft("delete", "table", "inet", "lvs_ha")
+    assert names(net.get(VIP4, 1)) != {"rs1": 1}
+    # the instance still knows its objects; deleting them fails, so it lists the table again and retries once
+    report = asyncio.run(net.dp.apply([DelService(other)]))
+    assert report.ok, report.error
+    assert report.writes == 2
+    assert names(net.get(VIP4, 3)) == {"rs1": 3}
+    assert net.dump().services.keys() == {web}
