@@ -18,9 +18,11 @@ Forwarding
 
 Schedulers (selection of the realserver for a new connection; later packets follow conntrack)
     rr, wrr: numgen inc over interleaved weighted slots. lc, wlc, sed, nq: weighted random (numgen random): there
-    are no connection counts in nftables, so these ignore active connections. sh, mh, dh: a Maglev-style weighted
-    slot table indexed by jhash (fixed seed, so both directors agree) of the source address (sh, mh; plus the
-    source port with sh-port/mh-port) or the destination address (dh). fo: the highest-weight realserver.
+    are no connection counts in nftables, so these ignore active connections. sh, dh: jhash (fixed seed, so both
+    directors agree) of the source address (plus the source port with sh-port) or of the destination address, mod
+    the weighted slots, like IPVS's sh table (a change of realservers moves many clients). mh: a Maglev table of
+    251 slots (1021 for large weight sums) indexed by the same hash of the source address (plus the port with
+    mh-port): adding or removing a realserver moves few clients. fo: the highest-weight realserver.
     lblc, lblcr, ovf, twos and the ``ops`` flag raise Unsupported.
 
 Persistence

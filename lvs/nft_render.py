@@ -65,9 +65,10 @@ SCHEDULER_NOTES = (
     "rr/wrr: round robin over weighted, interleaved slots (numgen inc)",
     "lc/wlc/sed/nq: weighted random (numgen random); nftables keeps no per-destination connection counts, "
     "so these do not look at active connections",
-    "sh/mh/dh: Maglev-style weighted slot table indexed by jhash of the source address (sh, mh; plus the source "
-    "port with sh-port/mh-port) or the destination address (dh); sh-fallback/mh-fallback are accepted and have no "
-    "effect (weight-0 destinations are never in the table)",
+    "sh/dh: jhash of the source address (plus port with sh-port) / destination address mod the weighted slots; "
+    "mh: a Maglev table (251 or 1021 slots) indexed by jhash of the source address (plus port with mh-port), so "
+    "few clients move when realservers change; sh-fallback/mh-fallback are accepted and have no effect "
+    "(weight-0 destinations are never in the table)",
     "fo: all new connections go to the destination with the highest weight",
     "lblc, lblcr, ovf, twos: unsupported (they need connection counts)",
 )
