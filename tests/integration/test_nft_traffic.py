@@ -323,3 +323,11 @@ def test_table_deleted_behind_our_back_is_rebuilt(net: Net) -> None:
     assert report.writes == 2
     assert names(net.get(VIP4, 3)) == {"rs1": 3}
     assert net.dump().services.keys() == {web}
+
+
+def test_persistence_netmask_groups_clients_of_one_subnet(net: Net) -> None:
+    key = ServiceKey.vip("tcp", VIP4, 80)
+    svc = Service(key, Scheduler.RR, persistence=Persistence(300, netmask="255.255.255.0"))
+    net.apply(AddService(svc), *(AddDest(key, nat(net.rs4(i))) for i in range(3)))
+    got = names(net.get(VIP4, 3, CLIENT_SOURCES))
+    assert len(got) == 1 and sum(got.values()) == 12 and not next(iter(got)).startswith("ERR"), got
