@@ -11,11 +11,26 @@ import pytest
 from tests.lab import Lab, wait_for
 from tests.vrrp_helpers import NET, Keepalived, LvsHa, holders, ping_ok
 
+VIP4 = f"{NET}.100/24"
+VIP6 = "fd77::100/64"
+
+
+def _hosts(lab: Lab, vip: str):  # type: ignore[no-untyped-def]
+    v6 = ":" in vip
+    d1 = lab.host("d1", [f"{NET}.11/24"] + (["fd77::11/64"] if v6 else []))
+    d2 = lab.host("d2", [f"{NET}.12/24"] + (["fd77::12/64"] if v6 else []))
+    cl = lab.host("cl", [f"{NET}.50/24"] + (["fd77::50/64"] if v6 else []))
+    if v6:
+        for h in (d1, d2):
+            wait_for(lambda h=h: "fe80" in h.ip("-6", "addr", "show", "dev", "eth0").stdout, 10, what="link-local")
+    return d1, d2, cl, vip.split("/")[0]
+
 pytestmark = pytest.mark.skipif(not os.path.exists(Keepalived.BIN), reason="keepalived is not installed")
 
 CASES = [
-    pytest.param(3, 0.1, None, id="v3-100ms"),
-    pytest.param(2, 1.0, "lvsha77", id="v2-1s-authpass"),
+    pytest.param(3, 0.1, None, VIP4, id="v3-100ms"),
+    pytest.param(3, 0.1, None, VIP6, id="v3-100ms-ipv6"),
+    pytest.param(2, 1.0, "lvsha77", VIP4, id="v2-1s-authpass"),
 ]
 
 
@@ -23,52 +38,52 @@ def _diag(*procs: object) -> str:
     return "\n".join(f"--- {p.name}\n{p.log()[-2500:]}" for p in procs)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("version,interval,password", CASES)
+@pytest.mark.parametrize("version,interval,password,vip", CASES)
 def test_lvsha_master_keepalived_backup(lab: Lab, tmp_path: Path, version: int, interval: float,
-                                        password: str | None) -> None:
-    d1 = lab.host("d1", [f"{NET}.11/24"])
-    d2 = lab.host("d2", [f"{NET}.12/24"])
-    cl = lab.host("cl", [f"{NET}.50/24"])
+                                        password: str | None, vip: str) -> None:
+    d1, d2, cl, addr = _hosts(lab, vip)
     extra = {"auth": {"password": password}} if password else {}
-    ours = LvsHa(lab, d1, tmp_path, "d1", 150, version=version, interval_s=interval, extra=extra)
-    ka = Keepalived(lab, d2, tmp_path, "ka2", 100, version=version, interval_s=interval, password=password)
+    ours = LvsHa(lab, d1, tmp_path, "d1", 150, version=version, interval_s=interval, extra=extra, vips=[vip])
+    ka = Keepalived(lab, d2, tmp_path, "ka2", 100, version=version, interval_s=interval, password=password,
+                    vips=[vip])
     ours.start()
     limit = 10 + 6 * interval
-    wait_for(lambda: holders([d1, d2]) == ["d1"] and ours.role() == "MASTER", limit,
+    wait_for(lambda: holders([d1, d2], addr) == ["d1"] and ours.role() == "MASTER", limit,
              what="lvs-ha master\n" + _diag(ours))
     ka.start()
     wait_for(lambda: "Entering BACKUP STATE" in ka.log(), limit, what="keepalived backup\n" + _diag(ka))
     # keepalived accepts our adverts: it stays backup over several of its master-down intervals
     sent = ours.status()[0]["counters"]["adverts_sent"]
     wait_for(lambda: ours.status()[0]["counters"]["adverts_sent"] > sent + 8, limit, what="adverts")
-    assert holders([d1, d2]) == ["d1"], _diag(ours, ka)
+    assert holders([d1, d2], addr) == ["d1"], _diag(ours, ka)
     assert "Entering BACKUP STATE" in ka.log() and "Entering MASTER STATE" not in ka.log(), _diag(ka)
-    assert ping_ok(cl)
+    assert ping_ok(cl, addr)
     assert ours.stop(signal.SIGTERM) == 0  # priority-0 advert: keepalived takes over after its skew time
-    wait_for(lambda: holders([d1, d2]) == ["d2"], limit, what="keepalived takes over\n" + _diag(ka))
-    wait_for(lambda: ping_ok(cl), limit, what="client answered by keepalived")
+    wait_for(lambda: holders([d1, d2], addr) == ["d2"], limit, what="keepalived takes over\n" + _diag(ka))
+    wait_for(lambda: ping_ok(cl, addr), limit, what="client answered by keepalived")
 
 
-@pytest.mark.parametrize("version,interval,password", CASES)
+@pytest.mark.parametrize("version,interval,password,vip", CASES)
 def test_keepalived_master_lvsha_backup(lab: Lab, tmp_path: Path, version: int, interval: float,
-                                        password: str | None) -> None:
-    d1 = lab.host("d1", [f"{NET}.11/24"])
-    d2 = lab.host("d2", [f"{NET}.12/24"])
-    cl = lab.host("cl", [f"{NET}.50/24"])
+                                        password: str | None, vip: str) -> None:
+    d1, d2, cl, addr = _hosts(lab, vip)
     extra = {"auth": {"password": password}} if password else {}
-    ka = Keepalived(lab, d1, tmp_path, "ka1", 150, version=version, interval_s=interval, password=password)
-    ours = LvsHa(lab, d2, tmp_path, "d2", 100, version=version, interval_s=interval, extra=extra)
+    ka = Keepalived(lab, d1, tmp_path, "ka1", 150, version=version, interval_s=interval, password=password,
+                    vips=[vip])
+    ours = LvsHa(lab, d2, tmp_path, "d2", 100, version=version, interval_s=interval, extra=extra, vips=[vip])
     ours.start()
     ka.start()
     limit = 10 + 6 * interval
-    wait_for(lambda: holders([d1, d2]) == ["d1"] and ours.role() == "BACKUP"
-             and ours.status()[0]["master"] == f"{NET}.11", limit, what="keepalived master\n" + _diag(ours, ka))
+    master = "fe80" if ":" in addr else f"{NET}.11"
+    wait_for(lambda: holders([d1, d2], addr) == ["d1"] and ours.role() == "BACKUP"
+             and (ours.status()[0]["master"] or "").startswith(master), limit,
+             what="keepalived master\n" + _diag(ours, ka))
     wait_for(lambda: ours.status()[0]["counters"]["adverts_received"] > 8, limit, what="adverts from keepalived")
     st = ours.status()[0]
     assert st["role"] == "BACKUP" and not st["counters"]["errors"], st
-    assert holders([d1, d2]) == ["d1"]
+    assert holders([d1, d2], addr) == ["d1"]
     ka.stop(signal.SIGTERM)
-    wait_for(lambda: holders([d1, d2]) == ["d2"] and ours.role() == "MASTER", limit,
+    wait_for(lambda: holders([d1, d2], addr) == ["d2"] and ours.role() == "MASTER", limit,
              what="lvs-ha takes over\n" + _diag(ours))
     assert "priority_zero" in ours.status()[0]["counters"]["machine"]
-    wait_for(lambda: ping_ok(cl), limit, what="client answered by lvs-ha")
+    wait_for(lambda: ping_ok(cl, addr), limit, what="client answered by lvs-ha")
