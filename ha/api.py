@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ha.config_model import ApiConfig
+from ha.status import format_table
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ async def get_status(request: web.Request) -> web.Response:
     doc = request.app[CONTROLLER].status()
     if inspect.isawaitable(doc):
         doc = await doc
-    return web.Response(text=json.dumps(doc), content_type="application/json")
+    if request.query.get("format") == "text":
+        return web.Response(text=format_table(doc), content_type="text/plain")
+    return web.Response(text=json.dumps(doc, separators=(",", ":")), content_type="application/json")
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ from ha.config_model import Config, DataplaneKind, ServiceConfig
 from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics, MetricsSources, make_registry, render
 from ha.reload import Change, ReloadDiff, diff_configs, effective_check, format_plan
 from ha.sdnotify import Notifier
-from ha.status import InstanceView, LastCheck, RsHealth, ServiceInfo, build_status
+from ha.status import InstanceView, KernelView, LastCheck, RsHealth, ServiceInfo, build_status, kernel_view
 from lvs import model as m
 from lvs.model import State
 
@@ -198,6 +198,7 @@ class Health:
 
         self.runner = Runner(_TimedRegistry(default_registry(), counters))
         self.unchecked: set[HealthKey] = set()
+        self._unchecked_views: dict[HealthKey, RsHealth] = {}
         self._on_change = on_change
         self.runner.subscribe(self._changed)
 
@@ -224,6 +225,8 @@ class Health:
                                                         chk.rise, chk.fall, H.parse(chk.initial_state))
         self.runner.set_checks(specs)
         self.unchecked = unchecked
+        always = RsHealth("up", LastCheck(True, "no check configured", 0.0))
+        self._unchecked_views = dict.fromkeys(unchecked, always)
 
     async def start(self) -> None:
         await self.runner.start()
@@ -242,7 +245,7 @@ class Health:
         return out
 
     def views(self) -> dict[HealthKey, RsHealth]:
-        out = {k: RsHealth("up", LastCheck(True, "no check configured", 0.0)) for k in self.unchecked}
+        out = dict(self._unchecked_views)
         wall, mono = time.time(), self.runner.now()
         for key, st in self.runner.statuses().items():
             r = st.last_result
@@ -316,6 +319,7 @@ class DataplaneDriver:
                                      resync_interval_s=cfg.lvs.resync_interval_s,
                                      max_remove_share=cfg.lvs.max_remove_share)
         self.actual: State | None = None
+        self.kernel: KernelView | None = None
         self.last_desired: Desired | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen_syncs = 0
@@ -359,13 +363,14 @@ class DataplaneDriver:
     async def refresh(self) -> None:
         try:
             self.actual = await self.dataplane.dump()
+            self.kernel = kernel_view(self.actual)
             self._dumped_at, self._dumped_syncs = time.monotonic(), self.reconciler.stats.syncs
         except Exception as e:
             log.warning("data plane dump for status failed: %s", e)
 
     async def fresh(self) -> None:
-        """Refresh the dump if the reconciler ran since, or it is older than a second (status calls this)."""
-        if self._dumped_syncs != self.reconciler.stats.syncs or time.monotonic() - self._dumped_at > 1.0:
+        """Refresh the dump if the reconciler ran since, or it is older than two seconds (status calls this)."""
+        if self._dumped_syncs != self.reconciler.stats.syncs or time.monotonic() - self._dumped_at > 2.0:
             await self.refresh()
 
     async def _watch(self) -> None:
@@ -608,7 +613,7 @@ class Daemon:
             self.cfg, loaded_at=self.loaded_at, last_reload_error=self.last_reload_error,
             instances=self.vrrp.views() if self.vrrp else (), health=self.health.views(),
             drained=self.overrides.drained_keys(), services=desired.info if desired else None,
-            actual=self.lvs.actual if self.lvs else None,
+            kernel=self.lvs.kernel if self.lvs else None,
             extra={"dataplane": self.lvs.status() if self.lvs else None},
         )
 

@@ -2,8 +2,8 @@
 
 The daemon gathers snapshots (VRRP instances, per-realserver health and last check, operator overrides, per-service
 quorum/sorry info, the kernel's actual state with counters) and ``build_status`` joins them with the config into the
-contract's JSON shape. ``format_table`` renders that document for ``lvs-ha status``; the CLI imports only this module,
-so it stays fast to start.
+contract's JSON shape. ``format_table`` renders that document for ``lvs-ha status`` (the daemon does it, for
+``GET /v1/status?format=text``, so the CLI does not decode and re-render a large document).
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ha.config_model import Config
-from lvs.model import State
+if TYPE_CHECKING:
+    from ha.config_model import Config
+    from lvs.model import State
+
+KernelView = dict[str, dict[str, tuple[int, int, int]]]  # service key -> realserver -> (weight, active, inactive)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,46 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def kernel_view(actual: State) -> KernelView:
+    """The kernel's weights and connection counts by service key and realserver (strings), from one dump."""
+    out: KernelView = {}
+    stats = actual.stats
+    for key, ss in actual.services.items():
+        dests: dict[str, tuple[int, int, int]] = {}
+        for dkey, dest in ss.destinations.items():
+            st = stats.get((key, dkey))
+            dests[str(dkey)] = (dest.weight, st.active_conns, st.inactive_conns) if st else (dest.weight, 0, 0)
+        out[str(key)] = dests
+    return out
+
+
+_Row = tuple[str, int, str]  # realserver ident, configured weight, forwarding
+_Layout = list[tuple[str, str, str, str | None, list[_Row]]]  # name, key, scheduler, sorry server, realservers
+_layouts: dict[int, tuple[Config, _Layout]] = {}
+
+
+def _layout(cfg: Config) -> _Layout:
+    """What the status needs from the config, computed once per config object."""
+    hit = _layouts.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    lay: _Layout = []
+    for svc in cfg.services:
+        sorry = svc.sorry_server
+        lay.append((svc.name, svc.key_str, svc.scheduler, None if sorry is None else f"{sorry.address}:{sorry.port}",
+                    [(rs.ident, rs.weight, rs.forwarding) for rs in svc.realservers]))
+    if len(_layouts) > 4:
+        _layouts.clear()
+    _layouts[id(cfg)] = (cfg, lay)
+    return lay
+
+
+def _last_check(lc: LastCheck | None) -> dict[str, Any] | None:
+    if lc is None:
+        return None
+    return {"ok": lc.ok, "reason": lc.reason, "latency_s": round(lc.latency_s, 6)}
+
+
 def build_status(
     cfg: Config,
     *,
@@ -69,49 +112,45 @@ def build_status(
     drained: Collection[tuple[str, str]] = (),
     services: Mapping[str, ServiceInfo] | None = None,
     actual: State | None = None,
+    kernel: KernelView | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status document. ``health`` and ``drained`` are keyed by (service name, realserver ident)."""
+    """The status document. ``health`` and ``drained`` are keyed by (service name, realserver ident); the kernel's
+    side comes from ``kernel`` (see ``kernel_view``) or is computed from ``actual``."""
     health = health or {}
     services = services or {}
     drained_set = set(drained)
-    kernel = {str(k): s for k, s in (actual.services.items() if actual is not None else ())}
-    stats = actual.stats if actual is not None else {}
+    if kernel is None:
+        kernel = kernel_view(actual) if actual is not None else {}
+    default_info = ServiceInfo()
     out_services = []
-    for svc in cfg.services:
-        key = svc.key_str
-        ks = kernel.get(key)
-        dests = {str(k): (k, d) for k, d in ks.destinations.items()} if ks is not None else {}
-        info = services.get(svc.name, ServiceInfo())
+    for name, key, scheduler, sorry, rss in _layout(cfg):
+        dests = kernel.get(key)
+        info = services.get(name, default_info)
         rows = []
-        for rs in svc.realservers:
-            ident = rs.ident
-            h = health.get((svc.name, ident), UNKNOWN)
-            found = dests.get(ident)
-            st = stats.get((ks.service.key, found[0])) if (ks is not None and found is not None) else None
-            lc = h.last_check
+        for ident, weight, fwd in rss:
+            h = health.get((name, ident), UNKNOWN)
+            found = dests.get(ident) if dests is not None else None
             rows.append({
                 "realserver": ident,
                 "health": h.health,
-                "weight": found[1].weight if found is not None else 0,
-                "configured_weight": rs.weight,
-                "drained": (svc.name, ident) in drained_set,
+                "weight": found[0] if found is not None else 0,
+                "configured_weight": weight,
+                "drained": (name, ident) in drained_set,
                 "in_kernel": found is not None,
-                "forwarding": rs.forwarding,
-                "active_conns": st.active_conns if st else 0,
-                "inactive_conns": st.inactive_conns if st else 0,
-                "last_check": None if lc is None else {
-                    "ok": lc.ok, "reason": lc.reason, "latency_s": round(lc.latency_s, 6), "at": iso(lc.at)},
+                "forwarding": fwd,
+                "active_conns": found[1] if found is not None else 0,
+                "inactive_conns": found[2] if found is not None else 0,
+                "last_check": _last_check(h.last_check),
             })
-        sorry = svc.sorry_server
         out_services.append({
-            "name": svc.name,
+            "name": name,
             "key": key,
-            "scheduler": svc.scheduler,
+            "scheduler": scheduler,
             "quorum": info.quorum,
             "sorry_active": info.sorry_active,
-            "sorry_server": None if sorry is None else f"{sorry.address}:{sorry.port}",
-            "in_kernel": ks is not None,
+            "sorry_server": sorry,
+            "in_kernel": dests is not None,
             "realservers": rows,
         })
     doc: dict[str, Any] = {
@@ -131,14 +170,15 @@ def build_status(
     return doc
 
 
-# -- the human table -----------------------------------------------------------------------------------------------
+# -- the human table -------------------------------------------------------------------------------------------
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     if not rows:
         return []
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    widths = [max(map(len, col)) for col in zip(*rows, strict=True)]
+    fmt = indent + "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*r).rstrip() for r in rows]
 
 
 def _last(lc: Mapping[str, Any] | None) -> str:
