@@ -1,7 +1,8 @@
 """Builds the VRRP engine from a Config, and runs a VRRP-only daemon (``lvs-ha run`` for a config without services).
 
 ``python -m ha.vrrp_setup -c FILE`` runs it directly. Signals: SIGTERM/SIGINT orderly stop (masters resign with a
-priority-0 advert, VIPs released); SIGUSR1 planned failover of every master; SIGUSR2 writes the status file now.
+priority-0 advert, VIPs released); SIGHUP reload (instances added, removed or changed without a restart; a bad
+config is rejected); SIGUSR1 planned failover of every master; SIGUSR2 writes the status file now.
 """
 
 from __future__ import annotations
@@ -124,6 +125,22 @@ async def _run(config: Config, status_file: str | None, status_interval_s: float
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("planned failover: %s", engine.failover()))
     loop.add_signal_handler(signal.SIGUSR2, lambda: _write_status(status_file, engine))
+
+    def reload() -> None:
+        try:
+            new = load(config.source)
+        except Exception as e:  # a bad config never replaces the running one
+            log.error("reload rejected, keeping the running config: %s", e)
+            return
+        try:
+            changes = engine.reconfigure(*engine_specs(new))
+        except Exception as e:
+            log.error("reload failed: %s", e)
+            return
+        log.info("reloaded %s: %s", config.source, changes)
+        _write_status(status_file, engine)
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
     ticker = asyncio.create_task(_periodic_status(status_file, engine, status_interval_s))
     await stop.wait()
     ticker.cancel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import sys
@@ -23,6 +24,7 @@ from ha.vrrp import announce
 from ha.vrrp.actions import Role, StateChanged
 from ha.vrrp.driver import Authenticator, DriverSettings, InstanceDriver
 from ha.vrrp.io import AnnounceSocket, VrrpSocket
+from ha.vrrp.machine import OWNER_PRIORITY as OWNER
 from ha.vrrp.machine import Settings, Takeover, VrrpMachine
 from ha.vrrp.notify import Notification, Notifier, commands_for
 from ha.vrrp.syncgroup import SyncGroup
@@ -79,6 +81,19 @@ class SyncGroupSpec:
 
 class EngineError(RuntimeError):
     pass
+
+
+LIVE_FIELDS = ("notify", "track_interfaces", "track_scripts", "track_files", "track_own_interface", "auth")
+
+
+def _live_change(old: InstanceSpec, new: InstanceSpec) -> bool:
+    """True if ``new`` differs from ``old`` only in what a running instance can take without a restart."""
+    same = dataclasses.replace(old, **{f: getattr(new, f) for f in LIVE_FIELDS})
+    if same == new:
+        return True
+    if OWNER in (old.priority, new.priority):
+        return False
+    return dataclasses.replace(same, priority=new.priority) == new
 
 
 class _Instance:
@@ -196,20 +211,96 @@ class VrrpEngine:
             raise EngineError("instance names must be unique")
         for spec in self.specs:
             self._instances[spec.name] = self._open(spec, loop)
-        for g in self.groups:
+        self._set_groups(self.groups)
+        for inst in self._instances.values():
+            self._begin(inst, loop)
+
+    def _set_groups(self, groups: list[SyncGroupSpec]) -> None:
+        for inst in self._instances.values():
+            inst.group = None
+        self._syncgroups = {}
+        for g in groups:
             for n in g.instances:
                 if n not in self._instances:
                     raise EngineError(f"sync group {g.name}: no instance {n}")
                 self._instances[n].group = g
             self._syncgroups[g.name] = SyncGroup(g.name, {n: self._instances[n].machine for n in g.instances})
-        for inst in self._instances.values():
-            outcome = inst.tracker.prime()
-            inst.machine.set_priority(outcome.priority, loop.time())
-            if outcome.fault:
-                inst.fault_reason = outcome.fault
-                inst.machine.fault(outcome.fault, loop.time())
-            inst.driver.start(loop)
-            inst.tracker.start()
+        self.groups = list(groups)
+
+    def _begin(self, inst: _Instance, loop: asyncio.AbstractEventLoop) -> None:
+        outcome = inst.tracker.prime()
+        inst.machine.set_priority(outcome.priority, loop.time())
+        if outcome.fault:
+            inst.fault_reason = outcome.fault
+            inst.machine.fault(outcome.fault, loop.time())
+        inst.driver.start(loop)
+        inst.tracker.start()
+
+    # -- reload ---------------------------------------------------------------------------------------------
+    def reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
+        """Apply a new set of instances without a restart: unchanged instances carry on untouched; changes to
+        tracking, notify, authentication or priority apply in place (role kept); new instances start; removed ones
+        stop (priority-0 advert, VIPs released); any other change replaces the instance (a master hands over)."""
+        if len({s.name for s in specs}) != len(specs):
+            raise EngineError("instance names must be unique")
+        return self._call(lambda: self._reconfigure(list(specs), list(groups or ())), timeout_s=60.0)
+
+    def _reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec]) -> dict[str, list[str]]:
+        assert self.loop is not None
+        loop = self.loop
+        out: dict[str, list[str]] = {"added": [], "removed": [], "updated": [], "replaced": []}
+        new = {s.name: s for s in specs}
+        # open everything new first: if that fails, nothing running has been touched
+        opened: dict[str, _Instance] = {}
+        try:
+            for name, spec in new.items():
+                cur = self._instances.get(name)
+                if cur is None or (cur.spec != spec and not _live_change(cur.spec, spec)):
+                    opened[name] = self._open(spec, loop)
+        except BaseException:
+            for inst in opened.values():
+                self._discard(inst)
+            raise
+        for name in [n for n in self._instances if n not in new]:
+            self._retire(self._instances.pop(name))
+            out["removed"].append(name)
+        for name, spec in new.items():
+            cur = self._instances.get(name)
+            if name in opened:
+                if cur is not None:
+                    self._retire(cur)
+                out["replaced" if cur is not None else "added"].append(name)
+                self._instances[name] = opened[name]
+            elif cur is not None and cur.spec != spec:
+                self._update_in_place(cur, spec, loop)
+                out["updated"].append(name)
+        self._instances = {n: self._instances[n] for n in new}
+        self.specs = specs
+        self._set_groups(groups)
+        for inst in opened.values():
+            self._begin(inst, loop)
+        log.info("VRRP reconfigured: %s", ", ".join(f"{k} {v}" for k, v in out.items() if v) or "no change")
+        return out
+
+    def _update_in_place(self, inst: _Instance, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> None:
+        inst.tracker.stop()
+        inst.spec = spec
+        inst.driver.auth = spec.auth
+        inst.tracker = self._tracker(spec, loop)
+        outcome = inst.tracker.prime()
+        self._tracked(spec.name, outcome)
+        inst.tracker.start()
+
+    def _retire(self, inst: _Instance) -> None:
+        inst.tracker.stop()
+        inst.driver.abort()
+        self._discard(inst)
+
+    def _discard(self, inst: _Instance) -> None:
+        inst.driver.sock.close()
+        if inst.driver.announcer is not None:
+            inst.driver.announcer.close()
+        self.vip_worker.submit(inst.driver.vips.close)
 
     def _open(self, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> _Instance:
         vip_ips = tuple(v.address.ip for v in spec.vips)
@@ -221,7 +312,8 @@ class VrrpEngine:
             log.warning("instance=%s removed %d leftover VIP(s) at start: %s", spec.name, len(leftover),
                         ", ".join(map(str, leftover)))
         sock = VrrpSocket(spec.family, spec.interface, source=spec.unicast_source, peers=spec.unicast_peers)
-        sock.open(exclude=vip_ips)
+        # on the netlink worker: pyroute2's sync API cannot run inside this (possibly running) loop
+        self.vip_worker.submit(sock.open, vip_ips).result(30)
         announcer = AnnounceSocket(spec.interface)
         announcer.open()
         msettings = Settings(
@@ -236,6 +328,10 @@ class VrrpEngine:
         driver = InstanceDriver(dsettings, machine, sock, vips, announcer,
                                 lambda mac: announce.round_frames(vip_ips, mac), self._transition,
                                 auth=spec.auth, vip_worker=self.vip_worker)
+        tracker = self._tracker(spec, loop)
+        return _Instance(spec, driver, machine, tracker)
+
+    def _tracker(self, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> Tracker:
         ifaces = list(spec.track_interfaces)
         if spec.track_own_interface and spec.interface not in {i.name for i in ifaces}:
             ifaces.insert(0, TrackedInterface(spec.interface, 0))
@@ -245,8 +341,7 @@ class VrrpEngine:
         def on_change(outcome: Outcome) -> None:  # from the tracker thread
             loop.call_soon_threadsafe(self._tracked, name, outcome)
 
-        tracker = Tracker(state, on_change, poll_s=self.track_poll_s)
-        return _Instance(spec, driver, machine, tracker)
+        return Tracker(state, on_change, poll_s=self.track_poll_s)
 
     def _close_all(self) -> None:
         for inst in self._instances.values():

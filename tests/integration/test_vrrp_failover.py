@@ -200,3 +200,28 @@ def test_hmac_authenticated_pair_and_wrong_key_rejected(lab: Lab, tmp_path: Path
     wait_for(lambda: (b.status()[0]["counters"]["errors"].get("bad_auth", 0) > 5), 10,
              what="wrong-key adverts counted\n" + _diag(b, c))
     assert holders([d1, d2]) == ["d1"] and a.role() == "MASTER" and b.role() == "BACKUP"
+
+
+def test_reload_changes_priority_in_place_and_adds_an_instance(lab: Lab, tmp_path: Path) -> None:
+    import yaml
+
+    d1, d2, _cl, a, b = _pair(lab, tmp_path)
+    b.start()
+    a.start()
+    wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
+    doc = yaml.safe_load(a.config.read_text())
+    doc["vrrp"]["instances"][0]["priority"] = 50
+    second = dict(doc["vrrp"]["instances"][0], name="VI_2", vrid=52, priority=150, vips=[f"{NET}.101/24"])
+    doc["vrrp"]["instances"].append(second)
+    a.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    a.signal(signal.SIGHUP)
+    wait_for(lambda: _settled(a, b, [d1, d2], "d2"), 10, what="d2 preempts after the reload\n" + _diag(a, b))
+    wait_for(lambda: has_vip(d1, f"{NET}.101"), 10, what="the added instance takes its VIP\n" + _diag(a))
+    st = {i["name"]: i for i in a.status()}
+    assert st["VI_1"]["effective_priority"] == 50 and st["VI_1"]["role"] == "BACKUP"
+    assert st["VI_2"]["role"] == "MASTER"
+    a.config.write_text("vrrp: [this is not valid\n")
+    a.signal(signal.SIGHUP)  # rejected; the running instances carry on
+    wait_for(lambda: "reload rejected" in a.log(), 10, what="bad reload rejected")
+    assert a.proc is not None and a.proc.poll() is None
+    assert has_vip(d1, f"{NET}.101") and holders([d1, d2]) == ["d2"]
