@@ -551,10 +551,6 @@ def _parse_vips(ctx: _Ctx, m: _Map) -> tuple[VipConfig, ...]:
                 vip = None
         if vip is None:
             continue
-        if vips and vip.address.version != vips[0].address.version:
-            ctx.error(anode, apath, f"all VIPs of an instance must be one address family (vips[0] is "
-                      f"IPv{vips[0].address.version}); put IPv{vip.address.version} VIPs in an instance of their own")
-            continue
         if vip.address.ip in seen:
             ctx.error(anode, apath, f"VIP {vip.address.ip} is listed twice (also vips[{seen[vip.address.ip]}])")
             continue

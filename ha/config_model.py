@@ -147,7 +147,13 @@ class VrrpInstanceConfig:
 
     @property
     def family(self) -> int:
+        """The address family the instance advertises in: that of its first VIP. VIPs of the other family move
+        with the instance and are announced, but are not listed in adverts (as Keepalived does)."""
         return self.vips[0].address.version if self.vips else 4
+
+    @property
+    def advertised_vips(self) -> tuple[VipConfig, ...]:
+        return tuple(v for v in self.vips if v.address.version == self.family)
 
 
 @dataclass(frozen=True)

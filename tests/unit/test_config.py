@@ -384,3 +384,12 @@ def test_utf8_with_bom_is_fine(tmp_path: Path) -> None:
     f.write_bytes(b"\xef\xbb\xbfnode: {name: d\xc3\xa9}\n")
     config, _ = load_config(f, registry=REG)
     assert config.node.name == "d\u00e9"
+
+
+@pytest.mark.parametrize("name", ["mixed_family.yaml", "contract_example.yaml"])
+def test_mixed_family_vips_move_together_but_only_the_first_family_is_advertised(name: str) -> None:
+    config, _ = load_config(FIXTURES / "valid" / name, registry=REG)
+    inst = config.vrrp.instances[0]
+    assert {v.address.version for v in inst.vips} == {4, 6}
+    assert inst.family == 4
+    assert [str(v.address) for v in inst.advertised_vips] == ["192.168.10.100/24"]
