@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -163,7 +164,7 @@ class InstanceDriver:
 
     def failover(self) -> bool:
         """Planned handover (we resign but keep serving until the new master is heard). False if not master."""
-        started = bool(self.machine.failover(self.now()))  # type: ignore[attr-defined]
+        started = bool(self.machine.failover(self.now()))
         self._run_actions()
         return started
 
@@ -319,8 +320,6 @@ class InstanceDriver:
 
     def _vips_blocking(self, acquire: bool, attempts: int) -> None:
         """Runs on the VIP worker thread. Retries kernel errors with a short backoff; counts failures."""
-        import time
-
         for attempt in range(attempts):
             try:
                 (self.vips.acquire if acquire else self.vips.release)()

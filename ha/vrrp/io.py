@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import ipaddress
 import logging
 import socket
@@ -321,6 +322,4 @@ class AnnounceSocket:
 
 
 def errno_name(e: OSError) -> str:
-    import errno
-
     return errno.errorcode.get(e.errno or 0, str(e.errno)) if e.errno else type(e).__name__
