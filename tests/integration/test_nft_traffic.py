@@ -10,6 +10,7 @@ Topology (one bridge, two IP subnets on it):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import subprocess
@@ -146,9 +147,11 @@ def net(lab: Lab) -> Iterator[Net]:
         h.ip("-6", "route", "add", "default", "via", "fd00:77::1")
         lab.spawn(h, ["python3", "-c", SERVER, f"rs{i + 1}", "80"])
         rs.append(h)
+    def listening(h: Host) -> bool:
+        return bool(h.run("ss", "-Hltn", "sport = :80").stdout.strip())
+
     for h in rs:
-        wait_for(lambda h=h: h.run("ss", "-Hltn", "sport = :80").stdout.strip(), timeout=30,
-                 what=f"{h.name} listening")
+        wait_for(functools.partial(listening, h), timeout=30, what=f"{h.name} listening")
     dp = NftDataplane(command_prefix=("ip", "netns", "exec", director.ns))
     yield Net(lab, client, director, rs, dp)
     asyncio.run(dp.close())
