@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,7 +211,7 @@ class Health:
         from healthchecks.hysteresis import Health as H
         from healthchecks.runner import CheckSpec
 
-        specs: dict[HealthKey, CheckSpec] = {}
+        specs: dict[Hashable, CheckSpec] = {}
         unchecked: set[HealthKey] = set()
         for svc in cfg.services:
             for rs in svc.realservers:
@@ -419,13 +419,10 @@ class Vrrp:
     def failover(self, instance: str | None) -> list[str]:
         return list(self.engine.failover(instance))
 
-    def can_reconfigure(self) -> bool:
-        return callable(getattr(self.engine, "reconfigure", None))
-
-    def reconfigure(self, cfg: Config) -> None:
+    def reconfigure(self, cfg: Config) -> dict[str, list[str]]:
         from ha.vrrp_setup import engine_specs
 
-        self.engine.reconfigure(*engine_specs(cfg))  # type: ignore[attr-defined]
+        return dict(self.engine.reconfigure(*engine_specs(cfg)))
 
     def _status(self) -> list[dict[str, Any]]:
         try:
@@ -590,7 +587,9 @@ class Daemon:
     def _role_changed(self, info: dict[str, Any]) -> None:
         name, new = str(info.get("instance")), str(info.get("new"))
         self.roles[name] = new
-        log.info("instance=%s role %s -> %s (%s)", name, info.get("old"), new, info.get("reason"))
+        inst = self.cfg.instance(name)
+        log.info("instance=%s vrid=%s role %s -> %s (%s)", name, inst.vrid if inst else "?", info.get("old"), new,
+                 info.get("reason"))
         sd = self.cfg.lvs.sync_daemon
         if sd is not None and sd.instance == name:
             self._push_desired()  # the sync daemon follows this instance: master <-> backup
@@ -675,33 +674,42 @@ class Daemon:
         except KeyError as e:
             self.notifier.ready(self._summary())
             raise Conflict("the new configuration cannot be applied; the running one stays", [str(e)]) from None
-        old, self.cfg = self.cfg, new
+        self.cfg = new
         self.loaded_at = time.time()
         self.last_reload_error = None
         self.overrides.prune(new)
-        notes += await self._reload_vrrp(old, diff)
-        ops: list[Any] = []
+        notes += await self._reload_vrrp(diff)
+        applied: list[m.Op] = []
         if self.lvs is not None:
             self.lvs.cfg = new
-            ops = await self.lvs.sync_now(self._desired())
+            applied = await self.lvs.sync_now(self._desired())
         self.counters.observe_reload(True, self.loaded_at)
         counts = diff.counts()
         summary = f"reloaded ({who}): " + "; ".join(
             f"{what} +{c['added']} -{c['removed']} ~{c['changed']}" for what, c in counts.items())
-        log.info("%s; %d kernel operation(s)", summary, len(ops))
+        log.info("%s; %d kernel operation(s)", summary, len(applied))
         self.notifier.ready(self._summary())
-        return {"ok": True, "dry_run": False, "plan": format_plan(diff, ops), "summary": summary,
+        return {"ok": True, "dry_run": False, "plan": format_plan(diff, applied), "summary": summary,
                 "warnings": warnings + notes}
 
-    async def _reload_vrrp(self, old: Config, diff: ReloadDiff) -> list[str]:
+    async def _reload_vrrp(self, diff: ReloadDiff) -> list[str]:
+        """Unchanged instances are not touched (machine, timers, role); the engine applies the rest in place."""
         if not diff.vrrp_changed:
-            return []  # the engine is not touched: machines, timers and roles carry on
-        names = [i.name for i in diff.instances if i.change is not Change.UNCHANGED]
-        if self.vrrp is not None and self.vrrp.can_reconfigure():
-            await asyncio.to_thread(self.vrrp.reconfigure, self.cfg)
             return []
-        log.warning("VRRP changes (%s) take effect at the next restart", ", ".join(names))
-        return [f"VRRP changes ({', '.join(names)}) take effect at the next restart"]
+        names = [i.name for i in diff.instances if i.change is not Change.UNCHANGED]
+        if self.vrrp is None:
+            self.vrrp = Vrrp(self.cfg, self._role_changed, asyncio.get_running_loop())
+            await asyncio.to_thread(self.vrrp.start)
+            log.info("VRRP started by reload: %s", ", ".join(names))
+            return []
+        try:
+            result = await asyncio.to_thread(self.vrrp.reconfigure, self.cfg)
+        except Exception as e:  # the config is valid; the engine could not apply it (e.g. a missing interface)
+            log.error("VRRP reconfiguration failed (%s): %s", ", ".join(names), e)
+            return [f"VRRP changes ({', '.join(names)}) failed: {e}"]
+        for name in result.get("removed", []):
+            self.roles.pop(name, None)
+        return []
 
 
 def _setup_logging(level: str) -> None:

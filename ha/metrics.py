@@ -179,7 +179,7 @@ class LvsHaCollector:
         actual = self.s.actual()
         names = self.s.service_names()
         labels = ["service", "vip", "realserver"]
-        fams = {
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "active_conns": GaugeMetricFamily("lvs_ha_ipvs_active_connections", "Active connections", labels=labels),
             "inactive_conns": GaugeMetricFamily("lvs_ha_ipvs_inactive_connections", "Inactive connections",
                                                 labels=labels),

@@ -17,6 +17,7 @@ from tests.vrrp_helpers import NET, VIP, has_vip
 
 
 def write_config(tmp: Path, name: str, priority: int) -> Path:
+    """One instance (nopreempt, 100 ms adverts) and one service on its VIP; in-memory data plane."""
     doc = {
         "node": {"name": name, "state_dir": str(tmp / name / "state"), "dataplane": "memory",
                  "api": {"socket": str(tmp / name / "api.sock")}},
@@ -82,6 +83,17 @@ def test_two_directors_election_failover_and_stop(lab: Lab, tmp_path: Path) -> N
         assert svc["in_kernel"] is True and svc["realservers"][0]["weight"] == 3, d.name
     table = d1.cli("status").stdout
     assert any(line.startswith("VI_1") and "MASTER" in line for line in table.splitlines()), table
+
+    # a reload that changes only d2's priority: applied in place, no role change anywhere
+    since1 = d1.status()["instances"][0]["since"]
+    since2 = d2.status()["instances"][0]["since"]
+    d2.config.write_text(d2.config.read_text().replace("priority: 100", "priority: 120"))
+    r = d2.cli("reload")
+    assert r.returncode == 0, r.stderr
+    assert "changed VI_1 (priority)" in r.stdout
+    inst2 = d2.status()["instances"][0]
+    assert (inst2["role"], inst2["priority"], inst2["since"]) == ("BACKUP", 120, since2)
+    assert d1.status()["instances"][0]["since"] == since1 and d1.role() == "MASTER"
 
     # planned failover through the CLI: d2 takes over (nopreempt keeps it there)
     r = d1.cli("failover", "VI_1")
