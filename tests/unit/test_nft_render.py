@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -365,3 +366,66 @@ def test_count_connections_like_ipvs() -> None:
         (ServiceKey.mark(10), DestKey("10.1.0.1", 0)): (0, 1),  # not a VIP service: the fwmark one
         (ServiceKey.vip("tcp", "2001:db8::1", 53), DestKey("2001:db8:1::2", 53)): (1, 0),
     }
+
+
+FAKE_NFT = """#!/bin/sh
+# records each call; lists an empty table; fails a transaction when the "fail" file exists
+echo "$*" >> "{log}"
+case "$1" in
+  -j) echo '{{"nftables": [{{"table": {{"name": "lvs_ha"}}}}]}}' ;;
+  -f) cat > "{last}"; [ -e "{fail}" ] && {{ echo "Error: boom" >&2; exit 1; }} ;;
+esac
+exit 0
+"""
+
+
+def fake_nft(tmp_path: Path) -> tuple[Path, Path, Path]:
+    log, last, fail = tmp_path / "calls", tmp_path / "last.nft", tmp_path / "fail"
+    script = tmp_path / "nft"
+    script.write_text(FAKE_NFT.format(log=log, last=last, fail=fail))
+    script.chmod(0o755)
+    return script, log, fail
+
+
+async def test_apply_partial_prefix_one_transaction(tmp_path: Path) -> None:
+    from lvs.nft import NftDataplane
+
+    script, log, _fail = fake_nft(tmp_path)
+    dp = NftDataplane(nft=str(script))
+    svc = Service(VIP, Scheduler.WRR)
+    bad = AddDest(VIP, Destination(DestKey("10.1.0.2", 80), 1, Forwarding.DR))
+    report = await dp.apply([AddService(svc), AddDest(VIP, nat("10.1.0.1")), bad, DelService(VIP)])
+    assert report.applied == [AddService(svc), AddDest(VIP, nat("10.1.0.1"))]
+    assert report.failed == bad and "forwarding dr" in str(report.error)
+    assert report.writes == 1
+    assert "dnat ip to 10.1.0.1:80" in (tmp_path / "last.nft").read_text()
+    # steady state: one nft call per apply (the table's objects are known)
+    calls = log.read_text().count("\n")
+    report = await dp.apply([EditDest(VIP, nat("10.1.0.1", weight=3))])
+    assert report.ok and report.writes == 1
+    assert log.read_text().count("\n") == calls + 1
+    assert dp.capabilities.thresholds is False and Forwarding.DR not in dp.capabilities.forwarding
+
+
+async def test_apply_rejected_transaction_changes_nothing(tmp_path: Path) -> None:
+    from lvs.nft import NftDataplane
+
+    script, _log, fail = fake_nft(tmp_path)
+    dp = NftDataplane(nft=str(script))
+    assert (await dp.apply([AddService(Service(VIP))])).ok
+    fail.touch()
+    report = await dp.apply([AddDest(VIP, nat("10.1.0.1"))])
+    assert not report.ok and report.applied == [] and report.failed == AddDest(VIP, nat("10.1.0.1"))
+    assert "boom" in str(report.error) and report.writes == 2  # listed again and retried once
+    fail.unlink()
+    # the rejected op was not recorded: adding the destination again is not a duplicate
+    assert (await dp.apply([AddDest(VIP, nat("10.1.0.1"))])).ok
+
+
+async def test_missing_nft_is_a_reported_failure(tmp_path: Path) -> None:
+    from lvs.nft import NftDataplane
+
+    dp = NftDataplane(nft=str(tmp_path / "no-such-nft"))
+    report = await dp.apply([AddService(Service(VIP))])
+    assert not report.ok and "cannot run" in str(report.error)
+    assert not NftDataplane.available(str(tmp_path / "no-such-nft"))
