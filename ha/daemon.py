@@ -468,7 +468,8 @@ class RateLimit(logging.Filter):
             return True
         key = (record.name, record.getMessage())
         now = record.created
-        first, suppressed = self.seen.get(key, (0.0, 0))
+        seen = self.seen.get(key)
+        first, suppressed = seen if seen is not None else (now - self.window_s, 0)
         if now - first >= self.window_s:
             if suppressed:
                 record.msg = f"{record.getMessage()} (repeated {suppressed} more times)"
