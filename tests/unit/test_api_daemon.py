@@ -113,3 +113,38 @@ async def test_stop_keeps_or_flushes_our_services(tmp_path: Path, flush: bool) -
     left = {str(k) for k in d.lvs.dataplane.state.services}
     assert left == ({foreign_key} if flush else {"tcp/192.0.2.10:80", foreign_key}), "never a foreign service"
     assert not (tmp_path / "api.sock").exists()
+
+
+async def test_tcp_listener_with_token_and_socket_mode(tmp_path: Path) -> None:
+    import os
+    import socket
+    import stat
+
+    import aiohttp
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path, flush="false").replace(
+        "api: {", f"api: {{listen: '127.0.0.1:{port}', token_file: {token}, socket_mode: 0660, "))
+    c, _ = load(str(path))
+    d = Daemon(str(path), c, notifier=Notifier(env={}))
+    await d.start()
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "api.sock").st_mode) == 0o660
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/v1/status") as r:
+                assert r.status == 401
+            hdr = {"Authorization": "Bearer 0123456789abcdef0123"}
+            async with s.get(f"http://127.0.0.1:{port}/v1/status", headers=hdr) as r:
+                assert r.status == 200 and (await r.json())["node"] == "dir1"
+            async with s.post(f"http://127.0.0.1:{port}/v1/drain", headers=hdr,
+                              json={"service": "web", "realserver": "10.0.0.1"}) as r:
+                assert r.status == 200
+        assert d.overrides.drained[("web", "10.0.0.1:80")]["by"].startswith("remote=127.0.0.1")
+    finally:
+        await d.stop()
