@@ -1,0 +1,436 @@
+"""IPVS generic-netlink messages of our own, and the socket that speaks them.
+
+pyroute2 ships IPVS message classes, but some of their attribute types do not match the kernel's
+(``include/uapi/linux/ip_vs.h``, ``net/netfilter/ipvs/ip_vs_ctl.c``):
+
+- the service netmask is typed as an IPv4 address, but for IPv6 services the kernel reads a prefix length (a plain
+  u32, e.g. 128) from the same attribute;
+- the GUE tunnel port is a big-endian u16 on the wire (pyroute2 types it as host order);
+- the sync-daemon and timeout attributes are left as opaque hex.
+
+So this module defines the whole IPVS family's messages with the kernel's types (on pyroute2's genlmsg/nla
+classes), and a small blocking socket that sends them. Nothing outside ``lvs/ipvs*.py`` sees these records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink import (
+    CTRL_CMD_GETFAMILY,
+    GENL_ID_CTRL,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    ctrlmsg,
+    genlmsg,
+    nla,
+)
+from pyroute2.netlink.exceptions import NetlinkError
+
+GENL_NAME = "IPVS"
+GENL_VERSION = 1
+
+# commands (enum ipvs_cmds)
+CMD_NEW_SERVICE = 1
+CMD_SET_SERVICE = 2
+CMD_DEL_SERVICE = 3
+CMD_GET_SERVICE = 4
+CMD_NEW_DEST = 5
+CMD_SET_DEST = 6
+CMD_DEL_DEST = 7
+CMD_GET_DEST = 8
+CMD_NEW_DAEMON = 9
+CMD_DEL_DAEMON = 10
+CMD_GET_DAEMON = 11
+CMD_SET_CONFIG = 12
+CMD_GET_CONFIG = 13
+CMD_GET_INFO = 15
+CMD_FLUSH = 17
+
+# service flags (IP_VS_SVC_F_*)
+SVC_F_PERSISTENT = 0x0001
+SVC_F_HASHED = 0x0002
+SVC_F_ONEPACKET = 0x0004
+SVC_F_SCHED1 = 0x0008
+SVC_F_SCHED2 = 0x0010
+SVC_F_SCHED3 = 0x0020
+
+# forwarding methods (IP_VS_CONN_F_FWD_MASK values)
+FWD_MASQ = 0
+FWD_LOCALNODE = 1
+FWD_TUNNEL = 2
+FWD_DROUTE = 3
+
+# tunnel types and encapsulation flags
+TUN_IPIP = 0
+TUN_GUE = 1
+TUN_GRE = 2
+TUN_F_CSUM = 0x1
+TUN_F_REMCSUM = 0x2
+
+# sync daemon states
+DAEMON_MASTER = 1
+DAEMON_BACKUP = 2
+
+WRITE_FLAGS = NLM_F_REQUEST | NLM_F_ACK
+CREATE_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+DUMP_FLAGS = NLM_F_REQUEST | NLM_F_DUMP
+
+
+class _stats_nla:
+    class stats(nla):
+        nla_map = (
+            ("IPVS_STATS_ATTR_UNSPEC", "none"),
+            ("IPVS_STATS_ATTR_CONNS", "uint32"),
+            ("IPVS_STATS_ATTR_INPKTS", "uint32"),
+            ("IPVS_STATS_ATTR_OUTPKTS", "uint32"),
+            ("IPVS_STATS_ATTR_INBYTES", "uint64"),
+            ("IPVS_STATS_ATTR_OUTBYTES", "uint64"),
+            ("IPVS_STATS_ATTR_CPS", "uint32"),
+            ("IPVS_STATS_ATTR_INPPS", "uint32"),
+            ("IPVS_STATS_ATTR_OUTPPS", "uint32"),
+            ("IPVS_STATS_ATTR_INBPS", "uint32"),
+            ("IPVS_STATS_ATTR_OUTBPS", "uint32"),
+            ("IPVS_STATS_ATTR_PAD", "none"),
+        )
+
+    class stats64(nla):
+        nla_map = (
+            ("IPVS_STATS_ATTR_UNSPEC", "none"),
+            ("IPVS_STATS_ATTR_CONNS", "uint64"),
+            ("IPVS_STATS_ATTR_INPKTS", "uint64"),
+            ("IPVS_STATS_ATTR_OUTPKTS", "uint64"),
+            ("IPVS_STATS_ATTR_INBYTES", "uint64"),
+            ("IPVS_STATS_ATTR_OUTBYTES", "uint64"),
+            ("IPVS_STATS_ATTR_CPS", "uint64"),
+            ("IPVS_STATS_ATTR_INPPS", "uint64"),
+            ("IPVS_STATS_ATTR_OUTPPS", "uint64"),
+            ("IPVS_STATS_ATTR_INBPS", "uint64"),
+            ("IPVS_STATS_ATTR_OUTBPS", "uint64"),
+            ("IPVS_STATS_ATTR_PAD", "none"),
+        )
+
+
+class ipvs_msg(genlmsg):
+    """One IPVS generic-netlink message, every attribute typed as the kernel reads and writes it."""
+
+    prefix = "IPVS_CMD_ATTR_"
+    nla_map = (
+        ("IPVS_CMD_ATTR_UNSPEC", "none"),
+        ("IPVS_CMD_ATTR_SERVICE", "service"),
+        ("IPVS_CMD_ATTR_DEST", "dest"),
+        ("IPVS_CMD_ATTR_DAEMON", "daemon"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
+    )
+
+    class service(nla, _stats_nla):
+        prefix = "IPVS_SVC_ATTR_"
+        nla_map = (
+            ("IPVS_SVC_ATTR_UNSPEC", "none"),
+            ("IPVS_SVC_ATTR_AF", "uint16"),
+            ("IPVS_SVC_ATTR_PROTOCOL", "uint16"),
+            ("IPVS_SVC_ATTR_ADDR", "cdata"),  # raw in_addr / in6_addr (the kernel dumps 16 bytes)
+            ("IPVS_SVC_ATTR_PORT", "be16"),
+            ("IPVS_SVC_ATTR_FWMARK", "uint32"),
+            ("IPVS_SVC_ATTR_SCHED_NAME", "asciiz"),
+            ("IPVS_SVC_ATTR_FLAGS", "svc_flags"),
+            ("IPVS_SVC_ATTR_TIMEOUT", "uint32"),
+            ("IPVS_SVC_ATTR_NETMASK", "uint32"),  # raw: v4 a network-order mask, v6 a prefix length
+            ("IPVS_SVC_ATTR_STATS", "stats"),
+            ("IPVS_SVC_ATTR_PE_NAME", "asciiz"),
+            ("IPVS_SVC_ATTR_STATS64", "stats64"),
+        )
+
+        class svc_flags(nla):
+            fields = (("flags", "I"), ("mask", "I"))
+
+    class dest(nla, _stats_nla):
+        prefix = "IPVS_DEST_ATTR_"
+        nla_map = (
+            ("IPVS_DEST_ATTR_UNSPEC", "none"),
+            ("IPVS_DEST_ATTR_ADDR", "cdata"),
+            ("IPVS_DEST_ATTR_PORT", "be16"),
+            ("IPVS_DEST_ATTR_FWD_METHOD", "uint32"),
+            ("IPVS_DEST_ATTR_WEIGHT", "uint32"),
+            ("IPVS_DEST_ATTR_U_THRESH", "uint32"),
+            ("IPVS_DEST_ATTR_L_THRESH", "uint32"),
+            ("IPVS_DEST_ATTR_ACTIVE_CONNS", "uint32"),
+            ("IPVS_DEST_ATTR_INACT_CONNS", "uint32"),
+            ("IPVS_DEST_ATTR_PERSIST_CONNS", "uint32"),
+            ("IPVS_DEST_ATTR_STATS", "stats"),
+            ("IPVS_DEST_ATTR_ADDR_FAMILY", "uint16"),
+            ("IPVS_DEST_ATTR_STATS64", "stats64"),
+            ("IPVS_DEST_ATTR_TUN_TYPE", "uint8"),
+            ("IPVS_DEST_ATTR_TUN_PORT", "be16"),
+            ("IPVS_DEST_ATTR_TUN_FLAGS", "uint16"),
+        )
+
+    class daemon(nla):
+        prefix = "IPVS_DAEMON_ATTR_"
+        nla_map = (
+            ("IPVS_DAEMON_ATTR_UNSPEC", "none"),
+            ("IPVS_DAEMON_ATTR_STATE", "uint32"),
+            ("IPVS_DAEMON_ATTR_MCAST_IFN", "asciiz"),
+            ("IPVS_DAEMON_ATTR_SYNC_ID", "uint32"),
+            ("IPVS_DAEMON_ATTR_SYNC_MAXLEN", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP", "cdata"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP6", "cdata"),
+            ("IPVS_DAEMON_ATTR_MCAST_PORT", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_TTL", "uint8"),
+        )
+
+
+# ---- address and netmask encodings ---------------------------------------------------------------------------------
+
+
+def af_of(family: int) -> int:
+    return socket.AF_INET if family == 4 else socket.AF_INET6
+
+
+def pack_addr(address: str, family: int) -> bytes:
+    """The kernel's union nf_inet_addr (16 bytes; an IPv4 address in the first 4)."""
+    raw = socket.inet_pton(af_of(family), address)
+    return raw.ljust(16, b"\0")
+
+
+def unpack_addr(raw: bytes, af: int) -> str:
+    if af == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return socket.inet_ntop(socket.AF_INET6, raw[:16].ljust(16, b"\0"))
+
+
+def netmask_v4_raw(mask: str) -> int:
+    """A dotted IPv4 mask as the native u32 whose bytes are the mask in network order (what the kernel stores)."""
+    return int(struct.unpack("=I", socket.inet_aton(mask))[0])
+
+
+def netmask_v4_text(raw: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", raw))
+
+
+def attrs_dict(attrs: Iterable[Any]) -> dict[str, Any]:
+    """The (name, value) pairs of a decoded nla list as a dict (last one wins)."""
+    return {name: value for name, value, *_ in ((a[0], a[1]) for a in attrs)}
+
+
+def nested(value: Any) -> dict[str, Any]:
+    """The attributes of a nested nla as a plain dict."""
+    if value is None:
+        return {}
+    attrs = value.get("attrs") if hasattr(value, "get") else None
+    return attrs_dict(attrs or [])
+
+
+# ---- the socket ---------------------------------------------------------------------------------------------------
+
+NETLINK_GENERIC = 16
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+_NLMSGHDR = struct.Struct("=IHHII")
+
+
+class IpvsUnavailable(OSError):
+    """The kernel has no IPVS generic-netlink family (ip_vs not loaded or not built)."""
+
+
+class IpvsSocket:
+    """A blocking generic-netlink socket for the IPVS family: one request, then its replies, in lock step.
+
+    Messages are pyroute2's (our classes above); the transport is a plain netlink socket, because pyroute2's
+    asyncio request path waited forever for the ACK of IPVS_CMD_DEL_DAEMON and costs several times more per
+    message than the kernel does. Every call returns within one kernel round trip, so callers run batches of them
+    in a worker thread.
+    """
+
+    def __init__(self, rcvbuf: int = 4 << 20) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        try:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self._sock.bind((0, 0))
+            self._seq = 0
+            self.family_id = self._resolve_family()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    def _resolve_family(self) -> int:
+        msg = ctrlmsg()
+        msg["cmd"] = CTRL_CMD_GETFAMILY
+        msg["version"] = 1
+        msg["attrs"] = [("CTRL_ATTR_FAMILY_NAME", GENL_NAME)]
+        try:
+            replies = self._exchange(msg, GENL_ID_CTRL, WRITE_FLAGS, ctrlmsg)
+        except NetlinkError as exc:
+            if abs(exc.code) == errno.ENOENT:
+                raise IpvsUnavailable(errno.ENOENT, "the kernel has no IPVS (generic netlink family IPVS)") from None
+            raise
+        return int(replies[0].get_attr("CTRL_ATTR_FAMILY_ID"))
+
+    def _exchange(self, msg: Any, msg_type: int, flags: int, cls: Any) -> list[Any]:
+        seq = self._next_seq()
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = seq
+        msg["header"]["pid"] = 0
+        msg.encode()
+        self._sock.send(msg.data)
+        dump = bool(flags & NLM_F_DUMP)
+        replies: list[Any] = []
+        while True:
+            data = self._sock.recv(1 << 20)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, mtype, _mflags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise OSError(errno.EBADMSG, "malformed netlink message length")
+                chunk = data[offset:offset + length]
+                offset += (length + 3) & ~3
+                if mseq != seq:
+                    continue  # a stale reply to an earlier, abandoned request
+                if mtype == NLMSG_ERROR:
+                    code = struct.unpack_from("=i", chunk, _NLMSGHDR.size)[0]
+                    if code:
+                        raise NetlinkError(-code)
+                    return replies  # the ACK closes a non-dump request
+                if mtype == NLMSG_DONE:
+                    return replies
+                reply = cls(chunk)
+                reply.decode()
+                replies.append(reply)
+            if not dump and not flags & NLM_F_ACK and replies:
+                return replies
+
+    def request(self, cmd: int, attrs: Sequence[tuple[str, Any]], flags: int = WRITE_FLAGS) -> list[Any]:
+        """Send one IPVS command; returns the decoded replies. Raises NetlinkError with the kernel's errno."""
+        msg = ipvs_msg()
+        msg["cmd"] = cmd
+        msg["version"] = GENL_VERSION
+        msg["attrs"] = list(attrs)
+        return self._exchange(msg, self.family_id, flags, ipvs_msg)
+
+    def dump(self, cmd: int, attrs: Sequence[tuple[str, Any]] = ()) -> list[Any]:
+        return self.request(cmd, attrs, DUMP_FLAGS)
+
+
+# ---- timeouts and the sync daemon -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawDaemon:
+    state: int
+    interface: str
+    sync_id: int
+
+
+def get_timeouts(sock: IpvsSocket) -> tuple[int, int, int]:
+    """(tcp, tcp_fin, udp) in seconds."""
+    replies = sock.request(CMD_GET_CONFIG, [])
+    got = attrs_dict(replies[0]["attrs"]) if replies else {}
+    return (
+        int(got.get("IPVS_CMD_ATTR_TIMEOUT_TCP", 0)),
+        int(got.get("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", 0)),
+        int(got.get("IPVS_CMD_ATTR_TIMEOUT_UDP", 0)),
+    )
+
+
+def set_timeouts(sock: IpvsSocket, tcp_s: int, tcp_fin_s: int, udp_s: int) -> None:
+    """0 leaves a value unchanged (the kernel's rule)."""
+    sock.request(
+        CMD_SET_CONFIG,
+        [
+            ("IPVS_CMD_ATTR_TIMEOUT_TCP", tcp_s),
+            ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", tcp_fin_s),
+            ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp_s),
+        ],
+    )
+
+
+def get_daemons(sock: IpvsSocket) -> list[RawDaemon]:
+    found = []
+    for reply in sock.dump(CMD_GET_DAEMON):
+        d = nested(attrs_dict(reply["attrs"]).get("IPVS_CMD_ATTR_DAEMON"))
+        if d:
+            found.append(
+                RawDaemon(
+                    int(d.get("IPVS_DAEMON_ATTR_STATE", 0)),
+                    str(d.get("IPVS_DAEMON_ATTR_MCAST_IFN", "")),
+                    int(d.get("IPVS_DAEMON_ATTR_SYNC_ID", 0)),
+                )
+            )
+    return found
+
+
+def start_daemon(sock: IpvsSocket, state: int, interface: str, sync_id: int) -> None:
+    attrs = [
+        ("IPVS_DAEMON_ATTR_STATE", state),
+        ("IPVS_DAEMON_ATTR_MCAST_IFN", interface),
+        ("IPVS_DAEMON_ATTR_SYNC_ID", sync_id),
+    ]
+    sock.request(CMD_NEW_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": attrs})])
+
+
+def stop_daemon(sock: IpvsSocket, state: int) -> None:
+    sock.request(CMD_DEL_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": [("IPVS_DAEMON_ATTR_STATE", state)]})])
+
+
+# ---- sysctls (/proc/sys/net/ipv4/vs/*) -------------------------------------------------------------------------------
+
+SYSCTL_PREFIX = "net.ipv4.vs."
+SYSCTL_DIR = "/proc/sys/net/ipv4/vs"
+
+
+def sysctl_path(name: str) -> str:
+    """The /proc path of an IPVS sysctl ("net.ipv4.vs.sloppy_tcp" or just "sloppy_tcp"); rejects anything else."""
+    short = name[len(SYSCTL_PREFIX):] if name.startswith(SYSCTL_PREFIX) else name
+    if not short or "/" in short or "." in short or short.startswith("_"):
+        raise ValueError(f"not an IPVS sysctl: {name!r}")
+    return os.path.join(SYSCTL_DIR, short)
+
+
+def write_sysctl(name: str, value: int) -> None:
+    with open(sysctl_path(name), "w") as f:
+        f.write(f"{int(value)}\n")
+
+
+def read_sysctls(names: Iterable[str]) -> dict[str, int]:
+    """Current values of the named IPVS sysctls (single integers only; unreadable ones are skipped)."""
+    out: dict[str, int] = {}
+    for name in names:
+        try:
+            with open(sysctl_path(name)) as f:
+                text = f.read().split()
+        except (OSError, ValueError):
+            continue
+        if len(text) == 1 and text[0].lstrip("-").isdigit():
+            out[name if name.startswith(SYSCTL_PREFIX) else SYSCTL_PREFIX + name] = int(text[0])
+    return out
+
+
+def error_text(exc: BaseException) -> tuple[int | None, str]:
+    """(errno, readable text) for a kernel error."""
+    if isinstance(exc, NetlinkError):
+        code = abs(int(exc.code))
+        return code, f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno, f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+    return None, str(exc) or type(exc).__name__
