@@ -64,7 +64,7 @@ class Conflict(ApiError):
 class Controller(Protocol):
     def status(self) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
-    def metrics(self) -> bytes: ...
+    def metrics(self) -> bytes | Awaitable[bytes]: ...
 
     async def drain(self, service: str, realserver: str, who: str) -> dict[str, Any]: ...
 
@@ -165,6 +165,8 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     body = request.app[CONTROLLER].metrics()
+    if inspect.isawaitable(body):
+        body = await body
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

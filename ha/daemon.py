@@ -272,7 +272,8 @@ def compute_desired(cfg: Config, health: Mapping[HealthKey, Any], drained: froze
     from ha.desired import desired_state
 
     res = desired_state(cfg, health, drained, quorum=quorum, roles=roles)
-    info = {name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up) for name, sd in res.services.items()}
+    info = {name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up, {r.ident: r.why for r in sd.realservers})
+            for name, sd in res.services.items()}
     return Desired(res.state, info, dict(res.quorum))
 
 
@@ -409,6 +410,7 @@ class Vrrp:
         from ha.vrrp_setup import build_engine
 
         self.engine = build_engine(cfg, on_transition=on_transition, caller_loop=loop)
+        self.last: list[dict[str, Any]] = []  # the engine's status as last fetched
 
     def start(self) -> None:
         self.engine.start()
@@ -424,12 +426,15 @@ class Vrrp:
 
         return dict(self.engine.reconfigure(*engine_specs(cfg)))
 
-    def _status(self) -> list[dict[str, Any]]:
+    async def refresh(self) -> None:
+        """Fetch the engine's status in a worker thread (never block the loop on the VRRP thread)."""
         try:
-            return list(self.engine.status())
+            self.last = list(await asyncio.to_thread(self.engine.status))
         except Exception as e:
             log.warning("VRRP engine status unavailable: %s", e)
-            return []
+
+    def _status(self) -> list[dict[str, Any]]:
+        return self.last
 
     def views(self) -> list[InstanceView]:
         return [InstanceView(str(i["name"]), str(i["role"]), int(i.get("effective_priority", i["priority"])),
@@ -608,6 +613,8 @@ class Daemon:
     async def status(self) -> dict[str, Any]:
         if self.lvs is not None:
             await self.lvs.fresh()
+        if self.vrrp is not None:
+            await self.vrrp.refresh()
         desired = self.lvs.last_desired if self.lvs is not None else None
         return build_status(
             self.cfg, loaded_at=self.loaded_at, last_reload_error=self.last_reload_error,
@@ -617,9 +624,11 @@ class Daemon:
             extra={"dataplane": self.lvs.status() if self.lvs else None},
         )
 
-    def metrics(self) -> bytes:
+    async def metrics(self) -> bytes:
         if self.lvs is not None:
             self.lvs.collect()
+        if self.vrrp is not None:
+            await self.vrrp.refresh()
         return render(self.registry)
 
     async def drain(self, service: str, realserver: str, who: str) -> dict[str, Any]:

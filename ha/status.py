@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class ServiceInfo:
     quorum: bool = True
     sorry_active: bool = False
     up: int = 0
+    why: Mapping[str, str] = field(default_factory=dict)  # realserver ident -> why it has its weight
 
 
 UNKNOWN = RsHealth("unknown")
@@ -142,6 +143,7 @@ def build_status(
                 "active_conns": found[1] if found is not None else 0,
                 "inactive_conns": found[2] if found is not None else 0,
                 "last_check": _last_check(h.last_check),
+                "why": info.why.get(ident),
             })
         out_services.append({
             "name": name,

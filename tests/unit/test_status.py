@@ -32,7 +32,7 @@ def doc() -> dict:
         health={("web", "10.0.0.1:80"): RsHealth("up", LastCheck(True, "200 OK", 0.002)),
                 ("web", "10.0.0.2:80"): RsHealth("down", LastCheck(False, "connection refused", 0.0005))},
         drained=[("web", "10.0.0.2:80")],
-        services={"web": ServiceInfo(quorum=True, sorry_active=False, up=1)},
+        services={"web": ServiceInfo(quorum=True, sorry_active=False, up=1, why={"10.0.0.2:80": "drained"})},
         actual=actual(),
     )
 
@@ -51,9 +51,10 @@ def test_contract_shape() -> None:
     r1, r2 = web["realservers"]
     assert r1 == {"realserver": "10.0.0.1:80", "health": "up", "weight": 10, "configured_weight": 10,
                   "drained": False, "in_kernel": True, "forwarding": "dr", "active_conns": 7, "inactive_conns": 3,
-                  "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002}}
+                  "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002}, "why": None}
     assert (r2["health"], r2["weight"], r2["drained"], r2["in_kernel"]) == ("down", 0, True, False)
     assert r2["last_check"]["reason"] == "connection refused"
+    assert r2["why"] == "drained"
 
 
 def test_missing_health_is_unknown_and_v6_keys() -> None:
