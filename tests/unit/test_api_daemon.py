@@ -148,3 +148,28 @@ async def test_tcp_listener_with_token_and_socket_mode(tmp_path: Path) -> None:
         assert d.overrides.drained[("web", "10.0.0.1:80")]["by"].startswith("remote=127.0.0.1")
     finally:
         await d.stop()
+
+
+def test_sync_daemon_follows_the_instance_role(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    text = CONFIG.format(tmp=tmp_path, flush="false") + (
+        "vrrp:\n  instances:\n    - {name: VI_1, interface: eth0, vrid: 51, priority: 100, vips: [192.0.2.10/24]}\n"
+        "lvs:\n  sync_daemon: {interface: eth0, sync_id: 7, instance: VI_1}\n")
+    path.write_text(text)
+    c, _ = load(str(path))
+    d = Daemon(str(path), c, notifier=Notifier(env={}))
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.states: list[m.State] = []
+
+        def set_desired(self, desired: object) -> None:
+            self.states.append(desired.state)  # type: ignore[attr-defined]
+
+    rec = Recorder()
+    d.lvs = rec  # type: ignore[assignment]
+    d._role_changed({"instance": "VI_1", "old": "BACKUP", "new": "MASTER", "reason": "test"})
+    d._role_changed({"instance": "VI_1", "old": "MASTER", "new": "BACKUP", "reason": "test"})
+    d._role_changed({"instance": "VI_OTHER", "old": "BACKUP", "new": "MASTER", "reason": "test"})
+    assert [{sd.state for sd in st.sync_daemons} for st in rec.states] == [{"master"}, {"backup"}]
+    assert {sd.sync_id for st in rec.states for sd in st.sync_daemons} == {7}
