@@ -82,7 +82,6 @@ class _Probe:
     interval_s: float
     timeout_s: float
     keys: set[Hashable] = field(default_factory=set)
-    handle: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     due: float = 0.0
     last_result: CheckResult | None = None
@@ -163,7 +162,7 @@ class Runner:
             probe = _Probe(pid, self.registry.get(cs.type), cs.type, cs.spec, cs.target, cs.interval_s, cs.timeout_s)
             self._probes[pid] = probe
             if self._loop is not None:
-                self._schedule_first(probe)
+                self._start_probe(probe)
         probe.keys.add(key)
         self._key_probe[key] = pid
 
@@ -184,9 +183,6 @@ class Runner:
 
     @staticmethod
     def _cancel_probe(probe: _Probe) -> None:
-        if probe.handle is not None:
-            probe.handle.cancel()
-            probe.handle = None
         if probe.task is not None and not probe.task.done():
             probe.task.cancel()
 
@@ -203,17 +199,17 @@ class Runner:
         self._loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.concurrency)
         for probe in self._probes.values():
-            self._schedule_first(probe)
+            self._start_probe(probe)
 
     async def stop(self) -> None:
-        tasks = []
+        """Cancel every probe and wait for them; close checkers that have ``aclose``. ``start`` may follow."""
+        self._loop = None
+        tasks = [p.task for p in self._probes.values() if p.task is not None and not p.task.done()]
         for probe in self._probes.values():
-            if probe.task is not None and not probe.task.done():
-                tasks.append(probe.task)
             self._cancel_probe(probe)
+            probe.task = None
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._loop = None
         closers = {id(p.checker): p.checker for p in self._probes.values()}
         for checker in closers.values():
             aclose = getattr(checker, "aclose", None)
@@ -223,52 +219,67 @@ class Runner:
                 except Exception as e:
                     log.warning("closing checker %r failed: %s", checker, e)
 
-    def _schedule_first(self, probe: _Probe) -> None:
+    def _start_probe(self, probe: _Probe) -> None:
+        """One long-lived task per probe: cheaper than a timer and a new task for every check."""
         assert self._loop is not None
         probe.due = self._loop.time() + self._rng.uniform(0, probe.interval_s)
-        probe.handle = self._loop.call_at(probe.due, self._fire, probe)
+        probe.task = self._loop.create_task(self._probe_loop(probe))
 
-    def _schedule_next(self, probe: _Probe) -> None:
-        assert self._loop is not None
-        step = probe.interval_s * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
-        now = self._loop.time()
-        probe.due = max(probe.due + step, now)
-        probe.handle = self._loop.call_at(probe.due, self._fire, probe)
+    async def _probe_loop(self, probe: _Probe) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        sem = self._sem
+        assert sem is not None
+        stats = self.stats
+        jitter, rng = self.jitter, self._rng
+        expired = False
 
-    def _fire(self, probe: _Probe) -> None:
-        probe.handle = None
-        if self._probes.get(probe.pid) is not probe or self._loop is None:
-            return
-        probe.task = self._loop.create_task(self._run(probe))
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
 
-    async def _run(self, probe: _Probe) -> None:
-        assert self._sem is not None and self._loop is not None
-        loop = self._loop
-        try:
-            async with self._sem:
+        while True:
+            delay = probe.due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with sem:
                 lateness = loop.time() - probe.due
-                stats = self.stats
                 stats.checks += 1
                 if lateness > self.late_after_s:
                     stats.late += 1
                 if lateness > stats.max_lateness_s:
                     stats.max_lateness_s = lateness
-                res = await run_check(probe.checker, probe.target, probe.spec, probe.timeout_s)
-        except asyncio.CancelledError:
-            return
-        if not res.ok:
-            self.stats.failed += 1
-            if res.reason.startswith("timeout after"):
-                self.stats.timeouts += 1
-            elif res.reason.startswith("checker error"):
-                self.stats.errors += 1
-        probe.task = None
-        if self._probes.get(probe.pid) is not probe:
-            return
-        probe.last_result = res
-        self._deliver(probe, res)
-        if self._loop is not None:
-            self._schedule_next(probe)
+                # the hard timeout: like asyncio.timeout, with one timer handle and no context manager
+                t0 = loop.time()
+                expired = False
+                timer = loop.call_at(t0 + probe.timeout_s, expire)
+                try:
+                    res = await probe.checker.check(probe.target, probe.spec, probe.timeout_s)
+                    if expired and task.uncancel() == 0:  # the checker swallowed the cancellation
+                        res = CheckResult(False, f"timeout after {probe.timeout_s:g}s", loop.time() - t0)
+                    elif not isinstance(res, CheckResult):
+                        res = CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult",
+                                          loop.time() - t0)
+                except asyncio.CancelledError:
+                    if not expired or task.uncancel() > 0:
+                        raise  # stopped or removed, not (only) timed out
+                    res = CheckResult(False, f"timeout after {probe.timeout_s:g}s", loop.time() - t0)
+                except Exception as e:
+                    res = CheckResult(False, f"checker error: {type(e).__name__}: {e}", loop.time() - t0)
+                finally:
+                    timer.cancel()
+            if not res.ok:
+                stats.failed += 1
+                if res.reason.startswith("timeout after"):
+                    stats.timeouts += 1
+                elif res.reason.startswith("checker error"):
+                    stats.errors += 1
+            probe.last_result = res
+            self._deliver(probe, res)
+            step = probe.interval_s * (1.0 + rng.uniform(-jitter, jitter))
+            probe.due = max(probe.due + step, loop.time())
 
     def _deliver(self, probe: _Probe, res: CheckResult) -> None:
         now = self.now()

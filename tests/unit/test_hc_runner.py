@@ -52,6 +52,11 @@ class Scripted:
                 raise RuntimeError("boom in checker")
             if mode == "hang":
                 await asyncio.Event().wait()
+            if mode == "swallow":  # a badly written checker that ignores cancellation
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    return CheckResult(True, "pretends all is well", 0.0)
             return CheckResult(mode == "ok", mode, 0.001)
         finally:
             self.inflight -= 1
@@ -195,6 +200,22 @@ async def test_callback_errors_are_contained_and_unsubscribe_works(reg: tuple[Re
         chk.mode["127.0.0.2"] = "ok"
         await until(lambda: runner.state("a") is Health.UP)
         assert len(seen) == 2
+    finally:
+        await runner.stop()
+
+
+async def test_a_checker_that_swallows_the_timeout_still_fails_and_keeps_running(
+        reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    chk.mode["127.0.0.6"] = "swallow"
+    runner = Runner(registry)
+    runner.set_checks({"s": cs("127.0.0.6", timeout=0.05)})
+    await runner.start()
+    try:
+        await until(lambda: chk.calls.count("127.0.0.6") >= 3, what="probe keeps running")
+        res = runner.status("s").last_result
+        assert res is not None and not res.ok and res.reason == "timeout after 0.05s"
+        assert runner.state("s") is Health.DOWN
     finally:
         await runner.stop()
 
