@@ -1,0 +1,457 @@
+"""A director pair in network namespaces, with realservers and client traffic, for end-to-end fault tests.
+
+    spec = PairSpec(forwarding="nat", scheduler="rr", realservers=3)
+    with Lab("e2e") as lab:
+        pair = PairLab(lab, tmp_path, spec).build().start()
+        pair.wait_master("dir1")
+        probe = pair.probe()                   # a steady HTTP client on the VIP, every request recorded
+        ...fault...
+        assert probe.summary(since).failed == 0
+
+Topology (every address lives in namespaces the lab creates):
+
+    NAT:  client .50 --[front 192.168.77.0/24]-- dir1 .11 / dir2 .12, VIP .100 (VRRP vrid 77)
+                                                 dir1 10.77.0.11 / dir2 10.77.0.12 --[back 10.77.0.0/24]--
+                                                 rs1..rsN 10.77.0.21.. (+ sorry 10.77.0.29), default route via the
+                                                 gateway VIP 10.77.0.1 (moves with the front VIP, see ``gateway``)
+    DR:   one bridge: client .50, dir1 .11, dir2 .12, rs1..rsN 192.168.77.21.. with the VIP on lo
+          (arp_ignore=1, arp_announce=2); the realservers answer the client directly.
+
+The gateway VIP of the NAT layout is either a second VRRP instance on eth1 joined to the front one by a sync group
+(``gateway="instance"``, the default) or a VIP of the front instance with its own ``interface: eth1``
+(``gateway="vip"``).
+
+A director is either lvs-ha (``python -m ha run -c FILE``) or, with ``PairSpec.keepalived``, Debian's keepalived
+in VRRP-only mode (``keepalived -n -l -D -P``) whose data plane is programmed once by ``python -m ha apply``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ha.cmd_ctl import DaemonUnreachable, Refused, request
+from tests.lab import Host, Lab, wait_for
+from tests.traffic import Summary, read_records, summarize
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+KEEPALIVED = "/usr/sbin/keepalived"
+
+FRONT = "192.168.77"
+BACK = "10.77.0"
+VIP = f"{FRONT}.100"
+CLIENT = f"{FRONT}.50"
+GATEWAY = f"{BACK}.1"
+SORRY_ADDR = f"{BACK}.29"
+DIRECTORS = {"dir1": 11, "dir2": 12}
+
+
+@dataclass
+class PairSpec:
+    forwarding: str = "nat"  # nat | dr
+    scheduler: str = "rr"
+    scheduler_flags: tuple[str, ...] = ()
+    realservers: int = 3
+    port: int = 80
+    advert_interval_s: float = 0.1
+    priorities: tuple[int, int] = (150, 100)
+    check: dict[str, Any] | None = field(default_factory=lambda: {
+        "type": "http", "path": "/healthz", "expect_status": ["200"], "interval": 0.3, "timeout": 0.25,
+        "rise": 2, "fall": 2})
+    quorum: dict[str, Any] | None = None  # e.g. {"min_up": 2}
+    sorry_server: bool = False  # a sorry server at 10.77.0.29 (NAT) answering as "sorry"
+    drain_timeout_s: float = 30.0
+    on_failure: str = "remove"
+    dataplane: str = "auto"  # auto: ipvs where the kernel has it, else nftables
+    gateway: str = "instance"  # NAT: "instance" (second instance + sync group) | "vip" (VIP with interface: eth1)
+    lvs: dict[str, Any] | None = None  # the config's `lvs:` section, e.g. {"sysctls": {"net.ipv4.vs.sloppy_tcp": 1}}
+    hold_s: float = 2.0  # handover.hold
+    keepalived: str | None = None  # "dir1" or "dir2": that director runs keepalived instead of lvs-ha
+    extra_services: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rs_net(self) -> str:
+        return FRONT if self.forwarding == "dr" else BACK
+
+
+def rs_address(spec: PairSpec, i: int) -> str:
+    return f"{spec.rs_net}.{20 + i}"
+
+
+class Probe:
+    """``tests.traffic probe`` in the client namespace; its records are collected by a thread as they come."""
+
+    def __init__(self, lab: Lab, client: Host, host: str, port: int, interval_s: float, timeout_s: float) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.proc = lab.spawn(client, [PY, "-m", "tests.traffic", "probe", "--host", host, "--port", str(port),
+                                       "--interval", str(interval_s), "--timeout", str(timeout_s)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.lab = lab
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            recs = read_records([line])
+            with self._lock:
+                self.records.extend(recs)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.records)
+
+    def summary(self, since: float | None = None, until: float | None = None) -> Summary:
+        return summarize(self.snapshot(), since=since, until=until)
+
+    def failures(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.snapshot() if not r["ok"] and (since is None or r["t"] >= since)
+                and (until is None or r["t"] <= until)]
+
+    def wait_answers(self, n: int, since: float | None = None, timeout: float = 30.0) -> None:
+        """Until ``n`` requests started after ``since`` have been answered (or failed)."""
+        since = time.time() if since is None else since
+        wait_for(lambda: sum(1 for r in self.snapshot() if r["t"] >= since) >= n, timeout, 0.05,
+                 f"{n} answered requests")
+
+    def wait_ok_streak(self, n: int, timeout: float = 30.0) -> float:
+        """Until the last ``n`` requests all succeeded; returns the start time of the first of them."""
+        def streak() -> float | None:
+            recs = sorted(self.snapshot(), key=lambda r: r["t"])[-n:]
+            return recs[0]["t"] if len(recs) == n and all(r["ok"] for r in recs) else None
+        return float(wait_for(streak, timeout, 0.05, f"{n} successful requests in a row"))
+
+    def stop(self) -> None:
+        self.lab.stop(self.proc, signal.SIGTERM)
+
+    def describe(self, since: float | None = None, until: float | None = None) -> str:
+        s = self.summary(since, until)
+        errs: dict[str, int] = {}
+        for r in self.failures(since, until):
+            errs[str(r["err"])] = errs.get(str(r["err"]), 0) + 1
+        return (f"{s.total} requests, {s.failed} failed, by rs {s.by_rs}, errors {errs}, "
+                f"gaps {[(round(t, 2), round(g, 3)) for t, g in s.gaps]}")
+
+
+class Hold:
+    """``tests.traffic hold``: long-lived echo connections; one JSON event per connection event."""
+
+    def __init__(self, lab: Lab, client: Host, host: str, port: int, conns: int, duration_s: float) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.proc = lab.spawn(client, [PY, "-m", "tests.traffic", "hold", "--host", host, "--port", str(port),
+                                       "--conns", str(conns), "--duration", str(duration_s)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.conns = conns
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            recs = read_records([line])
+            with self._lock:
+                self.events.extend(recs)
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e["event"] == event]
+
+    def wait_open(self, timeout: float = 30.0) -> dict[str, int]:
+        """Until every connection is open; returns connections per realserver."""
+        wait_for(lambda: len(self.of("open")) + len(self.of("connect-failed")) >= self.conns, timeout, 0.05,
+                 "long-lived connections to open")
+        per: dict[str, int] = {}
+        for e in self.of("open"):
+            per[str(e["rs"])] = per.get(str(e["rs"]), 0) + 1
+        return per
+
+    def wait_finished(self, timeout: float = 60.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Until every connection ended; returns (done, broken-or-failed) events."""
+        self.proc.wait(timeout=timeout)
+        time.sleep(0)  # let the reader thread drain what is buffered
+        wait_for(lambda: len(self.of("done")) + len(self.of("broken")) + len(self.of("connect-failed"))
+                 >= self.conns, 10, 0.05, "the hold client's last events")
+        return self.of("done"), self.of("broken") + self.of("connect-failed")
+
+
+class PairLab:
+    def __init__(self, lab: Lab, workdir: Path, spec: PairSpec | None = None) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.spec = spec or PairSpec()
+        self.hosts: dict[str, Host] = {}
+        self.daemons: dict[str, subprocess.Popen[Any]] = {}
+        self.servers: dict[str, list[subprocess.Popen[Any]]] = {}
+        self.rs_names = [f"rs{i}" for i in range(1, self.spec.realservers + 1)]
+
+    # -- building -----------------------------------------------------------------------------------------------
+    def build(self) -> PairLab:
+        lab, spec = self.lab, self.spec
+        fwd = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"]
+        nat = spec.forwarding == "nat"
+        self.hosts["client"] = lab.host("client", [f"{CLIENT}/24"], bridge="front")
+        for name, octet in DIRECTORS.items():
+            h = lab.host(name, [f"{FRONT}.{octet}/24"], bridge="front", sysctls=fwd)
+            if nat:
+                lab.attach(h, [f"{BACK}.{octet}/24"], ifname="eth1", bridge="back")
+            self.hosts[name] = h
+            (self.workdir / name / "state").mkdir(parents=True, exist_ok=True)
+        rs_hosts = [(n, rs_address(spec, i)) for i, n in enumerate(self.rs_names, 1)]
+        if spec.sorry_server:
+            rs_hosts.append(("sorry", SORRY_ADDR))
+        for name, addr in rs_hosts:
+            if nat:
+                h = lab.host(name, [f"{addr}/24"], bridge="back")
+                h.ip("route", "add", "default", "via", GATEWAY)
+            else:
+                h = lab.host(name, [f"{addr}/24"], bridge="front",
+                             sysctls=["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])
+                h.ip("addr", "add", f"{VIP}/32", "dev", "lo")
+            self.hosts[name] = h
+            self.start_server(name)
+        for name in DIRECTORS:
+            self.config_path(name).write_text(yaml.safe_dump(self.director_config(name), sort_keys=False))
+        return self
+
+    def config_path(self, name: str) -> Path:
+        return self.workdir / name / "lvs-ha.yaml"
+
+    def socket(self, name: str) -> str:
+        return str(self.workdir / name / "api.sock")
+
+    def director_config(self, name: str, services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        spec = self.spec
+        prio = spec.priorities[0 if name == "dir1" else 1]
+        front: dict[str, Any] = {
+            "name": "VI_FRONT", "interface": "eth0", "vrid": 77, "priority": prio,
+            "advert_interval": spec.advert_interval_s, "vips": [f"{VIP}/24"],
+            "garp": {"count": 3, "interval": 0.05}, "handover": {"hold": spec.hold_s},
+        }
+        instances = [front]
+        vrrp: dict[str, Any] = {"instances": instances}
+        if spec.forwarding == "nat":
+            if spec.gateway == "vip":
+                front["vips"].append({"address": f"{GATEWAY}/24", "interface": "eth1"})
+            else:
+                instances.append({**front, "name": "VI_BACK", "interface": "eth1", "vrid": 78,
+                                  "vips": [f"{GATEWAY}/24"]})
+                vrrp["sync_groups"] = [{"name": "G_DIRECTOR", "instances": ["VI_FRONT", "VI_BACK"]}]
+        doc: dict[str, Any] = {
+            "node": {"name": name, "state_dir": str(self.workdir / name / "state"), "dataplane": spec.dataplane,
+                     "api": {"socket": self.socket(name)}, "log_level": "info"},
+            "vrrp": vrrp,
+            "services": services if services is not None else self.services(),
+        }
+        if spec.check is not None:
+            doc["checks"] = {"web": dict(spec.check)}
+        if spec.lvs:
+            doc["lvs"] = spec.lvs
+        return doc
+
+    def service(self, name: str, port: int) -> dict[str, Any]:
+        spec = self.spec
+        svc: dict[str, Any] = {
+            "name": name, "vip": VIP, "port": port, "protocol": "tcp", "scheduler": spec.scheduler,
+            "forwarding": spec.forwarding, "drain_timeout": spec.drain_timeout_s, "on_failure": spec.on_failure,
+            "realservers": [{"address": rs_address(spec, i), "port": port, "weight": 1}
+                            for i in range(1, spec.realservers + 1)],
+        }
+        if spec.scheduler_flags:
+            svc["scheduler_flags"] = list(spec.scheduler_flags)
+        if spec.check is not None:
+            svc["check"] = "web"
+        if spec.quorum:
+            svc["quorum"] = spec.quorum
+        if spec.sorry_server:
+            svc["sorry_server"] = {"address": SORRY_ADDR, "port": port}
+        return svc
+
+    def services(self) -> list[dict[str, Any]]:
+        return [self.service("web", self.spec.port), *self.spec.extra_services]
+
+    def write_config(self, name: str, doc: dict[str, Any]) -> None:
+        tmp = self.config_path(name).with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        tmp.replace(self.config_path(name))
+
+    # -- processes ------------------------------------------------------------------------------------------------
+    def flag(self, rs: str, kind: str) -> Path:
+        """The realserver's control file: ``fail`` (/healthz answers 503), ``hang`` or ``slow``."""
+        return self.workdir / f"{rs}.{kind}"
+
+    def start_server(self, name: str, port: int | None = None) -> subprocess.Popen[Any]:
+        port = self.spec.port if port is None else port
+        label = name if port == self.spec.port else f"{name}-{port}"
+        argv = [PY, "-m", "tests.traffic", "serve", "--port", str(port), "--name", label]
+        for kind in ("fail", "hang", "slow"):
+            argv += [f"--{kind}-file", str(self.flag(name, kind))]
+        log = open(self.workdir / f"{label}.log", "ab")
+        p = self.lab.spawn(self.hosts[name], argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.servers.setdefault(name, []).append(p)
+        wait_for(lambda: "serving" in (self.workdir / f"{label}.log").read_text(errors="replace")
+                 or p.poll() is not None, 20, 0.02, f"{label} to listen")
+        return p
+
+    def kill_server(self, name: str) -> None:
+        for p in self.servers.pop(name, []):
+            self.lab.stop(p, signal.SIGKILL)
+
+    def start(self, *names: str) -> PairLab:
+        for name in names or tuple(DIRECTORS):
+            if self.spec.keepalived == name:
+                self.start_keepalived(name)
+            else:
+                self.start_daemon(name)
+        return self
+
+    def start_daemon(self, name: str) -> subprocess.Popen[Any]:
+        log = open(self.workdir / name / "daemon.log", "ab")
+        p = self.lab.spawn(self.hosts[name], [PY, "-m", "ha", "run", "-c", str(self.config_path(name))],
+                           cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.daemons[name] = p
+        return p
+
+    def keepalived_conf(self, name: str) -> str:
+        spec = self.spec
+        prio = spec.priorities[0 if name == "dir1" else 1]
+        vips = f"        {VIP}/24 dev eth0\n"
+        if spec.forwarding == "nat":
+            vips += f"        {GATEWAY}/24 dev eth1\n"
+        return (f"global_defs {{\n    router_id {name}\n    vrrp_version 3\n    max_auto_priority -1\n}}\n"
+                f"vrrp_instance VI_FRONT {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 77\n"
+                f"    priority {prio}\n    advert_int {spec.advert_interval_s:g}\n"
+                f"    virtual_ipaddress {{\n{vips}    }}\n}}\n")
+
+    def start_keepalived(self, name: str) -> subprocess.Popen[Any]:
+        """keepalived (VRRP only) as this director; its data plane is programmed once with ``ha apply``."""
+        d = self.workdir / name
+        # the same services, through the same data plane, programmed once (every realserver taken as up)
+        r = self.hosts[name].run(PY, "-m", "ha", "apply", "-c", str(self.config_path(name)), check=False,
+                                 timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"ha apply on {name} failed: {r.stderr.strip() or r.stdout.strip()}")
+        conf = d / "keepalived.conf"
+        conf.write_text(self.keepalived_conf(name))
+        log = open(d / "daemon.log", "ab")
+        p = self.lab.spawn(self.hosts[name], [KEEPALIVED, "-n", "-l", "-D", "-P", "-f", str(conf),
+                                              "-p", str(d / "keepalived.pid"), "-r", str(d / "vrrp.pid")],
+                           stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.daemons[name] = p
+        return p
+
+    def stop_director(self, name: str, sig: int = signal.SIGTERM) -> int | None:
+        return self.lab.stop(self.daemons[name], sig)
+
+    def crash_director(self, name: str) -> None:
+        """Cut it off at the bridge (every interface) and SIGKILL its daemon."""
+        self.lab.cut(self.hosts[name])
+        self.lab.stop(self.daemons[name], signal.SIGKILL)
+
+    def probe(self, port: int | None = None, interval_s: float = 0.02, timeout_s: float = 1.0) -> Probe:
+        p = Probe(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, interval_s,
+                  timeout_s)
+        return p
+
+    def hold(self, conns: int, duration_s: float, port: int | None = None) -> Hold:
+        return Hold(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, conns,
+                    duration_s)
+
+    # -- observing --------------------------------------------------------------------------------------------------
+    def api(self, name: str, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        return request(self.socket(name), method, url, body, timeout=10.0)
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            doc = self.api(name, "GET", "/v1/status")
+        except (DaemonUnreachable, Refused):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def roles(self, name: str) -> list[str]:
+        st = self.status(name)
+        return [str(i["role"]) for i in (st or {}).get("instances", [])]
+
+    def is_master(self, name: str) -> bool:
+        roles = self.roles(name)
+        return bool(roles) and all(r == "MASTER" for r in roles)
+
+    def is_backup(self, name: str) -> bool:
+        roles = self.roles(name)
+        return bool(roles) and all(r == "BACKUP" for r in roles)
+
+    def holds_vip(self, name: str, vip: str = VIP) -> bool:
+        r = self.hosts[name].ip("-br", "-4", "addr", "show", check=False)
+        return any(tok.split("/")[0] == vip for tok in r.stdout.split())
+
+    def wait_master(self, name: str, timeout: float = 30.0) -> None:
+        other = "dir2" if name == "dir1" else "dir1"
+        wait_for(lambda: self.is_master(name) and self.holds_vip(name), timeout, 0.05,
+                 f"{name} to become MASTER\n{self.logs()}")
+        del other
+
+    def wait_backup(self, name: str, timeout: float = 30.0) -> None:
+        wait_for(lambda: self.is_backup(name) and not self.holds_vip(name), timeout, 0.05,
+                 f"{name} to be BACKUP\n{self.logs()}")
+
+    def realserver(self, name: str, rs: str, service: str = "web") -> dict[str, Any] | None:
+        idx = self.rs_names.index(rs) + 1 if rs in self.rs_names else None
+        addr = SORRY_ADDR if idx is None else rs_address(self.spec, idx)
+        for svc in (self.status(name) or {}).get("services", []):
+            if svc["name"] != service:
+                continue
+            for r in svc["realservers"]:
+                if str(r["realserver"]).split(":")[0] == addr:
+                    return dict(r)
+        return None
+
+    def health(self, name: str, rs: str, service: str = "web") -> str | None:
+        r = self.realserver(name, rs, service)
+        return None if r is None else str(r["health"])
+
+    def wait_health(self, rs: str, health: str, directors: tuple[str, ...] = ("dir1",), timeout: float = 30.0) -> None:
+        wait_for(lambda: all(self.health(d, rs) == health for d in directors), timeout, 0.05,
+                 f"{rs} {health} on {directors}")
+
+    def service_status(self, name: str, service: str = "web") -> dict[str, Any] | None:
+        for svc in (self.status(name) or {}).get("services", []):
+            if svc["name"] == service:
+                return dict(svc)
+        return None
+
+    def logs(self, lines: int = 25) -> str:
+        out = []
+        for name in DIRECTORS:
+            log = self.workdir / name / "daemon.log"
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {name} daemon log (last lines)\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def reload(self, name: str, doc: dict[str, Any], how: str = "api") -> None:
+        """Write a new config and reload it: ``api`` (``python -m ha reload --socket S``) or ``sighup``."""
+        self.write_config(name, doc)
+        if how == "sighup":
+            os.kill(self.daemons[name].pid, signal.SIGHUP)
+            return
+        r = subprocess.run([PY, "-m", "ha", "reload", "--socket", self.socket(name)], capture_output=True,
+                           text=True, cwd=ROOT, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"reload on {name} failed: {r.stderr.strip() or r.stdout.strip()}")
+
+
+def dump_json(obj: object) -> str:
+    return json.dumps(obj, indent=1, default=str)[:4000]
