@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import ipaddress
 import json
 import logging
@@ -22,16 +21,19 @@ import sys
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ha.api import ApiServer, Conflict, NotFound
-from ha.config_model import Config, DataplaneKind, ServiceConfig
+from ha.config_model import Config, ServiceConfig
 from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics, MetricsSources, make_registry, render
 from ha.reload import Change, ReloadDiff, diff_configs, effective_check, format_plan
 from ha.sdnotify import Notifier
 from ha.status import InstanceView, KernelView, LastCheck, RsHealth, ServiceInfo, build_status, kernel_view
 from lvs import model as m
 from lvs.model import State
+
+if TYPE_CHECKING:
+    from lvs.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -282,43 +284,16 @@ def needs_dataplane(cfg: Config) -> bool:
     return bool(cfg.services or cfg.lvs.sysctls or cfg.lvs.timeouts or cfg.lvs.sync_daemon)
 
 
-def make_dataplane(cfg: Config) -> Any:
-    kind = cfg.node.dataplane
-    if kind is DataplaneKind.MEMORY:
-        from lvs.memory import MemoryDataplane
-
-        return MemoryDataplane(persist_path=os.path.join(cfg.node.state_dir, "memory-dataplane.json"))
-    if kind in (DataplaneKind.IPVS, DataplaneKind.AUTO):
-        try:
-            ipvs = importlib.import_module("lvs.ipvs")
-            dp = ipvs.IpvsDataplane()
-            if kind is DataplaneKind.IPVS or getattr(ipvs, "available", lambda: True)():
-                return dp
-        except (ImportError, AttributeError, OSError) as e:
-            if kind is DataplaneKind.IPVS:
-                raise RuntimeError(f"node.dataplane ipvs: cannot open the IPVS backend: {e}") from e
-    from lvs.nft import NftDataplane
-
-    return NftDataplane()
-
-
 class DataplaneDriver:
     """The reconciler over the configured backend, plus the last dump (counters for status and metrics)."""
 
     STATS_INTERVAL_S = 5.0
 
     def __init__(self, cfg: Config, counters: DaemonMetrics) -> None:
-        from lvs.owned import OwnedStore
-        from lvs.reconciler import Reconciler
-
         self.cfg = cfg
         self.counters = counters
-        os.makedirs(cfg.node.state_dir, exist_ok=True)
-        self.dataplane = make_dataplane(cfg)
-        self.reconciler = Reconciler(self.dataplane, OwnedStore.in_dir(cfg.node.state_dir),
-                                     min_interval_s=cfg.lvs.min_sync_interval_s,
-                                     resync_interval_s=cfg.lvs.resync_interval_s,
-                                     max_remove_share=cfg.lvs.max_remove_share)
+        self.dataplane: Any = None
+        self.reconciler: Reconciler  # set by start()
         self.actual: State | None = None
         self.kernel: KernelView | None = None
         self.last_desired: Desired | None = None
@@ -327,6 +302,19 @@ class DataplaneDriver:
         self._dumped_at, self._dumped_syncs = 0.0, -1
 
     async def start(self, desired: Desired) -> None:
+        """Open the backend (``lvs.select``: auto = IPVS if the kernel has it, else nftables), reconcile once."""
+        from lvs.owned import OwnedStore
+        from lvs.reconciler import Reconciler
+        from lvs.select import open_dataplane
+
+        cfg = self.cfg
+        os.makedirs(cfg.node.state_dir, exist_ok=True)
+        self.dataplane = await open_dataplane(cfg.node.dataplane.value, state_dir=cfg.node.state_dir)
+        self.reconciler = Reconciler(self.dataplane, OwnedStore.in_dir(cfg.node.state_dir),
+                                     min_interval_s=cfg.lvs.min_sync_interval_s,
+                                     resync_interval_s=cfg.lvs.resync_interval_s,
+                                     max_remove_share=cfg.lvs.max_remove_share)
+        log.info("data plane: %s", getattr(self.dataplane, "name", type(self.dataplane).__name__))
         await self.sync_now(desired)
         self.reconciler.start()
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="dataplane-stats")
@@ -388,6 +376,8 @@ class DataplaneDriver:
                 "owned_services": len(self.reconciler.owned)}
 
     async def stop(self, flush: bool) -> None:
+        if self.dataplane is None:
+            return  # never opened
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
