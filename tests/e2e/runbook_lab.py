@@ -1,0 +1,445 @@
+"""A director-pair lab in which the runbooks' commands run exactly as written, and the runbook parser.
+
+Topology (network namespaces only; every address lives inside them):
+
+    client 192.168.10.50 --[front]-- dir1 .2 / dir2 .3      VIP 192.168.10.100 (VRRP, VRID 51)
+                                     dir1 10.0.20.2 / dir2 10.0.20.3 --[back]-- rs1..rs3 10.0.20.11-13 :80
+                                     gateway VIP 10.0.20.1 (same instance) for the realservers' replies (NAT)
+
+Each director's commands run in its network namespace *and* a private mount namespace where
+``/etc/lvs-ha``, ``/etc/keepalived``, ``/var/lib/lvs-ha`` and ``/run`` are that director's own directories
+(``/etc`` and ``/var/lib`` are read-only overlays that only add the two empty mount points), so ``lvs-ha status``
+with its default config path finds that director's daemon. ``lvs-ha`` resolves to this checkout through a wrapper
+placed first on PATH, next to ``lab-service`` (the lab's stand-in for ``systemctl start|stop|reload``).
+
+Runbook markup (HTML comments, invisible when rendered), each applying to the next fenced ``sh`` block:
+
+    <!-- run: dir1 -->          execute the block on this lab host (dir1, dir2, client, rs1..rs3)
+    <!-- lab: CMD -->           run CMD instead of the block's text (for systemctl, apt, journalctl, ipvsadm)
+    <!-- lab-replace: A => B --> run the block with the text A replaced by B (e.g. dataplane: auto => nftables)
+    <!-- expect: REGEX -->      the output (stdout + stderr) must match (re.search, multiline); may repeat
+    <!-- expect-not: REGEX -->  the output must not match
+    <!-- exit: N -->            expected exit status (default 0)
+    <!-- retry: S -->           repeat the block until its expectations hold, for up to S seconds
+    <!-- lab-do: ACTION ARGS --> (standalone) what the lab does between blocks: fail|heal|kill|start RS
+                                (a realserver's /healthz answers 503, again 200, its server dies, restarts),
+                                cut|uncut HOST [IFNAME] (network partition at the bridge), copy-config SRC DST
+    <!-- lab-setup: MODE -->    (once, at the top) pair (default: both directors run lvs-ha, dir1 MASTER),
+                                bare (nothing installed or running), keepalived (both directors run Keepalived)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.lab import Host, Lab, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+VIP = "192.168.10.100"
+GW_VIP = "10.0.20.1"
+DIRECTORS = {"dir1": ("192.168.10.2", "10.0.20.2", 150), "dir2": ("192.168.10.3", "10.0.20.3", 100)}
+REALSERVERS = {"rs1": "10.0.20.11", "rs2": "10.0.20.12", "rs3": "10.0.20.13"}
+
+
+def lvs_ha_config(name: str, priority: int, version: int = 3, advert: str = "200ms") -> str:
+    """The lab director's /etc/lvs-ha/lvs-ha.yaml (the one install-and-first-pair.md writes, with shorter timers)."""
+    rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 1 }}" for a in REALSERVERS.values())
+    return f"""\
+node:
+  name: {name}
+  dataplane: nftables              # the lab kernel has no IPVS
+vrrp:
+  instances:
+    - name: VI_WEB
+      interface: eth0
+      vrid: 51
+      priority: {priority}
+      version: {version}
+      advert_interval: {advert}
+      vips:
+        - 192.168.10.100/24
+        - {{ address: 10.0.20.1/24, interface: eth1 }}
+      garp: {{ count: 3, interval: 100ms }}
+checks:
+  web_health:
+    type: http
+    path: /healthz
+    expect_status: ["200"]
+    interval: 500ms
+    timeout: 400ms
+    rise: 2
+    fall: 2
+services:
+  - name: web
+    vip: 192.168.10.100
+    port: 80
+    protocol: tcp
+    scheduler: rr
+    forwarding: nat
+    check: web_health
+    drain_timeout: 10s
+    realservers:
+{rs}
+"""
+
+
+def keepalived_config(name: str, priority: int) -> str:
+    """The lab's starting point for the migration runbook: a Keepalived VRRPv2 instance with the same VIPs."""
+    state = "MASTER" if priority > 100 else "BACKUP"
+    rs = "".join(f"    real_server {a} 80 {{\n        weight 1\n        HTTP_GET {{\n            url {{ path /healthz\n"
+                 f"                  status_code 200 }}\n            connect_timeout 1\n        }}\n    }}\n"
+                 for a in REALSERVERS.values())
+    return f"""\
+global_defs {{
+    router_id {name}
+}}
+vrrp_instance VI_WEB {{
+    state {state}
+    interface eth0
+    virtual_router_id 51
+    priority {priority}
+    advert_int 1
+    virtual_ipaddress {{
+        192.168.10.100/24
+        10.0.20.1/24 dev eth1
+    }}
+}}
+virtual_server 192.168.10.100 80 {{
+    delay_loop 2
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+{rs}}}
+"""
+
+
+# -- runbook parsing ---------------------------------------------------------------------------------------------------
+@dataclass
+class Block:
+    line: int  # line number of the fence in the runbook
+    text: str  # the commands as the operator reads them
+    host: str | None = None
+    lab_cmd: str | None = None
+    expect: list[str] = field(default_factory=list)
+    expect_not: list[str] = field(default_factory=list)
+    exit: int = 0
+    retry_s: float = 0.0
+    actions: list[tuple[str, str]] = field(default_factory=list)  # lab-do before this block
+    replace: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        if self.lab_cmd is not None:
+            return self.lab_cmd
+        text = self.text
+        for old, new in self.replace:
+            text = text.replace(old, new)
+        return text
+
+
+@dataclass
+class Runbook:
+    path: Path
+    setup: str
+    blocks: list[Block]  # only the executable ones
+    trailing_actions: list[tuple[str, str]]
+
+
+_DIRECTIVE = re.compile(r"^<!--\s*([a-z-]+):\s*(.*?)\s*-->\s*$")
+
+
+def parse_runbook(path: Path) -> Runbook:
+    setup = "pair"
+    pending: dict[str, Any] = {}
+    actions: list[tuple[str, str]] = []
+    blocks: list[Block] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _DIRECTIVE.match(line.strip())
+        if m:
+            key, value = m.groups()
+            if key == "lab-setup":
+                setup = value
+            elif key == "lab-do":
+                verb, _, target = value.partition(" ")
+                actions.append((verb, target.strip()))
+            elif key in ("expect", "expect-not"):
+                pending.setdefault(key, []).append(value)
+            elif key == "lab-replace":
+                old, sep, new = value.partition(" => ")
+                if not sep:
+                    raise ValueError(f"{path.name}:{i + 1}: lab-replace needs 'OLD => NEW'")
+                pending.setdefault(key, []).append((old, new))
+            elif key in ("run", "lab", "exit", "retry"):
+                pending[key] = value
+            else:
+                raise ValueError(f"{path.name}:{i + 1}: unknown directive {key!r}")
+        elif line.startswith("```"):
+            fence_line = i + 1
+            body = []
+            i += 1
+            while i < len(lines) and not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            if "run" in pending:
+                if not line.strip().startswith("```sh"):
+                    raise ValueError(f"{path.name}:{fence_line}: a `run:` block must be a ```sh block")
+                blocks.append(Block(fence_line, "\n".join(body), pending["run"], pending.get("lab"),
+                                    pending.get("expect", []), pending.get("expect-not", []),
+                                    int(pending.get("exit", 0)), float(pending.get("retry", 0)), actions,
+                                    pending.get("lab-replace", [])))
+                actions = []
+            elif pending:
+                raise ValueError(f"{path.name}:{fence_line}: directives {sorted(pending)} without `run:`")
+            pending = {}
+        i += 1
+    return Runbook(path, setup, blocks, actions)
+
+
+# -- the lab -----------------------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    ok: bool
+    rc: int
+    output: str
+    why: str = ""
+
+
+class RunbookLab:
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.hosts: dict[str, Host] = {}
+        self.servers: dict[str, subprocess.Popen[Any]] = {}
+        self.bindir = workdir / "bin"
+        self.stub_etc = workdir / "stub" / "etc"
+        self.stub_varlib = workdir / "stub" / "varlib"
+
+    # -- building -----------------------------------------------------------------------------------------------------
+    def build(self, setup: str = "pair") -> None:
+        lab = self.lab
+        self._write_tools()
+        self.hosts["client"] = lab.host("client", ["192.168.10.50/24"], bridge="front")
+        for name, (front, back, _prio) in DIRECTORS.items():
+            h = lab.host(name, [f"{front}/24"], bridge="front", sysctls=["net.ipv4.ip_forward=1"])
+            lab.attach(h, [f"{back}/24"], ifname="eth1", bridge="back")
+            self.hosts[name] = h
+            for sub in ("etc-lvs-ha", "etc-keepalived", "state", "run/lvs-ha"):
+                (self.workdir / name / sub).mkdir(parents=True, exist_ok=True)
+        for name, addr in REALSERVERS.items():
+            h = lab.host(name, [f"{addr}/24"], bridge="back")
+            h.ip("route", "add", "default", "via", GW_VIP)
+            self.hosts[name] = h
+            (self.workdir / name).mkdir(parents=True, exist_ok=True)
+            self.start_server(name)
+        if setup == "pair":
+            for name, (_f, _b, prio) in DIRECTORS.items():
+                (self.workdir / name / "etc-lvs-ha" / "lvs-ha.yaml").write_text(lvs_ha_config(name, prio))
+                self.start_daemon(name)
+            wait_for(lambda: self.role("dir1") == "MASTER", 60, 0.1, "dir1 to become MASTER")
+            wait_for(lambda: self.role("dir2") == "BACKUP", 60, 0.1, "dir2 to be BACKUP")
+            wait_for(lambda: self.all_up("dir1"), 60, 0.1, "every realserver up on dir1")
+        elif setup == "keepalived":
+            for name, (_f, _b, prio) in DIRECTORS.items():
+                (self.workdir / name / "etc-keepalived" / "keepalived.conf").write_text(keepalived_config(name, prio))
+                r = self.shell(name, "lab-service start keepalived")
+                if r.returncode != 0:
+                    raise RuntimeError(f"keepalived did not start on {name}: {r.stdout}{r.stderr}")
+            wait_for(lambda: VIP in self.shell("dir1", "ip -br addr show eth0").stdout, 60, 0.1,
+                     "Keepalived on dir1 to hold the VIP")
+        elif setup != "bare":
+            raise ValueError(f"unknown lab-setup {setup!r}")
+
+    def _write_tools(self) -> None:
+        for d in (self.bindir, self.stub_etc / "lvs-ha", self.stub_etc / "keepalived", self.stub_varlib / "lvs-ha"):
+            d.mkdir(parents=True, exist_ok=True)
+        wrapper = self.bindir / "lvs-ha"
+        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec {shlex.quote(PY)} -m ha \"$@\"\n")
+        service = self.bindir / "lab-service"
+        service.write_text(LAB_SERVICE.replace("@PY@", shlex.quote(PY)).replace("@ROOT@", shlex.quote(str(ROOT))))
+        for f in (wrapper, service):
+            f.chmod(0o755)
+
+    def prelude(self, name: str) -> str:
+        """Shell lines that give this director its own /etc/lvs-ha, /etc/keepalived, /var/lib/lvs-ha and /run."""
+        d = self.workdir / name
+        q = shlex.quote
+        return textwrap.dedent(f"""\
+            set -e
+            mount -t overlay lab-etc -o lowerdir={q(str(self.stub_etc))}:/etc /etc
+            mount -t overlay lab-varlib -o lowerdir={q(str(self.stub_varlib))}:/var/lib /var/lib
+            mount --bind {q(str(d / 'etc-lvs-ha'))} /etc/lvs-ha
+            mount --bind {q(str(d / 'etc-keepalived'))} /etc/keepalived
+            mount --bind {q(str(d / 'state'))} /var/lib/lvs-ha
+            mount --bind {q(str(d / 'run'))} /run
+            export PATH={q(str(self.bindir))}:$PATH
+            cd /root 2>/dev/null || cd /
+            set +e
+            """)
+
+    def argv(self, name: str, script: str) -> list[str]:
+        """The command line that runs ``script`` on host ``name`` (directors: in their private mount namespace)."""
+        if name in DIRECTORS:
+            return ["unshare", "--mount", "--propagation", "private", "bash", "-c", self.prelude(name) + script]
+        return ["bash", "-c", f"export PATH={shlex.quote(str(self.bindir))}:$PATH\n{script}"]
+
+    def shell(self, name: str, script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        h = self.hosts[name]
+        return subprocess.run(["ip", "netns", "exec", h.ns, *self.argv(name, script)], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def start_server(self, name: str) -> None:
+        fail = self.workdir / name / "fail"
+        self.servers[name] = self.lab.spawn(self.hosts[name], [PY, "-m", "tests.traffic", "serve", "--port", "80",
+                                                                "--name", name, "--fail-file", str(fail)],
+                                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_daemon(self, name: str) -> None:
+        r = self.shell(name, "lab-service start lvs-ha")
+        if r.returncode != 0:
+            raise RuntimeError(f"lvs-ha did not start on {name}: {r.stdout}{r.stderr}")
+
+    def daemon_pids(self) -> list[int]:
+        pids = []
+        for name in DIRECTORS:
+            for f in ("lvs-ha/lvs-ha.pid", "keepalived.pid"):
+                p = self.workdir / name / "run" / f
+                if p.exists() and p.read_text().strip().isdigit():
+                    pids.append(int(p.read_text().strip()))
+        return pids
+
+    def stop_daemons(self) -> None:
+        """Orderly stop (SIGTERM) of the daemons the runbooks started; Lab.close() kills what is left."""
+        for name in DIRECTORS:
+            if name in self.hosts:
+                self.shell(name, "lab-service stop lvs-ha; lab-service stop keepalived", timeout=60)
+
+    # -- observations -------------------------------------------------------------------------------------------------
+    def status(self, name: str) -> dict[str, Any] | None:
+
+        r = self.shell(name, "lvs-ha status --json", timeout=20)
+        if r.returncode != 0:
+            return None
+        try:
+            return dict(json.loads(r.stdout))
+        except ValueError:
+            return None
+
+    def role(self, name: str) -> str | None:
+        st = self.status(name)
+        return str(st["instances"][0]["role"]) if st and st.get("instances") else None
+
+    def all_up(self, name: str) -> bool:
+        st = self.status(name)
+        return bool(st) and all(r["health"] == "up" for s in st["services"] for r in s["realservers"])  # type: ignore
+
+    def do(self, verb: str, target: str) -> None:
+        """Lab-side events a runbook reacts to (faults on realservers, network partitions, file copies)."""
+        args = target.split()
+        if verb in ("cut", "uncut"):  # cut HOST [IFNAME]: the host's port on the bridge down / up
+            fn = self.lab.cut if verb == "cut" else self.lab.heal
+            fn(self.hosts[args[0]], args[1] if len(args) > 1 else None)
+            return
+        if verb == "copy-config":  # copy-config SRC DST: what scp of /etc/lvs-ha/lvs-ha.yaml does
+            src, dst = (self.workdir / n / "etc-lvs-ha" / "lvs-ha.yaml" for n in args)
+            dst.write_bytes(src.read_bytes())
+            return
+        if target not in REALSERVERS:
+            raise ValueError(f"lab-do: unknown realserver {target!r}")
+        fail = self.workdir / target / "fail"
+        if verb == "fail":  # /healthz answers 503
+            fail.write_text("")
+        elif verb == "heal":
+            fail.unlink(missing_ok=True)
+        elif verb == "kill":  # the server process dies
+            self.lab.stop(self.servers[target], signal.SIGKILL)
+        elif verb == "start":
+            self.start_server(target)
+        else:
+            raise ValueError(f"lab-do: unknown action {verb!r}")
+
+    # -- running a runbook --------------------------------------------------------------------------------------------
+    def run_block(self, block: Block) -> Outcome:
+        for verb, target in block.actions:
+            self.do(verb, target)
+        if block.host not in self.hosts:
+            return Outcome(False, -1, "", f"unknown lab host {block.host!r}")
+        deadline_s = max(block.retry_s, 0.0)
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                r = self.shell(str(block.host), block.command, timeout=90)
+                rc, out = r.returncode, r.stdout + (("\n[stderr]\n" + r.stderr) if r.stderr else "")
+            except subprocess.TimeoutExpired as e:
+                rc, out = -9, f"timed out after {e.timeout}s"
+            why = self.judge(block, rc, out)
+            if not why or time.monotonic() >= end:
+                return Outcome(not why, rc, out, why)
+            time.sleep(0.5)
+
+    @staticmethod
+    def judge(block: Block, rc: int, out: str) -> str:
+        if rc != block.exit:
+            return f"exit status {rc}, expected {block.exit}"
+        for pat in block.expect:
+            if not re.search(pat, out, re.MULTILINE):
+                return f"output does not match /{pat}/"
+        for pat in block.expect_not:
+            if re.search(pat, out, re.MULTILINE):
+                return f"output matches /{pat}/, which it must not"
+        return ""
+
+
+LAB_SERVICE = r"""#!/bin/bash
+# The lab's stand-in for `systemctl start|stop|reload|restart|is-active lvs-ha|keepalived` (no systemd in the lab).
+# Runs inside a director's private mount namespace: /run, /etc/lvs-ha and /var/lib/lvs-ha are the director's own.
+verb=$1; unit=${2%.service}
+PIDFILE=/run/lvs-ha/lvs-ha.pid
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+stop() {  # $1 pid file
+  alive "$1" || { rm -f "$1"; return 0; }
+  local pid; pid=$(cat "$1"); kill -TERM "$pid"
+  for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || { rm -f "$1"; return 0; }; sleep 0.1; done
+  echo "pid $pid did not stop" >&2; return 1
+}
+case "$verb $unit" in
+  "start lvs-ha"|"restart lvs-ha")
+    [ "$verb" = restart ] && stop "$PIDFILE"
+    alive "$PIDFILE" && exit 0
+    mkdir -p /run/lvs-ha
+    PYTHONPATH=@ROOT@ @PY@ -m ha check-config -q -c /etc/lvs-ha/lvs-ha.yaml || exit 1
+    PYTHONPATH=@ROOT@ setsid @PY@ -m ha run -c /etc/lvs-ha/lvs-ha.yaml </dev/null >>/run/lvs-ha/daemon.log 2>&1 &
+    echo $! > "$PIDFILE"
+    for _ in $(seq 300); do
+      [ -S /run/lvs-ha/api.sock ] && exit 0
+      kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { tail -n 20 /run/lvs-ha/daemon.log >&2; exit 1; }
+      sleep 0.1
+    done
+    echo "lvs-ha did not open its socket" >&2; exit 1 ;;
+  "stop lvs-ha") stop "$PIDFILE" ;;
+  "reload lvs-ha") alive "$PIDFILE" && kill -HUP "$(cat "$PIDFILE")" ;;
+  "is-active lvs-ha") alive "$PIDFILE" && echo active || { echo inactive; exit 3; } ;;
+  "start keepalived")
+    alive /run/keepalived.pid && exit 0
+    setsid keepalived -n -l -D -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid \
+      -r /run/keepalived_vrrp.pid -c /run/keepalived_checkers.pid </dev/null >>/run/keepalived.log 2>&1 &
+    for _ in $(seq 100); do alive /run/keepalived.pid && exit 0; sleep 0.1; done
+    tail -n 20 /run/keepalived.log >&2; exit 1 ;;
+  "stop keepalived") stop /run/keepalived.pid ;;
+  "is-active keepalived") alive /run/keepalived.pid && echo active || { echo inactive; exit 3; } ;;
+  *) echo "lab-service: unsupported: $*" >&2; exit 2 ;;
+esac
+"""
