@@ -99,6 +99,7 @@ class Probe:
                                        "--interval", str(interval_s), "--timeout", str(timeout_s)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.lab = lab
+        self.timeout_s = timeout_s
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -131,6 +132,10 @@ class Probe:
             recs = sorted(self.snapshot(), key=lambda r: r["t"])[-n:]
             return recs[0]["t"] if len(recs) == n and all(r["ok"] for r in recs) else None
         return float(wait_for(streak, timeout, 0.05, f"{n} successful requests in a row"))
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Until every request started before now has reported (answered, failed or timed out)."""
+        self.wait_answers(1, since=time.time() + self.timeout_s + 0.1, timeout=timeout + self.timeout_s)
 
     def stop(self) -> None:
         self.lab.stop(self.proc, signal.SIGTERM)
@@ -425,6 +430,18 @@ class PairLab:
     def wait_health(self, rs: str, health: str, directors: tuple[str, ...] = ("dir1",), timeout: float = 30.0) -> None:
         wait_for(lambda: all(self.health(d, rs) == health for d in directors), timeout, 0.05,
                  f"{rs} {health} on {directors}")
+
+    def in_selection(self, name: str, rs: str, service: str = "web") -> bool | None:
+        """Whether the director's kernel (its last dump) schedules new connections to ``rs``."""
+        r = self.realserver(name, rs, service)
+        return None if r is None else bool(r.get("in_kernel")) and int(r.get("weight") or 0) > 0
+
+    def wait_selection(self, rs: str, selected: bool, directors: tuple[str, ...] = ("dir1",),
+                       timeout: float = 30.0) -> float:
+        """Until ``rs`` is (or is no longer) selected in the directors' kernels; returns the time it was seen."""
+        wait_for(lambda: all(self.in_selection(d, rs) is selected for d in directors), timeout, 0.05,
+                 f"{rs} {'in' if selected else 'out of'} the pool on {directors}")
+        return time.time()
 
     def service_status(self, name: str, service: str = "web") -> dict[str, Any] | None:
         for svc in (self.status(name) or {}).get("services", []):
