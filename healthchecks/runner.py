@@ -240,7 +240,7 @@ class Runner:
             expired = True
             task.cancel()
 
-        while True:
+        while self._loop is loop and self._probes.get(probe.pid) is probe:  # stopped or removed: end
             delay = probe.due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -276,6 +276,8 @@ class Runner:
                     stats.timeouts += 1
                 elif res.reason.startswith("checker error"):
                     stats.errors += 1
+            if self._loop is not loop or self._probes.get(probe.pid) is not probe:
+                return  # stopped or removed while the check ran (and the checker ignored the cancellation)
             probe.last_result = res
             self._deliver(probe, res)
             step = probe.interval_s * (1.0 + rng.uniform(-jitter, jitter))
