@@ -63,7 +63,7 @@ async def probe_config(config: Config, registry: Any, service: str | None = None
                 plan.append((svc, rs, None, None, None))
                 continue
             target = target_of(svc, rs, check)
-            pid = (check.type, check.spec, target.address, target.port, check.timeout_s)
+            pid: tuple[Any, ...] = (check.type, check.spec, target.address, target.port, check.timeout_s)
             if pid not in jobs:
                 jobs[pid] = asyncio.ensure_future(one(check, target))
             plan.append((svc, rs, check, target, pid))
@@ -76,11 +76,11 @@ async def probe_config(config: Config, registry: Any, service: str | None = None
             if aclose is not None:
                 await aclose()
     rows = []
-    for svc, rs, check, target, pid in plan:
-        if check is None or target is None or pid is None:
+    for svc, rs, chk, tgt, probe in plan:
+        if chk is None or tgt is None or probe is None:
             rows.append(ProbeRow(svc.name, rs.ident, "", "", CheckResult(True, "no check (always up)", 0.0)))
         else:
-            rows.append(ProbeRow(svc.name, rs.ident, check.type, _hostport(target), jobs[pid].result()))
+            rows.append(ProbeRow(svc.name, rs.ident, chk.type, _hostport(tgt), jobs[probe].result()))
     return rows
 
 

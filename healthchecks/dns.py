@@ -45,24 +45,24 @@ class DnsChecker:
 
     def parse_spec(self, raw: Mapping[str, Any]) -> DnsSpec:
         r = SpecReader(raw, {"name", "qtype", "expect", "expect_values", "rcode", "recursion"}, "dns")
-        name = r.str("name", required=True)
+        name = r.text("name", required=True)
         if name is not None:
             try:
                 dns.name.from_text(name)
             except dns.exception.DNSException as e:
                 r.error(f"not a valid domain name ({e}): {name!r}", "name")
-        qtype = (r.str("qtype", "A") or "A").upper()
+        qtype = (r.text("qtype", "A") or "A").upper()
         try:
             dns.rdatatype.from_text(qtype)
         except dns.exception.DNSException:
             r.error(f"unknown record type {qtype!r}; e.g. A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT", "qtype")
-        rcode = (r.str("rcode", "NOERROR") or "NOERROR").upper()
+        rcode = (r.text("rcode", "NOERROR") or "NOERROR").upper()
         try:
             dns.rcode.from_text(rcode)
         except dns.exception.DNSException:
             r.error(f"unknown rcode {rcode!r}; e.g. NOERROR, NXDOMAIN, SERVFAIL, REFUSED", "rcode")
         spec = DnsSpec(name or ".", qtype, r.regex("expect"), r.str_list("expect_values"), rcode,
-                       r.bool("recursion", True))
+                       r.flag("recursion", True))
         r.finish()
         return spec
 

@@ -52,7 +52,7 @@ class FileChecker:
 
     def parse_spec(self, raw: Mapping[str, Any]) -> FileSpec:
         r = SpecReader(raw, {"directory", "path"}, "file")
-        spec = FileSpec(r.str("directory"), r.str("path"))
+        spec = FileSpec(r.text("directory"), r.text("path"))
         if spec.directory is None and spec.path is None:
             r.error("give directory (a maintenance directory) or path (a file template)")
         r.finish()

@@ -1,9 +1,11 @@
-"""HTTP and HTTPS checks (aiohttp client).
+"""HTTP and HTTPS checks (aiohttp; plain http without keep-alive uses the bare-socket client in httpfast.py).
 
 Keys: ``method`` (GET), ``path`` (/), ``host`` (Host header and TLS SNI/verification name), ``headers`` (mapping),
 ``body`` (text), ``expect_status`` (list of codes or ranges, default ["200-299"]), ``expect_body`` (regular
 expression searched in the first ``max_body`` bytes), ``keepalive`` (false: a new connection for every check),
-and for https: ``verify`` (true; false is allowed but logged as a warning), ``ca_file``, ``cert_file``, ``key_file``.
+``client`` (``auto``: plain http without keep-alive uses the bare-socket client of ``httpfast.py``, the rest
+aiohttp; ``aiohttp``: always aiohttp), and for https: ``verify`` (true; false is allowed but logged as a warning),
+``ca_file``, ``cert_file``, ``key_file``.
 One client session per checker instance (one for fresh connections, one for keep-alive), tied to the running loop.
 """
 
@@ -20,6 +22,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from healthchecks.base import CheckResult, SpecError, Target
+from healthchecks.httpfast import build_request, http_check
 from healthchecks.spec import SpecReader, parse_status_ranges
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class HttpSpec:
     expect_body: re.Pattern[bytes] | None = None
     max_body: int = 65536
     keepalive: bool = False
+    client: str = "auto"  # auto | aiohttp
     verify: bool = True
     ca_file: str | None = None
     cert_file: str | None = None
@@ -72,28 +76,31 @@ class HttpChecker:
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl: dict[tuple[Any, ...], ssl.SSLContext] = {}
+        self._requests: dict[tuple[Any, ...], bytes] = {}
 
     def parse_spec(self, raw: Mapping[str, Any]) -> HttpSpec:
-        keys = {"method", "path", "host", "headers", "body", "expect_status", "expect_body", "max_body", "keepalive"}
+        keys = {"method", "path", "host", "headers", "body", "expect_status", "expect_body", "max_body", "keepalive",
+                "client"}
         if self.scheme == "https":
             keys |= {"verify", "ca_file", "cert_file", "key_file"}
         r = SpecReader(raw, keys, self.name)
-        method = (r.str("method", "GET") or "GET").upper()
+        method = (r.text("method", "GET") or "GET").upper()
         if method not in METHODS:
             r.error(f"expected one of {', '.join(METHODS)}, got {method!r}", "method")
-        path = r.str("path", "/")
+        path = r.text("path", "/")
         if not path.startswith("/"):
             r.error(f"expected a path starting with /, got {path!r}", "path")
-        host = r.str("host")
+        host = r.text("host")
         headers = r.str_map("headers")
         body = r.payload("body")
         status = parse_status_ranges(r.str_list("expect_status", ("200-299",)), r, "expect_status")
         expect_body = r.regex("expect_body", binary=True)
-        max_body = r.int("max_body", 65536, 1, 16 << 20)
+        max_body = r.integer("max_body", 65536, 1, 16 << 20)
         spec = HttpSpec(
             self.scheme, method, path, host, headers, body, status or ((200, 299),), expect_body, max_body,
-            r.bool("keepalive", False), r.bool("verify", True), r.str("ca_file"), r.str("cert_file"),
-            r.str("key_file"),
+            r.flag("keepalive", False), r.choice("client", ("auto", "aiohttp"), "auto"), r.flag("verify", True),
+            r.text("ca_file"), r.text("cert_file"),
+            r.text("key_file"),
         )
         if spec.key_file and not spec.cert_file:
             r.error("key_file needs cert_file", "key_file")
@@ -139,6 +146,14 @@ class HttpChecker:
         t0 = loop.time()
         if target.port is None:
             return CheckResult(False, "no port to connect to", 0.0)
+        if spec.scheme == "http" and not spec.keepalive and spec.client == "auto":
+            key = (spec, target.address, target.port)
+            req = self._requests.get(key)
+            if req is None:
+                if len(self._requests) > 100_000:
+                    self._requests.clear()
+                req = self._requests[key] = build_request(spec, target, USER_AGENT)
+            return await http_check(spec, target, timeout_s, req)
         headers = dict(spec.headers)
         if spec.host:
             headers["Host"] = spec.host

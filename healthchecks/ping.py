@@ -20,9 +20,9 @@ from healthchecks.base import CheckResult, Target
 from healthchecks.spec import SpecReader
 from healthchecks.tcp import describe_oserror, family_of
 
-ECHO_REQUEST = {socket.AF_INET: 8, socket.AF_INET6: 128}
-ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
-PROTO = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
+ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
+ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
+PROTO: dict[int, int] = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class PingChecker:
 
     def parse_spec(self, raw: Mapping[str, Any]) -> PingSpec:
         r = SpecReader(raw, {"size"}, "ping")
-        size = r.int("size", 56, 0, 65000)
+        size = r.integer("size", 56, 0, 65000)
         r.finish()
         return PingSpec(size)
 

@@ -48,7 +48,7 @@ class SmtpChecker:
 
     def parse_spec(self, raw: Mapping[str, Any]) -> SmtpSpec:
         r = SpecReader(raw, {"helo_name"}, "smtp")
-        name = r.str("helo_name", "lvs-ha")
+        name = r.text("helo_name", "lvs-ha")
         if not _NAME.match(name):
             r.error(f"expected a host name or address literal, got {name!r}", "helo_name")
         r.finish()

@@ -44,7 +44,7 @@ class SpecReader:
             return _MISSING
         return self.raw[key]
 
-    def str(self, key: str, default: str | None = None, required: bool = False) -> Any:
+    def text(self, key: str, default: str | None = None, required: bool = False) -> Any:
         v = self._get(key, required)
         if v is _MISSING:
             return default
@@ -53,7 +53,7 @@ class SpecReader:
             return default
         return str(v)
 
-    def int(self, key: str, default: int | None = None, lo: int | None = None, hi: int | None = None,
+    def integer(self, key: str, default: int | None = None, lo: int | None = None, hi: int | None = None,
             required: bool = False) -> Any:
         v = self._get(key, required)
         if v is _MISSING:
@@ -70,7 +70,7 @@ class SpecReader:
             return default
         return v
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         v = self._get(key, False)
         if v is _MISSING:
             return default
@@ -90,7 +90,7 @@ class SpecReader:
             return default
 
     def regex(self, key: str, flags: int = 0, binary: bool = False) -> re.Pattern[Any] | None:
-        v = self.str(key)
+        v = self.text(key)
         if v is None:
             return None
         try:
@@ -100,7 +100,7 @@ class SpecReader:
             return None
 
     def choice(self, key: str, choices: tuple[str, ...] | list[str], default: str | None = None) -> Any:
-        v = self.str(key)
+        v = self.text(key)
         if v is None:
             return default
         if v not in choices:
@@ -133,7 +133,7 @@ class SpecReader:
         return ()
 
     def hex(self, key: str) -> bytes | None:
-        h = self.str(key)
+        h = self.text(key)
         if h is None:
             return None
         try:
@@ -148,7 +148,7 @@ class SpecReader:
             if self.has(key):
                 self.error(f"give either {key} or {hex_key}, not both", hex_key)
             return self.hex(hex_key)
-        s = self.str(key)
+        s = self.text(key)
         if s is None:
             return None
         try:

@@ -76,7 +76,7 @@ class TcpChecker:
         prefix = r.hex("expect_hex")
         if expect is not None and prefix is not None:
             r.error("give either expect or expect_hex, not both", "expect_hex")
-        max_reply = r.int("max_reply", 4096, 1, 1 << 20)
+        max_reply = r.integer("max_reply", 4096, 1, 1 << 20)
         r.finish()
         return TcpSpec(send, expect, prefix, max_reply)
 

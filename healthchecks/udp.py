@@ -35,7 +35,7 @@ class UdpChecker:
         r = SpecReader(raw, {"payload", "payload_hex", "expect", "require_reply", "wait"}, "udp")
         payload = r.payload("payload", "payload_hex") or b""
         expect = r.regex("expect", binary=True)
-        require = r.bool("require_reply", expect is not None)
+        require = r.flag("require_reply", expect is not None)
         if expect is not None and r.has("require_reply") and not require:
             r.error("expect needs a reply; drop require_reply: false", "require_reply")
         wait = r.duration("wait", 0.2)

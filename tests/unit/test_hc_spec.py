@@ -82,3 +82,10 @@ def test_bad_specs_name_the_key_and_what_is_valid(kind: str, raw: dict[str, Any]
 def test_all_problems_are_reported_together() -> None:
     errs = errors("http", {"path": "x", "method": "BREW", "nope": 1})
     assert {e.key for e in errs} == {"path", "method", "nope"}
+
+
+def test_https_without_verification_is_allowed_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="healthchecks.http"):
+        spec = parse("https", {"verify": False})
+    assert spec.verify is False
+    assert any("verify: false" in r.getMessage() for r in caplog.records)
