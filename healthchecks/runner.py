@@ -119,6 +119,7 @@ class Runner:
         self._probes: dict[tuple[Any, ...], _Probe] = {}
         self._key_probe: dict[Hashable, tuple[Any, ...]] = {}
         self._subscribers: list[ChangeCallback] = []
+        self._result_subscribers: list[Callable[[Hashable, CheckResult], None]] = []
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = RunnerStats()
@@ -131,6 +132,12 @@ class Runner:
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
     on_change = subscribe
+
+    def subscribe_results(self, callback: Callable[[Hashable, CheckResult], None]) -> Callable[[], None]:
+        """``callback(key, result)`` for every result of every key (e.g. metrics). A shared probe's result is
+        delivered once per key. Returns a function that unsubscribes."""
+        self._result_subscribers.append(callback)
+        return lambda: self._result_subscribers.remove(callback) if callback in self._result_subscribers else None
 
     def set_checks(self, checks: Mapping[Hashable, CheckSpec]) -> None:
         """Replace the set of checks. Unknown checker types raise KeyError before anything changes."""
@@ -289,6 +296,11 @@ class Runner:
             h = self._hyst.get(key)
             if h is None:
                 continue
+            for rcb in self._result_subscribers:
+                try:
+                    rcb(key, res)
+                except Exception:
+                    log.exception("check result callback failed for %s", key)
             tr = h.record(res.ok, res.reason, now)
             if tr is None:
                 continue

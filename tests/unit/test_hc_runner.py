@@ -79,6 +79,8 @@ async def test_identical_checks_share_one_probe_and_fan_out(reg: tuple[Registry,
     runner = Runner(registry, rng=random.Random(1))
     changes: list[tuple[Any, Health, Health]] = []
     runner.subscribe(lambda k, o, n, r: changes.append((k, o, n)))
+    results: list[Any] = []
+    runner.subscribe_results(lambda k, r: results.append(k))
     runner.set_checks({("web", "a"): cs("127.0.0.2"), ("api", "a"): cs("127.0.0.2", fall=2)})
     assert runner.probe_count == 1
     await runner.start()
@@ -94,6 +96,8 @@ async def test_identical_checks_share_one_probe_and_fan_out(reg: tuple[Registry,
     finally:
         await runner.stop()
     assert set(chk.calls) == {"127.0.0.2"}
+    # every result reaches every key that shares the probe
+    assert abs(results.count(("web", "a")) - results.count(("api", "a"))) <= 1 and len(results) >= 6
 
 
 async def test_raising_and_hanging_checkers_do_not_stop_the_others(reg: tuple[Registry, Scripted]) -> None:
