@@ -47,6 +47,11 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 class ExecChecker:
     name: ClassVar[str] = "exec"
 
+    @staticmethod
+    def share_key(target: Target) -> str:
+        """The program sees the service name too, so checks of different services are never merged."""
+        return target.service
+
     def parse_spec(self, raw: Mapping[str, Any]) -> ExecSpec:
         r = SpecReader(raw, {"command", "env"}, "exec")
         cmd = r.str_list("command", required=True)

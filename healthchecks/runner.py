@@ -43,7 +43,11 @@ class CheckSpec:
 
     @property
     def probe_id(self) -> tuple[Any, ...]:
-        return (self.type, self.spec, self.target.address, self.target.port, self.interval_s, self.timeout_s)
+        """What makes two keys' checks the same probe. Besides where the check goes, the realserver's identity is
+        part of it (the file checker names files after it); a checker whose result depends on more of the target
+        says so with a ``share_key(target)`` method (exec: the service too)."""
+        return (self.type, self.spec, self.target.address, self.target.port, self.interval_s, self.timeout_s,
+                self.target.realserver)
 
 
 @dataclass
@@ -151,7 +155,7 @@ class Runner:
             old = self._specs.get(key)
             if old == cs:
                 continue
-            if old is not None and old.probe_id != cs.probe_id:
+            if old is not None and self._probe_id(old) != self._probe_id(cs):
                 self._unlink(key)
             self._specs[key] = cs
             h = self._hyst.get(key)
@@ -159,11 +163,15 @@ class Runner:
                 self._hyst[key] = Hysteresis(cs.rise, cs.fall, cs.initial_state)
             else:
                 h.reconfigure(cs.rise, cs.fall)
-            if self._key_probe.get(key) != cs.probe_id:
+            if self._key_probe.get(key) != self._probe_id(cs):
                 self._link(key, cs)
 
+    def _probe_id(self, cs: CheckSpec) -> tuple[Any, ...]:
+        share_key = getattr(self.registry.get(cs.type), "share_key", None)
+        return cs.probe_id if share_key is None else (*cs.probe_id, share_key(cs.target))
+
     def _link(self, key: Hashable, cs: CheckSpec) -> None:
-        pid = cs.probe_id
+        pid = self._probe_id(cs)
         probe = self._probes.get(pid)
         if probe is None:
             probe = _Probe(pid, self.registry.get(cs.type), cs.type, cs.spec, cs.target, cs.interval_s, cs.timeout_s)

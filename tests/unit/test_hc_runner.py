@@ -246,3 +246,25 @@ async def test_run_check_turns_a_wrong_return_type_into_a_failure() -> None:
 
     res = await run_check(Wrong(), Target("127.0.0.1", 1), None, 1.0)
     assert not res.ok and "not a CheckResult" in res.reason
+
+
+def test_sharing_respects_the_realserver_identity_and_exec_services() -> None:
+    from healthchecks.registry import default_registry
+
+    reg = default_registry()
+    runner = Runner(reg)
+    file_spec = reg.get("file").parse_spec({"directory": "/nonexistent"})
+    exec_spec = reg.get("exec").parse_spec({"command": ["/bin/true"]})
+    same_addr = Target("127.0.0.1", 80, "10.0.0.1:80", "web")
+    runner.set_checks({
+        # one connect_address for two realservers: the file check must not merge them
+        "f1": CheckSpec("file", file_spec, same_addr),
+        "f2": CheckSpec("file", file_spec, Target("127.0.0.1", 80, "10.0.0.2:80", "web")),
+        # one realserver in two services: merged for file, separate for exec (it sees the service)
+        "f3": CheckSpec("file", file_spec, Target("127.0.0.1", 80, "10.0.0.1:80", "api")),
+        "e1": CheckSpec("exec", exec_spec, same_addr),
+        "e2": CheckSpec("exec", exec_spec, Target("127.0.0.1", 80, "10.0.0.1:80", "api")),
+    })
+    assert runner.probe_count == 4
+    assert runner._key_probe["f1"] == runner._key_probe["f3"] != runner._key_probe["f2"]
+    assert runner._key_probe["e1"] != runner._key_probe["e2"]
