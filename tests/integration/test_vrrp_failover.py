@@ -225,3 +225,37 @@ def test_reload_changes_priority_in_place_and_adds_an_instance(lab: Lab, tmp_pat
     wait_for(lambda: "reload rejected" in a.log(), 10, what="bad reload rejected")
     assert a.proc is not None and a.proc.poll() is None
     assert has_vip(d1, f"{NET}.101") and holders([d1, d2]) == ["d2"]
+
+
+def test_sync_group_faults_together(lab: Lab, tmp_path: Path) -> None:
+    import sys
+
+    import yaml
+
+    healthy = tmp_path / "healthy"
+    healthy.write_text("")
+    d1, d2, _cl, a, b = _pair(lab, tmp_path)
+    check = {"name": "healthy", "command": [sys.executable, "-c", f"import os,sys; sys.exit(0 if os.path.exists("
+                                                                 f"{str(healthy)!r}) else 1)"],
+             "interval": 0.1, "timeout": 2, "weight": 0}
+    for d, track in ((a, {"scripts": [check]}), (b, None)):
+        doc = yaml.safe_load(d.config.read_text())
+        second = dict(doc["vrrp"]["instances"][0], name="VI_2", vrid=52, vips=[f"{NET}.101/24"])
+        if track:
+            second["track"] = track
+        doc["vrrp"]["instances"].append(second)
+        doc["vrrp"]["sync_groups"] = [{"name": "G1", "instances": ["VI_1", "VI_2"]}]
+        d.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    b.start()
+    a.start()
+    both = (f"{NET}.100", f"{NET}.101")
+
+    def owners() -> list[list[str]]:
+        return [holders([d1, d2], v) for v in both]
+
+    wait_for(lambda: owners() == [["d1"], ["d1"]], 20, what="d1 master of both\n" + _diag(a, b))
+    healthy.unlink()  # VI_2's script fails on d1: VI_2 FAULT, and the group drags VI_1 along
+    wait_for(lambda: owners() == [["d2"], ["d2"]], 15, what="d2 master of both\n" + _diag(a, b))
+    assert {i["name"]: i["role"] for i in a.status()} == {"VI_1": "FAULT", "VI_2": "FAULT"}
+    healthy.write_text("")
+    wait_for(lambda: owners() == [["d1"], ["d1"]], 15, what="d1 master of both again\n" + _diag(a, b))
