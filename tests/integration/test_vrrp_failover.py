@@ -259,3 +259,13 @@ def test_sync_group_faults_together(lab: Lab, tmp_path: Path) -> None:
     assert {i["name"]: i["role"] for i in a.status()} == {"VI_1": "FAULT", "VI_2": "FAULT"}
     healthy.write_text("")
     wait_for(lambda: owners() == [["d1"], ["d1"]], 15, what="d1 master of both again\n" + _diag(a, b))
+
+
+def test_leftover_vip_removed_at_start_foreign_address_kept(lab: Lab, tmp_path: Path) -> None:
+    d1 = lab.host("d1", [D1, f"{NET}.77/24"])
+    d1.ip("addr", "add", f"{NET}.100/24", "dev", "eth0")  # left over by a previous run that died
+    a = LvsHa(lab, d1, tmp_path, "d1", 150, extra={"startup_delay": 30})
+    a.start()
+    wait_for(lambda: not has_vip(d1), 10, what="leftover VIP removed\n" + _diag(a))
+    assert a.role() in (None, "INIT")
+    assert has_vip(d1, f"{NET}.77") and has_vip(d1, f"{NET}.11")
