@@ -171,7 +171,8 @@ def test_tracked_file_lowers_priority_and_notify_runs(lab: Lab, tmp_path: Path) 
     a = LvsHa(lab, d1, tmp_path, "d1", 150, extra={"track": {"files": [{"path": str(adjust), "weight": -1}]}})
     b = LvsHa(lab, d2, tmp_path, "d2", 100,
               extra={"notify": {"master": [sys.executable, "-c", NOTIFY, str(events)],
-                                "backup": [sys.executable, "-c", NOTIFY, str(events)]}})
+                                "backup": [sys.executable, "-c", NOTIFY, str(events)],
+                                "stop": [sys.executable, "-c", NOTIFY, str(events)]}})
     b.start()
     a.start()
     wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
@@ -180,6 +181,8 @@ def test_tracked_file_lowers_priority_and_notify_runs(lab: Lab, tmp_path: Path) 
     assert a.status()[0]["effective_priority"] == 50
     wait_for(lambda: events.exists() and "VI_1 MASTER 100" in events.read_text(), 10, what="notify master")
     assert events.read_text().splitlines()[0] == "VI_1 BACKUP 100"
+    assert b.stop(signal.SIGTERM) == 0  # queued notifications finish before the daemon exits
+    assert events.read_text().splitlines()[-1] == "VI_1 STOP 100"
 
 
 def test_hmac_authenticated_pair_and_wrong_key_rejected(lab: Lab, tmp_path: Path) -> None:
