@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
 from healthchecks.spec import SpecReader
 from healthchecks.tcp import describe_oserror, family_of, show, sockaddr
@@ -25,11 +26,11 @@ class SmtpSpec:
     helo_name: str = "lvs-ha"
 
 
-async def read_reply(loop: asyncio.AbstractEventLoop, sock: socket.socket, limit: int = 8192) -> bytes:
+async def read_reply(sock: socket.socket, limit: int = 8192) -> bytes:
     """Read one (possibly multi-line) SMTP reply: up to a line ``NNN text``."""
     buf = b""
     while len(buf) < limit:
-        chunk = await loop.sock_recv(sock, limit - len(buf))
+        chunk = await sockio.recv(sock, limit - len(buf))
         if not chunk:
             break
         buf += chunk
@@ -61,18 +62,18 @@ class SmtpChecker:
         try:
             sock.setblocking(False)
             try:
-                await loop.sock_connect(sock, sockaddr(target.address, target.port or 25))
-                banner = await read_reply(loop, sock)
+                await sockio.connect(sock, sockaddr(target.address, target.port or 25))
+                banner = await read_reply(sock)
                 if code_of(banner) != 220:
                     what = show(banner) if banner else "nothing (closed)"
                     return CheckResult(False, f"banner is not 220: {what}", loop.time() - t0)
-                await loop.sock_sendall(sock, f"EHLO {spec.helo_name}\r\n".encode())
-                ehlo = await read_reply(loop, sock)
+                await sockio.sendall(sock, f"EHLO {spec.helo_name}\r\n".encode())
+                ehlo = await read_reply(sock)
                 if code_of(ehlo) != 250:
                     what = show(ehlo) if ehlo else "nothing (closed)"
                     return CheckResult(False, f"EHLO not answered with 250: {what}", loop.time() - t0)
                 try:
-                    await loop.sock_sendall(sock, b"QUIT\r\n")
+                    await sockio.sendall(sock, b"QUIT\r\n")
                 except OSError:
                     pass
                 return CheckResult(True, "220 banner, 250 EHLO", loop.time() - t0)

@@ -2,7 +2,7 @@
 
 Keys: ``send`` (text with \\r \\n \\xNN escapes) or ``send_hex``; ``expect`` (regular expression on the reply bytes)
 or ``expect_hex`` (exact prefix); ``max_reply`` bytes to read (default 4096).
-The hot path uses a bare non-blocking socket with ``loop.sock_connect`` (no streams, no transports).
+The hot path uses a bare non-blocking socket and the private epoll of ``sockio`` (no streams, no transports).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
 from healthchecks.spec import SpecReader
 
@@ -42,12 +43,12 @@ def describe_oserror(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
-async def read_until(loop: asyncio.AbstractEventLoop, sock: socket.socket, pattern: re.Pattern[bytes] | None,
+async def read_until(sock: socket.socket, pattern: re.Pattern[bytes] | None,
                      prefix: bytes | None, limit: int) -> tuple[bool, bytes]:
     """Read until the pattern matches / prefix is complete, EOF, or ``limit`` bytes. Returns (matched, data)."""
     buf = b""
     while len(buf) < limit:
-        chunk = await loop.sock_recv(sock, limit - len(buf))
+        chunk = await sockio.recv(sock, limit - len(buf))
         if not chunk:
             break
         buf += chunk
@@ -90,17 +91,17 @@ class TcpChecker:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             try:
-                await loop.sock_connect(sock, sockaddr(target.address, target.port))
+                await sockio.connect(sock, sockaddr(target.address, target.port))
             except OSError as e:
                 return CheckResult(False, describe_oserror(e), loop.time() - t0)
             if spec.send is None and spec.expect is None and spec.expect_prefix is None:
                 return CheckResult(True, "connected", loop.time() - t0)
             try:
                 if spec.send:
-                    await loop.sock_sendall(sock, spec.send)
+                    await sockio.sendall(sock, spec.send)
                 if spec.expect is None and spec.expect_prefix is None:
                     return CheckResult(True, "connected, sent", loop.time() - t0)
-                matched, data = await read_until(loop, sock, spec.expect, spec.expect_prefix, spec.max_reply)
+                matched, data = await read_until(sock, spec.expect, spec.expect_prefix, spec.max_reply)
             except OSError as e:
                 return CheckResult(False, describe_oserror(e), loop.time() - t0)
             if matched:

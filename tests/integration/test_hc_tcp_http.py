@@ -91,15 +91,50 @@ async def test_tcp_reset_and_close_without_reply() -> None:
         assert not res.ok and res.reason == "closed without a reply"
 
 
-@pytest.fixture
-async def http_checker() -> AsyncIterator[HttpChecker]:
-    c = HttpChecker()
+class ClientChecker(HttpChecker):
+    """The http checker with ``client`` preset, so every test runs with both clients."""
+
+    client = "auto"
+
+    def parse_spec(self, raw: Any) -> Any:
+        if "keepalive" not in raw:
+            raw = {"client": self.client, **raw}
+        return super().parse_spec(raw)
+
+
+@pytest.fixture(params=["auto", "aiohttp"])
+async def http_checker(request: pytest.FixtureRequest) -> AsyncIterator[HttpChecker]:
+    c = ClientChecker()
+    c.client = request.param
     yield c
     await c.aclose()
 
 
 async def http(c: HttpChecker, port: int, timeout: float = 2.0, **raw: Any) -> CheckResult:
     return await run_check(c, Target("127.0.0.1", port), c.parse_spec(raw), timeout)
+
+
+async def test_http_body_framing(http_checker: HttpChecker) -> None:
+    async def framed(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        line, _ = await read_request(r)
+        path = line.split(" ")[1]
+        if path == "/chunked":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nsta\r\n6\r\ntus=up\r\n0\r\n\r\n")
+        elif path == "/short":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nstatus=")
+        elif path == "/eof":
+            w.write(b"HTTP/1.0 200 OK\r\n\r\nstatus=up")
+        elif path == "/garbage":
+            w.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await w.drain()
+
+    async with tcp_server(framed) as port:
+        assert (await http(http_checker, port, path="/chunked", expect_body="status=up")).ok
+        assert (await http(http_checker, port, path="/eof", expect_body="status=up")).ok
+        short = await http(http_checker, port, path="/short", expect_body="status=up")
+        assert not short.ok
+        bad = await http(http_checker, port, path="/garbage")
+        assert not bad.ok
 
 
 async def test_http_status_body_and_host(http_checker: HttpChecker) -> None:
@@ -203,3 +238,12 @@ async def test_https_client_certificate(pki: dict[str, Any]) -> None:
             assert not without.ok
     finally:
         await c.aclose()
+
+
+async def test_many_concurrent_checks_with_reused_descriptors() -> None:
+    dead = closed_port()
+    async with tcp_server(idle) as port:
+        for _ in range(3):  # descriptors are closed and reused between rounds
+            results = await asyncio.gather(*(tcp(port if i % 2 else dead) for i in range(300)))
+            assert [r.ok for r in results] == [bool(i % 2) for i in range(300)]
+            assert {r.reason for r in results} == {"connected", "connection refused"}
