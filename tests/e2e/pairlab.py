@@ -126,10 +126,15 @@ class Probe:
         wait_for(lambda: sum(1 for r in self.snapshot() if r["t"] >= since) >= n, timeout, 0.05,
                  f"{n} answered requests")
 
-    def wait_ok_streak(self, n: int, timeout: float = 30.0) -> float:
-        """Until the last ``n`` requests all succeeded; returns the start time of the first of them."""
+    def wait_ok_streak(self, n: int, timeout: float = 30.0, since: float | None = None) -> float:
+        """Until the last ``n`` requests that must have reported all succeeded; returns the start time of the first
+        of them. Only requests started after ``since`` (default: now) count."""
+        start = time.time() if since is None else since
+
         def streak() -> float | None:
-            recs = sorted(self.snapshot(), key=lambda r: r["t"])[-n:]
+            # only requests old enough to have reported whatever their outcome (a timeout reports late)
+            cutoff = time.time() - self.timeout_s - 0.2
+            recs = sorted((r for r in self.snapshot() if start <= r["t"] <= cutoff), key=lambda r: r["t"])[-n:]
             return recs[0]["t"] if len(recs) == n and all(r["ok"] for r in recs) else None
         return float(wait_for(streak, timeout, 0.05, f"{n} successful requests in a row"))
 
@@ -365,6 +370,20 @@ class PairLab:
         """Cut it off at the bridge (every interface) and SIGKILL its daemon."""
         self.lab.cut(self.hosts[name])
         self.lab.stop(self.daemons[name], signal.SIGKILL)
+
+    def partition(self) -> None:
+        """Split the directors from each other (each drops what the other sends); both keep their links, the
+        client and the realservers."""
+        for name, octet in DIRECTORS.items():
+            peer = 12 if octet == 11 else 11
+            h = self.hosts[name]
+            h.run("nft", "add", "table", "inet", "e2e_partition")
+            h.run("nft", "add chain inet e2e_partition input { type filter hook input priority -300 ; }")
+            h.run("nft", f"add rule inet e2e_partition input ip saddr {{ {FRONT}.{peer}, {BACK}.{peer} }} drop")
+
+    def heal_partition(self) -> None:
+        for name in DIRECTORS:
+            self.hosts[name].run("nft", "delete table inet e2e_partition")
 
     def probe(self, port: int | None = None, interval_s: float = 0.02, timeout_s: float = 1.0) -> Probe:
         p = Probe(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, interval_s,
