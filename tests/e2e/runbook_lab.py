@@ -23,7 +23,8 @@ Runbook markup (HTML comments, invisible when rendered), each applying to the ne
     <!-- retry: S -->           repeat the block until its expectations hold, for up to S seconds
     <!-- lab-do: ACTION ARGS --> (standalone) what the lab does between blocks: fail|heal|kill|start RS
                                 (a realserver's /healthz answers 503, again 200, its server dies, restarts),
-                                cut|uncut HOST [IFNAME] (network partition at the bridge), copy-config SRC DST
+                                cut|uncut HOST [IFNAME] (a port on the bridge down / up), drop-vrrp HOST (a firewall
+                                rule dropping VRRP on HOST), copy-config SRC DST
     <!-- lab-setup: MODE -->    (once, at the top) pair (default: both directors run lvs-ha, dir1 MASTER),
                                 bare (nothing installed or running), keepalived (both directors run Keepalived)
 """
@@ -95,11 +96,9 @@ services:
 
 
 def keepalived_config(name: str, priority: int) -> str:
-    """The lab's starting point for the migration runbook: a Keepalived VRRPv2 instance with the same VIPs."""
+    """The lab's starting point for the migration runbook: a Keepalived VRRPv2 instance with the same VIPs.
+    VRRP only: Keepalived stops altogether when its virtual_server blocks find no IPVS in the kernel."""
     state = "MASTER" if priority > 100 else "BACKUP"
-    rs = "".join(f"    real_server {a} 80 {{\n        weight 1\n        HTTP_GET {{\n            url {{ path /healthz\n"
-                 f"                  status_code 200 }}\n            connect_timeout 1\n        }}\n    }}\n"
-                 for a in REALSERVERS.values())
     return f"""\
 global_defs {{
     router_id {name}
@@ -115,12 +114,6 @@ vrrp_instance VI_WEB {{
         10.0.20.1/24 dev eth1
     }}
 }}
-virtual_server 192.168.10.100 80 {{
-    delay_loop 2
-    lb_algo rr
-    lb_kind NAT
-    protocol TCP
-{rs}}}
 """
 
 
@@ -352,6 +345,11 @@ class RunbookLab:
         if verb in ("cut", "uncut"):  # cut HOST [IFNAME]: the host's port on the bridge down / up
             fn = self.lab.cut if verb == "cut" else self.lab.heal
             fn(self.hosts[args[0]], args[1] if len(args) > 1 else None)
+            return
+        if verb == "drop-vrrp":  # drop-vrrp HOST: a firewall on HOST drops incoming VRRP (links stay up)
+            self.hosts[args[0]].run("nft", "add table inet firewall\n"
+                                    "add chain inet firewall input { type filter hook input priority 0; }\n"
+                                    "add rule inet firewall input ip protocol vrrp counter drop")
             return
         if verb == "copy-config":  # copy-config SRC DST: what scp of /etc/lvs-ha/lvs-ha.yaml does
             src, dst = (self.workdir / n / "etc-lvs-ha" / "lvs-ha.yaml" for n in args)
