@@ -17,7 +17,7 @@ import pytest
 from healthchecks.base import CheckResult, Target
 from healthchecks.registry import default_registry
 from healthchecks.runner import run_check
-from tests.integration.hc_servers import closed_port, tcp_server, udp_server
+from tests.integration.test_hc_servers import closed_port, tcp_server, udp_server
 
 REG = default_registry()
 

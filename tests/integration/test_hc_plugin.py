@@ -19,7 +19,7 @@ import pytest
 from healthchecks.base import SpecError, Target
 from healthchecks.registry import GROUP, Registry
 from healthchecks.runner import CheckSpec, Runner, run_check
-from tests.integration.hc_servers import closed_port, tcp_server
+from tests.integration.test_hc_servers import closed_port, tcp_server
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugin_example"
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.integration.hc_servers import closed_port, http_app, tcp_server
+from tests.integration.test_hc_servers import closed_port, http_app, tcp_server
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from healthchecks.base import CheckResult, Target
 from healthchecks.http import HttpChecker, HttpsChecker
 from healthchecks.runner import run_check
 from healthchecks.tcp import TcpChecker
-from tests.integration.hc_servers import closed_port, http_app, read_request, reset, tcp_server
+from tests.integration.test_hc_servers import closed_port, http_app, read_request, reset, tcp_server
 
 TCP = TcpChecker()
 

@@ -1,4 +1,4 @@
-"""Tiny loopback servers for the checker tests (asyncio, inside the test process)."""
+"""Tiny loopback servers for the checker tests (asyncio, inside the test process); no tests of its own."""
 
 from __future__ import annotations
 
