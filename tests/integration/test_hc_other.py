@@ -45,11 +45,9 @@ async def test_udp_reply_unreachable_wrong_and_silent() -> None:
         assert not silent.ok and silent.reason.startswith("timeout")
         # no reply required: passes when no ICMP error comes back
         assert (await check("udp", Target("127.0.0.1", port), payload="ping", wait="50ms")).ok
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
+    # the ICMP error ends the check at once (a timeout would say "timeout after 30s")
     res = await check("udp", Target("127.0.0.1", udp_closed_port()), timeout=30.0, payload="ping", expect="pong")
     assert not res.ok and res.reason == "ICMP port unreachable"
-    assert loop.time() - t0 < 25.0  # failed fast, long before the timeout
 
 
 def dns_reply(data: bytes) -> bytes | None:
