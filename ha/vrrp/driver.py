@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from ha.vrrp.actions import (
     SendAdvert,
     StateChanged,
 )
-from ha.vrrp.io import AnnounceSocket, Received, VrrpSocket
+from ha.vrrp.io import Announcer, Received, VrrpSocket
 from ha.vrrp.vips import VipError, VipSet
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Authenticator(Protocol):
 
 class InstanceDriver:
     def __init__(self, settings: DriverSettings, machine: Machine, sock: VrrpSocket, vips: VipSet,
-                 announcer: AnnounceSocket | None, frames: Callable[[bytes], Sequence[bytes]],
+                 announcer: Announcer | None,
                  on_transition: Callable[[InstanceDriver, StateChanged], None] | None = None,
                  auth: Authenticator | None = None,
                  vip_worker: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
@@ -113,8 +113,7 @@ class InstanceDriver:
         self.machine = machine
         self.sock = sock
         self.vips = vips
-        self.announcer = announcer
-        self.frames = frames  # interface MAC -> the GARP / NA frames for our VIPs
+        self.announcer = announcer  # GARP / NA for every VIP, each on its own interface
         self.on_transition = on_transition
         self.auth = auth
         # pyroute2's sync API cannot run inside a running event loop: VIP changes go to one worker thread
@@ -346,15 +345,14 @@ class InstanceDriver:
         if self._vip_job is not None and not self._vip_job.done():
             with contextlib.suppress(Exception):  # announce an address only once it is on the interface
                 await asyncio.shield(self._vip_job)
-        if self.announcer.sock is None:
+        if not self.announcer.opened:
             self.announcer.open()
-        frames = list(self.frames(self.announcer.mac))
+        frames = 0
         for i in range(max(1, self.s.garp_count)):
             if i and self.s.garp_interval_s > 0:
                 await asyncio.sleep(self.s.garp_interval_s)
-            for f in frames:
-                self.announcer.send(f)
-        log.debug("instance=%s announced %d frames x%d (%s)", self.s.name, len(frames), self.s.garp_count, reason)
+            frames = self.announcer.send_round()
+        log.debug("instance=%s announced %d frames x%d (%s)", self.s.name, frames, self.s.garp_count, reason)
 
     def _changed(self, a: StateChanged) -> None:
         self.role = a.new

@@ -23,7 +23,7 @@ from typing import Any
 from ha.vrrp import announce
 from ha.vrrp.actions import Role, StateChanged
 from ha.vrrp.driver import Authenticator, DriverSettings, InstanceDriver
-from ha.vrrp.io import AnnounceSocket, VrrpSocket
+from ha.vrrp.io import Announcer, VrrpSocket
 from ha.vrrp.machine import OWNER_PRIORITY as OWNER
 from ha.vrrp.machine import Settings, Takeover, VrrpMachine
 from ha.vrrp.notify import Notification, Notifier, commands_for
@@ -314,7 +314,7 @@ class VrrpEngine:
         sock = VrrpSocket(spec.family, spec.interface, source=spec.unicast_source, peers=spec.unicast_peers)
         # on the netlink worker: pyroute2's sync API cannot run inside this (possibly running) loop
         self.vip_worker.submit(sock.open, vip_ips).result(30)
-        announcer = AnnounceSocket(spec.interface)
+        announcer = Announcer([(v.address.ip, v.interface) for v in spec.vips], announce.announcement_frame)
         announcer.open()
         msettings = Settings(
             vrid=spec.vrid, priority=spec.priority, version=spec.version, advert_interval_s=spec.advert_interval_s,
@@ -325,8 +325,7 @@ class VrrpEngine:
         machine = VrrpMachine(msettings)
         dsettings = DriverSettings(spec.name, spec.vrid, spec.version, spec.family, spec.advert_interval_s,
                                    advert_ips, spec.garp_count, spec.garp_interval_s, spec.password)
-        driver = InstanceDriver(dsettings, machine, sock, vips, announcer,
-                                lambda mac: announce.round_frames(vip_ips, mac), self._transition,
+        driver = InstanceDriver(dsettings, machine, sock, vips, announcer, self._transition,
                                 auth=spec.auth, vip_worker=self.vip_worker)
         tracker = self._tracker(spec, loop)
         return _Instance(spec, driver, machine, tracker)

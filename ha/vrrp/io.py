@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -323,3 +323,42 @@ class AnnounceSocket:
 
 def errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e.errno)) if e.errno else type(e).__name__
+
+
+
+class Announcer:
+    """Announcements for a set of VIPs, each sent on the interface the VIP lives on (a gateway VIP on the inside
+    network must be announced there, not on the VRRP interface), from that interface's MAC."""
+
+    def __init__(self, vips: Sequence[tuple[IPAddress, str]],
+                 frame: Callable[[IPAddress, bytes], bytes]) -> None:
+        self.vips = list(vips)
+        self.frame = frame
+        self.sockets = {ifname: AnnounceSocket(ifname) for _, ifname in self.vips}
+
+    @property
+    def opened(self) -> bool:
+        return all(s.sock is not None for s in self.sockets.values())
+
+    def open(self) -> None:
+        for s in self.sockets.values():
+            if s.sock is None:
+                s.open()
+
+    def send_round(self) -> int:
+        """One frame per VIP, in configuration order; returns how many were sent."""
+        sent = 0
+        for ip, ifname in self.vips:
+            sock = self.sockets[ifname]
+            if sock.sock is None:
+                sock.open()
+            sent += sock.send(self.frame(ip, sock.mac))
+        return sent
+
+    @property
+    def sent(self) -> int:
+        return sum(s.sent for s in self.sockets.values())
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            s.close()

@@ -110,7 +110,7 @@ def _driver() -> tuple[InstanceDriver, FakeLoop, FakeSocket, FakeVips]:
     loop, sock, vips = FakeLoop(), FakeSocket(), FakeVips()
     machine = VrrpMachine(Settings(vrid=51, priority=100, advert_interval_s=0.1, primary_address=ME))
     d = InstanceDriver(DriverSettings("VI_1", 51, 3, 4, 0.1, (VIP,)), machine, sock, vips,  # type: ignore[arg-type]
-                       None, lambda mac: [])
+                       None)
     d.start(loop)  # type: ignore[arg-type]
     return d, loop, sock, vips
 
