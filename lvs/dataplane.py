@@ -32,6 +32,7 @@ class Capabilities:
     stats: bool = True
     sync_daemon: bool = False
     timeouts: bool = False
+    sysctls: bool = True  # net.ipv4.vs.* settings (IPVS only)
     notes: tuple[str, ...] = ()  # plain words on what the backend lacks
 
 

@@ -80,6 +80,7 @@ CAPABILITIES = Capabilities(
     stats=True,
     sync_daemon=False,
     timeouts=False,
+    sysctls=False,
     notes=(
         *SCHEDULER_NOTES,
         "forwarding: nat only; dr and tun are unsupported",

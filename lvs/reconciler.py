@@ -176,6 +176,7 @@ class Reconciler:
         self._generation = 0
         self._force_generation = -1
         self._synced_generation = -1
+        self._warned_unsupported: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -221,6 +222,7 @@ class Reconciler:
         desired, generation = self.desired, self._generation
         if desired is None:
             return SyncResult(ok=True)
+        desired = self._within_capabilities(desired)
         try:
             actual = await self.dataplane.dump()
         except Exception as e:  # a backend error must never end the loop
@@ -278,6 +280,31 @@ class Reconciler:
         if p.ops:
             log.info("synced: %d ops, %d writes", len(p.ops), writes)
         return SyncResult(ok=True, plan=p, writes=writes)
+
+    def _within_capabilities(self, desired: State) -> State:
+        """Leave out the kernel-wide settings the backend cannot apply (nftables has no IPVS sysctls, timeouts or
+        sync daemon), saying so once, so that they never block programming the services."""
+        caps = self.dataplane.capabilities
+        unsupported = {
+            "sysctls": bool(desired.sysctls) and not caps.sysctls,
+            "timeouts": desired.timeouts is not None and not caps.timeouts,
+            "sync daemon": bool(desired.sync_daemons) and not caps.sync_daemon,
+        }
+        if not any(unsupported.values()):
+            return desired
+        state = desired.copy()
+        if unsupported["sysctls"]:
+            state.sysctls = {}
+        if unsupported["timeouts"]:
+            state.timeouts = None
+        if unsupported["sync daemon"]:
+            state.sync_daemons = frozenset()
+        for what, dropped in unsupported.items():
+            if dropped and what not in self._warned_unsupported:
+                self._warned_unsupported.add(what)
+                log.warning("the %s data plane has no %s: that part of the config is not applied",
+                            self.dataplane.name, what)
+        return state
 
     def _failed(self, now: float, error: str, *, backoff: bool = True, plan_: Plan | None = None,
                 writes: int = 0) -> SyncResult:

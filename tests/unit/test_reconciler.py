@@ -270,3 +270,30 @@ async def test_flush_removes_only_ours() -> None:
     await rec.sync()
     r = await rec.flush()
     assert r.ok and set(mem.state.services) == {FOREIGN} and rec.owned == frozenset()
+
+
+class NoSettingsDataplane(MemoryDataplane):
+    """A backend like nftables: services only, no IPVS sysctls, timeouts or sync daemon."""
+
+    @property
+    def capabilities(self):  # type: ignore[override]
+        from dataclasses import replace
+
+        return replace(super().capabilities, sysctls=False, timeouts=False, sync_daemon=False)
+
+
+async def test_settings_the_backend_lacks_are_left_out_not_fatal(caplog) -> None:
+    from lvs.model import SyncDaemon, Timeouts
+
+    rec, mem, _ = make(NoSettingsDataplane())
+    want = desired_two()
+    want.sysctls = {"net.ipv4.vs.sloppy_tcp": 1}
+    want.timeouts = Timeouts(900, 120, 300)
+    want.sync_daemons = frozenset({SyncDaemon("master", "eth1", 5)})
+    rec.set_desired(want)
+    r = await rec.sync()
+    assert r.ok and mem.state.services == want.services
+    assert mem.state.sysctls == {} and mem.state.timeouts is None and not mem.state.sync_daemons
+    assert sum("has no" in m for m in caplog.messages) == 3
+    assert (await rec.sync()).writes == 0
+    assert sum("has no" in m for m in caplog.messages) == 3  # said once, not on every sync
