@@ -32,11 +32,11 @@ if [[ $EUID -eq 0 ]] && have systemctl && systemctl is-active -q keepalived 2>/d
   systemctl stop keepalived || true
 fi
 
-if ! "$PY" -c 'import ha, pytest, pytest_asyncio, trustme, hypothesis, dns, prometheus_client, pyroute2, aiohttp, yaml' 2>/dev/null \
+if ! "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis, dns, prometheus_client, pyroute2, aiohttp, yaml' 2>/dev/null \
    || ! "$PY" -c 'import importlib.metadata as m; m.distribution("lvs-ha")' 2>/dev/null \
    || [[ pyproject.toml -nt .deps-stamp ]]; then
   echo "install-deps: pip install -e .[test]" >&2
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -vE '^(WARNING|DEPRECATION)' >&2 || true
-  "$PY" -c 'import ha, pytest, pytest_asyncio, trustme, hypothesis' || { echo "install-deps: pip install failed" >&2; exit 1; }
+  "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis' || { echo "install-deps: pip install failed" >&2; exit 1; }
   touch .deps-stamp
 fi
