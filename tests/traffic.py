@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 # -- server -----------------------------------------------------------------------------------------
 async def _serve(port: int, name: str, fail_file: str | None, hang_file: str | None, slow_file: str | None,
-                 host: str) -> None:
+                 host: str | None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             first = await reader.readline()
@@ -60,7 +60,7 @@ async def _serve(port: int, name: str, fail_file: str | None, hang_file: str | N
             writer.close()
 
     server = await asyncio.start_server(handle, host, port, reuse_address=True)
-    print(f"serving {name} on {host}:{port}", flush=True)
+    print(f"serving {name} on {host or '*'}:{port}", flush=True)
     async with server:
         await server.serve_forever()
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tests.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve")
-    p.add_argument("--host", default="::")
+    p.add_argument("--host", default=None, help="default: every address, IPv4 and IPv6")
     p.add_argument("--port", type=int, default=80)
     p.add_argument("--name", required=True)
     p.add_argument("--fail-file")

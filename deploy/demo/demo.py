@@ -83,7 +83,8 @@ services:
 
 
 class Demo:
-    def __init__(self, lab: Lab, workdir: Path, advert: str) -> None:
+    def __init__(self, lab: Lab, workdir: Path, advert: str, verbose: bool = False) -> None:
+        self.verbose = verbose
         self.lab = lab
         self.workdir = workdir
         self.advert = advert
@@ -104,7 +105,14 @@ class Demo:
         s = summarize(self.records, since=since, until=until)
         spread = ", ".join(f"{k} {v}" for k, v in sorted(s.by_rs.items()))
         gap = f"longest client-visible gap {s.longest_gap_s * 1000:.0f} ms" if s.gaps else "no client-visible gap"
-        return f"{s.total} requests, {s.failed} failed, {gap}; answered by: {spread or 'nobody'}"
+        text = f"{s.total} requests, {s.failed} failed, {gap}; answered by: {spread or 'nobody'}"
+        if self.verbose and s.failed:
+            errors: dict[str, int] = {}
+            for r in self.records:
+                if not r["ok"] and since <= float(r["t"]) <= (until or float("inf")):
+                    errors[str(r["err"])] = errors.get(str(r["err"]), 0) + 1
+            text += f"; errors: {errors}"
+        return text
 
     # -- building ---------------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -245,6 +253,7 @@ class Demo:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--advert", default="100ms", help="VRRP advert interval (default 100ms)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the client's errors in each step")
     a = ap.parse_args()
     try:
         lab = Lab("demo")
@@ -252,7 +261,7 @@ def main() -> int:
         print(f"demo: cannot build the lab here: {e}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="lvs-ha-demo."))
-    demo = Demo(lab, workdir, a.advert)
+    demo = Demo(lab, workdir, a.advert, a.verbose)
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
