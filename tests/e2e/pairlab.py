@@ -335,15 +335,27 @@ class PairLab:
         return p
 
     def keepalived_conf(self, name: str) -> str:
+        """The same VRRP layout as lvs-ha's config: one instance, or with ``gateway="instance"`` a second one on
+        eth1 joined by a sync group."""
         spec = self.spec
         prio = spec.priorities[0 if name == "dir1" else 1]
-        vips = f"        {VIP}/24 dev eth0\n"
-        if spec.forwarding == "nat":
-            vips += f"        {GATEWAY}/24 dev eth1\n"
-        return (f"global_defs {{\n    router_id {name}\n    vrrp_version 3\n    max_auto_priority -1\n}}\n"
-                f"vrrp_instance VI_FRONT {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 77\n"
-                f"    priority {prio}\n    advert_int {spec.advert_interval_s:g}\n"
-                f"    virtual_ipaddress {{\n{vips}    }}\n}}\n")
+
+        def instance(iname: str, ifname: str, vrid: int, vips: list[str]) -> str:
+            addrs = "".join(f"        {v}\n" for v in vips)  # each "ADDRESS/PLEN dev IFNAME"
+            return (f"vrrp_instance {iname} {{\n    state BACKUP\n    interface {ifname}\n"
+                    f"    virtual_router_id {vrid}\n    priority {prio}\n    advert_int {spec.advert_interval_s:g}\n"
+                    f"    virtual_ipaddress {{\n{addrs}    }}\n}}\n")
+
+        out = f"global_defs {{\n    router_id {name}\n    vrrp_version 3\n    max_auto_priority -1\n}}\n"
+        nat = spec.forwarding == "nat"
+        if nat and spec.gateway == "instance":
+            out += "vrrp_sync_group G_DIRECTOR {\n    group {\n        VI_FRONT\n        VI_BACK\n    }\n}\n"
+            out += instance("VI_FRONT", "eth0", 77, [f"{VIP}/24 dev eth0"])
+            out += instance("VI_BACK", "eth1", 78, [f"{GATEWAY}/24 dev eth1"])
+        else:
+            gateway = [f"{GATEWAY}/24 dev eth1"] if nat else []
+            out += instance("VI_FRONT", "eth0", 77, [f"{VIP}/24 dev eth0", *gateway])
+        return out
 
     def start_keepalived(self, name: str) -> subprocess.Popen[Any]:
         """keepalived (VRRP only) as this director; its data plane is programmed once with ``ha apply``."""
