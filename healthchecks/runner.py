@@ -1,9 +1,10 @@
 """Asyncio scheduling of health checks.
 
-One *probe* runs per distinct (checker type, spec, address, port, interval, timeout); every key (e.g. one
-service's realserver) that asks for the same probe shares it, and each key keeps its own hysteresis (rise, fall,
-initial state). The first run of a probe is spread uniformly over its interval, later runs are ``interval`` +/- a
-few per cent apart, so checks never synchronise. Every check gets a hard timeout, a global semaphore bounds the
+One *probe* runs per distinct (checker type, spec, address, port, interval, timeout, realserver identity); every
+key (e.g. one service's realserver) that asks for the same probe shares it, and each key keeps its own hysteresis
+(rise, fall, initial state). Each probe is one long-lived task. Its first run is spread uniformly over its interval,
+later runs are ``interval`` +/- a few per cent apart, so checks never synchronise. Every check gets a hard timeout
+(a sweeper cancels overdue checks every ``sweep_s``, 20 ms: no timer per check), a global semaphore bounds the
 checks in flight, and a check that starts more than ``late_after_s`` after its due time counts as late. A checker
 that raises or hangs produces a failed result; it never stops the other probes.
 
@@ -89,6 +90,7 @@ class _Probe:
     task: asyncio.Task[None] | None = None
     due: float = 0.0
     last_result: CheckResult | None = None
+    expired: bool = False  # set by the sweeper when it cancels the check for its timeout
 
 
 async def run_check(checker: Checker, target: Target, spec: Any, timeout_s: float) -> CheckResult:
@@ -111,7 +113,8 @@ async def run_check(checker: Checker, target: Target, spec: Any, timeout_s: floa
 
 class Runner:
     def __init__(self, registry: Any, concurrency: int = 1000, clock: Callable[[], float] | None = None,
-                 jitter: float = 0.05, late_after_s: float = 0.5, rng: random.Random | None = None) -> None:
+                 jitter: float = 0.05, late_after_s: float = 0.5, rng: random.Random | None = None,
+                 sweep_s: float = 0.02) -> None:
         self.registry = registry
         self.concurrency = concurrency
         self._clock = clock
@@ -125,6 +128,9 @@ class Runner:
         self._subscribers: list[ChangeCallback] = []
         self._result_subscribers: list[Callable[[Hashable, CheckResult], None]] = []
         self._sem: asyncio.Semaphore | None = None
+        self._inflight: dict[asyncio.Task[None], tuple[float, _Probe]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.sweep_s = sweep_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = RunnerStats()
 
@@ -219,6 +225,10 @@ class Runner:
     async def stop(self) -> None:
         """Cancel every probe and wait for them; close checkers that have ``aclose``. ``start`` may follow."""
         self._loop = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._inflight.clear()
         tasks = [p.task for p in self._probes.values() if p.task is not None and not p.task.done()]
         for probe in self._probes.values():
             self._cancel_probe(probe)
@@ -248,13 +258,7 @@ class Runner:
         assert sem is not None
         stats = self.stats
         jitter, rng = self.jitter, self._rng
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
+        inflight = self._inflight
         while self._loop is loop and self._probes.get(probe.pid) is probe:  # stopped or removed: end
             delay = probe.due - loop.time()
             if delay > 0:
@@ -266,25 +270,27 @@ class Runner:
                     stats.late += 1
                 if lateness > stats.max_lateness_s:
                     stats.max_lateness_s = lateness
-                # the hard timeout: like asyncio.timeout, with one timer handle and no context manager
+                # the hard timeout: the sweeper cancels the task (no timer handle per check)
                 t0 = loop.time()
-                expired = False
-                timer = loop.call_at(t0 + probe.timeout_s, expire)
+                probe.expired = False
+                inflight[task] = (t0 + probe.timeout_s, probe)
+                if self._sweeper is None:
+                    self._sweeper = loop.call_later(self.sweep_s, self._sweep)
                 try:
                     res = await probe.checker.check(probe.target, probe.spec, probe.timeout_s)
-                    if expired and task.uncancel() == 0:  # the checker swallowed the cancellation
+                    if probe.expired and task.uncancel() == 0:  # the checker swallowed the cancellation
                         res = CheckResult(False, f"timeout after {probe.timeout_s:g}s", loop.time() - t0)
                     elif not isinstance(res, CheckResult):
                         res = CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult",
                                           loop.time() - t0)
                 except asyncio.CancelledError:
-                    if not expired or task.uncancel() > 0:
+                    if not probe.expired or task.uncancel() > 0:
                         raise  # stopped or removed, not (only) timed out
                     res = CheckResult(False, f"timeout after {probe.timeout_s:g}s", loop.time() - t0)
                 except Exception as e:
                     res = CheckResult(False, f"checker error: {type(e).__name__}: {e}", loop.time() - t0)
                 finally:
-                    timer.cancel()
+                    inflight.pop(task, None)
             if not res.ok:
                 stats.failed += 1
                 if res.reason.startswith("timeout after"):
@@ -297,6 +303,21 @@ class Runner:
             self._deliver(probe, res)
             step = probe.interval_s * (1.0 + rng.uniform(-jitter, jitter))
             probe.due = max(probe.due + step, loop.time())
+
+    def _sweep(self) -> None:
+        """Cancel the checks past their deadline; runs every ``sweep_s`` while checks are in flight."""
+        self._sweeper = None
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        expired = [(task, probe) for task, (deadline, probe) in self._inflight.items() if deadline <= now]
+        for task, probe in expired:
+            del self._inflight[task]
+            probe.expired = True
+            task.cancel()
+        if self._inflight:
+            self._sweeper = loop.call_later(self.sweep_s, self._sweep)
 
     def _deliver(self, probe: _Probe, res: CheckResult) -> None:
         now = self.now()
