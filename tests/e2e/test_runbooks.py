@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.runbook_lab import ROOT, RunbookLab, parse_runbook
+from tests.e2e.runbook_lab import ROOT, Block, RunbookLab, parse_runbook
 from tests.lab import Lab
 
 RUNBOOKS = sorted((ROOT / "deploy" / "runbooks").glob("*.md"))
@@ -29,6 +29,55 @@ def test_every_runbook_is_present_and_executable() -> None:
             rb = parse_runbook(path)
             assert len(rb.blocks) >= 3, f"{path.name}: only {len(rb.blocks)} executable blocks"
             assert rb.blocks[0].host, path.name
+
+
+SAMPLE = """\
+<!-- lab-setup: bare -->
+Some text.
+```sh
+echo illustration only
+```
+<!-- lab-do: fail rs2 -->
+<!-- run: dir1 -->
+<!-- lab-replace: auto => nftables -->
+<!-- expect: ^mode nftables$ -->
+<!-- expect-not: auto -->
+<!-- exit: 1 -->
+<!-- retry: 5 -->
+```sh
+echo mode auto
+```
+"""
+
+
+def test_parser_reads_directives(tmp_path: Path) -> None:
+    f = tmp_path / "rb.md"
+    f.write_text(SAMPLE)
+    rb = parse_runbook(f)
+    assert rb.setup == "bare"
+    assert len(rb.blocks) == 1  # the unmarked block is only shown
+    b = rb.blocks[0]
+    assert (b.host, b.exit, b.retry_s, b.line) == ("dir1", 1, 5.0, 13)
+    assert b.actions == [("fail", "rs2")]
+    assert b.text == "echo mode auto" and b.command == "echo mode nftables"
+    assert RunbookLab.judge(b, 1, "mode nftables\n") == ""
+    assert "exit status 0" in RunbookLab.judge(b, 0, "mode nftables\n")
+    assert "does not match" in RunbookLab.judge(b, 1, "mode x\n")
+    assert "must not" in RunbookLab.judge(b, 1, "mode nftables\nauto\n")
+    assert Block(1, "x", "dir1", lab_cmd="y").command == "y"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<!-- expect: x -->\n```sh\nls\n```\n", "without `run:`"),
+    ("<!-- bogus: x -->\n", "unknown directive"),
+    ("<!-- run: dir1 -->\n```\nls\n```\n", "must be a ```sh block"),
+    ("<!-- lab-replace: a -> b -->\n", "OLD => NEW"),
+])
+def test_parser_rejects_mistakes(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "rb.md"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse_runbook(f)
 
 
 def _logs(workdir: Path) -> str:
