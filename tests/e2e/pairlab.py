@@ -79,6 +79,7 @@ class PairSpec:
     hold_s: float = 2.0  # handover.hold
     keepalived: str | None = None  # "dir1" or "dir2": that director runs keepalived instead of lvs-ha
     extra_services: list[dict[str, Any]] = field(default_factory=list)
+    probe_interval_s: float = 0.02  # the client's request interval (the VM is ~10 times slower: use more there)
 
     @property
     def rs_net(self) -> str:
@@ -157,11 +158,13 @@ class Probe:
 class Hold:
     """``tests.traffic hold``: long-lived echo connections; one JSON event per connection event."""
 
-    def __init__(self, lab: Lab, client: Host, host: str, port: int, conns: int, duration_s: float) -> None:
+    def __init__(self, lab: Lab, client: Host, host: str, port: int, conns: int, duration_s: float,
+                 period_s: float = 0.05) -> None:
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.proc = lab.spawn(client, [PY, "-m", "tests.traffic", "hold", "--host", host, "--port", str(port),
-                                       "--conns", str(conns), "--duration", str(duration_s)],
+                                       "--conns", str(conns), "--duration", str(duration_s),
+                                       "--period", str(period_s)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.conns = conns
         threading.Thread(target=self._read, daemon=True).start()
@@ -397,14 +400,13 @@ class PairLab:
         for name in DIRECTORS:
             self.hosts[name].run("nft", "delete table inet e2e_partition")
 
-    def probe(self, port: int | None = None, interval_s: float = 0.02, timeout_s: float = 1.0) -> Probe:
-        p = Probe(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, interval_s,
-                  timeout_s)
-        return p
+    def probe(self, port: int | None = None, interval_s: float | None = None, timeout_s: float = 1.0) -> Probe:
+        return Probe(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port,
+                     self.spec.probe_interval_s if interval_s is None else interval_s, timeout_s)
 
-    def hold(self, conns: int, duration_s: float, port: int | None = None) -> Hold:
+    def hold(self, conns: int, duration_s: float, port: int | None = None, period_s: float = 0.05) -> Hold:
         return Hold(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, conns,
-                    duration_s)
+                    duration_s, period_s)
 
     # -- observing --------------------------------------------------------------------------------------------------
     def api(self, name: str, method: str, url: str, body: dict[str, Any] | None = None) -> Any:

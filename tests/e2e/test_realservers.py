@@ -11,41 +11,13 @@ import time
 from collections.abc import Callable
 
 from tests.e2e.pairlab import PairLab, rs_address
+from tests.e2e.scenarios import ready as _ready
+from tests.e2e.scenarios import realserver_crash
 from tests.lab import wait_for
 
 
-def _ready(make_pair: Callable[..., PairLab], **kw: object) -> PairLab:
-    pair = make_pair(**kw).start()
-    pair.wait_master("dir1")
-    pair.wait_backup("dir2")
-    for rs in pair.rs_names:
-        pair.wait_health(rs, "up", ("dir1", "dir2"))
-        pair.wait_selection(rs, True, ("dir1", "dir2"))
-    return pair
-
-
 def test_realserver_crash(make_pair: Callable[..., PairLab]) -> None:
-    pair = _ready(make_pair)
-    probe = pair.probe()
-    t0 = probe.wait_ok_streak(30)
-    assert probe.summary(t0).by_rs.keys() == {"rs1", "rs2", "rs3"}, probe.describe(t0)
-    t_crash = time.time()
-    pair.kill_server("rs2")
-    t_out = pair.wait_selection("rs2", False, ("dir1", "dir2"))
-    probe.wait_answers(100, since=t_out)
-    t_back = time.time()
-    pair.start_server("rs2")
-    pair.wait_health("rs2", "up", ("dir1", "dir2"))
-    wait_for(lambda: probe.summary(t_back).by_rs.get("rs2", 0) >= 5, 20, 0.05, "rs2 to serve again")
-    probe.settle()
-    # during detection only the requests scheduled to rs2 fail (fast: connection refused), nothing else
-    detect = probe.failures(t_crash, t_out)
-    assert detect, probe.describe(t_crash, t_out)
-    assert {str(r["err"]) for r in detect} == {"ConnectionRefusedError 111"}, probe.describe(t_crash, t_out)
-    assert len(detect) <= probe.summary(t_crash, t_out).total // 2, probe.describe(t_crash, t_out)
-    # once rs2 is out: no failure at all, and rs2 gets nothing until it is back; its recovery costs nothing
-    assert probe.summary(t_out).failed == 0, probe.describe(t_out)
-    assert "rs2" not in probe.summary(t_out, t_back).by_rs
+    realserver_crash(_ready(make_pair))
 
 
 def test_realserver_hang(make_pair: Callable[..., PairLab]) -> None:
