@@ -16,7 +16,7 @@ Runbook markup (HTML comments, invisible when rendered), each applying to the ne
 
     <!-- run: dir1 -->          execute the block on this lab host (dir1, dir2, client, rs1..rs3)
     <!-- lab: CMD -->           run CMD instead of the block's text (for systemctl, apt, journalctl, ipvsadm)
-    <!-- lab-replace: A => B --> run the block with the text A replaced by B (e.g. dataplane: auto => nftables)
+    <!-- lab-replace: A => B --> run the block with the text A replaced by B (unused so far)
     <!-- expect: REGEX -->      the output (stdout + stderr) must match (re.search, multiline); may repeat
     <!-- expect-not: REGEX -->  the output must not match
     <!-- exit: N -->            expected exit status (default 0)
@@ -59,7 +59,7 @@ def lvs_ha_config(name: str, priority: int, version: int = 3, advert: str = "200
     return f"""\
 node:
   name: {name}
-  dataplane: nftables              # the lab kernel has no IPVS
+  dataplane: auto                  # nftables here: the lab kernel has no IPVS
 vrrp:
   instances:
     - name: VI_WEB
