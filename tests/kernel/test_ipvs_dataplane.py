@@ -231,3 +231,24 @@ def test_sockets_reject_unknown_sysctl_names() -> None:
         g.sysctl_path("net.ipv4.vs.../../../etc/passwd")
     with pytest.raises(ValueError):
         g.sysctl_path("net.core.somaxconn")
+
+
+async def test_pipelined_apply_reports_exactly_what_was_applied(raw_sock: g.IpvsSocket) -> None:
+    plane = IpvsDataplane(pipeline=8)
+    try:
+        svcs = [Service(tcp(f"10.9.6.{i}")) for i in range(1, 6)]
+        ops: list = [AddService(s) for s in svcs]
+        ops.insert(2, AddService(svcs[0]))  # a duplicate in the middle of the batch: EEXIST
+        ops.append(SetTimeouts(Timeouts(tcp_s=777)))  # not netlink-pipelined; never reached
+        report = await plane.apply(ops)
+        assert not report.ok and report.failed == AddService(svcs[0])
+        assert "EEXIST" in (report.error or "") and "3 later op(s)" in (report.error or "")
+        assert report.applied == [AddService(s) for s in svcs]  # the kernel went on after the failure
+        assert report.writes == 6
+        got = await plane.dump()
+        assert set(got.services) == {s.key for s in svcs}
+        assert got.timeouts is not None and got.timeouts.tcp_s != 777
+        ok = await plane.apply([AddDest(s.key, d("10.9.7.1")) for s in svcs] + [SetTimeouts(Timeouts(tcp_s=778))])
+        assert ok.ok and ok.writes == 6 and (await plane.dump()).timeouts.tcp_s == 778  # type: ignore[union-attr]
+    finally:
+        await plane.close()
