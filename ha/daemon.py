@@ -382,7 +382,12 @@ class DataplaneDriver:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.reconciler.stop()
+        try:
+            # a cancel that lands while the reconciler's wake event is set can be swallowed by asyncio.wait_for on
+            # Python 3.11 (its loop then runs on); waiting with a deadline cancels it once more, which ends it
+            await asyncio.wait_for(self.reconciler.stop(), 2.0)
+        except TimeoutError:
+            log.warning("the reconciler did not stop at the first cancel; cancelled again")
         if flush:
             log.info("node.flush_on_stop: removing the %d service(s) we own", len(self.reconciler.owned))
             self.reconciler.set_desired(State(), force=True)
@@ -592,6 +597,7 @@ class Daemon:
 
     def _sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.get_running_loop().create_task(self._reload_quietly("signal SIGHUP")))
 
     async def _reload_quietly(self, who: str) -> None:
@@ -680,7 +686,11 @@ class Daemon:
         self.overrides.prune(new)
         notes += await self._reload_vrrp(diff)
         applied: list[m.Op] = []
-        if self.lvs is not None:
+        if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
+            self.lvs = DataplaneDriver(new, self.counters)
+            await self.lvs.start(self._desired())
+            applied = list(self.lvs.reconciler.stats.last_plan.ops) if self.lvs.reconciler.stats.last_plan else []
+        elif self.lvs is not None:
             self.lvs.cfg = new
             applied = await self.lvs.sync_now(self._desired())
         self.counters.observe_reload(True, self.loaded_at)

@@ -90,6 +90,7 @@ async def test_weight_change_is_one_write_and_keeps_health_state(running: tuple[
     assert d.lvs is not None
     key = ("web", f"127.0.0.1:{h.port}")
     await until(lambda: all(v >= 2 for v in totals(d).values()))
+    await until(lambda: d.lvs is not None and d.lvs.reconciler.in_sync)  # the down realserver's removal is done
     before = totals(d)
     writes = d.lvs.dataplane.writes
     transitions = d.health.runner.status(key).transitions
@@ -156,3 +157,22 @@ async def test_removed_service_and_realserver_leave_the_kernel(running: tuple[Da
     assert keys == {"tcp/192.0.2.10:80"}
     doc = await d.status()
     assert [s["name"] for s in doc["services"]] == ["web"]
+
+
+async def test_a_node_without_services_gains_a_data_plane_on_reload(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    head = f"node: {{name: dir1, state_dir: {tmp_path}/state, dataplane: memory, api: {{socket: {tmp_path}/a.sock}}}}\n"
+    path.write_text(head)
+    cfg, _ = load(str(path))
+    d = Daemon(str(path), cfg, notifier=Notifier(env={}))
+    await d.start()
+    try:
+        assert d.lvs is None
+        path.write_text(head + "services:\n  - {name: web, vip: 192.0.2.10, port: 80, forwarding: nat, "
+                               "realservers: [{address: 10.0.0.1, port: 8080}]}\n")
+        res = await d.reload(False, "test")
+        assert d.lvs is not None
+        assert {str(k) for k in d.lvs.dataplane.state.services} == {"tcp/192.0.2.10:80"}
+        assert "kernel operations: 2" in res["plan"]
+    finally:
+        await d.stop()
