@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from ha.cmd_ctl import request
 from tests.lab import Host, Lab, wait_for
 from tests.vrrp_helpers import NET, VIP, has_vip
 
@@ -83,6 +85,14 @@ def test_two_directors_election_failover_and_stop(lab: Lab, tmp_path: Path) -> N
         assert svc["in_kernel"] is True and svc["realservers"][0]["weight"] == 3, d.name
     table = d1.cli("status").stdout
     assert any(line.startswith("VI_1") and "MASTER" in line for line in table.splitlines()), table
+
+    # metrics: the role, and the advert timer's lateness histogram fed by the engine
+    text = request(d1.sock, "GET", "/metrics", raw_text=True)
+    samples = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+               for fam in text_string_to_metric_families(text) for smp in fam.samples}
+    assert samples[("lvs_ha_vrrp_role", (("instance", "VI_1"), ("role", "MASTER"), ("vrid", "61")))] == 1
+    assert samples[("lvs_ha_vrrp_advert_timer_lateness_seconds_count", (("instance", "VI_1"), ("vrid", "61")))] > 0
+    assert samples[("lvs_ha_vrrp_adverts_sent_total", (("instance", "VI_1"), ("vrid", "61")))] > 0
 
     # a reload that changes only d2's priority: applied in place, no role change anywhere
     since1 = d1.status()["instances"][0]["since"]
