@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lvs-ha",
         description="VRRP failover, IPVS programming and realserver health checks for LVS director pairs.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_target(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """Like action="version", but looks the version up only when asked (the lookup costs tens of ms per start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

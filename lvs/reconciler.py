@@ -177,6 +177,7 @@ class Reconciler:
         self._force_generation = -1
         self._synced_generation = -1
         self._warned_unsupported: set[str] = set()
+        self._stopping = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -346,11 +347,14 @@ class Reconciler:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True
+            self._wake.set()
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
                 pass
+            self._stopping = False
 
     def _next_wakeup(self, now: float) -> float:
         due = (self._last_sync_at if self._last_sync_at is not None else now) + self.resync_interval_s
@@ -361,13 +365,18 @@ class Reconciler:
         return due
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             now = self.now()
             timeout = max(0.0, self._next_wakeup(now) - now)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that arrives while the
+            # event is already set, and stop() would then wait forever
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
+            if self._stopping:
+                return
             now = self.now()
             if self._last_sync_at is not None and now - self._last_sync_at < self.min_interval_s:
                 await asyncio.sleep(self.min_interval_s - (now - self._last_sync_at))  # coalesce a burst

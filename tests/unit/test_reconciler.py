@@ -297,3 +297,14 @@ async def test_settings_the_backend_lacks_are_left_out_not_fatal(caplog) -> None
     assert sum("has no" in m for m in caplog.messages) == 3
     assert (await rec.sync()).writes == 0
     assert sum("has no" in m for m in caplog.messages) == 3  # said once, not on every sync
+
+
+async def test_stop_returns_even_when_woken_at_the_same_moment() -> None:
+    for _ in range(50):
+        rec = Reconciler(MemoryDataplane(), MemoryOwnedStore())
+        rec.start()
+        await asyncio.sleep(0)
+        rec.set_desired(desired_two())  # the wake event is set as the cancel arrives
+        async with asyncio.timeout(5):
+            await rec.stop()
+        assert rec._task is None
