@@ -203,6 +203,21 @@ def parse_runbook(path: Path) -> Runbook:
 
 
 # -- the lab -----------------------------------------------------------------------------------------------------------
+def mount_namespace_unavailable(workdir: Path) -> str | None:
+    """Why the per-director mount namespaces cannot be made here (no unshare, no overlayfs), or None."""
+    stub = workdir / "probe-stub"
+    (stub / "lvs-ha-probe").mkdir(parents=True, exist_ok=True)
+    try:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount -t overlay probe -o lowerdir={shlex.quote(str(stub))}:/etc /etc && "
+                            "test -d /etc/lvs-ha-probe"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot run unshare: {e}"
+    if r.returncode != 0:
+        return f"cannot overlay /etc in a private mount namespace: {r.stderr.strip() or r.returncode}"
+    return None
+
+
 @dataclass
 class Outcome:
     ok: bool

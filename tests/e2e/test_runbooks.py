@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.runbook_lab import ROOT, Block, RunbookLab, parse_runbook
+from tests.e2e.runbook_lab import ROOT, Block, RunbookLab, mount_namespace_unavailable, parse_runbook
 from tests.lab import Lab
 
 RUNBOOKS = sorted((ROOT / "deploy" / "runbooks").glob("*.md"))
@@ -96,6 +96,9 @@ def test_runbook(lab: Lab, path: Path) -> None:
     rb = parse_runbook(path)
     with tempfile.TemporaryDirectory(prefix="lvs-ha-runbook.") as tmp:
         workdir = Path(tmp)
+        reason = mount_namespace_unavailable(workdir)
+        if reason:
+            pytest.skip(reason)
         rlab = RunbookLab(lab, workdir)
         try:
             rlab.build(rb.setup)
