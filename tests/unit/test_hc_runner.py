@@ -165,6 +165,10 @@ async def test_reload_keeps_schedule_and_state_of_unchanged_checks(reg: tuple[Re
         n = chk.calls.count("127.0.0.4")
         await until(lambda: chk.calls.count("127.0.0.5") >= 2)
         assert chk.calls.count("127.0.0.4") == n
+        # a new interval is a new probe, but the key keeps its health until the new probe says otherwise
+        runner.set_checks({"a": cs("127.0.0.2", interval=0.03), "b": cs("127.0.0.3", rise=3, fall=3)})
+        assert runner._probes.get(cs("127.0.0.2").probe_id) is None and runner.probe_count == 2
+        assert runner.state("a") is Health.DOWN
     finally:
         await runner.stop()
 
