@@ -22,7 +22,7 @@ def reset(writer: asyncio.StreamWriter) -> None:
 
 @contextlib.asynccontextmanager
 async def tcp_server(handler: Handler, host: str = "127.0.0.1",
-                     ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+                     ssl_ctx: ssl.SSLContext | None = None, port: int = 0) -> AsyncIterator[int]:
     tasks: set[asyncio.Task[None]] = set()
 
     async def wrapped(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -37,7 +37,7 @@ async def tcp_server(handler: Handler, host: str = "127.0.0.1",
             tasks.discard(t)
             w.close()
 
-    server = await asyncio.start_server(wrapped, host, 0, ssl=ssl_ctx)
+    server = await asyncio.start_server(wrapped, host, port, ssl=ssl_ctx)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

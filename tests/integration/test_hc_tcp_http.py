@@ -247,3 +247,42 @@ async def test_many_concurrent_checks_with_reused_descriptors() -> None:
             results = await asyncio.gather(*(tcp(port if i % 2 else dead) for i in range(300)))
             assert [r.ok for r in results] == [bool(i % 2) for i in range(300)]
             assert {r.reason for r in results} == {"connected", "connection refused"}
+
+
+async def test_runner_takes_a_failed_server_out_and_puts_it_back() -> None:
+    from healthchecks.hysteresis import Health
+    from healthchecks.registry import default_registry
+    from healthchecks.runner import CheckSpec, Runner
+
+    reg = default_registry()
+    runner = Runner(reg)
+    changes: list[tuple[str, Health]] = []
+    runner.subscribe(lambda k, o, n, r: changes.append((r.reason, n)))
+    loop = asyncio.get_running_loop()
+
+    async def until(cond: Any) -> None:
+        deadline = loop.time() + 15
+        while not cond():
+            assert loop.time() < deadline, changes
+            await asyncio.sleep(0.01)
+
+    async with tcp_server(http_app, "127.0.0.9") as port:
+        spec = reg.get("http").parse_spec({"path": "/ok"})
+        runner.set_checks({"rs": CheckSpec("http", spec, Target("127.0.0.9", port, f"127.0.0.9:{port}"), 0.05, 1.0,
+                                           rise=2, fall=2, initial_state=Health.DOWN)})
+        await runner.start()
+        try:
+            await until(lambda: runner.state("rs") is Health.UP)
+        except BaseException:
+            await runner.stop()
+            raise
+    try:
+        await until(lambda: runner.state("rs") is Health.DOWN)
+        async with tcp_server(http_app, "127.0.0.9", port=port):
+            await until(lambda: runner.state("rs") is Health.UP)
+    finally:
+        await runner.stop()
+    assert [n for _, n in changes] == [Health.UP, Health.DOWN, Health.UP]
+    assert changes[1][0] == "connection refused"
+    st = runner.status("rs")
+    assert st.transitions == 3 and st.last_failure_s is not None and st.last_success_s is not None
