@@ -23,3 +23,4 @@ def make_pair(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., PairLab]]:
     yield make
     for pair in made:
         print(pair.logs())
+        pair.kill_all()

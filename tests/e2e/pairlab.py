@@ -408,6 +408,11 @@ class PairLab:
         return Hold(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, conns,
                     duration_s, period_s)
 
+    def kill_all(self) -> None:
+        """End of test: SIGKILL the directors and servers at once (an orderly stop would wait for its peer)."""
+        for p in [*self.daemons.values(), *(p for ps in self.servers.values() for p in ps)]:
+            self.lab.stop(p, signal.SIGKILL)
+
     # -- observing --------------------------------------------------------------------------------------------------
     def api(self, name: str, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         return request(self.socket(name), method, url, body, timeout=10.0)

@@ -44,12 +44,12 @@ def test_planned_failover_loses_nothing(make_pair: Callable[..., PairLab]) -> No
     assert doc.get("instances"), doc
     pair.wait_master("dir2")
     pair.wait_backup("dir1")
-    probe.wait_answers(100, since=time.time())
+    probe.wait_answers(50, since=time.time())
     t1 = time.time()
     doc = pair.api("dir2", "POST", "/v1/failover", {})  # and back
     pair.wait_master("dir1")
     pair.wait_backup("dir2")
-    probe.wait_answers(100, since=time.time())
+    probe.wait_answers(50, since=time.time())
     probe.settle()
     s = probe.summary(t0)
     assert s.failed == 0, probe.describe(t0)
@@ -63,7 +63,7 @@ def test_orderly_stop_loses_nothing(make_pair: Callable[..., PairLab]) -> None:
     assert pair.stop_director("dir1", signal.SIGTERM) == 0
     pair.wait_master("dir2")
     assert not pair.holds_vip("dir1")
-    probe.wait_answers(100, since=time.time())
+    probe.wait_answers(50, since=time.time())
     probe.settle()
     assert probe.summary(t0).failed == 0, probe.describe(t0)
 
@@ -170,7 +170,7 @@ def test_partition_and_heal(make_pair: Callable[..., PairLab]) -> None:
     pair.wait_backup("dir2")
     assert pair.is_master("dir1") and pair.holds_vip("dir1")
     t_back = probe.wait_ok_streak(50, timeout=60)
-    probe.wait_answers(100, since=t_back)
+    probe.wait_answers(50, since=t_back)
     probe.settle()
     assert probe.summary(t0, t_heal).failed <= UNPLANNED_MAX_FAILED, probe.describe(t0, t_heal)
     assert probe.summary(t_ok, t_heal).failed == 0, probe.describe(t_ok, t_heal)
@@ -179,10 +179,9 @@ def test_partition_and_heal(make_pair: Callable[..., PairLab]) -> None:
     assert set(probe.summary(t_back).by_rs) == {"rs1", "rs2", "rs3"}
 
 
-@pytest.mark.parametrize("how", ["api", "sighup"])
-def test_reload_adds_and_removes_a_service(make_pair: Callable[..., PairLab], how: str) -> None:
-    """Under traffic on port 80, a reload adds a service on port 8080, another removes it: port 80 loses nothing,
-    8080 answers once added and is refused once removed."""
+def test_reload_adds_and_removes_a_service(make_pair: Callable[..., PairLab]) -> None:
+    """Under traffic on port 80, a reload (``python -m ha reload --socket S``) adds a service on port 8080, another
+    (SIGHUP) removes it: port 80 loses nothing, 8080 answers once added and is refused once removed."""
     pair = _ready(make_pair)
     for rs in pair.rs_names:
         pair.start_server(rs, 8080)
@@ -190,7 +189,7 @@ def test_reload_adds_and_removes_a_service(make_pair: Callable[..., PairLab], ho
     t0 = probe.wait_ok_streak(30)
     extra = pair.service("web8080", 8080)
     for d in ("dir1", "dir2"):
-        pair.reload(d, pair.director_config(d, [*pair.services(), extra]), how)
+        pair.reload(d, pair.director_config(d, [*pair.services(), extra]), "api")
     wait_for(lambda: all((pair.service_status(d, "web8080") or {}).get("in_kernel") for d in ("dir1", "dir2")),
              30, 0.05, "web8080 programmed\n" + pair.logs())
     probe2 = pair.probe(port=8080)
@@ -198,7 +197,7 @@ def test_reload_adds_and_removes_a_service(make_pair: Callable[..., PairLab], ho
     assert set(probe2.summary(t_add).by_rs) == {"rs1-8080", "rs2-8080", "rs3-8080"}, probe2.describe(t_add)
     probe2.stop()
     for d in ("dir1", "dir2"):
-        pair.reload(d, pair.director_config(d, pair.services()), how)
+        pair.reload(d, pair.director_config(d, pair.services()), "sighup")
     wait_for(lambda: all(pair.status(d) and pair.service_status(d, "web8080") is None for d in ("dir1", "dir2")),
              30, 0.05, "web8080 removed\n" + pair.logs())
     probe3 = pair.probe(port=8080, timeout_s=0.5)
@@ -210,3 +209,19 @@ def test_reload_adds_and_removes_a_service(make_pair: Callable[..., PairLab], ho
     assert probe.summary(t0).failed == 0, probe.describe(t0)
     for d in ("dir1", "dir2"):
         assert (pair.status(d) or {})["config"]["last_reload_error"] is None
+
+
+@pytest.mark.xfail(strict=False, reason="known bug being fixed: gratuitous ARPs for a VIP with its own `interface:` "
+                   "go out on the instance's interface, so the realservers keep the old master as their gateway")
+def test_planned_failover_gateway_vip_on_its_own_interface(make_pair: Callable[..., PairLab]) -> None:
+    """The NAT gateway as a VIP of the front instance with ``interface: eth1`` (one instance, no sync group): a
+    planned failover must cost nothing either; that needs the gateway's announcement on eth1."""
+    pair = _ready(make_pair, gateway="vip")
+    probe = pair.probe(timeout_s=PATIENT_S)
+    t0 = probe.wait_ok_streak(30)
+    pair.api("dir1", "POST", "/v1/failover", {})
+    pair.wait_master("dir2")
+    assert pair.holds_vip("dir2", "10.77.0.1")
+    probe.wait_answers(50, since=time.time())
+    probe.settle()
+    assert probe.summary(t0).failed == 0, probe.describe(t0)

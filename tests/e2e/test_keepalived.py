@@ -23,6 +23,7 @@ def _log(pair: PairLab, name: str) -> str:
     return (pair.workdir / name / "daemon.log").read_text(errors="replace")
 
 
+@pytest.mark.slow
 def test_lvsha_master_keepalived_backup(make_pair: Callable[..., PairLab]) -> None:
     pair = make_pair(keepalived="dir2")
     pair.start("dir1")
@@ -30,7 +31,7 @@ def test_lvsha_master_keepalived_backup(make_pair: Callable[..., PairLab]) -> No
     pair.start("dir2")
     wait_for(lambda: _log(pair, "dir2").count("Entering BACKUP STATE") >= 2, 20, 0.05,
              "keepalived BACKUP\n" + _log(pair, "dir2")[-2000:])
-    probe = pair.probe(timeout_s=3.0)
+    probe = pair.probe()
     t0 = probe.wait_ok_streak(50)
     # keepalived accepts our adverts for both instances: it stays backup, and the client loses nothing
     probe.wait_answers(100, since=time.time())
@@ -50,6 +51,7 @@ def test_lvsha_master_keepalived_backup(make_pair: Callable[..., PairLab]) -> No
     assert set(probe.summary(t_ok).by_rs) == {"rs1", "rs2", "rs3"}
 
 
+@pytest.mark.slow
 def test_keepalived_master_lvsha_backup(make_pair: Callable[..., PairLab]) -> None:
     pair = make_pair(keepalived="dir1")
     pair.start("dir1")
@@ -61,7 +63,7 @@ def test_keepalived_master_lvsha_backup(make_pair: Callable[..., PairLab]) -> No
         pair.wait_selection(rs, True, ("dir2",))
     st = pair.status("dir2") or {}
     assert all(str(i["master"]).startswith(("192.168.77.11", "10.77.0.11")) for i in st["instances"]), st
-    probe = pair.probe(timeout_s=3.0)
+    probe = pair.probe()
     t0 = probe.wait_ok_streak(50)
     probe.wait_answers(100, since=time.time())
     assert pair.is_backup("dir2")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.e2e.pairlab import PairLab, rs_address
 from tests.e2e.scenarios import ready as _ready
 from tests.e2e.scenarios import realserver_crash
@@ -41,6 +43,7 @@ def test_realserver_hang(make_pair: Callable[..., PairLab]) -> None:
     assert "rs2" not in probe.summary(t_out, t_back).by_rs, probe.describe(t_out, t_back)
 
 
+@pytest.mark.slow
 def test_realserver_slow(make_pair: Callable[..., PairLab]) -> None:
     """A realserver that answers in 2 s: its check (250 ms timeout) fails, it leaves the pool; a patient client
     (3 s timeout) loses nothing, and after it left no request is slow."""
@@ -79,6 +82,7 @@ def _toggle(pair: PairLab, rs: str, on_s: float, off_s: float, times: int, start
     return seen
 
 
+@pytest.mark.slow
 def test_flapping_check_is_held_by_rise_and_fall(make_pair: Callable[..., PairLab]) -> None:
     """rise 3 / fall 3 with a 300 ms interval: single failed checks keep an up realserver in the pool, and single
     passed checks keep a down one out of it."""
@@ -88,12 +92,12 @@ def test_flapping_check_is_held_by_rise_and_fall(make_pair: Callable[..., PairLa
     probe = pair.probe()
     probe.wait_ok_streak(30)
     t1 = time.time()
-    seen = _toggle(pair, "rs2", on_s=0.25, off_s=1.2, times=4, start_on=True)  # short failures
+    seen = _toggle(pair, "rs2", on_s=0.25, off_s=1.2, times=3, start_on=True)  # short failures
     assert set(seen) == {"up"}, seen
     assert probe.summary(t1).by_rs.get("rs2", 0) > 0
     pair.flag("rs2", "fail").touch()
     t_out = pair.wait_selection("rs2", False, ("dir1", "dir2"))
-    seen = _toggle(pair, "rs2", on_s=1.2, off_s=0.25, times=4, start_on=True)  # short recoveries
+    seen = _toggle(pair, "rs2", on_s=1.2, off_s=0.25, times=3, start_on=True)  # short recoveries
     t_end = time.time()
     assert set(seen) == {"down"}, seen
     probe.settle()
