@@ -29,6 +29,7 @@ from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics, MetricsSources
 from ha.reload import Change, ReloadDiff, diff_configs, effective_check, format_plan
 from ha.sdnotify import Notifier
 from ha.status import InstanceView, KernelView, LastCheck, RsHealth, ServiceInfo, build_status, kernel_view
+from ha.vrrp.driver import malformed_count
 from lvs import model as m
 from lvs.model import State
 
@@ -451,7 +452,7 @@ class Vrrp:
             out.append(InstanceMetrics(str(i["name"]), int(i.get("vrid") or 0), str(i["role"]),
                                        int(i.get("effective_priority", i["priority"])), int(c.get("transitions", 0)),
                                        int(c.get("adverts_sent", 0)), int(c.get("adverts_received", 0)),
-                                       int(sum(errors.values())) if isinstance(errors, dict) else 0, hist))
+                                       malformed_count(errors) if isinstance(errors, dict) else 0, hist))
         return out
 
 

@@ -103,6 +103,16 @@ class Authenticator(Protocol):
     def check(self, payload: bytes, src: IPAddress, dst: IPAddress) -> bytes: ...
 
 
+# Driver counters that are not malformed or rejected packets: adverts of other virtual routers on the segment
+# (normal) and our own failures to act (they are errors, but not the peer's).
+NOT_MALFORMED = frozenset({"other_vrid", "action_failed", "send_failed", "vip_acquire", "vip_release"})
+
+
+def malformed_count(errors: dict[str, int]) -> int:
+    """How many received packets were dropped as malformed or rejected (bad checksum/length/version/auth...)."""
+    return sum(n for kind, n in errors.items() if kind not in NOT_MALFORMED)
+
+
 class InstanceDriver:
     def __init__(self, settings: DriverSettings, machine: Machine, sock: VrrpSocket, vips: VipSet,
                  announcer: Announcer | None,

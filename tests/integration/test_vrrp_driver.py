@@ -174,3 +174,10 @@ def test_shutdown_as_master_resigns_with_priority_zero_then_releases() -> None:
     _fire(loop)  # release margin passes
     assert d.stopped
     assert vips.calls == ["acquire", "release"]
+
+
+def test_malformed_count_leaves_out_other_routers_and_local_failures() -> None:
+    from ha.vrrp.driver import malformed_count
+
+    errors = {"other_vrid": 40, "send_failed": 2, "vip_acquire": 1, "bad_checksum": 3, "bad_auth": 1, "bad_ttl": 2}
+    assert malformed_count(errors) == 6
