@@ -55,6 +55,9 @@ CLIENT = f"{FRONT}.50"
 GATEWAY = f"{BACK}.1"
 SORRY_ADDR = f"{BACK}.29"
 DIRECTORS = {"dir1": 11, "dir2": 12}
+FRONT6, BACK6 = "fd77:", "fd78:"  # with PairSpec.ipv6 (NAT): fd77::/64 in front, fd78::/64 behind
+VIP6 = f"{FRONT6}:100"
+GATEWAY6 = f"{BACK6}:1"
 
 
 @dataclass
@@ -79,6 +82,7 @@ class PairSpec:
     hold_s: float = 2.0  # handover.hold
     keepalived: str | None = None  # "dir1" or "dir2": that director runs keepalived instead of lvs-ha
     extra_services: list[dict[str, Any]] = field(default_factory=list)
+    ipv6: bool = False  # NAT only: IPv6 too (VIPs of both families in each instance, a service "web6" on VIP6)
     probe_interval_s: float = 0.02  # the client's request interval (the VM is ~10 times slower: use more there)
 
     @property
@@ -86,8 +90,21 @@ class PairSpec:
         return FRONT if self.forwarding == "dr" else BACK
 
 
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:  # plain YAML, no anchors, however the dicts are shared
+        return True
+
+
+def dump_yaml(doc: dict[str, Any]) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False)
+
+
 def rs_address(spec: PairSpec, i: int) -> str:
     return f"{spec.rs_net}.{20 + i}"
+
+
+def rs_address6(i: int) -> str:
+    return f"{BACK6}:{20 + i}"
 
 
 class Probe:
@@ -213,20 +230,28 @@ class PairLab:
         lab, spec = self.lab, self.spec
         fwd = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"]
         nat = spec.forwarding == "nat"
-        self.hosts["client"] = lab.host("client", [f"{CLIENT}/24"], bridge="front")
+        v6 = spec.ipv6 and nat
+        if v6:
+            fwd.append("net.ipv6.conf.all.forwarding=1")
+        self.hosts["client"] = lab.host("client", [f"{CLIENT}/24"] + ([f"{FRONT6}:50/64"] if v6 else []),
+                                        bridge="front")
         for name, octet in DIRECTORS.items():
-            h = lab.host(name, [f"{FRONT}.{octet}/24"], bridge="front", sysctls=fwd)
+            h = lab.host(name, [f"{FRONT}.{octet}/24"] + ([f"{FRONT6}:{octet}/64"] if v6 else []), bridge="front",
+                         sysctls=fwd)
             if nat:
-                lab.attach(h, [f"{BACK}.{octet}/24"], ifname="eth1", bridge="back")
+                lab.attach(h, [f"{BACK}.{octet}/24"] + ([f"{BACK6}:{octet}/64"] if v6 else []), ifname="eth1",
+                           bridge="back")
             self.hosts[name] = h
             (self.workdir / name / "state").mkdir(parents=True, exist_ok=True)
-        rs_hosts = [(n, rs_address(spec, i)) for i, n in enumerate(self.rs_names, 1)]
+        rs_hosts = [(n, rs_address(spec, i), rs_address6(i)) for i, n in enumerate(self.rs_names, 1)]
         if spec.sorry_server:
-            rs_hosts.append(("sorry", SORRY_ADDR))
-        for name, addr in rs_hosts:
+            rs_hosts.append(("sorry", SORRY_ADDR, f"{BACK6}:29"))
+        for name, addr, addr6 in rs_hosts:
             if nat:
-                h = lab.host(name, [f"{addr}/24"], bridge="back")
+                h = lab.host(name, [f"{addr}/24"] + ([f"{addr6}/64"] if v6 else []), bridge="back")
                 h.ip("route", "add", "default", "via", GATEWAY)
+                if v6:
+                    h.ip("-6", "route", "add", "default", "via", GATEWAY6)
             else:
                 h = lab.host(name, [f"{addr}/24"], bridge="front",
                              sysctls=["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])
@@ -234,7 +259,7 @@ class PairLab:
             self.hosts[name] = h
             self.start_server(name)
         for name in DIRECTORS:
-            self.config_path(name).write_text(yaml.safe_dump(self.director_config(name), sort_keys=False))
+            self.config_path(name).write_text(dump_yaml(self.director_config(name)))
         return self
 
     def config_path(self, name: str) -> Path:
@@ -254,11 +279,16 @@ class PairLab:
         instances = [front]
         vrrp: dict[str, Any] = {"instances": instances}
         if spec.forwarding == "nat":
+            v6 = spec.ipv6
+            if v6:
+                front["vips"].append(f"{VIP6}/64")
             if spec.gateway == "vip":
                 front["vips"].append({"address": f"{GATEWAY}/24", "interface": "eth1"})
+                if v6:
+                    front["vips"].append({"address": f"{GATEWAY6}/64", "interface": "eth1"})
             else:
                 instances.append({**front, "name": "VI_BACK", "interface": "eth1", "vrid": 78,
-                                  "vips": [f"{GATEWAY}/24"]})
+                                  "vips": [f"{GATEWAY}/24"] + ([f"{GATEWAY6}/64"] if v6 else [])})
                 vrrp["sync_groups"] = [{"name": "G_DIRECTOR", "instances": ["VI_FRONT", "VI_BACK"]}]
         doc: dict[str, Any] = {
             "node": {"name": name, "state_dir": str(self.workdir / name / "state"), "dataplane": spec.dataplane,
@@ -291,11 +321,19 @@ class PairLab:
         return svc
 
     def services(self) -> list[dict[str, Any]]:
-        return [self.service("web", self.spec.port), *self.spec.extra_services]
+        out = [self.service("web", self.spec.port)]
+        if self.spec.ipv6 and self.spec.forwarding == "nat":
+            svc = self.service("web6", self.spec.port)
+            svc["vip"] = VIP6
+            svc["realservers"] = [{"address": rs_address6(i), "port": self.spec.port, "weight": 1}
+                                  for i in range(1, self.spec.realservers + 1)]
+            svc.pop("sorry_server", None)
+            out.append(svc)
+        return [*out, *self.spec.extra_services]
 
     def write_config(self, name: str, doc: dict[str, Any]) -> None:
         tmp = self.config_path(name).with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        tmp.write_text(dump_yaml(doc))
         tmp.replace(self.config_path(name))
 
     # -- processes ------------------------------------------------------------------------------------------------
@@ -400,8 +438,9 @@ class PairLab:
         for name in DIRECTORS:
             self.hosts[name].run("nft", "delete table inet e2e_partition")
 
-    def probe(self, port: int | None = None, interval_s: float | None = None, timeout_s: float = 1.0) -> Probe:
-        return Probe(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port,
+    def probe(self, port: int | None = None, interval_s: float | None = None, timeout_s: float = 1.0,
+              vip: str = VIP) -> Probe:
+        return Probe(self.lab, self.hosts["client"], vip, self.spec.port if port is None else port,
                      self.spec.probe_interval_s if interval_s is None else interval_s, timeout_s)
 
     def hold(self, conns: int, duration_s: float, port: int | None = None, period_s: float = 0.05) -> Hold:
@@ -437,7 +476,7 @@ class PairLab:
         return bool(roles) and all(r == "BACKUP" for r in roles)
 
     def holds_vip(self, name: str, vip: str = VIP) -> bool:
-        r = self.hosts[name].ip("-br", "-4", "addr", "show", check=False)
+        r = self.hosts[name].ip("-br", "-6" if ":" in vip else "-4", "addr", "show", check=False)
         return any(tok.split("/")[0] == vip for tok in r.stdout.split())
 
     def wait_master(self, name: str, timeout: float = 30.0) -> None:
