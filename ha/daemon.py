@@ -147,48 +147,6 @@ class Overrides:
         os.replace(tmp, self.path)
 
 
-class _TimedChecker:
-    """Wraps a checker to count every result and its latency (the runner reports only state changes)."""
-
-    def __init__(self, inner: Any, counters: DaemonMetrics) -> None:
-        self.inner = inner
-        self.name = getattr(inner, "name", "?")
-        self.counters = counters
-
-    def parse_spec(self, raw: Any) -> Any:
-        return self.inner.parse_spec(raw)
-
-    async def check(self, target: Any, spec: Any, timeout_s: float) -> Any:
-        t0 = time.monotonic()
-        try:
-            res = await self.inner.check(target, spec, timeout_s)
-        except BaseException:
-            self.counters.observe_check(target.service, target.realserver, False, time.monotonic() - t0)
-            raise
-        self.counters.observe_check(target.service, target.realserver, bool(res.ok), float(res.latency_s))
-        return res
-
-    async def aclose(self) -> None:
-        aclose = getattr(self.inner, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-class _TimedRegistry:
-    def __init__(self, inner: Any, counters: DaemonMetrics) -> None:
-        self.inner = inner
-        self.counters = counters
-        self._wrapped: dict[str, _TimedChecker] = {}
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.inner
-
-    def get(self, name: str) -> _TimedChecker:
-        if name not in self._wrapped:
-            self._wrapped[name] = _TimedChecker(self.inner.get(name), counters=self.counters)
-        return self._wrapped[name]
-
-
 HealthKey = tuple[str, str]  # (service name, realserver ident)
 
 
@@ -199,11 +157,14 @@ class Health:
         from healthchecks.registry import default_registry
         from healthchecks.runner import Runner
 
-        self.runner = Runner(_TimedRegistry(default_registry(), counters))
+        self.runner = Runner(default_registry())
         self.unchecked: set[HealthKey] = set()
         self._unchecked_views: dict[HealthKey, RsHealth] = {}
         self._on_change = on_change
         self.runner.subscribe(self._changed)
+        # every result (a shared probe reports to each service it serves), timeouts and crashes included
+        self.runner.subscribe_results(
+            lambda key, res: counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s)))
 
     def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
         self._on_change(key, old.value, new.value, result.reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -173,3 +174,37 @@ def test_sync_daemon_follows_the_instance_role(tmp_path: Path) -> None:
     d._role_changed({"instance": "VI_OTHER", "old": "BACKUP", "new": "MASTER", "reason": "test"})
     assert [{sd.state for sd in st.sync_daemons} for st in rec.states] == [{"master"}, {"backup"}]
     assert {sd.sync_id for st in rec.states for sd in st.sync_daemons} == {7}
+
+
+async def test_a_shared_check_counts_for_every_service_it_serves() -> None:
+    import socket as socketlib
+
+    from ha.config import parse_config_text
+    from ha.daemon import Health
+    from ha.metrics import DaemonMetrics
+
+    listener = socketlib.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    text = f"""
+node: {{name: t}}
+checks:
+  alive: {{type: tcp, interval: 50ms, timeout: 40ms, rise: 1, fall: 1}}
+services:
+  - {{name: a, vip: 192.0.2.1, port: {port}, check: alive, realservers: [{{address: 127.0.0.1}}]}}
+  - {{name: b, vip: 192.0.2.2, port: {port}, check: alive, realservers: [{{address: 127.0.0.1}}]}}
+"""
+    cfg_, _ = parse_config_text(text)
+    counters = DaemonMetrics()
+    health = Health(counters, lambda *a: None)
+    health.configure(cfg_)
+    await health.start()
+    try:
+        async with asyncio.timeout(10):
+            while not all(counters.check_results.get((s, f"127.0.0.1:{port}", "success"), 0) >= 2 for s in "ab"):
+                await asyncio.sleep(0.02)
+    finally:
+        await health.stop()
+        listener.close()
+    assert set(counters.check_latency) == {"a", "b"}
