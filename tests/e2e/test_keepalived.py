@@ -61,8 +61,10 @@ def test_keepalived_master_lvsha_backup(make_pair: Callable[..., PairLab]) -> No
     pair.wait_backup("dir2")
     for rs in pair.rs_names:
         pair.wait_selection(rs, True, ("dir2",))
-    st = pair.status("dir2") or {}
-    assert all(str(i["master"]).startswith(("192.168.77.11", "10.77.0.11")) for i in st["instances"]), st
+    # BACKUP is also where it starts: wait until it has heard keepalived on both instances
+    wait_for(lambda: all(str(i["master"]).startswith(("192.168.77.11", "10.77.0.11"))
+                         for i in (pair.status("dir2") or {}).get("instances", [{"master": None}])), 20, 0.05,
+             "lvs-ha to hear keepalived as master of both instances")
     probe = pair.probe()
     t0 = probe.wait_ok_streak(50)
     probe.wait_answers(100, since=time.time())
