@@ -46,6 +46,8 @@ def test_ipvs_dr_mh_established_flows_survive_failovers(make_pair: Callable[...,
     t_ok = probe.wait_ok_streak(20)
     done, broken = hold.wait_finished(timeout=90)
     probe.settle()
+    print("figures: DR flows:", {e["conn"]: (e["rs"], e["pings"]) for e in done}, "broken", len(broken),
+          "/ client:", probe.describe(t0))
     # every established flow continued through both failovers, on the realserver it started on
     assert not broken, broken
     assert len(done) == CONNS, done
