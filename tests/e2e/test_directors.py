@@ -255,8 +255,8 @@ def test_dual_stack_planned_failover(make_pair: Callable[..., PairLab]) -> None:
     """IPv4 and IPv6 VIPs in the same instances (front and gateway), a service on each family: a planned failover
     (and back) costs either client no more than the requests in flight."""
     pair = _ready(make_pair, ipv6=True)
-    for d in ("dir1", "dir2"):
-        wait_for(lambda d=d: (pair.service_status(d, "web6") or {}).get("in_kernel"), 30, 0.05, f"web6 on {d}")
+    wait_for(lambda: all((pair.service_status(d, "web6") or {}).get("in_kernel") for d in ("dir1", "dir2")), 30,
+             0.05, "web6 programmed on both directors")
     probe4 = pair.probe(timeout_s=PATIENT_S)
     probe6 = pair.probe(timeout_s=PATIENT_S, vip=VIP6)
     t0 = max(probe4.wait_ok_streak(30), probe6.wait_ok_streak(30))
