@@ -58,7 +58,7 @@ async def probe_config(config: Config, registry: Any, service: str | None = None
         if service is not None and svc.name != service:
             continue
         for rs in svc.realservers:
-            check = rs.check if rs.check is not None else svc.check
+            check = rs.check
             if check is None:
                 plan.append((svc, rs, None, None, None))
                 continue

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ha.api import ApiServer, Conflict, NotFound
 from ha.config_model import Config, ServiceConfig
 from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics, MetricsSources, make_registry, render
-from ha.reload import Change, ReloadDiff, diff_configs, effective_check, format_plan
+from ha.reload import Change, ReloadDiff, diff_configs, format_plan
 from ha.sdnotify import Notifier
 from ha.status import InstanceView, KernelView, LastCheck, RsHealth, ServiceInfo, build_status, kernel_view
 from ha.vrrp.driver import malformed_count
@@ -179,7 +179,7 @@ class Health:
         unchecked: set[HealthKey] = set()
         for svc in cfg.services:
             for rs in svc.realservers:
-                chk = effective_check(svc, rs)
+                chk = rs.check
                 if chk is None:
                     unchecked.add((svc.name, rs.ident))
                     continue

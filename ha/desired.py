@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ha.config_model import CheckConfig, Config, OnFailure, RealServerConfig, ServiceConfig
+from ha.config_model import Config, OnFailure, RealServerConfig, ServiceConfig
 from lvs.model import (
     Destination,
     DestKey,
@@ -114,9 +114,6 @@ def to_destination(rs: RealServerConfig, weight: int) -> Destination:
         TunnelType(t.type) if t else TunnelType.IPIP, t.port if t else 0, frozenset(t.flags) if t else frozenset())
 
 
-def effective_check(svc: ServiceConfig, rs: RealServerConfig) -> CheckConfig | None:
-    return rs.check if rs.check is not None else svc.check
-
 
 def _health_of(raw: Any) -> RsHealth | None:
     if raw is None:
@@ -134,7 +131,7 @@ def _health_of(raw: Any) -> RsHealth | None:
 def _is_up(svc: ServiceConfig, rs: RealServerConfig, h: RsHealth | None) -> bool:
     if h is not None and h.health in (UP, DOWN):
         return h.health == UP
-    check = effective_check(svc, rs)
+    check = rs.check
     return check is None or check.initial_state != DOWN
 
 

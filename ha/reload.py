@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ha.config_model import CheckConfig, Config, RealServerConfig, ServiceConfig
+from ha.config_model import CheckConfig, Config, RealServerConfig
 from lvs import model as m
 
 
@@ -86,16 +86,13 @@ def _diff_keyed(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable
     return out
 
 
-def effective_check(service: ServiceConfig, rs: RealServerConfig) -> CheckConfig | None:
-    return rs.check if rs.check is not None else service.check
-
 
 def check_table(cfg: Config) -> dict[str, tuple[CheckConfig | None, str, int]]:
     """``"SERVICE REALSERVER"`` -> (check, address, port): everything that makes a check what it is."""
     out: dict[str, tuple[CheckConfig | None, str, int]] = {}
     for svc in cfg.services:
         for rs in svc.realservers:
-            out[f"{svc.name} {rs.ident}"] = (effective_check(svc, rs), str(rs.address), rs.port)
+            out[f"{svc.name} {rs.ident}"] = (rs.check, str(rs.address), rs.port)
     return out
 
 

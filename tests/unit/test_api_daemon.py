@@ -208,3 +208,23 @@ services:
         await health.stop()
         listener.close()
     assert set(counters.check_latency) == {"a", "b"}
+
+
+def test_a_realserver_with_check_null_is_not_checked() -> None:
+    from ha.config import parse_config_text
+    from ha.daemon import Health
+    from ha.metrics import DaemonMetrics
+
+    cfg_, _ = parse_config_text("""
+node: {name: t}
+services:
+  - name: a
+    vip: 192.0.2.1
+    port: 80
+    check: {type: tcp}
+    realservers: [{address: 10.0.0.1}, {address: 10.0.0.2, check: null}]
+""")
+    health = Health(DaemonMetrics(), lambda *a: None)
+    health.configure(cfg_)
+    assert health.unchecked == {("a", "10.0.0.2:80")}
+    assert set(health.runner.statuses()) == {("a", "10.0.0.1:80")}

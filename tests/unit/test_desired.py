@@ -45,7 +45,10 @@ def web(**kw) -> ServiceConfig:
     base = ServiceConfig(
         name="web", vip=IP("192.168.10.100"), port=80, check=CheckConfig(type="tcp"),
         realservers=tuple(RealServerConfig(IP(f"10.0.20.{i}"), 80, weight=10) for i in (11, 12, 13)))
-    return replace(base, **kw)
+    svc = replace(base, **kw)
+    # as the loader does: a realserver without a check of its own gets the service's
+    return replace(svc, realservers=tuple(r if r.check is not None else replace(r, check=svc.check)
+                                          for r in svc.realservers))
 
 
 def cfg(*services: ServiceConfig, lvs: LvsConfig | None = None) -> Config:

@@ -25,7 +25,7 @@ def rs(addr: str, weight: int = 10, check: CheckConfig | None = None) -> RealSer
 def make(rs_weights: tuple[int, int] = (10, 10), prio: int = 150, interval: float = 2.0) -> Config:
     chk = CheckConfig("tcp", interval_s=interval, name="tcp_check")
     web = ServiceConfig("web", ipaddress.ip_address("192.0.2.10"), 80, check=chk,
-                        realservers=(rs("10.0.0.1", rs_weights[0]), rs("10.0.0.2", rs_weights[1])))
+                        realservers=(rs("10.0.0.1", rs_weights[0], chk), rs("10.0.0.2", rs_weights[1], chk)))
     dns = ServiceConfig("dns", ipaddress.ip_address("192.0.2.11"), 53, protocol="udp", realservers=(rs("10.0.0.3"),))
     inst = VrrpInstanceConfig("VI_1", "eth0", 51, priority=prio,
                               vips=(VipConfig(ipaddress.ip_interface("192.0.2.10/24")),))
