@@ -135,7 +135,7 @@ class VrrpInstanceConfig:
     version: int = 3
     advert_interval_s: float = 1.0
     preempt: bool = True
-    preempt_delay_s: float = 0.0
+    preempt_delay_s: float | None = None  # None: auto (long enough for the checks of its services to rise)
     vips: tuple[VipConfig, ...] = ()
     unicast: UnicastConfig | None = None
     garp: GarpConfig = field(default_factory=GarpConfig)
@@ -222,7 +222,8 @@ class RealServerConfig:
     port: int
     weight: int = 1
     forwarding: str = "dr"  # nat | dr | tun (the service's if not given)
-    check: CheckConfig | None = None  # the service's check if not given; None: no check (always up)
+    # resolved by the loader: its own check, else the service's; None: no check (always up), also for `check: null`
+    check: CheckConfig | None = None
     upper_threshold: int = 0
     lower_threshold: int = 0
     tunnel: TunnelConfig | None = None

@@ -103,6 +103,16 @@ def _parse_vips(ctx: Ctx, m: Map) -> tuple[VipConfig, ...]:
     return tuple(vips)
 
 
+def _preempt_delay(node: Node) -> float | None:
+    """``auto`` (the default) or a duration up to 1000 s."""
+    if isinstance(node, ScalarNode) and node.value == "auto":
+        return None
+    try:
+        return c_duration(0, 1000)(node)
+    except Invalid as e:
+        raise Invalid(f"{e}; or auto (long enough for the health checks of its services to pass again)") from None
+
+
 def _parse_unicast(ctx: Ctx, m: Map | None, family: int) -> UnicastConfig | None:
     if m is None:
         return None
@@ -222,7 +232,7 @@ def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig
         version=version,
         advert_interval_s=_advert_interval(m, version),
         preempt=m.get("preempt", c_bool, True),
-        preempt_delay_s=m.get("preempt_delay", c_duration(0, 1000), 0.0),
+        preempt_delay_s=m.get("preempt_delay", _preempt_delay, None),
         vips=vips,
         unicast=_parse_unicast(ctx, m.sub("unicast", ("source", "peers"), "unicast: source, peers"), family),
         garp=garp,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -53,11 +54,34 @@ def _hmac(inst: VrrpInstanceConfig) -> HmacAuthenticator | None:
     return HmacAuthenticator(keys, time.time)
 
 
-def instance_spec(inst: VrrpInstanceConfig) -> InstanceSpec:
+AUTO_PREEMPT_DELAY_MAX_S = 60.0
+
+
+def auto_preempt_delay_s(config: Config | None, inst: VrrpInstanceConfig) -> float:
+    """``preempt_delay: auto``: how long a director that comes back (restart, fault cleared) waits before it takes
+    the VIPs from a lower-priority master: long enough for the health checks of the services behind its VIPs to
+    pass again (rise results, one interval of phase, one timeout), so it never takes over into an empty pool.
+    0 when it carries no checked service (a VRRP-only node preempts at once, as Keepalived does)."""
+    if config is None:
+        return 0.0
+    vips = {v.address.ip for v in inst.vips}
+    worst = 0.0
+    for svc in config.services:
+        if svc.vip is not None and svc.vip not in vips:
+            continue  # another instance's service (fwmark services may sit behind any instance)
+        for rs in svc.realservers:
+            chk = rs.check
+            if chk is not None:
+                worst = max(worst, (chk.rise + 1) * chk.interval_s + chk.timeout_s)
+    return min(worst, AUTO_PREEMPT_DELAY_MAX_S)
+
+
+def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> InstanceSpec:
     t = inst.track
+    preempt_delay_s = inst.preempt_delay_s if inst.preempt_delay_s is not None else auto_preempt_delay_s(config, inst)
     return InstanceSpec(
         name=inst.name, interface=inst.interface, vrid=inst.vrid, priority=inst.priority, version=inst.version,
-        advert_interval_s=inst.advert_interval_s, preempt=inst.preempt, preempt_delay_s=inst.preempt_delay_s,
+        advert_interval_s=inst.advert_interval_s, preempt=inst.preempt, preempt_delay_s=preempt_delay_s,
         vips=tuple(Vip(v.address, v.interface or inst.interface) for v in inst.vips),
         unicast_source=inst.unicast.source if inst.unicast else None,
         unicast_peers=tuple(inst.unicast.peers) if inst.unicast else (),
@@ -72,7 +96,16 @@ def instance_spec(inst: VrrpInstanceConfig) -> InstanceSpec:
 
 
 def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:
-    specs = [instance_spec(i) for i in config.vrrp.instances]
+    specs = [instance_spec(i, config) for i in config.vrrp.instances]
+    # a sync group moves together, so an auto preempt delay is the longest of its members' (a NAT gateway instance
+    # with no services of its own would otherwise preempt at once and pull the whole group along)
+    auto = {i.name for i in config.vrrp.instances if i.preempt_delay_s is None}
+    for g in config.vrrp.sync_groups:
+        members = [k for k, sp in enumerate(specs) if sp.name in g.instances]
+        longest = max((specs[k].preempt_delay_s for k in members if specs[k].name in auto), default=0.0)
+        for k in members:
+            if specs[k].name in auto:
+                specs[k] = dataclasses.replace(specs[k], preempt_delay_s=longest)
     groups = [SyncGroupSpec(g.name, tuple(g.instances), _notify_map(g.notify)) for g in config.vrrp.sync_groups]
     return specs, groups
 

@@ -83,7 +83,8 @@ class EngineError(RuntimeError):
     pass
 
 
-LIVE_FIELDS = ("notify", "track_interfaces", "track_scripts", "track_files", "track_own_interface", "auth")
+LIVE_FIELDS = ("notify", "track_interfaces", "track_scripts", "track_files", "track_own_interface", "auth",
+               "preempt_delay_s")
 
 
 def _live_change(old: InstanceSpec, new: InstanceSpec) -> bool:
@@ -285,6 +286,7 @@ class VrrpEngine:
     def _update_in_place(self, inst: _Instance, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> None:
         inst.tracker.stop()
         inst.spec = spec
+        inst.machine.set_preempt_delay(spec.preempt_delay_s)
         inst.driver.auth = spec.auth
         inst.tracker = self._tracker(spec, loop)
         outcome = inst.tracker.prime()

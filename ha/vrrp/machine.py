@@ -18,6 +18,7 @@ Contract with the driver:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
 from dataclasses import dataclass
@@ -262,6 +263,12 @@ class VrrpMachine:
         if self._role is Role.MASTER and self._resign is None:
             self._emit(SendAdvert(new))  # tell the backups now, so a better one can preempt promptly
             self._advert_at = now + self.settings.advert_interval_s
+
+    def set_preempt_delay(self, delay_s: float) -> None:
+        """Change the preempt delay (a reload); a preemption already scheduled keeps its time."""
+        if delay_s < 0:
+            raise VrrpLocalError(f"preempt_delay_s must not be negative, not {delay_s}")
+        self.settings = dataclasses.replace(self.settings, preempt_delay_s=delay_s)
 
     def fault(self, reason: str, now: float) -> None:
         """A tracked condition failed; several may be active at once. The instance stays FAULT until all clear."""

@@ -79,7 +79,7 @@ class PairSpec:
     gateway: str = "instance"  # NAT: "instance" (second instance + sync group) | "vip" (VIP with interface: eth1)
     lvs: dict[str, Any] | None = None  # the config's `lvs:` section, e.g. {"sysctls": {"net.ipv4.vs.sloppy_tcp": 1}}
     hold_s: float = 2.0  # handover.hold
-    preempt_delay_s: float = 0.0
+    preempt_delay_s: float | None = None  # None: the default (auto)
     keepalived: str | None = None  # "dir1" or "dir2": that director runs keepalived instead of lvs-ha
     extra_services: list[dict[str, Any]] = field(default_factory=list)
     ipv6: bool = False  # NAT only: IPv6 too (VIPs of both families in each instance, a service "web6" on VIP6)
@@ -168,7 +168,7 @@ class PairLab:
             "advert_interval": spec.advert_interval_s, "vips": [f"{VIP}/24"],
             "garp": {"count": 3, "interval": 0.05}, "handover": {"hold": spec.hold_s},
         }
-        if spec.preempt_delay_s:
+        if spec.preempt_delay_s is not None:
             front["preempt_delay"] = spec.preempt_delay_s
         instances = [front]
         vrrp: dict[str, Any] = {"instances": instances}
