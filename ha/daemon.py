@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import logging
@@ -149,6 +150,15 @@ class Overrides:
 
 HealthKey = tuple[str, str]  # (service name, realserver ident)
 
+
+def freeze_long_lived_objects() -> None:
+    """Put everything alive now (config, check state, kernel tables) out of the cyclic collector's reach.
+
+    A full collection walks every tracked object with the interpreter lock held; with thousands of services that
+    stalls every thread, the VRRP thread included, long enough for a 20 ms advert to be late and the peer to take
+    over. Frozen objects are skipped, so later collections only walk what changed since (called after start and
+    after each reload)."""
+    gc.freeze()
 
 class Health:
     """The health-check runner, keyed by (service, realserver); realservers without a check are always up."""
@@ -495,6 +505,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         self._tasks.append(loop.create_task(self.notifier.watchdog_loop()))
+        freeze_long_lived_objects()
         self.notifier.ready(self._summary())
         log.info("started node=%s: %s", self.cfg.node.name, self._summary())
 
@@ -660,6 +671,7 @@ class Daemon:
         summary = f"reloaded ({who}): " + "; ".join(
             f"{what} +{c['added']} -{c['removed']} ~{c['changed']}" for what, c in counts.items())
         log.info("%s; %d kernel operation(s)", summary, len(applied))
+        freeze_long_lived_objects()
         self.notifier.ready(self._summary())
         return {"ok": True, "dry_run": False, "plan": format_plan(diff, applied), "summary": summary,
                 "warnings": warnings + notes}
