@@ -1,0 +1,119 @@
+"""The VRRP engine in its own process: it becomes master, answers status/failover/reconfigure over the channel,
+delivers transitions, stops in order (VIP released), and an orphaned engine process releases its VIPs and exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tests.lab import Lab, wait_for
+from tests.vrrp_helpers import NET, VIP, has_vip
+
+PRELUDE = textwrap.dedent(f"""
+    import dataclasses, ipaddress, json, logging, sys, time
+    from ha.vrrp.engine import EngineError, InstanceSpec
+    from ha.vrrp.process import ProcessEngine
+    from ha.vrrp.vips import Vip
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    spec = InstanceSpec("VI_1", "eth0", 51, priority=150, advert_interval_s=0.05, garp_count=1, hold_s=0.5,
+                        vips=(Vip(ipaddress.ip_interface("{VIP}/24"), "eth0"),))
+    events = []
+    eng = ProcessEngine([spec], [], on_transition=events.append)
+    eng.start()
+    def out(**kw):
+        print(json.dumps(kw, default=str), flush=True)
+    deadline = time.monotonic() + 20
+    while eng.status()[0]["role"] != "MASTER" and time.monotonic() < deadline:
+        time.sleep(0.01)
+""")
+
+LIFECYCLE = PRELUDE + textwrap.dedent("""
+    out(pid=eng.pid, status=eng.status(), events=list(events))
+    sys.stdin.readline()
+    try:
+        eng.failover("nope")
+        unknown = None
+    except EngineError as e:
+        unknown = str(e)
+    failed_over = eng.failover("VI_1")
+    changes = eng.reconfigure([dataclasses.replace(spec, priority=140)], [])
+    out(failover=failed_over, unknown=unknown, reconfigure=changes, status=eng.status())
+    sys.stdin.readline()
+    eng.stop(handover=True)
+    out(returncode=eng.proc.returncode, events=list(events))
+""")
+
+ORPHAN = PRELUDE + textwrap.dedent("""
+    out(pid=eng.pid, status=eng.status())
+    sys.stdin.readline()
+""")
+
+
+def _spawn(lab: Lab, host: Any, script: str, log: Path) -> subprocess.Popen[str]:
+    with open(log, "ab") as err:
+        return lab.spawn(host, [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=err, text=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
+    d1 = lab.host("d1", [f"{NET}.11/24"])
+    log = tmp_path / "d1.log"
+    p = _spawn(lab, d1, LIFECYCLE, log)
+    assert p.stdout is not None and p.stdin is not None
+    first = json.loads(p.stdout.readline() or "{}")
+    assert first, log.read_text()
+    pid = int(first["pid"])
+    assert pid != p.pid
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "lvs-ha: vrrp"
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"lvs-ha: vrrp"
+    assert first["status"][0]["role"] == "MASTER"
+    wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    second = json.loads(p.stdout.readline() or "{}")
+    assert second, log.read_text()
+    assert second["failover"] == ["VI_1"]
+    assert second["unknown"] and "nope" in second["unknown"]
+    assert second["reconfigure"]["updated"] == ["VI_1"]
+    assert second["status"][0]["priority"] == 140
+    p.stdin.write("stop\n")
+    p.stdin.flush()
+    third = json.loads(p.stdout.readline() or "{}")
+    assert third, log.read_text()
+    assert third["returncode"] == 0
+    assert any(e["instance"] == "VI_1" and e["new"] == "MASTER" for e in third["events"]), third["events"]
+    assert p.wait(20) == 0
+    assert not has_vip(d1)
+    assert not _alive(pid)
+    # the child's log records reached the parent's logging
+    assert "VRRP engine process" in log.read_text()
+
+
+def test_orphaned_engine_process_releases_vips_and_exits(lab: Lab, tmp_path: Path) -> None:
+    d1 = lab.host("d1", [f"{NET}.11/24"])
+    log = tmp_path / "d1.log"
+    p = _spawn(lab, d1, ORPHAN, log)
+    assert p.stdout is not None
+    first = json.loads(p.stdout.readline() or "{}")
+    assert first, log.read_text()
+    pid = int(first["pid"])
+    assert first["status"][0]["role"] == "MASTER"
+    wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
+    os.kill(p.pid, signal.SIGKILL)  # the owner dies without a word; only its engine process remains
+    p.wait(10)
+    wait_for(lambda: not _alive(pid), 20, what="engine process exits after its parent died")
+    assert not has_vip(d1)
