@@ -370,13 +370,18 @@ class DataplaneDriver:
 
 
 class Vrrp:
-    """The VRRP engine (its own thread and loop), seen from the daemon's loop."""
+    """The VRRP engine (its own process, ``ha.vrrp.process``), seen from the daemon's loop: the daemon's interpreter
+    lock, long C calls and garbage collection cannot delay adverts there."""
 
     def __init__(self, cfg: Config, on_transition: Callable[[dict[str, Any]], None],
                  loop: asyncio.AbstractEventLoop) -> None:
-        from ha.vrrp_setup import build_engine
+        from ha.vrrp.process import ProcessEngine
+        from ha.vrrp_setup import engine_specs
 
-        self.engine = build_engine(cfg, on_transition=on_transition, caller_loop=loop)
+        specs, groups = engine_specs(cfg)
+        # SCHED_FIFO for the engine thread only when the config asks (``vrrp.realtime``, default off)
+        realtime = bool(getattr(cfg.vrrp, "realtime", False))
+        self.engine = ProcessEngine(specs, groups, on_transition=on_transition, caller_loop=loop, realtime=realtime)
         self.last: list[dict[str, Any]] = []  # the engine's status as last fetched
 
     def start(self) -> None:

@@ -178,6 +178,7 @@ def serve(sock: socket.socket, parent_pid: int) -> int:
                 break
     except _Terminate:
         log.info("VRRP engine process: SIGTERM, stopping")
+        out.send(("exiting", "SIGTERM"))
     except (EOFError, OSError) as e:
         log.warning("VRRP engine process: parent gone (%s), stopping", e)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -123,13 +123,12 @@ class ProcessEngine:
         if timeout_s is None:
             timeout_s = max((s.hold_s for s in self.specs), default=2.0) + 3.0
         self._stopping = True
-        if self._alive:
-            fut = self._request(("stop", handover, timeout_s))
-            try:
-                fut.result(timeout_s + 5)
-            except (concurrent.futures.TimeoutError, EngineError) as e:
+        try:
+            self._request(("stop", handover, timeout_s)).result(timeout_s + 5)
+        except (concurrent.futures.TimeoutError, EngineError) as e:
+            if self.proc.poll() is None:
                 log.warning("VRRP engine process: no orderly stop (%s)", e or "timeout")
-        self._reap(5.0)
+        self._reap(timeout_s + 5)
 
     def failover(self, instance: str | None = None) -> list[str]:
         return list(self._call("failover", (instance,)))
@@ -238,6 +237,9 @@ class ProcessEngine:
             logger = logging.getLogger(record.name)
             if logger.isEnabledFor(record.levelno):
                 logger.handle(record)
+        elif kind == "exiting":  # the child stops on its own (SIGTERM to the whole group): not a crash
+            self._stopping = True
+            log.info("VRRP engine process stopping on %s", msg[1])
         elif kind == "ready":
             self._ready.set()
         elif kind == "failed":
