@@ -231,7 +231,10 @@ class ProcessEngine:
                     with contextlib.suppress(RuntimeError):  # the caller's loop is closed
                         self.caller_loop.call_soon_threadsafe(self.on_transition, msg[1])
                 else:
-                    self.on_transition(msg[1])
+                    try:
+                        self.on_transition(msg[1])
+                    except Exception:
+                        log.exception("VRRP transition handler failed")
         elif kind == "log":
             record = logging.makeLogRecord(msg[1])
             logger = logging.getLogger(record.name)
