@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class ProcessEngine:
         self._ids = itertools.count(1)
         self._alive = False
         self._stopping = False
+        self._ever_ready = False  # a child once started well: restart it if it dies
+        self._stop_evt = threading.Event()
+        self.restarts = 0
 
     @property
     def pid(self) -> int | None:
@@ -112,6 +116,8 @@ class ProcessEngine:
             self._kill()
             raise EngineError("VRRP engine process did not start in time")
         if self._start_error is not None:
+            self._stopping = True
+            self._stop_evt.set()
             self._reap(5.0)
             raise EngineError(self._start_error)
 
@@ -123,6 +129,7 @@ class ProcessEngine:
         if timeout_s is None:
             timeout_s = max((s.hold_s for s in self.specs), default=2.0) + 3.0
         self._stopping = True
+        self._stop_evt.set()
         try:
             self._request(("stop", handover, timeout_s)).result(timeout_s + 5)
         except (concurrent.futures.TimeoutError, EngineError) as e:
@@ -181,6 +188,24 @@ class ProcessEngine:
         return mine
 
     def _channel_main(self) -> None:
+        """Run the child; if it dies after a good start, start it again (with the current specs) after a backoff
+        of 1 s doubling to 30 s, as a supervisor would, until stop() is called."""
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            self._run_child()
+            if self._stopping or not self._ever_ready:
+                return
+            if time.monotonic() - started > 60.0:
+                delay = 1.0  # it ran for a while: this is a new failure, not a crash loop
+            log.critical("VRRP engine process is gone: no VRRP on this node; restarting it in %.0f s", delay)
+            if self._stop_evt.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+            self.restarts += 1
+
+    def _run_child(self) -> None:
+        self._start_error = None
         try:
             sock = self._spawn()
             self._sock = sock
@@ -206,6 +231,8 @@ class ProcessEngine:
                 if not fut.done():
                     fut.set_exception(EngineError("VRRP engine process exited"))
             self._pending.clear()
+            with contextlib.suppress(OSError):
+                sock.close()
             if not self._ready.is_set():
                 self._start_error = self._start_error or "VRRP engine process exited during start"
                 self._ready.set()
@@ -213,7 +240,8 @@ class ProcessEngine:
                 code = None
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     code = self.proc.wait(5) if self.proc is not None else None
-                log.critical("VRRP engine process exited unexpectedly (exit status %s): no VRRP on this node", code)
+                why = f": {self._start_error}" if self._start_error else ""
+                log.critical("VRRP engine process exited unexpectedly (exit status %s)%s", code, why)
 
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -244,10 +272,10 @@ class ProcessEngine:
             self._stopping = True
             log.info("VRRP engine process stopping on %s", msg[1])
         elif kind == "ready":
+            self._ever_ready = True
             self._ready.set()
-        elif kind == "failed":
+        elif kind == "failed":  # the child could not open its instances; it exits next
             self._start_error = str(msg[1])
-            self._stopping = True  # the child exits next
             self._ready.set()
         else:
             log.warning("VRRP engine channel: unknown message %r dropped", kind)
@@ -271,6 +299,7 @@ class ProcessEngine:
 
     def _kill(self) -> None:
         self._stopping = True
+        self._stop_evt.set()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):

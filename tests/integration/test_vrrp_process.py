@@ -117,3 +117,46 @@ def test_orphaned_engine_process_releases_vips_and_exits(lab: Lab, tmp_path: Pat
     p.wait(10)
     wait_for(lambda: not _alive(pid), 20, what="engine process exits after its parent died")
     assert not has_vip(d1)
+
+
+RESTART = PRELUDE + textwrap.dedent("""
+    out(pid=eng.pid)
+    sys.stdin.readline()  # the test kills the engine process now
+    deadline = time.monotonic() + 30
+    role = None
+    while time.monotonic() < deadline:
+        try:
+            role = eng.status()[0]["role"]
+        except EngineError:
+            role = None
+        if role == "MASTER" and eng.restarts == 1:
+            break
+        time.sleep(0.05)
+    out(pid=eng.pid, role=role, restarts=eng.restarts)
+    eng.stop(handover=True)
+    out(returncode=eng.proc.returncode)
+""")
+
+
+def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> None:
+    d1 = lab.host("d1", [f"{NET}.11/24"])
+    log = tmp_path / "d1.log"
+    p = _spawn(lab, d1, RESTART, log)
+    assert p.stdout is not None and p.stdin is not None
+    first = json.loads(p.stdout.readline() or "{}")
+    assert first, log.read_text()
+    old = int(first["pid"])
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not _alive(old), 10, what="the engine process is gone")
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    second = json.loads(p.stdout.readline() or "{}")
+    assert second, log.read_text()
+    assert second["restarts"] == 1 and second["role"] == "MASTER", (second, log.read_text()[-2000:])
+    assert int(second["pid"]) != old
+    wait_for(lambda: has_vip(d1), 10, what="VIP held again by the new engine process")
+    third = json.loads(p.stdout.readline() or "{}")
+    assert third.get("returncode") == 0, log.read_text()[-2000:]
+    assert p.wait(20) == 0
+    assert not has_vip(d1)
+    assert "restarting it in 1 s" in log.read_text()
