@@ -40,7 +40,7 @@ from ha.config_yaml import (
 )
 from healthchecks.base import format_duration
 
-VRRP_KEYS = ("instances", "sync_groups")
+VRRP_KEYS = ("instances", "sync_groups", "realtime")
 _INSTANCE_KEYS = ("name", "interface", "vrid", "priority", "version", "advert_interval", "preempt", "preempt_delay",
                   "vips", "unicast", "garp", "track", "auth", "notify", "startup_delay", "handover")
 _NOTIFY_KEYS = ("master", "backup", "fault", "stop", "any")
@@ -278,7 +278,7 @@ def parse_vrrp(ctx: Ctx, m: Map | None) -> tuple[VrrpConfig, list[tuple[VrrpInst
             else:
                 member_of[member] = gname
         groups.append(SyncGroupConfig(gname, members, _parse_notify(gm.sub("notify", _NOTIFY_KEYS, "notify"))))
-    return VrrpConfig(tuple(instances), tuple(groups)), parsed
+    return VrrpConfig(tuple(instances), tuple(groups), m.get("realtime", c_bool, False)), parsed
 
 
 def _check_instances(ctx: Ctx, parsed: list[tuple[VrrpInstanceConfig, Map]]) -> None:

@@ -380,7 +380,7 @@ class Vrrp:
 
         specs, groups = engine_specs(cfg)
         # SCHED_FIFO for the engine thread only when the config asks (``vrrp.realtime``, default off)
-        realtime = bool(getattr(cfg.vrrp, "realtime", False))
+        realtime = cfg.vrrp.realtime
         self.engine = ProcessEngine(specs, groups, on_transition=on_transition, caller_loop=loop, realtime=realtime)
         self.last: list[dict[str, Any]] = []  # the engine's status as last fetched
 
