@@ -20,7 +20,7 @@ from lvs.memory import op_to_json
 from lvs.model import ServiceKey, State
 from lvs.owned import OwnedStore, OwnedStoreError
 from lvs.plan import Plan, describe_with_actual, plan
-from lvs.reconciler import Reconciler
+from lvs.reconciler import Reconciler, within_capabilities
 from lvs.select import BackendUnavailable, open_dataplane, resolve_kind
 
 EXIT_OK, EXIT_FAIL, EXIT_UNAVAILABLE = 0, 1, 2
@@ -107,7 +107,10 @@ async def _plan(args: argparse.Namespace) -> int:
         except DataplaneError as e:
             print(f"lvs-ha plan: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        desired = _desired(config)
+        desired, dropped = within_capabilities(_desired(config), dp.capabilities)
+        for what in dropped:
+            print(f"note: the {dp.name} data plane has no {what}: that part of the config is not applied",
+                  file=sys.stderr)
         owned = _owned(config)
         p = plan(desired, actual, owned, max_remove_share=config.lvs.max_remove_share)
         _print_plan(p, actual, dp.name, owned, desired, bool(getattr(args, "json", False)), "plan")

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lvs.dataplane import Dataplane
+from lvs.dataplane import Capabilities, Dataplane
 from lvs.model import DelService, DestKey, Protocol, ServiceKey, ServiceState, State
 from lvs.owned import OwnedStore, OwnedStoreError
 from lvs.plan import Plan, describe, plan
@@ -125,6 +125,27 @@ def _idle(actual: State, dk: DrainKey) -> bool:
 
 
 @dataclass
+def within_capabilities(desired: State, caps: Capabilities) -> tuple[State, list[str]]:
+    """Leave out the kernel-wide settings a backend cannot apply (nftables has no IPVS sysctls, timeouts or sync
+    daemon), so that they never block programming the services; returns the state and what was left out."""
+    unsupported = {
+        "sysctls": bool(desired.sysctls) and not caps.sysctls,
+        "timeouts": desired.timeouts is not None and not caps.timeouts,
+        "sync daemon": bool(desired.sync_daemons) and not caps.sync_daemon,
+    }
+    dropped = [what for what, bad in unsupported.items() if bad]
+    if not dropped:
+        return desired, []
+    state = desired.copy()
+    if unsupported["sysctls"]:
+        state.sysctls = {}
+    if unsupported["timeouts"]:
+        state.timeouts = None
+    if unsupported["sync daemon"]:
+        state.sync_daemons = frozenset()
+    return state, dropped
+
+
 class ReconcilerStats:
     syncs: int = 0
     writes: int = 0
@@ -283,25 +304,9 @@ class Reconciler:
         return SyncResult(ok=True, plan=p, writes=writes)
 
     def _within_capabilities(self, desired: State) -> State:
-        """Leave out the kernel-wide settings the backend cannot apply (nftables has no IPVS sysctls, timeouts or
-        sync daemon), saying so once, so that they never block programming the services."""
-        caps = self.dataplane.capabilities
-        unsupported = {
-            "sysctls": bool(desired.sysctls) and not caps.sysctls,
-            "timeouts": desired.timeouts is not None and not caps.timeouts,
-            "sync daemon": bool(desired.sync_daemons) and not caps.sync_daemon,
-        }
-        if not any(unsupported.values()):
-            return desired
-        state = desired.copy()
-        if unsupported["sysctls"]:
-            state.sysctls = {}
-        if unsupported["timeouts"]:
-            state.timeouts = None
-        if unsupported["sync daemon"]:
-            state.sync_daemons = frozenset()
-        for what, dropped in unsupported.items():
-            if dropped and what not in self._warned_unsupported:
+        state, dropped = within_capabilities(desired, self.dataplane.capabilities)
+        for what in dropped:
+            if what not in self._warned_unsupported:
                 self._warned_unsupported.add(what)
                 log.warning("the %s data plane has no %s: that part of the config is not applied",
                             self.dataplane.name, what)

@@ -128,3 +128,19 @@ def test_cli_entry_point_runs(tmp_path) -> None:
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert textwrap.dedent("+ service udp/192.168.10.100:53 rr") in r.stdout
+
+
+def test_plan_leaves_out_settings_the_backend_lacks() -> None:
+    from lvs.dataplane import Capabilities
+    from lvs.model import Scheduler, State, SyncDaemon, Timeouts
+    from lvs.reconciler import within_capabilities
+
+    want = State(sysctls={"net.ipv4.vs.sloppy_tcp": 1}, timeouts=Timeouts(900, 120, 300),
+                 sync_daemons=frozenset({SyncDaemon("master", "eth1")}))
+    caps = Capabilities(schedulers=frozenset(Scheduler), forwarding=frozenset(), sysctls=False)
+    state, dropped = within_capabilities(want, caps)
+    assert dropped == ["sysctls", "timeouts", "sync daemon"]
+    assert state.sysctls == {} and state.timeouts is None and not state.sync_daemons
+    assert want.sysctls  # the desired state itself is not changed
+    full = Capabilities(schedulers=frozenset(Scheduler), forwarding=frozenset(), sync_daemon=True, timeouts=True)
+    assert within_capabilities(want, full) == (want, [])
