@@ -124,7 +124,6 @@ def _idle(actual: State, dk: DrainKey) -> bool:
     return dest.weight == 0 and stats is not None and stats.active_conns + stats.inactive_conns == 0
 
 
-@dataclass
 def within_capabilities(desired: State, caps: Capabilities) -> tuple[State, list[str]]:
     """Leave out the kernel-wide settings a backend cannot apply (nftables has no IPVS sysctls, timeouts or sync
     daemon), so that they never block programming the services; returns the state and what was left out."""
@@ -146,6 +145,7 @@ def within_capabilities(desired: State, caps: Capabilities) -> tuple[State, list
     return state, dropped
 
 
+@dataclass
 class ReconcilerStats:
     syncs: int = 0
     writes: int = 0
