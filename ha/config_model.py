@@ -167,7 +167,7 @@ class SyncGroupConfig:
 class VrrpConfig:
     instances: tuple[VrrpInstanceConfig, ...] = ()
     sync_groups: tuple[SyncGroupConfig, ...] = ()
-    realtime: bool = False  # run the VRRP engine thread (in its own process) with SCHED_FIFO priority 1
+    realtime: bool = True  # run the VRRP engine thread (in its own process) with SCHED_FIFO priority 1
 
 
 # -- checks ----------------------------------------------------------------------------------------------------------

@@ -278,7 +278,7 @@ def parse_vrrp(ctx: Ctx, m: Map | None) -> tuple[VrrpConfig, list[tuple[VrrpInst
             else:
                 member_of[member] = gname
         groups.append(SyncGroupConfig(gname, members, _parse_notify(gm.sub("notify", _NOTIFY_KEYS, "notify"))))
-    return VrrpConfig(tuple(instances), tuple(groups), m.get("realtime", c_bool, False)), parsed
+    return VrrpConfig(tuple(instances), tuple(groups), m.get("realtime", c_bool, True)), parsed
 
 
 def _check_instances(ctx: Ctx, parsed: list[tuple[VrrpInstanceConfig, Map]]) -> None:

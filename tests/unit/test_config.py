@@ -395,8 +395,8 @@ def test_mixed_family_vips_move_together_but_only_the_first_family_is_advertised
     assert [str(v.address) for v in inst.advertised_vips] == ["192.168.10.100/24"]
 
 
-def test_vrrp_realtime_defaults_off() -> None:
+def test_vrrp_realtime_defaults_on() -> None:
     from ha.config import parse_config_text
 
-    assert parse_config_text("node: {name: t}\n")[0].vrrp.realtime is False
-    assert parse_config_text("node: {name: t}\nvrrp: {realtime: true}\n")[0].vrrp.realtime is True
+    assert parse_config_text("node: {name: t}\n")[0].vrrp.realtime is True
+    assert parse_config_text("node: {name: t}\nvrrp: {realtime: false}\n")[0].vrrp.realtime is False
