@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,31 +82,25 @@ class VipSet:
 
     def acquire(self) -> list[Vip]:
         """Add every VIP; return those newly added. Raises VipError if some could not be added (others still are)."""
-        added, failed = [], []
-        for v in self.vips:
-            try:
-                if self._add(v):
-                    added.append(v)
-            except OSError as e:
-                failed.append(f"{v}: {e}")
-        if failed:
-            self.errors += len(failed)
-            raise VipError(errno.EIO, "; ".join(failed))
-        return added
+        return self._each(self._add)
 
     def release(self) -> list[Vip]:
         """Remove every VIP; return those that were present. Raises VipError for real failures."""
-        removed, failed = [], []
+        return self._each(self._del)
+
+    def _each(self, change: Callable[[Vip], bool]) -> list[Vip]:
+        """Apply ``change`` to every VIP (one failure does not stop the others); return those it changed."""
+        changed, failed = [], []
         for v in self.vips:
             try:
-                if self._del(v):
-                    removed.append(v)
+                if change(v):
+                    changed.append(v)
             except OSError as e:
                 failed.append(f"{v}: {e}")
         if failed:
             self.errors += len(failed)
             raise VipError(errno.EIO, "; ".join(failed))
-        return removed
+        return changed
 
     def _args(self, v: Vip) -> dict[str, Any]:
         kw: dict[str, Any] = {"index": self._index(v.interface), "address": str(v.address.ip),
