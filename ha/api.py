@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ha.config_model import ApiConfig
-from ha.status import format_table
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,10 @@ class Conflict(ApiError):
 
 class Controller(Protocol):
     def status(self) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+
+    def status_text(self) -> str | Awaitable[str]:
+        """The ``lvs-ha status`` table (``GET /v1/status?format=text``)."""
+        ...
 
     def metrics(self) -> bytes | Awaitable[bytes]: ...
 
@@ -155,11 +158,15 @@ def _str_field(data: dict[str, Any], name: str, required: bool = True) -> str | 
 
 
 async def get_status(request: web.Request) -> web.Response:
-    doc = request.app[CONTROLLER].status()
+    ctl = request.app[CONTROLLER]
+    if request.query.get("format") == "text":
+        text = ctl.status_text()
+        if inspect.isawaitable(text):
+            text = await text
+        return web.Response(text=text, content_type="text/plain")
+    doc = ctl.status()
     if inspect.isawaitable(doc):
         doc = await doc
-    if request.query.get("format") == "text":
-        return web.Response(text=format_table(doc), content_type="text/plain")
     return web.Response(text=json.dumps(doc, separators=(",", ":")), content_type="application/json")
 
 

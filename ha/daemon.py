@@ -29,7 +29,16 @@ from ha.config_model import Config, ServiceConfig
 from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics, MetricsSources, make_registry, render
 from ha.reload import Change, ReloadDiff, diff_configs, format_plan
 from ha.sdnotify import Notifier
-from ha.status import InstanceView, KernelView, LastCheck, RsHealth, ServiceInfo, build_status, kernel_view
+from ha.status import (
+    InstanceView,
+    KernelView,
+    LastCheck,
+    RsHealth,
+    ServiceInfo,
+    build_status,
+    format_status,
+    kernel_view,
+)
 from ha.vrrp.driver import malformed_count
 from lvs import model as m
 from lvs.model import State
@@ -169,14 +178,23 @@ class Health:
 
         self.runner = Runner(default_registry())
         self.unchecked: set[HealthKey] = set()
-        self._unchecked_views: dict[HealthKey, RsHealth] = {}
         self._on_change = on_change
+        self._counters = counters
+        # what the status shows per realserver, kept up to date as results come in (a status request with
+        # thousands of realservers then copies nothing)
+        self._views: dict[HealthKey, RsHealth] = {}
         self.runner.subscribe(self._changed)
         # every result (a shared probe reports to each service it serves), timeouts and crashes included
-        self.runner.subscribe_results(
-            lambda key, res: counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s)))
+        self.runner.subscribe_results(self._result)
+
+    def _result(self, key: Any, res: Any) -> None:
+        self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
+        self._views[key] = RsHealth(self.runner.state(key).value,
+                                    LastCheck(res.ok, res.reason, res.latency_s, time.time()))
 
     def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
+        view = self._views.get(key)
+        self._views[key] = RsHealth(new.value, view.last_check if view is not None else None)
         self._on_change(key, old.value, new.value, result.reason)
 
     def configure(self, cfg: Config) -> None:
@@ -200,7 +218,12 @@ class Health:
         self.runner.set_checks(specs)
         self.unchecked = unchecked
         always = RsHealth("up", LastCheck(True, "no check configured", 0.0))
-        self._unchecked_views = dict.fromkeys(unchecked, always)
+        views = dict.fromkeys(unchecked, always)
+        for key in specs:  # kept checks keep their last result; new ones start in their initial state
+            view = self._views.get(key)
+            state = self.runner.state(key).value
+            views[key] = RsHealth(state, view.last_check if view is not None else None)
+        self._views = views
 
     async def start(self) -> None:
         await self.runner.start()
@@ -219,15 +242,8 @@ class Health:
         return out
 
     def views(self) -> dict[HealthKey, RsHealth]:
-        out = dict(self._unchecked_views)
-        wall, mono = time.time(), self.runner.now()
-        for key, st in self.runner.statuses().items():
-            r = st.last_result
-            at = max(st.last_success_s or -1e18, st.last_failure_s or -1e18)
-            last = None if r is None else LastCheck(r.ok, r.reason, r.latency_s,
-                                                    wall - (mono - at) if at > -1e18 else None)
-            out[key] = RsHealth(st.state.value, last)  # type: ignore[index]
-        return out
+        """(service, realserver) -> what the status shows (read-only: the live map, not a copy)."""
+        return self._views
 
     def up_map(self) -> dict[HealthKey, bool | None]:
         return {k: None if v.health == "unknown" else v.health == "up" for k, v in self.states().items()}
@@ -272,6 +288,7 @@ class DataplaneDriver:
         self._task: asyncio.Task[None] | None = None
         self._seen_syncs = 0
         self._dumped_at, self._dumped_syncs = 0.0, -1
+        self._bg: asyncio.Task[None] | None = None  # a background counters refresh
 
     async def start(self, desired: Desired) -> None:
         """Open the backend (``lvs.select``: auto = IPVS if the kernel has it, else nftables), reconcile once."""
@@ -330,9 +347,17 @@ class DataplaneDriver:
             log.warning("data plane dump for status failed: %s", e)
 
     async def fresh(self) -> None:
-        """Refresh the dump if the reconciler ran since, or it is older than two seconds (status calls this)."""
-        if self._dumped_syncs != self.reconciler.stats.syncs or time.monotonic() - self._dumped_at > 2.0:
+        """Before a status: dump again now if the reconciler ran since the last dump (weights and presence must be
+        current). Counters older than two seconds are refreshed in the background for the next request rather than
+        waited for: a kernel dump of thousands of destinations takes longer than the status itself."""
+        if self._dumped_syncs != self.reconciler.stats.syncs:
             await self.refresh()
+        elif time.monotonic() - self._dumped_at > 2.0 and (self._bg is None or self._bg.done()):
+            self._bg = asyncio.get_running_loop().create_task(self.refresh())
+
+    @property
+    def counters_age_s(self) -> float:
+        return round(time.monotonic() - self._dumped_at, 3)
 
     async def _watch(self) -> None:
         """Refresh the counters now and then (for metrics), and account the reconciler's background rounds."""
@@ -345,15 +370,16 @@ class DataplaneDriver:
         st = self.reconciler.stats
         return {"backend": getattr(self.dataplane, "name", "?"), "in_sync": self.reconciler.in_sync,
                 "syncs": st.syncs, "writes": st.writes, "errors": st.errors, "last_error": st.last_error,
-                "owned_services": len(self.reconciler.owned)}
+                "owned_services": len(self.reconciler.owned), "counters_age_s": self.counters_age_s}
 
     async def stop(self, flush: bool) -> None:
         if self.dataplane is None:
             return  # never opened
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._bg):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             # a cancel that lands while the reconciler's wake event is set can be swallowed by asyncio.wait_for on
             # Python 3.11 (its loop then runs on); waiting with a deadline cancels it once more, which ends it
@@ -584,19 +610,23 @@ class Daemon:
 
     # -- the Controller (API) ------------------------------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def _status_inputs(self) -> dict[str, Any]:
         if self.lvs is not None:
             await self.lvs.fresh()
         if self.vrrp is not None:
             await self.vrrp.refresh()
         desired = self.lvs.last_desired if self.lvs is not None else None
-        return build_status(
-            self.cfg, loaded_at=self.loaded_at, last_reload_error=self.last_reload_error,
-            instances=self.vrrp.views() if self.vrrp else (), health=self.health.views(),
-            drained=self.overrides.drained_keys(), services=desired.info if desired else None,
-            kernel=self.lvs.kernel if self.lvs else None,
-            extra={"dataplane": self.lvs.status() if self.lvs else None},
-        )
+        return {"loaded_at": self.loaded_at, "last_reload_error": self.last_reload_error,
+                "instances": self.vrrp.views() if self.vrrp else (), "health": self.health.views(),
+                "drained": self.overrides.drained_keys(), "services": desired.info if desired else None,
+                "kernel": self.lvs.kernel if self.lvs else None}
+
+    async def status(self) -> dict[str, Any]:
+        return build_status(self.cfg, **await self._status_inputs(),
+                            extra={"dataplane": self.lvs.status() if self.lvs else None})
+
+    async def status_text(self) -> str:
+        return format_status(self.cfg, **await self._status_inputs())
 
     async def metrics(self) -> bytes:
         if self.lvs is not None:

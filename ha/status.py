@@ -2,8 +2,8 @@
 
 The daemon gathers snapshots (VRRP instances, per-realserver health and last check, operator overrides, per-service
 quorum/sorry info, the kernel's actual state with counters) and ``build_status`` joins them with the config into the
-contract's JSON shape. ``format_table`` renders that document for ``lvs-ha status`` (the daemon does it, for
-``GET /v1/status?format=text``, so the CLI does not decode and re-render a large document).
+contract's JSON shape; ``format_status`` renders the same inputs as the ``lvs-ha status`` table (the daemon does it,
+for ``GET /v1/status?format=text``, so the CLI does not decode and re-render a large document).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,6 +39,16 @@ class LastCheck:
     reason: str
     latency_s: float
     at: float | None = None  # wall-clock epoch seconds
+
+    @cached_property
+    def doc(self) -> dict[str, Any]:
+        """The status document's form (computed once per result; a status request reuses it)."""
+        return {"ok": self.ok, "reason": self.reason, "latency_s": round(self.latency_s, 6)}
+
+    @cached_property
+    def text(self) -> str:
+        """The table's LAST CHECK cell."""
+        return f"{self.reason or ('ok' if self.ok else 'failed')} ({self.latency_s * 1000:.1f}ms)"
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def kernel_view(actual: State) -> KernelView:
     return out
 
 
-_Row = tuple[str, int, str]  # realserver ident, configured weight, forwarding
+_Row = tuple[str, int, str, str]  # realserver ident, configured weight, forwarding, the table's realserver cell
 _Layout = list[tuple[str, str, str, str | None, list[_Row]]]  # name, key, scheduler, sorry server, realservers
 _layouts: dict[int, tuple[Config, _Layout]] = {}
 
@@ -90,17 +101,11 @@ def _layout(cfg: Config) -> _Layout:
     for svc in cfg.services:
         sorry = svc.sorry_server
         lay.append((svc.name, svc.key_str, svc.scheduler, None if sorry is None else f"{sorry.address}:{sorry.port}",
-                    [(rs.ident, rs.weight, rs.forwarding) for rs in svc.realservers]))
+                    [(rs.ident, rs.weight, rs.forwarding, "  -> " + rs.ident) for rs in svc.realservers]))
     if len(_layouts) > 4:
         _layouts.clear()
     _layouts[id(cfg)] = (cfg, lay)
     return lay
-
-
-def _last_check(lc: LastCheck | None) -> dict[str, Any] | None:
-    if lc is None:
-        return None
-    return {"ok": lc.ok, "reason": lc.reason, "latency_s": round(lc.latency_s, 6)}
 
 
 def build_status(
@@ -129,7 +134,7 @@ def build_status(
         dests = kernel.get(key)
         info = services.get(name, default_info)
         rows = []
-        for ident, weight, fwd in rss:
+        for ident, weight, fwd, _cell in rss:
             h = health.get((name, ident), UNKNOWN)
             found = dests.get(ident) if dests is not None else None
             rows.append({
@@ -142,7 +147,7 @@ def build_status(
                 "forwarding": fwd,
                 "active_conns": found[1] if found is not None else 0,
                 "inactive_conns": found[2] if found is not None else 0,
-                "last_check": _last_check(h.last_check),
+                "last_check": None if h.last_check is None else h.last_check.doc,
                 "why": info.why.get(ident),
             })
         out_services.append({
@@ -175,51 +180,64 @@ def build_status(
 # -- the human table -------------------------------------------------------------------------------------------
 
 
-def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
-    if not rows:
-        return []
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)]
-    fmt = indent + "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*r).rstrip() for r in rows]
+    fmt = "  ".join(f"%-{w}s" for w in widths[:-1]) + "  %s"
+    return [(fmt % r).rstrip() for r in rows]
 
 
-def _last(lc: Mapping[str, Any] | None) -> str:
-    if not lc:
-        return "-"
-    return f"{lc.get('reason') or ('ok' if lc.get('ok') else 'failed')} ({lc.get('latency_s', 0) * 1000:.1f}ms)"
-
-
-def format_table(doc: Mapping[str, Any]) -> str:
-    """``lvs-ha status``: the VRRP instances, then every service like ``ipvsadm -Ln`` joined with health."""
-    lines: list[str] = []
-    cfg = doc.get("config") or {}
-    lines.append(f"node {doc.get('node')}  config {cfg.get('file')}  loaded {cfg.get('loaded_at')}")
-    if cfg.get("last_reload_error"):
+def format_status(
+    cfg: Config,
+    *,
+    loaded_at: float | None,
+    last_reload_error: Sequence[str] | None = None,
+    instances: Sequence[InstanceView] = (),
+    health: Mapping[tuple[str, str], RsHealth] | None = None,
+    drained: Collection[tuple[str, str]] = (),
+    services: Mapping[str, ServiceInfo] | None = None,
+    actual: State | None = None,
+    kernel: KernelView | None = None,
+) -> str:
+    """``lvs-ha status``: the VRRP instances, then every service like ``ipvsadm -Ln`` joined with health and the last
+    check. Rendered straight from the same inputs as ``build_status`` (no document in between: with thousands of
+    realservers building the document would cost as much as the table)."""
+    if kernel is None:
+        kernel = kernel_view(actual) if actual is not None else {}
+    health = health or {}
+    services = services or {}
+    drained_set = drained if isinstance(drained, (set, frozenset)) else set(drained)
+    lines = [f"node {cfg.node.name}  config {cfg.source}  loaded {iso(loaded_at)}"]
+    if last_reload_error:
         lines.append("last reload FAILED:")
-        lines.extend(f"  {e}" for e in cfg["last_reload_error"])
-    insts = doc.get("instances") or []
-    if insts:
+        lines.extend(f"  {e}" for e in last_reload_error)
+    if instances:
         lines.append("")
-        rows = [["INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON"]]
-        rows += [[str(i.get("name")), str(i.get("role")), str(i.get("priority")), str(i.get("master") or "-"),
-                  str(i.get("since") or "-"), str(i.get("reason") or "")] for i in insts]
-        lines += _table(rows, "")
-    svcs = doc.get("services") or []
-    if svcs:
+        lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")] + [
+            (i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances])
+    layout = _layout(cfg)
+    if layout:
         lines.append("")
-        rows = [["SERVICE", "KEY / REALSERVER", "HEALTH", "WEIGHT", "ACTIVE", "INACT", "LAST CHECK"]]
-        for s in svcs:
-            flags = [] if s.get("quorum", True) else ["NO QUORUM"]
-            if s.get("sorry_active"):
-                flags.append(f"sorry -> {s.get('sorry_server')}")
-            if not s.get("in_kernel", True):
+        rows: list[tuple[str, ...]] = [("SERVICE", "KEY / REALSERVER", "HEALTH", "WEIGHT", "ACTIVE", "INACT",
+                                        "LAST CHECK")]
+        add = rows.append
+        default_info = ServiceInfo()
+        for name, key, scheduler, sorry, rss in layout:
+            dests = kernel.get(key)
+            info = services.get(name, default_info)
+            flags = [] if info.quorum else ["NO QUORUM"]
+            if info.sorry_active:
+                flags.append(f"sorry -> {sorry}")
+            if dests is None:
                 flags.append("not in kernel")
-            rows.append([str(s.get("name")), f"{s.get('key')} {s.get('scheduler', '')}".rstrip(), "", "", "", "",
-                         ", ".join(flags)])
-            for r in s.get("realservers") or []:
-                weight = f"{r.get('weight')}/{r.get('configured_weight')}"
-                health = str(r.get("health")) + (" drained" if r.get("drained") else "")
-                rows.append(["", f"  -> {r.get('realserver')}", health, weight, str(r.get("active_conns", 0)),
-                             str(r.get("inactive_conns", 0)), _last(r.get("last_check"))])
-        lines += _table(rows, "")
+                dests = {}
+            add((name, f"{key} {scheduler}", "", "", "", "", ", ".join(flags)))
+            for ident, weight, _fwd, cell in rss:
+                h = health.get((name, ident), UNKNOWN)
+                found = dests.get(ident)
+                lc = h.last_check
+                add(("", cell, h.health + " drained" if (name, ident) in drained_set else h.health,
+                     f"{found[0] if found is not None else 0}/{weight}",
+                     "0" if found is None else str(found[1]), "0" if found is None else str(found[2]),
+                     "-" if lc is None else lc.text))
+        lines += _table(rows)
     return "\n".join(lines) + "\n"

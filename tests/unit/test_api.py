@@ -27,6 +27,9 @@ class FakeController:
                 "instances": [], "services": [{"name": "web", "key": "tcp/192.0.2.10:80", "quorum": True,
                                                "sorry_active": False, "realservers": []}]}
 
+    def status_text(self) -> str:
+        return "node dir1  config x.yaml  loaded None\n\nSERVICE  KEY / REALSERVER\nweb      tcp/192.0.2.10:80 wlc\n"
+
     def metrics(self) -> bytes:
         return b"# HELP lvs_ha_up Up\n# TYPE lvs_ha_up gauge\nlvs_ha_up 1.0\n"
 
@@ -81,6 +84,9 @@ async def test_tcp_needs_the_token(tcp_client: TestClient) -> None:
     r = await tcp_client.get("/v1/status", headers=AUTH)
     assert r.status == 200
     assert (await r.json())["node"] == "dir1"
+    r = await tcp_client.get("/v1/status?format=text", headers=AUTH)
+    assert r.status == 200 and r.content_type == "text/plain"
+    assert (await r.text()).startswith("node dir1 ")
 
 
 async def test_tcp_without_a_configured_token_refuses_everything() -> None:
