@@ -35,6 +35,7 @@ from ha.status import (
     LastCheck,
     RsHealth,
     ServiceInfo,
+    Views,
     build_status,
     format_status,
     kernel_view,
@@ -610,23 +611,21 @@ class Daemon:
 
     # -- the Controller (API) ------------------------------------------------------------------------------------
 
-    async def _status_inputs(self) -> dict[str, Any]:
+    async def _views(self) -> Views:
         if self.lvs is not None:
             await self.lvs.fresh()
         if self.vrrp is not None:
             await self.vrrp.refresh()
         desired = self.lvs.last_desired if self.lvs is not None else None
-        return {"loaded_at": self.loaded_at, "last_reload_error": self.last_reload_error,
-                "instances": self.vrrp.views() if self.vrrp else (), "health": self.health.views(),
-                "drained": self.overrides.drained_keys(), "services": desired.info if desired else None,
-                "kernel": self.lvs.kernel if self.lvs else None}
+        return Views(self.loaded_at, self.last_reload_error, self.vrrp.views() if self.vrrp else (),
+                     self.health.views(), self.overrides.drained_keys(), desired.info if desired else {},
+                     (self.lvs.kernel if self.lvs else None) or {})
 
     async def status(self) -> dict[str, Any]:
-        return build_status(self.cfg, **await self._status_inputs(),
-                            extra={"dataplane": self.lvs.status() if self.lvs else None})
+        return build_status(self.cfg, await self._views(), extra={"dataplane": self.lvs.status() if self.lvs else None})
 
     async def status_text(self) -> str:
-        return format_status(self.cfg, **await self._status_inputs())
+        return format_status(self.cfg, await self._views())
 
     async def metrics(self) -> bytes:
         if self.lvs is not None:

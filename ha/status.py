@@ -68,6 +68,20 @@ class ServiceInfo:
 UNKNOWN = RsHealth("unknown")
 
 
+@dataclass(frozen=True)
+class Views:
+    """What the daemon knows beside the config: the inputs of both the status document and the table.
+    ``health`` and ``drained`` are keyed by (service name, realserver ident); ``kernel`` is ``kernel_view``'s."""
+
+    loaded_at: float | None = None
+    last_reload_error: Sequence[str] | None = None
+    instances: Sequence[InstanceView] = ()
+    health: Mapping[tuple[str, str], RsHealth] = field(default_factory=dict)
+    drained: Collection[tuple[str, str]] = ()
+    services: Mapping[str, ServiceInfo] = field(default_factory=dict)
+    kernel: KernelView = field(default_factory=dict)
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -108,26 +122,10 @@ def _layout(cfg: Config) -> _Layout:
     return lay
 
 
-def build_status(
-    cfg: Config,
-    *,
-    loaded_at: float | None,
-    last_reload_error: Sequence[str] | None = None,
-    instances: Sequence[InstanceView] = (),
-    health: Mapping[tuple[str, str], RsHealth] | None = None,
-    drained: Collection[tuple[str, str]] = (),
-    services: Mapping[str, ServiceInfo] | None = None,
-    actual: State | None = None,
-    kernel: KernelView | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The status document. ``health`` and ``drained`` are keyed by (service name, realserver ident); the kernel's
-    side comes from ``kernel`` (see ``kernel_view``) or is computed from ``actual``."""
-    health = health or {}
-    services = services or {}
-    drained_set = set(drained)
-    if kernel is None:
-        kernel = kernel_view(actual) if actual is not None else {}
+def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The status document (the contract's JSON shape)."""
+    health, services, kernel = v.health, v.services, v.kernel
+    drained_set = v.drained if isinstance(v.drained, (set, frozenset)) else set(v.drained)
     default_info = ServiceInfo()
     out_services = []
     for name, key, scheduler, sorry, rss in _layout(cfg):
@@ -163,13 +161,13 @@ def build_status(
     doc: dict[str, Any] = {
         "node": cfg.node.name,
         "config": {
-            "loaded_at": iso(loaded_at),
+            "loaded_at": iso(v.loaded_at),
             "file": cfg.source,
-            "last_reload_error": list(last_reload_error) if last_reload_error else None,
+            "last_reload_error": list(v.last_reload_error) if v.last_reload_error else None,
         },
         "instances": [{
             "name": i.name, "role": i.role, "priority": i.priority, "master": i.master, "since": iso(i.since),
-            "reason": i.reason, "vrid": i.vrid, "vips": list(i.vips)} for i in instances],
+            "reason": i.reason, "vrid": i.vrid, "vips": list(i.vips)} for i in v.instances],
         "services": out_services,
     }
     if extra:
@@ -186,30 +184,16 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return [(fmt % r).rstrip() for r in rows]
 
 
-def format_status(
-    cfg: Config,
-    *,
-    loaded_at: float | None,
-    last_reload_error: Sequence[str] | None = None,
-    instances: Sequence[InstanceView] = (),
-    health: Mapping[tuple[str, str], RsHealth] | None = None,
-    drained: Collection[tuple[str, str]] = (),
-    services: Mapping[str, ServiceInfo] | None = None,
-    actual: State | None = None,
-    kernel: KernelView | None = None,
-) -> str:
+def format_status(cfg: Config, v: Views) -> str:
     """``lvs-ha status``: the VRRP instances, then every service like ``ipvsadm -Ln`` joined with health and the last
     check. Rendered straight from the same inputs as ``build_status`` (no document in between: with thousands of
     realservers building the document would cost as much as the table)."""
-    if kernel is None:
-        kernel = kernel_view(actual) if actual is not None else {}
-    health = health or {}
-    services = services or {}
-    drained_set = drained if isinstance(drained, (set, frozenset)) else set(drained)
-    lines = [f"node {cfg.node.name}  config {cfg.source}  loaded {iso(loaded_at)}"]
-    if last_reload_error:
+    health, services, kernel, instances = v.health, v.services, v.kernel, v.instances
+    drained_set = v.drained if isinstance(v.drained, (set, frozenset)) else set(v.drained)
+    lines = [f"node {cfg.node.name}  config {cfg.source}  loaded {iso(v.loaded_at)}"]
+    if v.last_reload_error:
         lines.append("last reload FAILED:")
-        lines.extend(f"  {e}" for e in last_reload_error)
+        lines.extend(f"  {e}" for e in v.last_reload_error)
     if instances:
         lines.append("")
         lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")] + [

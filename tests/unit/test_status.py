@@ -4,7 +4,17 @@ import ipaddress
 import json
 
 from ha.config_model import Config, NodeConfig, RealServerConfig, ServiceConfig, SorryServerConfig
-from ha.status import InstanceView, LastCheck, RsHealth, ServiceInfo, build_status, format_status, iso
+from ha.status import (
+    InstanceView,
+    LastCheck,
+    RsHealth,
+    ServiceInfo,
+    Views,
+    build_status,
+    format_status,
+    iso,
+    kernel_view,
+)
 from lvs import model as m
 
 
@@ -25,20 +35,20 @@ def actual() -> m.State:
     return st
 
 
-def inputs() -> dict:
-    return dict(
+def views() -> Views:
+    return Views(
         loaded_at=1_700_000_000.0,
         instances=[InstanceView("VI_WEB", "MASTER", 150, "192.0.2.2", 1_700_000_001.5, "higher priority", 51)],
         health={("web", "10.0.0.1:80"): RsHealth("up", LastCheck(True, "200 OK", 0.002)),
                 ("web", "10.0.0.2:80"): RsHealth("down", LastCheck(False, "connection refused", 0.0005))},
         drained=[("web", "10.0.0.2:80")],
         services={"web": ServiceInfo(quorum=True, sorry_active=False, up=1, why={"10.0.0.2:80": "drained"})},
-        actual=actual(),
+        kernel=kernel_view(actual()),
     )
 
 
 def doc() -> dict:
-    return build_status(cfg(), **inputs())
+    return build_status(cfg(), views())
 
 
 def test_contract_shape() -> None:
@@ -72,14 +82,15 @@ def test_missing_health_is_unknown_and_v6_keys() -> None:
 
 
 def test_reload_error_is_reported() -> None:
-    d = build_status(cfg(), loaded_at=None, last_reload_error=["x.yaml:3:1: services[0].port: bad"])
+    v = Views(last_reload_error=["x.yaml:3:1: services[0].port: bad"])
+    d = build_status(cfg(), v)
     assert d["config"]["last_reload_error"] == ["x.yaml:3:1: services[0].port: bad"]
-    text = format_status(cfg(), loaded_at=None, last_reload_error=["x.yaml:3:1: services[0].port: bad"])
+    text = format_status(cfg(), v)
     assert "last reload FAILED:\n  x.yaml:3:1: services[0].port: bad" in text
 
 
 def test_table_reads_like_ipvsadm_joined_with_health() -> None:
-    text = format_status(cfg(), **inputs())
+    text = format_status(cfg(), views())
     lines = text.splitlines()
     assert any(line.startswith("VI_WEB") and "MASTER" in line and "192.0.2.2" in line for line in lines)
     row = next(line for line in lines if "-> 10.0.0.1:80" in line)
@@ -97,7 +108,7 @@ def test_iso() -> None:
 def test_table_and_document_say_the_same() -> None:
     """Every realserver row of the table carries the document's health, weights, connections and last check."""
     d = doc()
-    lines = format_status(cfg(), **inputs()).splitlines()
+    lines = format_status(cfg(), views()).splitlines()
     for svc in d["services"]:
         for r in svc["realservers"]:
             row = next(line for line in lines if line.split()[:2] == ["->", r["realserver"]])
