@@ -273,6 +273,20 @@ class SyncDaemonConfig:
 
 
 @dataclass(frozen=True)
+class ConntrackSyncConfig:
+    """``lvs.conntrack_sync``: connection-state sync with the peer director through conntrackd (NAT pairs on the
+    nftables data plane; see lvs/ctsync.py)."""
+
+    interface: str  # the link to the peer
+    peer: IPAddress  # the peer director's address on that link
+    source: IPAddress | None = None  # ours (None: the interface's first address of the peer's family)
+    port: int = 3780
+    protocols: tuple[str, ...] = ("tcp", "udp", "sctp")
+    ignore: tuple[IPAddress, ...] = ()  # more addresses whose flows are not replicated
+    conntrackd: str = "/usr/sbin/conntrackd"
+
+
+@dataclass(frozen=True)
 class LvsConfig:
     sysctls: tuple[tuple[str, int], ...] = ()  # e.g. (("net.ipv4.vs.sloppy_tcp", 1),)
     timeouts: tuple[float, float, float] | None = None  # tcp, tcp_fin, udp seconds
@@ -280,6 +294,7 @@ class LvsConfig:
     resync_interval_s: float = 30.0
     min_sync_interval_s: float = 0.05
     max_remove_share: float = 0.5  # refuse a plan removing more than this share of owned services
+    conntrack_sync: ConntrackSyncConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from yaml.nodes import Node, SequenceNode
 from ha.config_checks import check_ref
 from ha.config_model import (
     CheckConfig,
+    ConntrackSyncConfig,
     IPAddress,
     IPInterface,
     LvsConfig,
@@ -267,7 +268,38 @@ def check_services(ctx: Ctx, svcs: list[_Svc], instances: Sequence[VrrpInstanceC
 
 # -- lvs -------------------------------------------------------------------------------------------------------------
 
-LVS_KEYS = ("sysctls", "timeouts", "sync_daemon", "resync_interval", "min_sync_interval", "max_remove_share")
+
+def parse_conntrack_sync(ctx: Ctx, m: Map) -> ConntrackSyncConfig | None:
+    cm = m.sub("conntrack_sync", _CT_KEYS, "conntrack_sync: interface, peer, source, port, protocols, ignore, "
+               "conntrackd")
+    if cm is None:
+        return None
+    iface, peer = cm.req("interface", c_str), cm.req("peer", c_ip)
+    source = cm.opt("source", c_ip)
+    if peer is not None and source is not None and source.version != peer.version:
+        ctx.error(cm.value_node("source"), cm.p("source"), f"{source} and the peer {peer} are of different families")
+        source = None
+    protocols = cm.get("protocols", c_str_list, ("tcp", "udp", "sctp"))
+    for p in protocols:
+        if p not in _CT_PROTOCOLS:
+            ctx.error(cm.value_node("protocols"), cm.p("protocols"),
+                      f"unknown protocol '{p}' (one of {', '.join(_CT_PROTOCOLS)}){suggest(p, _CT_PROTOCOLS)}")
+    ignore: list[IPAddress] = []
+    for text in cm.get("ignore", c_str_list, ()):
+        try:
+            ignore.append(ipaddress.ip_address(text))
+        except ValueError:
+            ctx.error(cm.value_node("ignore"), cm.p("ignore"), f"'{text}' is not an IP address")
+    if iface is None or peer is None:
+        return None
+    return ConntrackSyncConfig(iface, peer, source, cm.get("port", c_port(), 3780),
+                               tuple(p for p in protocols if p in _CT_PROTOCOLS) or ("tcp",), tuple(ignore),
+                               cm.get("conntrackd", c_str, "/usr/sbin/conntrackd"))
+
+LVS_KEYS = ("sysctls", "timeouts", "sync_daemon", "resync_interval", "min_sync_interval", "max_remove_share",
+            "conntrack_sync")
+_CT_KEYS = ("interface", "peer", "source", "port", "protocols", "ignore", "conntrackd")
+_CT_PROTOCOLS = ("tcp", "udp", "sctp", "dccp")
 _IPVS_SYSCTLS = ("am_droprate", "amemthresh", "backup_only", "cache_bypass", "conn_reuse_mode", "conntrack",
                  "drop_entry", "drop_packet", "expire_nodest_conn", "expire_quiescent_template", "ignore_tunneled",
                  "nat_icmp_send", "pmtu_disc", "run_estimation", "schedule_icmp", "secure_tcp", "sloppy_sctp",
@@ -311,7 +343,7 @@ def parse_lvs(ctx: Ctx, m: Map | None, instances: Sequence[VrrpInstanceConfig]) 
         if iface is not None:
             sync = SyncDaemonConfig(iface, dm.get("sync_id", c_int(0, 255, "a sync id"), 0), inst)
     return LvsConfig(
-        sysctls=tuple(sysctls), timeouts=timeouts, sync_daemon=sync,
+        sysctls=tuple(sysctls), timeouts=timeouts, sync_daemon=sync, conntrack_sync=parse_conntrack_sync(ctx, m),
         resync_interval_s=m.get("resync_interval", c_duration(0.1, 86400), 30.0),
         min_sync_interval_s=m.get("min_sync_interval", c_duration(0, 60), 0.05),
         max_remove_share=m.get("max_remove_share", c_number(0.0, 1.0), 0.5),

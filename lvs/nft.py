@@ -156,17 +156,20 @@ class NftDataplane:
     """A Dataplane over one nftables table (``table inet <table>``), driven through the ``nft`` command.
 
     ``command_prefix`` runs nft elsewhere (e.g. ``("ip", "netns", "exec", "ns1")``); ``masquerade`` adds source NAT
-    for connections we forward to realservers that do not route back through the director.
+    for connections we forward to realservers that do not route back through the director; ``require_state`` drops
+    packets of our services that conntrack does not know or finds invalid instead of scheduling them afresh or
+    letting the director's own stack reset them (for pairs that sync connection state: ``lvs.ctsync``).
     """
 
     name = "nftables"
 
     def __init__(self, table: str = TABLE, masquerade: bool = False, nft: str = "nft",
-                 command_prefix: Sequence[str] = (), timeout_s: float = 30.0) -> None:
+                 command_prefix: Sequence[str] = (), timeout_s: float = 30.0, require_state: bool = False) -> None:
         if not table.replace("_", "").isalnum():
             raise ValueError(f"bad table name {table!r}")
         self.table = table
         self.masquerade = masquerade
+        self.require_state = require_state
         self.nft = nft
         self.command_prefix = tuple(command_prefix)
         self.timeout_s = timeout_s
@@ -284,14 +287,15 @@ class NftDataplane:
             try:
                 if attempt:
                     await self._refresh()
-                text = render_transaction(services, self._existing, self.table, self.masquerade)
+                text = render_transaction(services, self._existing, self.table, self.masquerade,
+                                          self.require_state)
                 report.writes += 1
                 rc, _out, err = await self._run(["-f", "-"], stdin=text)
             except DataplaneError as e:
                 rc, err = 1, str(e)
             if rc == 0:
                 self._services = services
-                self._existing = object_names(services)
+                self._existing = object_names(services, self.require_state)
                 report.applied = done
                 return report
             self._existing = None  # list the table again before the next write

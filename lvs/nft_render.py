@@ -320,6 +320,8 @@ class Existing:
 
 
 FIXED_CHAINS = ("prerouting", "output", "postrouting", "dispatch")
+STATE_CHAINS = ("stateful", "unknown")  # with require_state
+STATE_PRIORITY = -110  # after conntrack (-200) and the usual fwmark rules (mangle, -150), before DNAT (-100)
 
 
 def _service_lines(ss: ServiceState) -> tuple[list[str], list[str], list[str]]:
@@ -397,8 +399,55 @@ def _chain(name: str, rules: Sequence[str], head: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_table(services: Mapping[ServiceKey, ServiceState], table: str = TABLE, masquerade: bool = False) -> str:
-    """The whole table definition (``table inet NAME { ... }``) for ``services``."""
+def _state_chains(services: Mapping[ServiceKey, ServiceState]) -> list[str]:
+    """``require_state``: packets of our services that conntrack does not know or finds invalid are dropped.
+
+    ``stateful`` (filter, prerouting, after conntrack) sends to ``unknown`` the client's packets to a service
+    (VIP . port, or fwmark) and the realservers' packets from a service port; ``unknown`` drops the invalid ones and
+    mid-stream pickups (a new TCP flow whose first packet is not a SYN). Without this, such a packet (a flow whose
+    state is on the other director, or not synced yet) is scheduled afresh (often to another realserver, which
+    resets it) or delivered to the director's own stack (which resets it); dropped, it is retransmitted and finds
+    the state once connection sync has brought it.
+    """
+    vips: dict[int, list[str]] = {4: [], 6: []}
+    marks: dict[int, list[str]] = {4: [], 6: []}
+    replies: dict[int, set[str]] = {4: set(), 6: set()}
+    hosts: dict[int, set[str]] = {4: set(), 6: set()}
+    for key in sorted(services, key=format_key):
+        fam = key.family
+        if key.fwmark is not None:
+            marks[fam].append(str(key.fwmark))
+        else:
+            assert key.protocol is not None
+            vips[fam].append(f"{key.protocol.value} . {key.address} . {key.port}")
+        for d in services[key].destinations.values():
+            if d.key.port and key.protocol is not None:
+                replies[fam].add(f"{key.protocol.value} . {d.key.address} . {d.key.port}")
+            else:
+                hosts[fam].add(d.key.address)
+    rules = []
+    for fam in (4, 6):
+        ipk, nfp = _ipkw(fam), f"meta nfproto {'ipv4' if fam == 4 else 'ipv6'}"
+        if marks[fam]:
+            rules.append(f"{nfp} meta mark {{ {', '.join(marks[fam])} }} jump unknown")
+        if vips[fam]:
+            rules.append(f"{nfp} meta l4proto . {ipk} daddr . th dport {{ {', '.join(vips[fam])} }} jump unknown")
+        if replies[fam]:
+            elems = ", ".join(sorted(replies[fam]))
+            rules.append(f"{nfp} meta l4proto . {ipk} saddr . th sport {{ {elems} }} jump unknown")
+        if hosts[fam]:
+            addrs = ", ".join(sorted(hosts[fam], key=ipaddress.ip_address))
+            rules.append(f"{nfp} meta l4proto tcp {ipk} saddr {{ {addrs} }} jump unknown")
+    unknown = ["ct state invalid counter drop",
+               "ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn counter drop"]
+    return [_chain("stateful", rules, f"type filter hook prerouting priority {STATE_PRIORITY}; policy accept;"),
+            _chain("unknown", unknown)]
+
+
+def render_table(services: Mapping[ServiceKey, ServiceState], table: str = TABLE, masquerade: bool = False,
+                 require_state: bool = False) -> str:
+    """The whole table definition (``table inet NAME { ... }``) for ``services``; ``require_state`` adds the
+    chains that drop packets of our services without a (valid) conntrack entry (see :func:`_state_chains`)."""
     chains: list[str] = []
     sets: list[str] = []
     counters: list[str] = []
@@ -444,13 +493,15 @@ def render_table(services: Mapping[ServiceKey, ServiceState], table: str = TABLE
         _chain("postrouting", post, "type nat hook postrouting priority srcnat; policy accept;"),
         _chain("dispatch", dispatch),
     ]
+    if require_state:
+        base += _state_chains(services)
     body = counters + sets + chains + base
     return f"table inet {table} {{\n" + "\n".join(body) + ("\n" if body else "") + "}\n"
 
 
-def object_names(services: Mapping[ServiceKey, ServiceState]) -> Existing:
+def object_names(services: Mapping[ServiceKey, ServiceState], require_state: bool = False) -> Existing:
     """The names :func:`render_table` defines for ``services``."""
-    out = Existing(set(FIXED_CHAINS))
+    out = Existing(set(FIXED_CHAINS) | (set(STATE_CHAINS) if require_state else set()))
     for key, ss in services.items():
         h = service_token(key)
         out.chains.add(f"svc_{h}")
@@ -465,14 +516,14 @@ def object_names(services: Mapping[ServiceKey, ServiceState]) -> Existing:
 
 
 def render_transaction(services: Mapping[ServiceKey, ServiceState], existing: Existing | None = None,
-                       table: str = TABLE, masquerade: bool = False) -> str:
+                       table: str = TABLE, masquerade: bool = False, require_state: bool = False) -> str:
     """One ``nft -f`` transaction replacing our table's contents with ``services``.
 
     Rules are flushed and rewritten; chains, sets and counters that are no longer wanted are deleted. Counters and
     persistence sets that stay keep their values and elements (``flush table`` removes rules only).
     """
-    definition = render_table(services, table, masquerade)
-    want = object_names(services)
+    definition = render_table(services, table, masquerade, require_state)
+    want = object_names(services, require_state)
     have = existing or Existing()
     lines = [f"add table inet {table}", f"flush table inet {table}"]
     lines += [f"delete chain inet {table} {c}" for c in sorted(have.chains - want.chains)]
