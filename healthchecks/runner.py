@@ -2,11 +2,18 @@
 
 One *probe* runs per distinct (checker type, spec, address, port, interval, timeout, realserver identity); every
 key (e.g. one service's realserver) that asks for the same probe shares it, and each key keeps its own hysteresis
-(rise, fall, initial state). Each probe is one long-lived task. Its first run is spread uniformly over its interval,
-later runs are ``interval`` +/- a few per cent apart, so checks never synchronise. Every check gets a hard timeout
-(a sweeper cancels overdue checks every ``sweep_s``, 20 ms: no timer per check), a global semaphore bounds the
-checks in flight, and a check that starts more than ``late_after_s`` after its due time counts as late. A checker
-that raises or hangs produces a failed result; it never stops the other probes.
+(rise, fall, initial state). A probe's first run is spread uniformly over its interval, later runs are ``interval``
++/- a few per cent apart, so checks never synchronise. A check that starts more than ``late_after_s`` after its due
+time counts as late; a global limit bounds the checks in flight (the others wait their turn, in order).
+
+No task or timer per probe: one timer wheel (resolution ``sweep_s``, 10 ms) holds every probe's next start and every
+running check's deadline, and one loop timer fires for the earliest non-empty slot, so all checks due in one slot
+start in one batch. Checkers that offer ``begin`` (``healthchecks.callback``: tcp, http) run as callbacks driven by
+their sockets' readiness, without a Task or Future; other checkers get one task per check. Every check has a hard
+timeout: at its deadline a callback check is cancelled (its socket closed) and a task is cancelled, and the check
+counts as failed at once. A checker that raises or hangs produces a failed result; it never stops the other probes.
+A coroutine checker that ignores cancellation does not pile up tasks: while its previous check still runs, the probe
+reports a failure instead of starting another.
 
 ``set_checks`` can be called at any time (reload): keys whose probe is unchanged keep their schedule and their
 hysteresis state; keys whose rise/fall changed keep their state with the new thresholds.
@@ -15,10 +22,13 @@ hysteresis state; keys whose rise/fall changed keep their state with the new thr
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from healthchecks.base import Checker, CheckResult, Target
@@ -27,6 +37,8 @@ from healthchecks.hysteresis import Health, Hysteresis
 log = logging.getLogger(__name__)
 
 ChangeCallback = Callable[[Hashable, Health, Health, CheckResult], None]
+
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -77,20 +89,38 @@ class RunnerStats:
     max_lateness_s: float = 0.0
 
 
-@dataclass
 class _Probe:
-    pid: tuple[Any, ...]
-    checker: Checker
-    type: str
-    spec: Any
-    target: Target
-    interval_s: float
-    timeout_s: float
-    keys: set[Hashable] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
-    due: float = 0.0
-    last_result: CheckResult | None = None
-    expired: bool = False  # set by the sweeper when it cancels the check for its timeout
+    __slots__ = ("begin", "cancel", "checker", "due", "gen", "interval_s", "keys", "last_result", "pid", "removed",
+                 "running", "spec", "started", "target", "task", "timeout_reason", "timeout_s", "type")
+
+    def __init__(self, pid: tuple[Any, ...], checker: Checker, type_: str, spec: Any, target: Target,
+                 interval_s: float, timeout_s: float) -> None:
+        self.pid = pid
+        self.checker = checker
+        self.begin: Callable[..., Any] | None = getattr(checker, "begin", None)
+        self.type = type_
+        self.spec = spec
+        self.target = target
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.timeout_reason = f"timeout after {timeout_s:g}s"
+        self.keys: tuple[Hashable, ...] = ()
+        self.due = 0.0
+        self.gen = 0  # bumped when a check starts or is abandoned: callbacks and wheel entries of older ones are stale
+        self.running = False
+        self.started = 0.0
+        self.cancel: Callable[[], None] | None = None  # of the running callback check
+        self.task: asyncio.Task[Any] | None = None  # of the running (or cancelled, still ending) coroutine check
+        self.removed = False
+        self.last_result: CheckResult | None = None
+
+
+def _error_result(e: BaseException, latency_s: float = 0.0) -> CheckResult:
+    return CheckResult(False, f"checker error: {type(e).__name__}: {e}", latency_s)
+
+
+def _wrong_type(res: Any, latency_s: float) -> CheckResult:
+    return CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult", latency_s)
 
 
 async def run_check(checker: Checker, target: Target, spec: Any, timeout_s: float) -> CheckResult:
@@ -101,20 +131,21 @@ async def run_check(checker: Checker, target: Target, spec: Any, timeout_s: floa
         async with asyncio.timeout(timeout_s):
             res = await checker.check(target, spec, timeout_s)
         if not isinstance(res, CheckResult):
-            return CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult", loop.time() - t0)
+            return _wrong_type(res, loop.time() - t0)
         return res
     except TimeoutError:
         return CheckResult(False, f"timeout after {timeout_s:g}s", loop.time() - t0)
     except asyncio.CancelledError:
         raise
     except Exception as e:
-        return CheckResult(False, f"checker error: {type(e).__name__}: {e}", loop.time() - t0)
+        return _error_result(e, loop.time() - t0)
 
 
 class Runner:
     def __init__(self, registry: Any, concurrency: int = 1000, clock: Callable[[], float] | None = None,
                  jitter: float = 0.05, late_after_s: float = 0.5, rng: random.Random | None = None,
-                 sweep_s: float = 0.02) -> None:
+                 sweep_s: float = 0.01) -> None:
+        """``sweep_s`` is the resolution of the timer wheel: checks start and time out up to that much late."""
         self.registry = registry
         self.concurrency = concurrency
         self._clock = clock
@@ -127,10 +158,15 @@ class Runner:
         self._key_probe: dict[Hashable, tuple[Any, ...]] = {}
         self._subscribers: list[ChangeCallback] = []
         self._result_subscribers: list[Callable[[Hashable, CheckResult], None]] = []
-        self._sem: asyncio.Semaphore | None = None
-        self._inflight: dict[asyncio.Task[None], tuple[float, _Probe]] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
         self.sweep_s = sweep_s
+        self._inv = 1.0 / sweep_s
+        # the wheel: slot number -> [(probe, gen, is_deadline)]; a heap of the slot numbers; one loop timer
+        self._wheel: dict[int, list[tuple[_Probe, int, bool]]] = {}
+        self._slots: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_slot = _NEVER
+        self._running = 0  # checks in flight
+        self._waiting: deque[_Probe] = deque()  # due, but the concurrency limit was reached
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = RunnerStats()
 
@@ -183,8 +219,9 @@ class Runner:
             probe = _Probe(pid, self.registry.get(cs.type), cs.type, cs.spec, cs.target, cs.interval_s, cs.timeout_s)
             self._probes[pid] = probe
             if self._loop is not None:
-                self._start_probe(probe)
-        probe.keys.add(key)
+                self._first_run(probe, self._loop.time())
+        if key not in probe.keys:
+            probe.keys = (*probe.keys, key)
         self._key_probe[key] = pid
 
     def _unlink(self, key: Hashable) -> None:
@@ -192,9 +229,10 @@ class Runner:
         probe = self._probes.get(pid) if pid is not None else None
         if probe is None:
             return
-        probe.keys.discard(key)
+        probe.keys = tuple(k for k in probe.keys if k != key)
         if not probe.keys:
-            self._cancel_probe(probe)
+            probe.removed = True
+            self._abort(probe)
             del self._probes[probe.pid]
 
     def _drop_key(self, key: Hashable) -> None:
@@ -202,9 +240,20 @@ class Runner:
         self._specs.pop(key, None)
         self._hyst.pop(key, None)
 
-    @staticmethod
-    def _cancel_probe(probe: _Probe) -> None:
-        if probe.task is not None and not probe.task.done():
+    def _abort(self, probe: _Probe) -> None:
+        """Abandon the probe's running check, if any (removed or stopped): no result is recorded."""
+        probe.gen += 1
+        if not probe.running:
+            return
+        probe.running = False
+        self._running -= 1
+        cancel, probe.cancel = probe.cancel, None
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception:
+                log.exception("cancelling a %s check failed", probe.type)
+        if probe.task is not None:
             probe.task.cancel()
 
     # -- running -------------------------------------------------------------------------------------------------
@@ -218,21 +267,24 @@ class Runner:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._sem = asyncio.Semaphore(self.concurrency)
+        now = self._loop.time()
         for probe in self._probes.values():
-            self._start_probe(probe)
+            self._first_run(probe, now)
 
     async def stop(self) -> None:
-        """Cancel every probe and wait for them; close checkers that have ``aclose``. ``start`` may follow."""
+        """Cancel every check and wait for their tasks; close checkers that have ``aclose``. ``start`` may follow."""
         self._loop = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        self._inflight.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_slot = _NEVER
+        self._wheel.clear()
+        self._slots.clear()
+        self._waiting.clear()
         tasks = [p.task for p in self._probes.values() if p.task is not None and not p.task.done()]
         for probe in self._probes.values():
-            self._cancel_probe(probe)
-            probe.task = None
+            self._abort(probe)
+        self._running = 0
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         closers = {id(p.checker): p.checker for p in self._probes.values()}
@@ -244,85 +296,162 @@ class Runner:
                 except Exception as e:
                     log.warning("closing checker %r failed: %s", checker, e)
 
-    def _start_probe(self, probe: _Probe) -> None:
-        """One long-lived task per probe: cheaper than a timer and a new task for every check."""
+    def _first_run(self, probe: _Probe, now: float) -> None:
+        probe.due = now + self._rng.uniform(0, probe.interval_s)
+        self._push(probe.due, probe, probe.gen, False)
+
+    def _push(self, when: float, probe: _Probe, gen: int, deadline: bool) -> None:
+        """Put a start or a deadline into the wheel, in the first slot at or after ``when``."""
+        slot = int(when * self._inv) + 1
+        entries = self._wheel.get(slot)
+        if entries is None:
+            entries = self._wheel[slot] = []
+            heapq.heappush(self._slots, slot)
+            if slot < self._timer_slot:
+                self._arm(slot)
+        entries.append((probe, gen, deadline))
+
+    def _arm(self, slot: int) -> None:
         assert self._loop is not None
-        probe.due = self._loop.time() + self._rng.uniform(0, probe.interval_s)
-        probe.task = self._loop.create_task(self._probe_loop(probe))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_slot = slot
+        self._timer = self._loop.call_at(slot * self.sweep_s, self._tick)
 
-    async def _probe_loop(self, probe: _Probe) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        sem = self._sem
-        assert sem is not None
-        stats = self.stats
-        jitter, rng = self.jitter, self._rng
-        inflight = self._inflight
-        while self._loop is loop and self._probes.get(probe.pid) is probe:  # stopped or removed: end
-            delay = probe.due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            async with sem:
-                lateness = loop.time() - probe.due
-                stats.checks += 1
-                if lateness > self.late_after_s:
-                    stats.late += 1
-                if lateness > stats.max_lateness_s:
-                    stats.max_lateness_s = lateness
-                # the hard timeout: the sweeper cancels the task (no timer handle per check)
-                t0 = loop.time()
-                probe.expired = False
-                inflight[task] = (t0 + probe.timeout_s, probe)
-                if self._sweeper is None:
-                    self._sweeper = loop.call_later(self.sweep_s, self._sweep)
-                try:
-                    res = await probe.checker.check(probe.target, probe.spec, probe.timeout_s)
-                    if probe.expired and task.uncancel() == 0:  # the checker swallowed the cancellation
-                        res = CheckResult(False, f"timeout after {probe.timeout_s:g}s", loop.time() - t0)
-                    elif not isinstance(res, CheckResult):
-                        res = CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult",
-                                          loop.time() - t0)
-                except asyncio.CancelledError:
-                    if not probe.expired or task.uncancel() > 0:
-                        raise  # stopped or removed, not (only) timed out
-                    res = CheckResult(False, f"timeout after {probe.timeout_s:g}s", loop.time() - t0)
-                except Exception as e:
-                    res = CheckResult(False, f"checker error: {type(e).__name__}: {e}", loop.time() - t0)
-                finally:
-                    inflight.pop(task, None)
-            if not res.ok:
-                stats.failed += 1
-                if res.reason.startswith("timeout after"):
-                    stats.timeouts += 1
-                elif res.reason.startswith("checker error"):
-                    stats.errors += 1
-            if self._loop is not loop or self._probes.get(probe.pid) is not probe:
-                return  # stopped or removed while the check ran (and the checker ignored the cancellation)
-            probe.last_result = res
-            self._deliver(probe, res)
-            step = probe.interval_s * (1.0 + rng.uniform(-jitter, jitter))
-            probe.due = max(probe.due + step, loop.time())
-
-    def _sweep(self) -> None:
-        """Cancel the checks past their deadline; runs every ``sweep_s`` while checks are in flight."""
-        self._sweeper = None
+    def _tick(self) -> None:
+        """Start the checks due and expire the checks past their deadline, slot by slot."""
+        self._timer = None
+        self._timer_slot = _NEVER
         loop = self._loop
         if loop is None:
             return
         now = loop.time()
-        expired = [(task, probe) for task, (deadline, probe) in self._inflight.items() if deadline <= now]
-        for task, probe in expired:
-            del self._inflight[task]
-            probe.expired = True
+        current = int(now * self._inv + 0.5)  # the loop may fire a timer up to its clock resolution early
+        slots, wheel = self._slots, self._wheel
+        while slots and slots[0] <= current:
+            for probe, gen, deadline in wheel.pop(heapq.heappop(slots)):
+                if probe.gen != gen or probe.removed:
+                    continue
+                if deadline:
+                    if probe.running:
+                        self._expire(probe, now)
+                elif not probe.running:
+                    if self._running < self.concurrency:
+                        self._launch(probe, now)
+                    else:
+                        self._waiting.append(probe)
+            if self._loop is not loop:
+                return  # stopped by a callback
+        if slots:
+            self._arm(slots[0])
+
+    def _launch(self, probe: _Probe, now: float) -> None:
+        stats = self.stats
+        stats.checks += 1
+        lateness = now - probe.due
+        if lateness > self.late_after_s:
+            stats.late += 1
+        if lateness > stats.max_lateness_s:
+            stats.max_lateness_s = lateness
+        gen = probe.gen = probe.gen + 1
+        probe.running = True
+        probe.started = now
+        self._running += 1
+        self._push(now + probe.timeout_s, probe, gen, True)
+        begin = probe.begin
+        if begin is not None:
+            def done(res: CheckResult) -> None:
+                self._finish(probe, gen, res)
+
+            try:
+                cancel = begin(probe.target, probe.spec, probe.timeout_s, done)
+            except Exception as e:
+                self._finish(probe, gen, _error_result(e))
+                return
+            if probe.running and probe.gen == gen:
+                probe.cancel = cancel
+            return
+        if probe.task is not None:  # the previous check ignored its cancellation and still runs
+            probe.task.cancel()
+            self._finish(probe, gen, CheckResult(
+                False, f"{probe.timeout_reason}: the previous check still runs (the checker ignores cancellation)",
+                0.0))
+            return
+        try:
+            coro = probe.checker.check(probe.target, probe.spec, probe.timeout_s)
+            task = asyncio.ensure_future(coro)
+        except Exception as e:
+            self._finish(probe, gen, _error_result(e))
+            return
+        probe.task = task
+        task.add_done_callback(functools.partial(self._task_done, probe, gen))
+
+    def _task_done(self, probe: _Probe, gen: int, task: asyncio.Task[Any]) -> None:
+        if probe.task is task:
+            probe.task = None
+        if probe.gen != gen or not probe.running:
+            if not task.cancelled():
+                task.exception()  # retrieved: no "exception was never retrieved" noise for an abandoned check
+            return
+        latency = (self._loop.time() if self._loop is not None else probe.started) - probe.started
+        if task.cancelled():
+            res = CheckResult(False, probe.timeout_reason, latency)
+        elif (exc := task.exception()) is not None:
+            res = _error_result(exc, latency)
+        else:
+            res = task.result()
+        self._finish(probe, gen, res)
+
+    def _expire(self, probe: _Probe, now: float) -> None:
+        """The deadline of a running check passed: cancel it; it fails with a timeout."""
+        cancel, probe.cancel = probe.cancel, None
+        task = probe.task
+        self._finish(probe, probe.gen, CheckResult(False, probe.timeout_reason, now - probe.started))
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception:
+                log.exception("cancelling a %s check failed", probe.type)
+        if task is not None:
             task.cancel()
-        if self._inflight:
-            self._sweeper = loop.call_later(self.sweep_s, self._sweep)
+
+    def _finish(self, probe: _Probe, gen: int, res: CheckResult) -> None:
+        """A check ended (result, timeout or error): record it, schedule the next one, start waiting checks."""
+        if probe.gen != gen or not probe.running:
+            return  # stale: the check was abandoned or already timed out
+        probe.running = False
+        probe.cancel = None
+        self._running -= 1
+        loop = self._loop
+        if loop is None or probe.removed:
+            return
+        now = loop.time()
+        if not isinstance(res, CheckResult):
+            res = _wrong_type(res, now - probe.started)
+        if not res.ok:
+            stats = self.stats
+            stats.failed += 1
+            if res.reason.startswith("timeout after"):
+                stats.timeouts += 1
+            elif res.reason.startswith("checker error"):
+                stats.errors += 1
+        probe.last_result = res
+        self._deliver(probe, res)
+        step = probe.interval_s * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+        due = probe.due + step
+        probe.due = due if due > now else now
+        self._push(probe.due, probe, gen, False)
+        waiting = self._waiting
+        while waiting and self._running < self.concurrency and self._loop is loop:
+            p = waiting.popleft()
+            if not p.removed and not p.running:
+                self._launch(p, now)
 
     def _deliver(self, probe: _Probe, res: CheckResult) -> None:
         now = self.now()
-        for key in list(probe.keys):
-            h = self._hyst.get(key)
+        hyst = self._hyst
+        for key in probe.keys:
+            h = hyst.get(key)
             if h is None:
                 continue
             for rcb in self._result_subscribers:

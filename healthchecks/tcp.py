@@ -2,12 +2,15 @@
 
 Keys: ``send`` (text with \\r \\n \\xNN escapes) or ``send_hex``; ``expect`` (regular expression on the reply bytes)
 or ``expect_hex`` (exact prefix); ``max_reply`` bytes to read (default 4096).
-The hot path uses a bare non-blocking socket and the private epoll of ``sockio`` (no streams, no transports).
+The hot path (a plain connect) is a callback check (``begin``, see ``callback.py``): a non-blocking socket, one
+one-shot wait on the private epoll of ``sockio``, close with an RST; no task, no future, no streams. Checks that send
+and expect bytes run as a coroutine on the same sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import socket
 from collections.abc import Mapping
@@ -16,6 +19,7 @@ from typing import Any, ClassVar
 
 from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
+from healthchecks.callback import Cancel, Done, begin_task, run_begun
 from healthchecks.spec import SpecReader
 
 
@@ -63,6 +67,20 @@ async def read_until(sock: socket.socket, pattern: re.Pattern[bytes] | None,
     return True, buf
 
 
+def describe_errno(err: int) -> str:
+    return describe_oserror(sockio.oserror(err))
+
+
+def error_result(e: BaseException) -> CheckResult:
+    if isinstance(e, OSError):
+        return CheckResult(False, describe_oserror(e), 0.0)
+    return CheckResult(False, f"checker error: {type(e).__name__}: {e}", 0.0)
+
+
+_OUT = sockio.OUT
+NO_PORT = CheckResult(False, "no port to connect to", 0.0)
+
+
 def show(data: bytes, n: int = 60) -> str:
     return repr(data[:n]) + ("..." if len(data) > n else "")
 
@@ -81,15 +99,71 @@ class TcpChecker:
         r.finish()
         return TcpSpec(send, expect, prefix, max_reply)
 
+    def begin(self, target: Target, spec: TcpSpec, timeout_s: float, done: Done) -> Cancel | None:
+        port = target.port
+        if port is None:
+            done(NO_PORT)
+            return None
+        loop = asyncio.get_running_loop()
+        p = sockio.poller(loop)
+        if p is None or spec.send is not None or spec.expect is not None or spec.expect_prefix is not None:
+            return begin_task(self._converse(target, spec), done, error_result)
+        t0 = loop.time()
+        address = target.address
+        sock = None
+        try:
+            sock = sockio.new_socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+            err = sock.connect_ex((address, port, 0, 0) if ":" in address else (address, port))
+        except OSError as e:
+            if sock is not None:
+                sock.close()
+            done(CheckResult(False, describe_oserror(e), loop.time() - t0))
+            return None
+        if err != errno.EINPROGRESS:
+            sock.close()
+            done(CheckResult(True, "connected", loop.time() - t0) if err == 0
+                 else CheckResult(False, describe_errno(err), loop.time() - t0))
+            return None
+        fd = sock.fileno()
+
+        def ready(events: int) -> None:
+            if events & sockio.FAILED:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                sock.close()
+                if err:
+                    done(CheckResult(False, describe_errno(err), loop.time() - t0))
+                    return
+            else:
+                sock.close()
+            done(CheckResult(True, "connected", loop.time() - t0))
+
+        def cancel() -> None:
+            if p.waiting.get(fd) is ready:
+                del p.waiting[fd]
+            sock.close()
+
+        p.waiting[fd] = ready
+        try:
+            try:
+                p.ep.register(fd, _OUT)  # a fresh descriptor: new to this epoll
+            except FileExistsError:  # a stale registration of a closed descriptor still shared with a child
+                p.ep.modify(fd, _OUT)
+        except OSError as e:
+            cancel()
+            done(CheckResult(False, describe_oserror(e), loop.time() - t0))
+            return None
+        return cancel
+
     async def check(self, target: Target, spec: TcpSpec, timeout_s: float) -> CheckResult:
+        return await run_begun(self.begin, target, spec, timeout_s)
+
+    async def _converse(self, target: Target, spec: TcpSpec) -> CheckResult:
+        """Connect, send, read the reply: the coroutine form, for checks that send or expect bytes."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        if target.port is None:
-            return CheckResult(False, "no port to connect to", 0.0)
-        sock = socket.socket(family_of(target.address), socket.SOCK_STREAM)
+        assert target.port is not None
+        sock = sockio.new_socket(family_of(target.address))
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             try:
                 await sockio.connect(sock, sockaddr(target.address, target.port))
             except OSError as e:
