@@ -45,6 +45,7 @@ from lvs import model as m
 from lvs.model import State
 
 if TYPE_CHECKING:
+    from lvs.ctsync import Conntrackd
     from lvs.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -295,11 +296,14 @@ class DataplaneDriver:
         """Open the backend (``lvs.select``: auto = IPVS if the kernel has it, else nftables), reconcile once."""
         from lvs.owned import OwnedStore
         from lvs.reconciler import Reconciler
-        from lvs.select import open_dataplane
+        from lvs.select import open_dataplane, resolve_kind
 
         cfg = self.cfg
         os.makedirs(cfg.node.state_dir, exist_ok=True)
-        self.dataplane = await open_dataplane(cfg.node.dataplane.value, state_dir=cfg.node.state_dir)
+        options: dict[str, Any] = {}
+        if cfg.lvs.conntrack_sync is not None and resolve_kind(cfg.node.dataplane.value) == "nftables":
+            options["require_state"] = True  # with synced state: drop what conntrack does not know (lvs.ctsync)
+        self.dataplane = await open_dataplane(cfg.node.dataplane.value, state_dir=cfg.node.state_dir, **options)
         self.reconciler = Reconciler(self.dataplane, OwnedStore.in_dir(cfg.node.state_dir),
                                      min_interval_s=cfg.lvs.min_sync_interval_s,
                                      resync_interval_s=cfg.lvs.resync_interval_s,
@@ -504,6 +508,7 @@ class Daemon:
         self.health = Health(self.counters, self._health_changed)
         self.lvs = DataplaneDriver(cfg, self.counters) if needs_dataplane(cfg) else None
         self.vrrp: Vrrp | None = None
+        self.ctsync: Conntrackd | None = None
         self.api: ApiServer | None = None
         self.roles: dict[str, str] = {}
         self._quorum: dict[str, bool] = {}
@@ -526,6 +531,7 @@ class Daemon:
         self.overrides.load(self.cfg)
         self.health.configure(self.cfg)
         await self.health.start()
+        await self._start_ctsync()  # before VRRP: a node that becomes master must already receive the peer's state
         if self.lvs is not None:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
         self.api = ApiServer(self, self.cfg.node.api)
@@ -560,6 +566,8 @@ class Daemon:
         if self.vrrp is not None:
             await asyncio.to_thread(self.vrrp.stop)
         await self.health.stop()
+        if self.ctsync is not None:
+            await self.ctsync.stop()
         if self.lvs is not None:
             await self.lvs.stop(flush=self.cfg.node.flush_on_stop)
         for t in self._tasks:
@@ -567,6 +575,24 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.notifier.close()
         log.info("stopped node=%s", self.cfg.node.name)
+
+    async def _start_ctsync(self) -> None:
+        """``lvs.conntrack_sync``: run conntrackd (lvs.ctsync) so that the peer's flows are in our conntrack table
+        before we take the VIPs. A failure to start is logged and the daemon runs on without it (a planned
+        failover may then lose the requests in flight, as without the feature)."""
+        from lvs.ctsync import Conntrackd, CtSyncError, CtSyncSettings
+
+        ct = self.cfg.lvs.conntrack_sync
+        if ct is None:
+            return
+        settings = CtSyncSettings(ct.interface, str(ct.peer), str(ct.source) if ct.source else None, ct.port,
+                                  ct.protocols, tuple(str(a) for a in ct.ignore), ct.conntrackd)
+        self.ctsync = Conntrackd(settings, self.cfg.node.state_dir)
+        try:
+            await self.ctsync.start()
+        except CtSyncError as e:
+            self.ctsync.last_error = str(e)
+            log.error("lvs.conntrack_sync: %s; running without connection-state sync", e)
 
     def _summary(self) -> str:
         return (f"{len(self.cfg.vrrp.instances)} VRRP instance(s), {len(self.cfg.services)} service(s), "
@@ -657,6 +683,9 @@ class Daemon:
             raise NotFound(f"no VRRP instance named {instance!r}")
         if self.vrrp is None:
             raise Conflict("this node runs no VRRP instances")
+        if self.ctsync is not None and not self.ctsync.running:
+            log.warning("failover: conntrackd is not running (%s): flows in flight may be lost",
+                        self.ctsync.last_error or "stopped")
         names = await asyncio.to_thread(self.vrrp.failover, instance)
         log.info("failover instance=%s by %s: resigning %s", instance or "(all)", who, ", ".join(names) or "none")
         return {"instances": names}

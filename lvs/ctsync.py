@@ -12,10 +12,13 @@ What
     state directory) that replicates every conntrack event to the peer over UDP on the directors' link (FTFW: sequence
     numbers, acknowledgements and resends). The external cache is disabled: the peer's entries go straight into the
     kernel table, so a backup's kernel already holds the master's flows before it takes the VIPs, whatever the role
-    change; nothing has to be committed after a takeover. Before a planned handover the old master waits until the peer
-    has acknowledged every event sent so far (``barrier``), and the nftables data plane drops, rather than schedules
-    or answers, packets of our services that conntrack does not know or finds invalid (``NftDataplane(require_state=
-    True)``): the sender's retransmission finds the state once it has arrived.
+    change: nothing has to be committed after a takeover (Keepalived's primary-backup.sh commits the external cache
+    after taking the VIPs, which leaves a window). TCP window tracking is not replicated, so the sync sets
+    ``net.netfilter.nf_conntrack_tcp_be_liberal=1`` (otherwise a flow that comes back to a director is out of its
+    window there). A flow younger than the replication delay (one netlink event, one UDP message, one insert) can still
+    have a packet reach the new master first: the nftables data plane then drops it (``NftDataplane(require_state=
+    True)``) rather than schedule it afresh or let the director's stack reset it, and the sender's retransmission
+    finds the state, which has arrived by then.
 
 Pure parts (``render_config``, ``parse_stats``) are unit-tested; ``Conntrackd`` is the process supervisor.
 """
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 CONNTRACKD = "/usr/sbin/conntrackd"
 DEFAULT_PORT = 3780
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp")
+BE_LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"
 
 
 class CtSyncError(Exception):
@@ -227,6 +231,7 @@ class Conntrackd:
         """Start conntrackd and wait until its control socket answers; CtSyncError if it does not."""
         if not self.available(self.settings.conntrackd):
             raise CtSyncError(f"{self.settings.conntrackd} not found: install Debian's conntrackd package")
+        await self._tcp_be_liberal()
         await self._spawn(timeout_s)
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="conntrackd")
 
@@ -236,7 +241,7 @@ class Conntrackd:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command_prefix, self.settings.conntrackd, "-C", self.paths.config,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_f, stderr=log_f)
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_f, stderr=log_f, preexec_fn=_die_with_parent)
         except OSError as e:
             raise CtSyncError(f"cannot run {self.settings.conntrackd}: {e}") from e
         finally:
@@ -255,6 +260,25 @@ class Conntrackd:
         tail = _tail(self.paths.log)
         await self._kill()
         raise CtSyncError(f"conntrackd did not start: {tail or 'no log'}")
+
+    async def _tcp_be_liberal(self) -> None:
+        """TCP window tracking is not replicated: a flow that comes back to a director after packets went through
+        the other one is out of its window there, so conntrack would mark it invalid. With be_liberal only
+        out-of-window resets are invalid (the usual setting next to conntrackd)."""
+        if self.command_prefix:
+            p = await asyncio.create_subprocess_exec(*self.command_prefix, "sysctl", "-q", "-w", f"{BE_LIBERAL}=1",
+                                                     stdout=asyncio.subprocess.DEVNULL,
+                                                     stderr=asyncio.subprocess.DEVNULL)
+            ok = await p.wait() == 0
+        else:
+            try:
+                with open("/proc/sys/" + BE_LIBERAL.replace(".", "/"), "w", encoding="ascii") as f:
+                    f.write("1\n")
+                ok = True
+            except OSError:
+                ok = False
+        if not ok:
+            log.warning("cannot set %s=1: flows may be dropped as out of window after moving back", BE_LIBERAL)
 
     async def _supervise(self) -> None:
         backoff = 1.0
@@ -320,6 +344,14 @@ class Conntrackd:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._kill()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the daemon dies (even by SIGKILL), so no conntrackd is left behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: str, lines: int = 3) -> str:

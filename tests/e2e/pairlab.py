@@ -21,6 +21,9 @@ The gateway VIP of the NAT layout is either a second VRRP instance on eth1 joine
 (``gateway="instance"``, the default) or a VIP of the front instance with its own ``interface: eth1``
 (``gateway="vip"``).
 
+With ``PairSpec.ctsync`` (NAT) the directors sync connection state through conntrackd over the back link
+(``lvs.conntrack_sync``), so a planned failover loses no request in flight.
+
 A director is either lvs-ha (``python -m ha run -c FILE``) or, with ``PairSpec.keepalived``, Debian's keepalived
 in VRRP-only mode (``keepalived -n -l -D -P``) whose data plane is programmed once by ``python -m ha apply``.
 """
@@ -84,6 +87,7 @@ class PairSpec:
     extra_services: list[dict[str, Any]] = field(default_factory=list)
     ipv6: bool = False  # NAT only: IPv6 too (VIPs of both families in each instance, a service "web6" on VIP6)
     probe_interval_s: float = 0.02  # the client's request interval (the VM is ~10 times slower: use more there)
+    ctsync: bool = False  # NAT: lvs.conntrack_sync between the directors over the back link (needs conntrackd)
 
     @property
     def rs_net(self) -> str:
@@ -193,7 +197,10 @@ class PairLab:
         if spec.check is not None:
             doc["checks"] = {"web": dict(spec.check)}
         if spec.lvs:
-            doc["lvs"] = spec.lvs
+            doc["lvs"] = dict(spec.lvs)
+        if spec.ctsync and spec.forwarding == "nat":
+            peer = DIRECTORS["dir2" if name == "dir1" else "dir1"]
+            doc.setdefault("lvs", {})["conntrack_sync"] = {"interface": "eth1", "peer": f"{BACK}.{peer}"}
         return doc
 
     def service(self, name: str, port: int) -> dict[str, Any]:
