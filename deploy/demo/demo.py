@@ -8,7 +8,8 @@ Topology (nothing leaves the machine; every address lives in namespaces this scr
                                      dir1 10.77.0.11 / dir2 10.77.0.12 --[back]-- rs1..rs3 10.77.0.21-23
                                      gateway VIP 10.77.0.1 (same instance) for the realservers' replies (NAT)
 
-The data plane is IPVS when the kernel has it, otherwise lvs-ha's nftables backend (NAT mode in both cases).
+The data plane is IPVS when the kernel has it, otherwise lvs-ha's nftables backend (NAT mode in both cases); with
+nftables the directors sync connection state through conntrackd (``lvs.conntrack_sync``) where it is installed.
 The client sends an HTTP request to the VIP every 20 ms for the whole run; the script walks through normal
 balancing, a realserver crash and recovery, a drain, a planned failover and a director crash, and prints a timeline
 with the client-visible gaps. Everything is torn down at the end and on Ctrl-C.
@@ -31,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from lvs.ctsync import Conntrackd  # noqa: E402
 from tests.lab import Host, Lab, LabUnavailable, wait_for  # noqa: E402
 from tests.traffic import read_records, summarize  # noqa: E402
 
@@ -39,9 +41,12 @@ VIP = "192.168.77.100"
 RS = {"rs1": "10.77.0.21", "rs2": "10.77.0.22", "rs3": "10.77.0.23"}
 
 
-def director_config(name: str, priority: int, workdir: Path, dataplane: str, advert: str) -> str:
+def director_config(name: str, priority: int, workdir: Path, dataplane: str, advert: str, ctsync: bool) -> str:
     rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 1 }}" for a in RS.values())
-    return f"""\
+    peer = "10.77.0.12" if name == "dir1" else "10.77.0.11"
+    # NAT state (conntrack) synced between the directors over the back link, so a planned failover loses nothing
+    lvs = f"lvs:\n  conntrack_sync: {{ interface: eth1, peer: {peer} }}\n" if ctsync else ""
+    return lvs + f"""\
 node:
   name: {name}
   state_dir: {workdir}/{name}/state
@@ -130,12 +135,14 @@ class Demo:
             self.hosts[name] = h
             self.start_server(name)
         dataplane = "ipvs" if Path("/proc/net/ip_vs").exists() else "nftables"
-        self.say(f"lab built: client, dir1, dir2, rs1..rs3 (data plane: {dataplane})")
+        ctsync = dataplane == "nftables" and Conntrackd.available()
+        sync = ", connection state synced by conntrackd" if ctsync else ""
+        self.say(f"lab built: client, dir1, dir2, rs1..rs3 (data plane: {dataplane}{sync})")
         for name, prio in (("dir1", 150), ("dir2", 100)):
             d = self.workdir / name
             (d / "state").mkdir(parents=True)
             cfg = d / "lvs-ha.yaml"
-            cfg.write_text(director_config(name, prio, self.workdir, dataplane, self.advert))
+            cfg.write_text(director_config(name, prio, self.workdir, dataplane, self.advert, ctsync))
             self.start_daemon(name)
 
     def start_server(self, name: str) -> None:
