@@ -279,13 +279,15 @@ def parse_conntrack_sync(ctx: Ctx, m: Map) -> ConntrackSyncConfig | None:
     if peer is not None and source is not None and source.version != peer.version:
         ctx.error(cm.value_node("source"), cm.p("source"), f"{source} and the peer {peer} are of different families")
         source = None
-    protocols = cm.get("protocols", c_str_list, ("tcp", "udp", "sctp"))
+    default_protocols: tuple[str, ...] = ("tcp", "udp", "sctp")
+    protocols = cm.get("protocols", c_str_list, default_protocols)
     for p in protocols:
         if p not in _CT_PROTOCOLS:
             ctx.error(cm.value_node("protocols"), cm.p("protocols"),
                       f"unknown protocol '{p}' (one of {', '.join(_CT_PROTOCOLS)}){suggest(p, _CT_PROTOCOLS)}")
     ignore: list[IPAddress] = []
-    for text in cm.get("ignore", c_str_list, ()):
+    no_ignore: tuple[str, ...] = ()
+    for text in cm.get("ignore", c_str_list, no_ignore):
         try:
             ignore.append(ipaddress.ip_address(text))
         except ValueError:

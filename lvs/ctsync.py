@@ -168,12 +168,13 @@ def parse_stats(text: str) -> dict[str, int]:
     return out
 
 
-def interface_address(interface: str, family: int) -> str | None:
+def interface_address(interface: str, family: int, command_prefix: Sequence[str] = ()) -> str | None:
     """The interface's first primary (not secondary: VIPs are added as secondaries) address of ``family``."""
     import subprocess
 
     try:
-        r = subprocess.run(["ip", "-j", f"-{family}", "addr", "show", "dev", interface], capture_output=True,
+        r = subprocess.run([*command_prefix, "ip", "-j", f"-{family}", "addr", "show", "dev", interface],
+                           capture_output=True,
                            text=True, timeout=10, check=False)
         doc = json.loads(r.stdout or "[]")
     except (OSError, ValueError, subprocess.SubprocessError):
@@ -192,8 +193,11 @@ class Conntrackd:
     """One conntrackd for this director: config written to ``directory``, started as our child, restarted with a
     backoff (1 s doubling to 30 s) if it dies, stopped (SIGTERM, then SIGKILL) with the daemon."""
 
-    def __init__(self, settings: CtSyncSettings, directory: str, command_prefix: Sequence[str] = ()) -> None:
+    def __init__(self, settings: CtSyncSettings, directory: str, command_prefix: Sequence[str] = (),
+                 set_be_liberal: bool = True, restart_backoff_s: float = 1.0) -> None:
         self.settings = settings
+        self.set_be_liberal = set_be_liberal
+        self.restart_backoff_s = restart_backoff_s
         self.paths = Paths.in_dir(directory)
         self.command_prefix = tuple(command_prefix)
         self.proc: asyncio.subprocess.Process | None = None
@@ -213,7 +217,7 @@ class Conntrackd:
 
     def _write_config(self) -> None:
         s = self.settings
-        source = s.source or interface_address(s.interface, ipaddress.ip_address(s.peer).version)
+        source = s.source or interface_address(s.interface, ipaddress.ip_address(s.peer).version, self.command_prefix)
         if source is None:
             raise CtSyncError(f"interface {s.interface} has no address of the peer {s.peer}'s family; "
                               f"set lvs.conntrack_sync.source")
@@ -231,7 +235,8 @@ class Conntrackd:
         """Start conntrackd and wait until its control socket answers; CtSyncError if it does not."""
         if not self.available(self.settings.conntrackd):
             raise CtSyncError(f"{self.settings.conntrackd} not found: install Debian's conntrackd package")
-        await self._tcp_be_liberal()
+        if self.set_be_liberal:
+            await self._tcp_be_liberal()
         await self._spawn(timeout_s)
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="conntrackd")
 
@@ -281,7 +286,7 @@ class Conntrackd:
             log.warning("cannot set %s=1: flows may be dropped as out of window after moving back", BE_LIBERAL)
 
     async def _supervise(self) -> None:
-        backoff = 1.0
+        backoff = self.restart_backoff_s
         while not self._stopping:
             assert self.proc is not None
             rc = await self.proc.wait()
@@ -294,7 +299,7 @@ class Conntrackd:
             try:
                 await self._spawn(10.0)
                 self.restarts += 1
-                backoff = 1.0
+                backoff = self.restart_backoff_s
             except CtSyncError as e:
                 self.last_error = str(e)
                 log.error("%s", e)
