@@ -40,7 +40,7 @@ async def run_begun(begin: Begin, target: Any, spec: Any, timeout_s: float) -> C
     try:
         return await fut
     finally:
-        if not fut.done() and cancel is not None:
+        if cancel is not None and (fut.cancelled() or not fut.done()):  # cancelling the task cancels fut too
             cancel()
 
 

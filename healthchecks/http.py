@@ -1,12 +1,15 @@
-"""HTTP and HTTPS checks (aiohttp; plain http without keep-alive uses the bare-socket client in httpfast.py).
+"""HTTP and HTTPS checks (plain http: the bare-socket client of httpfast.py; https: aiohttp).
 
 Keys: ``method`` (GET), ``path`` (/), ``host`` (Host header and TLS SNI/verification name), ``headers`` (mapping),
 ``body`` (text), ``expect_status`` (list of codes or ranges, default ["200-299"]), ``expect_body`` (regular
-expression searched in the first ``max_body`` bytes), ``keepalive`` (false: a new connection for every check),
-``client`` (``auto``: plain http without keep-alive uses the bare-socket client of ``httpfast.py``, the rest
-aiohttp; ``aiohttp``: always aiohttp), and for https: ``verify`` (true; false is allowed but logged as a warning),
+expression searched in the first ``max_body`` bytes), ``reuse_connection`` (true: keep the connection open between
+checks of a target, as Envoy's HTTP health checker does; false: a new connection for every check; ``keepalive`` is
+its older name), ``client`` (``auto``: plain http uses the bare-socket client of ``httpfast.py``, https aiohttp;
+``aiohttp``: always aiohttp), and for https: ``verify`` (true; false is allowed but logged as a warning),
 ``ca_file``, ``cert_file``, ``key_file``.
-One client session per checker instance (one for fresh connections, one for keep-alive), tied to the running loop.
+Plain http is a callback check (``begin``); aiohttp checks run as coroutines. One aiohttp session per checker
+instance for fresh connections and one for reused ones, and one bare-socket client (with its pool of idle
+connections), all tied to the running loop.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Any, ClassVar
 
 import aiohttp
 
+from healthchecks import sockio
 from healthchecks.base import CheckResult, SpecError, Target
-from healthchecks.httpfast import build_request, http_check
+from healthchecks.callback import Cancel, Done, begin_task, run_begun
+from healthchecks.httpfast import IDLE_MAX_S, PURGE_EVERY_S, Client, build_request
 from healthchecks.spec import SpecReader, parse_status_ranges
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ class HttpSpec:
     expect_status: tuple[tuple[int, int], ...] = ((200, 299),)
     expect_body: re.Pattern[bytes] | None = None
     max_body: int = 65536
-    keepalive: bool = False
+    reuse_connection: bool = True
     client: str = "auto"  # auto | aiohttp
     verify: bool = True
     ca_file: str | None = None
@@ -73,14 +78,19 @@ class HttpChecker:
     scheme: ClassVar[str] = "http"
 
     def __init__(self) -> None:
-        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        # None: the session for new connections; (address, port, scheme): a target's own keep-alive session, so
+        # that a failed check can drop exactly that target's connection
+        self._sessions: dict[tuple[Any, ...] | None, aiohttp.ClientSession] = {}
+        self._session_used: dict[tuple[Any, ...], float] = {}
+        self._last_purge = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl: dict[tuple[Any, ...], ssl.SSLContext] = {}
         self._requests: dict[tuple[Any, ...], bytes] = {}
+        self._client: Client | None = None
 
     def parse_spec(self, raw: Mapping[str, Any]) -> HttpSpec:
-        keys = {"method", "path", "host", "headers", "body", "expect_status", "expect_body", "max_body", "keepalive",
-                "client"}
+        keys = {"method", "path", "host", "headers", "body", "expect_status", "expect_body", "max_body",
+                "reuse_connection", "keepalive", "client"}
         if self.scheme == "https":
             keys |= {"verify", "ca_file", "cert_file", "key_file"}
         r = SpecReader(raw, keys, self.name)
@@ -96,9 +106,15 @@ class HttpChecker:
         status = parse_status_ranges(r.str_list("expect_status", ("200-299",)), r, "expect_status")
         expect_body = r.regex("expect_body", binary=True)
         max_body = r.integer("max_body", 65536, 1, 16 << 20)
+        reuse = r.flag("reuse_connection", True)
+        if r.has("keepalive"):  # the older name
+            older = r.flag("keepalive", reuse)
+            if r.has("reuse_connection") and older != reuse:
+                r.error("keepalive is the older name of reuse_connection: give one of them", "keepalive")
+            reuse = older
         spec = HttpSpec(
             self.scheme, method, path, host, headers, body, status or ((200, 299),), expect_body, max_body,
-            r.flag("keepalive", False), r.choice("client", ("auto", "aiohttp"), "auto"), r.flag("verify", True),
+            reuse, r.choice("client", ("auto", "aiohttp"), "auto"), r.flag("verify", True),
             r.text("ca_file"), r.text("cert_file"),
             r.text("key_file"),
         )
@@ -115,19 +131,35 @@ class HttpChecker:
                 log.warning("https check with verify: false: the realserver's certificate is not checked")
         return spec
 
-    def _session(self, keepalive: bool) -> aiohttp.ClientSession:
+    def _session(self, key: tuple[Any, ...] | None) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._sessions = {}  # sessions of a finished loop cannot be used (or closed) from this one
+            self._session_used = {}
             self._loop = loop
-        s = self._sessions.get(keepalive)
+        s = self._sessions.get(key)
         if s is None or s.closed:
-            conn = aiohttp.TCPConnector(force_close=not keepalive, limit=0, enable_cleanup_closed=False,
-                                        use_dns_cache=False)
+            kw: dict[str, Any] = {"force_close": True} if key is None else {"keepalive_timeout": IDLE_MAX_S}
+            conn = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False, use_dns_cache=False, **kw)
             s = aiohttp.ClientSession(connector=conn, cookie_jar=aiohttp.DummyCookieJar(),
                                       headers={"User-Agent": USER_AGENT}, auto_decompress=False)
-            self._sessions[keepalive] = s
+            self._sessions[key] = s
+        if key is not None:
+            self._session_used[key] = loop.time()
         return s
+
+    async def _drop_session(self, key: tuple[Any, ...]) -> None:
+        s = self._sessions.pop(key, None)
+        self._session_used.pop(key, None)
+        if s is not None:
+            await s.close()
+
+    async def _purge_sessions(self, now: float) -> None:
+        """Close the keep-alive sessions of targets not checked for a while (removed checks)."""
+        self._last_purge = now
+        for key, used in list(self._session_used.items()):
+            if now - used > IDLE_MAX_S:
+                await self._drop_session(key)
 
     def _ctx(self, spec: HttpSpec) -> ssl.SSLContext:
         k = (spec.verify, spec.ca_file, spec.cert_file, spec.key_file)
@@ -140,20 +172,55 @@ class HttpChecker:
         sessions, self._sessions = list(self._sessions.values()), {}
         for s in sessions:
             await s.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def idle_connections(self) -> int:
+        """Idle keep-alive connections of the bare-socket client (plain http)."""
+        return len(self._client.pool) if self._client is not None else 0
+
+    def begin(self, target: Target, spec: HttpSpec, timeout_s: float, done: Done) -> Cancel | None:
+        if target.port is None:
+            done(CheckResult(False, "no port to connect to", 0.0))
+            return None
+        client = self._client
+        loop = asyncio.get_running_loop()
+        if client is None or client.loop is not loop:
+            p = sockio.poller(loop)
+            if p is not None and spec.scheme == "http" and spec.client == "auto":
+                if client is not None:
+                    client.close()  # connections of a finished loop
+                client = self._client = Client(loop, p)
+        if client is None or client.loop is not loop or spec.scheme != "http" or spec.client != "auto":
+            return begin_task(self._aiohttp_check(target, spec, timeout_s), done, _error_result)
+        key = (spec, target.address, target.port)
+        req = self._requests.get(key)
+        if req is None:
+            if len(self._requests) > 100_000:
+                self._requests.clear()
+            req = self._requests[key] = build_request(spec, target, USER_AGENT)
+        return client.begin(spec, target, req, spec.reuse_connection, done)
 
     async def check(self, target: Target, spec: HttpSpec, timeout_s: float) -> CheckResult:
+        return await run_begun(self.begin, target, spec, timeout_s)
+
+    async def _aiohttp_check(self, target: Target, spec: HttpSpec, timeout_s: float) -> CheckResult:
+        """aiohttp (https, or ``client: aiohttp``). With connection reuse, a failed check closes the target's
+        connection (a timeout cancels the request, which closes it too)."""
+        key = (target.address, target.port, spec.scheme) if spec.reuse_connection else None
+        res = await self._aiohttp_request(self._session(key), target, spec, timeout_s)
+        if key is not None and not res.ok:
+            await self._drop_session(key)
+        now = asyncio.get_running_loop().time()
+        if now - self._last_purge > PURGE_EVERY_S:
+            await self._purge_sessions(now)
+        return res
+
+    async def _aiohttp_request(self, session: aiohttp.ClientSession, target: Target, spec: HttpSpec,
+                               timeout_s: float) -> CheckResult:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        if target.port is None:
-            return CheckResult(False, "no port to connect to", 0.0)
-        if spec.scheme == "http" and not spec.keepalive and spec.client == "auto":
-            key = (spec, target.address, target.port)
-            req = self._requests.get(key)
-            if req is None:
-                if len(self._requests) > 100_000:
-                    self._requests.clear()
-                req = self._requests[key] = build_request(spec, target, USER_AGENT)
-            return await http_check(spec, target, timeout_s, req)
         headers = dict(spec.headers)
         if spec.host:
             headers["Host"] = spec.host
@@ -163,7 +230,7 @@ class HttpChecker:
             if spec.host:
                 kw["server_hostname"] = spec.host
         try:
-            async with self._session(spec.keepalive).request(
+            async with session.request(
                 spec.method, _url(spec, target), headers=headers, data=spec.body, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout_s), **kw,
             ) as resp:
@@ -197,6 +264,10 @@ class HttpChecker:
             return CheckResult(False, f"{type(e).__name__}: {e}", loop.time() - t0)
         except OSError as e:
             return CheckResult(False, _oserror_text(e), loop.time() - t0)
+
+
+def _error_result(e: BaseException) -> CheckResult:
+    return CheckResult(False, f"checker error: {type(e).__name__}: {e}", 0.0)
 
 
 def _oserror_text(e: OSError) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,37 @@ async def test_tcp_connect_over_ipv6_loopback() -> None:
         assert (await tcp(port, host="::1")).ok
     finally:
         await ctx.__aexit__(None, None, None)
+
+
+@contextlib.contextmanager
+def full_backlog() -> Iterator[int]:
+    """A listener that never accepts, with its accept queue filled: further SYNs go unanswered (a hung connect)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
+async def test_tcp_connect_that_hangs_times_out_and_leaves_nothing_behind() -> None:
+    from healthchecks import sockio
+
+    with full_backlog() as port:
+        results = await asyncio.gather(*(tcp(port, timeout=0.3) for _ in range(5)))
+        assert [r.reason for r in results] == ["timeout after 0.3s"] * 5
+        p = sockio.poller(asyncio.get_running_loop())
+        assert p is not None and not p.waiting  # the abandoned connects were unregistered (and closed)
 
 
 async def test_tcp_send_expect() -> None:
@@ -92,20 +125,21 @@ async def test_tcp_reset_and_close_without_reply() -> None:
 
 
 class ClientChecker(HttpChecker):
-    """The http checker with ``client`` preset, so every test runs with both clients."""
+    """The http checker with ``client`` and ``reuse_connection`` preset, so every test runs with both clients, with
+    and without connection reuse."""
 
     client = "auto"
+    reuse = True
 
     def parse_spec(self, raw: Any) -> Any:
-        if "keepalive" not in raw:
-            raw = {"client": self.client, **raw}
-        return super().parse_spec(raw)
+        return super().parse_spec({"client": self.client, "reuse_connection": self.reuse, **raw})
 
 
-@pytest.fixture(params=["auto", "aiohttp"])
+@pytest.fixture(params=[("auto", True), ("auto", False), ("aiohttp", True), ("aiohttp", False)],
+                ids=["auto-reuse", "auto-fresh", "aiohttp-reuse", "aiohttp-fresh"])
 async def http_checker(request: pytest.FixtureRequest) -> AsyncIterator[HttpChecker]:
     c = ClientChecker()
-    c.client = request.param
+    c.client, c.reuse = request.param
     yield c
     await c.aclose()
 
@@ -162,26 +196,6 @@ async def test_http_failure_modes(http_checker: HttpChecker) -> None:
         assert not res.ok and ("closed" in res.reason or "reset" in res.reason), res.reason
         # a later check still works: nothing is left broken in the shared session
         assert (await http(http_checker, port, path="/ok")).ok
-
-
-async def test_http_connections_are_not_reused_unless_asked(http_checker: HttpChecker) -> None:
-    conns = 0
-
-    async def keep(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        nonlocal conns
-        conns += 1
-        while True:
-            await read_request(r)
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await w.drain()
-
-    async with tcp_server(keep) as port:
-        for _ in range(3):
-            assert (await http(http_checker, port)).ok
-        assert conns == 3
-        for _ in range(3):
-            assert (await http(http_checker, port, keepalive=True)).ok
-        assert conns == 4
 
 
 @pytest.fixture(scope="module")

@@ -272,3 +272,127 @@ def test_sharing_respects_the_realserver_identity_and_exec_services() -> None:
     assert runner.probe_count == 4
     assert runner._key_probe["f1"] == runner._key_probe["f3"] != runner._key_probe["f2"]
     assert runner._key_probe["e1"] != runner._key_probe["e2"]
+
+
+class CallbackScripted:
+    """A callback checker (``begin``) whose behaviour per address is set by the test: 'ok' (done at once),
+    'later' (done on the next loop iteration), 'hold' (done after 10 ms), 'fail', 'hang' (never done), 'raise'."""
+
+    name: ClassVar[str] = "cb"
+
+    def __init__(self) -> None:
+        self.mode: dict[str, str] = {}
+        self.calls: list[str] = []
+        self.cancelled: list[str] = []
+        self.inflight = 0
+        self.max_inflight = 0
+        self.late_done = 0  # done called after cancel: must stay 0
+
+    def parse_spec(self, raw: Any) -> Any:
+        return None
+
+    async def check(self, target: Target, spec: Any, timeout_s: float) -> CheckResult:
+        raise AssertionError("the runner must use begin")
+
+    def begin(self, target: Target, spec: Any, timeout_s: float, done: Callable[[CheckResult], None]) -> Any:
+        addr = target.address
+        self.calls.append(addr)
+        mode = self.mode.get(addr, "ok")
+        loop = asyncio.get_running_loop()
+        if mode == "raise":
+            raise RuntimeError("boom in begin")
+        if mode in ("ok", "fail"):
+            done(CheckResult(mode == "ok", mode, 0.0))
+            return None
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        state = {"live": True}
+
+        def finish() -> None:
+            if not state["live"]:
+                self.late_done += 1
+                return
+            state["live"] = False
+            self.inflight -= 1
+            done(CheckResult(True, mode, 0.001))
+
+        handle = None
+        if mode == "later":
+            handle = loop.call_soon(finish)
+        elif mode == "hold":
+            handle = loop.call_later(0.01, finish)
+
+        def cancel() -> None:
+            self.cancelled.append(addr)
+            if state["live"]:
+                state["live"] = False
+                self.inflight -= 1
+            if handle is not None:
+                handle.cancel()
+
+        return cancel
+
+
+@pytest.fixture
+def cbreg() -> tuple[Registry, CallbackScripted]:
+    r = Registry()
+    c = CallbackScripted()
+    r.register("cb", c)
+    return r, c
+
+
+def cbs(addr: str, interval: float = 0.02, timeout: float = 0.5) -> CheckSpec:
+    return CheckSpec("cb", None, Target(addr, 80, f"{addr}:80"), interval, timeout, 1, 1)
+
+
+async def test_callback_checks_results_timeouts_and_errors(cbreg: tuple[Registry, CallbackScripted]) -> None:
+    registry, chk = cbreg
+    chk.mode.update({"127.0.3.2": "later", "127.0.3.3": "fail", "127.0.3.4": "hang", "127.0.3.5": "raise"})
+    runner = Runner(registry)
+    runner.set_checks({a: cbs(a, timeout=0.05) for a in ("127.0.3.1", "127.0.3.2", "127.0.3.3", "127.0.3.4",
+                                                         "127.0.3.5")})
+    await runner.start()
+    try:
+        await until(lambda: chk.cancelled.count("127.0.3.4") >= 3, what="hung checks cancelled at their deadline")
+        await until(lambda: all(chk.calls.count(a) >= 5 for a in ("127.0.3.1", "127.0.3.2", "127.0.3.5")))
+        assert runner.state("127.0.3.1") is Health.UP and runner.state("127.0.3.2") is Health.UP
+        assert runner.state("127.0.3.3") is Health.DOWN and runner.state("127.0.3.4") is Health.DOWN
+        r4 = runner.status("127.0.3.4").last_result
+        r5 = runner.status("127.0.3.5").last_result
+        assert r4 is not None and r4.reason == "timeout after 0.05s"
+        assert r5 is not None and not r5.ok and "boom in begin" in r5.reason
+        assert runner.stats.timeouts >= 3 and runner.stats.errors >= 1
+    finally:
+        await runner.stop()
+    assert chk.late_done == 0 and chk.inflight == 0
+
+
+async def test_callback_checks_respect_the_concurrency_limit(cbreg: tuple[Registry, CallbackScripted]) -> None:
+    registry, chk = cbreg
+    runner = Runner(registry, concurrency=2)
+    addrs = [f"127.0.4.{i}" for i in range(10)]
+    chk.mode.update(dict.fromkeys(addrs, "hold"))
+    runner.set_checks({a: cbs(a, interval=0.01) for a in addrs})
+    await runner.start()
+    try:
+        await until(lambda: len(chk.calls) >= 40)
+        assert all(chk.calls.count(a) >= 1 for a in addrs)  # waiting probes all get their turn
+    finally:
+        await runner.stop()
+    assert chk.max_inflight == 2 and chk.inflight == 0
+
+
+async def test_removing_or_stopping_cancels_running_callback_checks(cbreg: tuple[Registry, CallbackScripted]) -> None:
+    registry, chk = cbreg
+    chk.mode.update({"127.0.5.1": "hang", "127.0.5.2": "hang"})
+    runner = Runner(registry)
+    runner.set_checks({"a": cbs("127.0.5.1", timeout=30), "b": cbs("127.0.5.2", timeout=30)})
+    await runner.start()
+    try:
+        await until(lambda: chk.inflight == 2)
+        runner.set_checks({"b": cbs("127.0.5.2", timeout=30)})
+        assert chk.cancelled == ["127.0.5.1"] and chk.inflight == 1
+    finally:
+        await runner.stop()
+    assert sorted(chk.cancelled) == ["127.0.5.1", "127.0.5.2"] and chk.inflight == 0
+    assert runner.stats.timeouts == 0 and chk.late_done == 0
