@@ -144,6 +144,25 @@ class Framing:
         self.keep = keep
 
 
+Head = tuple[int, str, "int | None", bool, bool]  # code (-1: bad), status text or error, length, chunked, keep
+_heads: dict[bytes, Head] = {}  # recently seen heads (servers answer health checks with the same few heads)
+
+
+def parse_head(head: bytes) -> Head:
+    """Status line and headers (without the blank line) -> (code, status, length, chunked, keep)."""
+    lines = head.split(b"\r\n")
+    m = _STATUS.match(lines[0])
+    if not m:
+        return -1, f"bad response: status line {lines[0][:60]!r}", None, False, False
+    code = int(m.group(2))
+    status = f"{code} {(m.group(3) or b'').decode('latin-1')}".strip()
+    try:
+        f = Framing(lines[1:], m.group(1))
+    except ValueError:
+        return -1, "bad response: Content-Length", None, False, False
+    return code, status, f.length, f.chunked, f.keep
+
+
 class Pool:
     """Idle keep-alive connections of one event loop, by (address, port)."""
 
@@ -377,24 +396,25 @@ class Exchange:
     def _head(self, end: int) -> bool:
         """Parse the status line and headers; False if the check ended here."""
         head, self.body = self.buf[:end], self.buf[end + 4:]
-        lines = head.split(b"\r\n")
-        m = _STATUS.match(lines[0])
-        if not m:
-            self._fail(f"bad response: status line {lines[0][:60]!r}")
+        parsed = _heads.get(head)
+        if parsed is None:
+            parsed = parse_head(head)
+            if len(_heads) >= 512:
+                _heads.clear()
+            _heads[head] = parsed
+        code, status, length, chunked, keep = parsed
+        if code < 0:
+            self._fail(status)
             return False
-        self.code = code = int(m.group(2))
-        self.status = f"{code} {(m.group(3) or b'').decode('latin-1')}".strip()
-        try:
-            f = self.framing = Framing(lines[1:], m.group(1))
-        except ValueError:
-            self._fail("bad response: Content-Length")
-            return False
-        if self.spec.method == "HEAD" or code in (204, 304) or code < 200:
+        self.code, self.status = code, status
+        f = self.framing = Framing.__new__(Framing)
+        f.length, f.chunked, f.keep = length, chunked, keep
+        if code < 200 or code in (204, 304) or self.spec.method == "HEAD":
             f.length, f.chunked = 0, False
             if code < 200:
                 f.keep = False  # an interim answer: do not try to stay in step with what follows
         if not self.spec.status_ok(code):
-            self._fail(f"unexpected status {self.status}")
+            self._fail(f"unexpected status {status}")
             return False
         return True
 

@@ -152,6 +152,7 @@ class Runner:
         self.jitter = jitter
         self.late_after_s = late_after_s
         self._rng = rng or random.Random()
+        self._random = self._rng.random
         self._specs: dict[Hashable, CheckSpec] = {}
         self._hyst: dict[Hashable, Hysteresis] = {}
         self._probes: dict[tuple[Any, ...], _Probe] = {}
@@ -357,7 +358,12 @@ class Runner:
         probe.running = True
         probe.started = now
         self._running += 1
-        self._push(now + probe.timeout_s, probe, gen, True)
+        slot = int((now + probe.timeout_s) * self._inv) + 1  # the deadline (``_push``, inlined: once per check)
+        entries = self._wheel.get(slot)
+        if entries is None:
+            self._push(now + probe.timeout_s, probe, gen, True)
+        else:
+            entries.append((probe, gen, True))
         begin = probe.begin
         if begin is not None:
             def done(res: CheckResult) -> None:
@@ -436,19 +442,24 @@ class Runner:
             elif res.reason.startswith("checker error"):
                 stats.errors += 1
         probe.last_result = res
-        self._deliver(probe, res)
-        step = probe.interval_s * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
-        due = probe.due + step
-        probe.due = due if due > now else now
-        self._push(probe.due, probe, gen, False)
+        self._deliver(probe, res, now if self._clock is None else self._clock())
+        due = probe.due + probe.interval_s * (1.0 + self.jitter * (2.0 * self._random() - 1.0))
+        if due < now:
+            due = now
+        probe.due = due
+        slot = int(due * self._inv) + 1
+        entries = self._wheel.get(slot)
+        if entries is None:
+            self._push(due, probe, gen, False)
+        else:
+            entries.append((probe, gen, False))
         waiting = self._waiting
         while waiting and self._running < self.concurrency and self._loop is loop:
             p = waiting.popleft()
             if not p.removed and not p.running:
                 self._launch(p, now)
 
-    def _deliver(self, probe: _Probe, res: CheckResult) -> None:
-        now = self.now()
+    def _deliver(self, probe: _Probe, res: CheckResult, now: float) -> None:
         hyst = self._hyst
         for key in probe.keys:
             h = hyst.get(key)

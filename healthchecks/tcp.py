@@ -13,6 +13,7 @@ import asyncio
 import errno
 import re
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -78,7 +79,91 @@ def error_result(e: BaseException) -> CheckResult:
 
 
 _OUT = sockio.OUT
+_FAILED = sockio.FAILED
+_EINPROGRESS = errno.EINPROGRESS
+_Socket = socket.SocketType
+_STREAM_NB = socket.SOCK_STREAM | sockio.SOCK_NONBLOCK
+_INET, _INET6 = socket.AF_INET, socket.AF_INET6
+_SOL_SOCKET, _SO_LINGER, _SO_ERROR = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_ERROR
+_monotonic = time.monotonic  # the default event loop's clock; latencies only
 NO_PORT = CheckResult(False, "no port to connect to", 0.0)
+
+
+class _Connect:
+    """One plain connect check: a non-blocking connect, one one-shot epoll wait, close with an RST."""
+
+    __slots__ = ("done", "fd", "poller", "sock", "t0")
+
+    def __init__(self, poller: sockio.Poller, address: str, port: int, done: Done) -> None:
+        self.poller = poller
+        self.done = done
+        self.t0 = _monotonic()
+        self.sock: Any = None
+        self.fd = -1
+        self._connect(address, port)
+
+    def _connect(self, address: str, port: int) -> None:
+        try:
+            if ":" in address:
+                sock = self.sock = _Socket(_INET6, _STREAM_NB)
+                sock.setsockopt(_SOL_SOCKET, _SO_LINGER, sockio.LINGER0)
+                err = sock.connect_ex((address, port, 0, 0))
+            else:
+                sock = self.sock = _Socket(_INET, _STREAM_NB)
+                sock.setsockopt(_SOL_SOCKET, _SO_LINGER, sockio.LINGER0)
+                err = sock.connect_ex((address, port))
+        except OSError as e:
+            self._end(False, describe_oserror(e))
+            return
+        if err != _EINPROGRESS:
+            if err:
+                self._end(False, describe_errno(err))
+            else:
+                self._end(True, "connected")
+            return
+        fd = self.fd = sock.fileno()
+        p = self.poller
+        p.waiting[fd] = self.ready
+        try:
+            try:
+                p.ep.register(fd, _OUT)  # a fresh descriptor: new to this epoll
+            except FileExistsError:  # a stale registration of a closed descriptor still shared with a child
+                p.ep.modify(fd, _OUT)
+        except OSError as e:
+            del p.waiting[fd]
+            self._end(False, describe_oserror(e))
+
+    def start(self) -> Cancel | None:
+        return self.cancel if self.done is not None else None
+
+    def ready(self, events: int) -> None:
+        sock = self.sock
+        if events & _FAILED:
+            err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+            if err:
+                self._end(False, describe_errno(err))
+                return
+        sock.close()
+        done = self.done
+        self.done = None
+        if done is not None:
+            done(CheckResult(True, "connected", _monotonic() - self.t0))
+
+    def _end(self, ok: bool, reason: str) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        done = self.done
+        self.done = None
+        if done is not None:
+            done(CheckResult(ok, reason, _monotonic() - self.t0))
+
+    def cancel(self) -> None:
+        self.done = None
+        waiting = self.poller.waiting
+        if self.fd >= 0 and self.fd in waiting and waiting[self.fd].__self__ is self:  # type: ignore[attr-defined]
+            del waiting[self.fd]
+        if self.sock is not None:
+            self.sock.close()
 
 
 def show(data: bytes, n: int = 60) -> str:
@@ -104,55 +189,10 @@ class TcpChecker:
         if port is None:
             done(NO_PORT)
             return None
-        loop = asyncio.get_running_loop()
-        p = sockio.poller(loop)
+        p = sockio.poller(asyncio.get_running_loop())
         if p is None or spec.send is not None or spec.expect is not None or spec.expect_prefix is not None:
             return begin_task(self._converse(target, spec), done, error_result)
-        t0 = loop.time()
-        address = target.address
-        sock = None
-        try:
-            sock = sockio.new_socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
-            err = sock.connect_ex((address, port, 0, 0) if ":" in address else (address, port))
-        except OSError as e:
-            if sock is not None:
-                sock.close()
-            done(CheckResult(False, describe_oserror(e), loop.time() - t0))
-            return None
-        if err != errno.EINPROGRESS:
-            sock.close()
-            done(CheckResult(True, "connected", loop.time() - t0) if err == 0
-                 else CheckResult(False, describe_errno(err), loop.time() - t0))
-            return None
-        fd = sock.fileno()
-
-        def ready(events: int) -> None:
-            if events & sockio.FAILED:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                sock.close()
-                if err:
-                    done(CheckResult(False, describe_errno(err), loop.time() - t0))
-                    return
-            else:
-                sock.close()
-            done(CheckResult(True, "connected", loop.time() - t0))
-
-        def cancel() -> None:
-            if p.waiting.get(fd) is ready:
-                del p.waiting[fd]
-            sock.close()
-
-        p.waiting[fd] = ready
-        try:
-            try:
-                p.ep.register(fd, _OUT)  # a fresh descriptor: new to this epoll
-            except FileExistsError:  # a stale registration of a closed descriptor still shared with a child
-                p.ep.modify(fd, _OUT)
-        except OSError as e:
-            cancel()
-            done(CheckResult(False, describe_oserror(e), loop.time() - t0))
-            return None
-        return cancel
+        return _Connect(p, target.address, port, done).start()
 
     async def check(self, target: Target, spec: TcpSpec, timeout_s: float) -> CheckResult:
         return await run_begun(self.begin, target, spec, timeout_s)
