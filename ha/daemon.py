@@ -578,8 +578,8 @@ class Daemon:
 
     async def _start_ctsync(self) -> None:
         """``lvs.conntrack_sync``: run conntrackd (lvs.ctsync) so that the peer's flows are in our conntrack table
-        before we take the VIPs. A failure to start is logged and the daemon runs on without it (a planned
-        failover may then lose the requests in flight, as without the feature)."""
+        before we take the VIPs. A failure to start is logged and retried in the background; meanwhile a failover
+        may lose the requests in flight, as without the feature."""
         from lvs.ctsync import Conntrackd, CtSyncError, CtSyncSettings
 
         ct = self.cfg.lvs.conntrack_sync
@@ -592,7 +592,7 @@ class Daemon:
             await self.ctsync.start()
         except CtSyncError as e:
             self.ctsync.last_error = str(e)
-            log.error("lvs.conntrack_sync: %s; running without connection-state sync", e)
+            log.error("lvs.conntrack_sync: %s; retrying in the background", e)
 
     def _summary(self) -> str:
         return (f"{len(self.cfg.vrrp.instances)} VRRP instance(s), {len(self.cfg.services)} service(s), "

@@ -191,7 +191,8 @@ def interface_address(interface: str, family: int, command_prefix: Sequence[str]
 
 class Conntrackd:
     """One conntrackd for this director: config written to ``directory``, started as our child, restarted with a
-    backoff (1 s doubling to 30 s) if it dies, stopped (SIGTERM, then SIGKILL) with the daemon."""
+    backoff (1 s doubling to 30 s) if it dies or does not start, stopped (SIGTERM, then SIGKILL) with the daemon,
+    and killed by the kernel if the daemon dies (``PR_SET_PDEATHSIG``)."""
 
     def __init__(self, settings: CtSyncSettings, directory: str, command_prefix: Sequence[str] = (),
                  set_be_liberal: bool = True, restart_backoff_s: float = 1.0) -> None:
@@ -237,8 +238,10 @@ class Conntrackd:
             raise CtSyncError(f"{self.settings.conntrackd} not found: install Debian's conntrackd package")
         if self.set_be_liberal:
             await self._tcp_be_liberal()
-        await self._spawn(timeout_s)
-        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="conntrackd")
+        try:
+            await self._spawn(timeout_s)
+        finally:  # started or not, it is (re)started with a backoff from now on
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name="conntrackd")
 
     async def _spawn(self, timeout_s: float) -> None:
         self._write_config()
@@ -288,12 +291,13 @@ class Conntrackd:
     async def _supervise(self) -> None:
         backoff = self.restart_backoff_s
         while not self._stopping:
-            assert self.proc is not None
-            rc = await self.proc.wait()
-            if self._stopping:
-                return
-            self.last_error = f"conntrackd exited with status {rc}: {_tail(self.paths.log)}"
-            log.error("%s; restarting in %.0f s (connection state is not synced meanwhile)", self.last_error, backoff)
+            if self.proc is not None and self.proc.returncode is None:
+                rc = await self.proc.wait()
+                if self._stopping:
+                    return
+                self.last_error = f"conntrackd exited with status {rc}: {_tail(self.paths.log)}"
+            log.error("%s; restarting in %.1f s (connection state is not synced meanwhile)", self.last_error,
+                      backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             try:
@@ -302,7 +306,6 @@ class Conntrackd:
                 backoff = self.restart_backoff_s
             except CtSyncError as e:
                 self.last_error = str(e)
-                log.error("%s", e)
 
     async def command(self, *args: str, timeout_s: float = 5.0) -> tuple[int, str, str]:
         """``conntrackd -C CONFIG ARGS`` (a client command to the running daemon)."""

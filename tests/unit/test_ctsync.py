@@ -123,9 +123,15 @@ async def test_supervisor_reports_a_conntrackd_that_will_not_start(tmp_path: Pat
     state.mkdir()
     (state / "die").touch()
     s = CtSyncSettings("lo", "127.0.0.2", source="127.0.0.1", conntrackd=_fake(tmp_path))
-    ct = Conntrackd(s, str(state), set_be_liberal=False)
-    with pytest.raises(CtSyncError, match="dying as asked"):
-        await ct.start(timeout_s=3.0)
+    ct = Conntrackd(s, str(state), set_be_liberal=False, restart_backoff_s=0.05)
+    try:
+        with pytest.raises(CtSyncError, match="dying as asked"):
+            await ct.start(timeout_s=3.0)
+        assert not ct.running
+        (state / "die").unlink()  # whatever stopped it is fixed: the supervisor's next try starts it
+        await _until(lambda: ct.running and ct.restarts == 1)
+    finally:
+        await ct.stop()
     assert not ct.running
 
 
