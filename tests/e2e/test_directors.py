@@ -49,8 +49,9 @@ CTSYNC_ROUND_TRIPS = 5
 
 
 def _need_conntrackd(ctsync: bool) -> None:
-    if ctsync and not Conntrackd.available():
-        pytest.skip("conntrackd is not installed (Debian package conntrackd; deploy/install-deps.sh installs it)")
+    if ctsync and not (Conntrackd.available() and Conntrackd.available("conntrack")):
+        pytest.skip("conntrackd or conntrack is not installed (Debian packages conntrackd and conntrack; "
+                    "deploy/install-deps.sh installs them)")
 
 
 def _conntrack_entries(pair: PairLab, director: str, vip: str) -> int:
