@@ -399,9 +399,10 @@ class Exchange:
         parsed = _heads.get(head)
         if parsed is None:
             parsed = parse_head(head)
-            if len(_heads) >= 512:
-                _heads.clear()
-            _heads[head] = parsed
+            if len(head) <= 1024:
+                if len(_heads) >= 512:
+                    _heads.clear()
+                _heads[head] = parsed
         code, status, length, chunked, keep = parsed
         if code < 0:
             self._fail(status)

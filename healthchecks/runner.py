@@ -168,6 +168,7 @@ class Runner:
         self._timer_slot = _NEVER
         self._running = 0  # checks in flight
         self._waiting: deque[_Probe] = deque()  # due, but the concurrency limit was reached
+        self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = RunnerStats()
 
@@ -453,11 +454,24 @@ class Runner:
             self._push(due, probe, gen, False)
         else:
             entries.append((probe, gen, False))
+        if self._waiting:
+            self._drain(now)
+
+    def _drain(self, now: float) -> None:
+        """Start waiting checks while there is room. Not re-entered: a check that ends at once (inside ``begin``)
+        lets the outer loop start the next one, so a long queue never builds a deep call stack."""
+        if self._draining:
+            return
+        self._draining = True
+        loop = self._loop
         waiting = self._waiting
-        while waiting and self._running < self.concurrency and self._loop is loop:
-            p = waiting.popleft()
-            if not p.removed and not p.running:
-                self._launch(p, now)
+        try:
+            while waiting and self._running < self.concurrency and self._loop is loop:
+                p = waiting.popleft()
+                if not p.removed and not p.running:
+                    self._launch(p, now)
+        finally:
+            self._draining = False
 
     def _deliver(self, probe: _Probe, res: CheckResult, now: float) -> None:
         hyst = self._hyst

@@ -276,7 +276,8 @@ def test_sharing_respects_the_realserver_identity_and_exec_services() -> None:
 
 class CallbackScripted:
     """A callback checker (``begin``) whose behaviour per address is set by the test: 'ok' (done at once),
-    'later' (done on the next loop iteration), 'hold' (done after 10 ms), 'fail', 'hang' (never done), 'raise'."""
+    'later' (done on the next loop iteration), 'hold' (done after 10 ms), 'long' (300 ms), 'fail', 'hang' (never
+    done), 'raise'."""
 
     name: ClassVar[str] = "cb"
 
@@ -321,6 +322,8 @@ class CallbackScripted:
             handle = loop.call_soon(finish)
         elif mode == "hold":
             handle = loop.call_later(0.01, finish)
+        elif mode == "long":
+            handle = loop.call_later(0.3, finish)
 
         def cancel() -> None:
             self.cancelled.append(addr)
@@ -396,3 +399,19 @@ async def test_removing_or_stopping_cancels_running_callback_checks(cbreg: tuple
         await runner.stop()
     assert sorted(chk.cancelled) == ["127.0.5.1", "127.0.5.2"] and chk.inflight == 0
     assert runner.stats.timeouts == 0 and chk.late_done == 0
+
+
+async def test_a_long_queue_of_checks_that_end_at_once_does_not_recurse(
+        cbreg: tuple[Registry, CallbackScripted]) -> None:
+    registry, chk = cbreg
+    chk.mode["127.0.6.1"] = "long"  # holds the only slot for 300 ms while the others queue up behind it
+    runner = Runner(registry, concurrency=1)
+    quick = [f"127.0.{7 + i // 250}.{i % 250}" for i in range(3000)]
+    runner.set_checks({"long": cbs("127.0.6.1", interval=0.2, timeout=5.0)}
+                      | {a: cbs(a, interval=0.3) for a in quick})
+    await runner.start()
+    try:
+        await until(lambda: chk.calls.count("127.0.6.1") >= 3 and len(chk.calls) >= 9000)
+        assert runner.stats.errors == 0 and all(runner.state(a) is Health.UP for a in quick)
+    finally:
+        await runner.stop()
