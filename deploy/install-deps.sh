@@ -28,10 +28,13 @@ if ((${#debs[@]})); then
       apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${debs[@]}" >/dev/null; }
   fi
 fi
-# keepalived must not run as a system service: the tests start their own instances.
-if [[ $EUID -eq 0 ]] && have systemctl && systemctl is-active -q keepalived 2>/dev/null; then
-  systemctl stop keepalived || true
-fi
+# keepalived and conntrackd must not run as system services: the tests start their own instances (lvs-ha runs
+# its own conntrackd for lvs.conntrack_sync).
+for unit in keepalived conntrackd; do
+  if [[ $EUID -eq 0 ]] && have systemctl && systemctl is-active -q "$unit" 2>/dev/null; then
+    systemctl stop "$unit" || true
+  fi
+done
 
 if ! "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis, dns, prometheus_client, pyroute2, aiohttp, yaml' 2>/dev/null \
    || ! "$PY" -c 'import importlib.metadata as m; m.distribution("lvs-ha")' 2>/dev/null \
