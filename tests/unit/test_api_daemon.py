@@ -12,7 +12,8 @@ import pytest
 
 from ha.api import NotFound
 from ha.config_model import Config, NodeConfig, RealServerConfig, ServiceConfig
-from ha.daemon import Daemon, Overrides, RateLimit, load, resolve_realserver
+from ha.daemon import Daemon, RateLimit, load
+from ha.overrides import Overrides, resolve_realserver
 from ha.sdnotify import Notifier
 from lvs import model as m
 
@@ -179,8 +180,8 @@ def test_sync_daemon_follows_the_instance_role(tmp_path: Path) -> None:
 async def test_a_shared_check_counts_for_every_service_it_serves() -> None:
     import socket as socketlib
 
+    from ha.adapters import Health
     from ha.config import parse_config_text
-    from ha.daemon import Health
     from ha.metrics import DaemonMetrics
 
     listener = socketlib.socket()
@@ -211,8 +212,8 @@ services:
 
 
 def test_a_realserver_with_check_null_is_not_checked() -> None:
+    from ha.adapters import Health
     from ha.config import parse_config_text
-    from ha.daemon import Health
     from ha.metrics import DaemonMetrics
 
     cfg_, _ = parse_config_text("""
