@@ -247,12 +247,18 @@ class Daemon:
         if self.vrrp is not None:
             await self.vrrp.refresh()
         desired = self.lvs.last_desired if self.lvs is not None else None
+        warnings = []
+        if self.ctsync is not None and not self.ctsync.running:
+            warnings.append(f"lvs.conntrack_sync: conntrackd is not running ({self.ctsync.last_error or 'stopped'}); "
+                            "a failover now loses the flows in flight")
         return Views(self.loaded_at, self.last_reload_error, self.vrrp.views() if self.vrrp else (),
                      self.health.views(), self.overrides.drained_keys(), desired.info if desired else {},
-                     (self.lvs.kernel if self.lvs else None) or {})
+                     (self.lvs.kernel if self.lvs else None) or {}, warnings)
 
     async def status(self) -> dict[str, Any]:
-        return build_status(self.cfg, await self._views(), extra={"dataplane": self.lvs.status() if self.lvs else None})
+        extra = {"dataplane": self.lvs.status() if self.lvs else None,
+                 "conntrack_sync": self.ctsync.status() if self.ctsync else None}
+        return build_status(self.cfg, await self._views(), extra=extra)
 
     async def status_text(self) -> str:
         return format_status(self.cfg, await self._views())

@@ -80,6 +80,7 @@ class Views:
     drained: Collection[tuple[str, str]] = ()
     services: Mapping[str, ServiceInfo] = field(default_factory=dict)
     kernel: KernelView = field(default_factory=dict)
+    warnings: Sequence[str] = ()  # what an operator must see at the top of the table (e.g. state sync down)
 
 
 def iso(ts: float | None) -> str | None:
@@ -169,6 +170,7 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
             "name": i.name, "role": i.role, "priority": i.priority, "master": i.master, "since": iso(i.since),
             "reason": i.reason, "vrid": i.vrid, "vips": list(i.vips)} for i in v.instances],
         "services": out_services,
+        "warnings": list(v.warnings),
     }
     if extra:
         doc.update(extra)
@@ -194,6 +196,7 @@ def format_status(cfg: Config, v: Views) -> str:
     if v.last_reload_error:
         lines.append("last reload FAILED:")
         lines.extend(f"  {e}" for e in v.last_reload_error)
+    lines.extend(f"WARNING: {w}" for w in v.warnings)
     if instances:
         lines.append("")
         lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")] + [

@@ -89,6 +89,13 @@ def test_reload_error_is_reported() -> None:
     assert "last reload FAILED:\n  x.yaml:3:1: services[0].port: bad" in text
 
 
+def test_warnings_head_the_table_and_the_document() -> None:
+    v = Views(warnings=["lvs.conntrack_sync: conntrackd is not running (exit 1)"])
+    assert build_status(cfg(), v)["warnings"] == ["lvs.conntrack_sync: conntrackd is not running (exit 1)"]
+    assert format_status(cfg(), v).splitlines()[1] == "WARNING: lvs.conntrack_sync: conntrackd is not running (exit 1)"
+    assert build_status(cfg(), views())["warnings"] == []
+
+
 def test_table_reads_like_ipvsadm_joined_with_health() -> None:
     text = format_status(cfg(), views())
     lines = text.splitlines()
