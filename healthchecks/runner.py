@@ -28,11 +28,13 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from healthchecks.base import Checker, CheckResult, Target
+from healthchecks.checks import CheckSpec, CheckStatus, RunnerStats, error_result, run_check, wrong_type_result
 from healthchecks.hysteresis import Health, Hysteresis
+
+__all__ = ["ChangeCallback", "CheckSpec", "CheckStatus", "Runner", "RunnerStats", "run_check"]
 
 log = logging.getLogger(__name__)
 
@@ -41,57 +43,10 @@ ChangeCallback = Callable[[Hashable, Health, Health, CheckResult], None]
 _NEVER = float("inf")
 
 
-@dataclass(frozen=True)
-class CheckSpec:
-    """One key's check: what to run, where, how often, and its hysteresis settings."""
-
-    type: str
-    spec: Any
-    target: Target
-    interval_s: float = 5.0
-    timeout_s: float = 3.0
-    rise: int = 2
-    fall: int = 3
-    initial_state: Health = Health.UP
-
-    @property
-    def probe_id(self) -> tuple[Any, ...]:
-        """What makes two keys' checks the same probe. Besides where the check goes, the realserver's identity is
-        part of it (the file checker names files after it); a checker whose result depends on more of the target
-        says so with a ``share_key(target)`` method (exec: the service too)."""
-        return (self.type, self.spec, self.target.address, self.target.port, self.interval_s, self.timeout_s,
-                self.target.realserver)
-
-
-@dataclass
-class CheckStatus:
-    """A snapshot of one key (copied out of the runner; safe to keep)."""
-
-    state: Health
-    last_result: CheckResult | None
-    last_success_s: float | None
-    last_failure_s: float | None
-    last_change_s: float | None
-    successes: int  # consecutive
-    failures: int  # consecutive
-    total_successes: int
-    total_failures: int
-    transitions: int
-
-
-@dataclass
-class RunnerStats:
-    checks: int = 0
-    failed: int = 0
-    late: int = 0
-    timeouts: int = 0
-    errors: int = 0  # checker raised
-    max_lateness_s: float = 0.0
-
-
 class _Probe:
-    __slots__ = ("begin", "cancel", "checker", "due", "gen", "interval_s", "keys", "last_result", "pid", "removed",
-                 "running", "spec", "started", "target", "task", "timeout_reason", "timeout_s", "type")
+    __slots__ = ("begin", "cancel", "checker", "deadline_slot", "due", "gen", "interval_s", "keys", "last_result",
+                 "pid", "removed", "running", "spec", "start_slot", "started", "target", "task", "timeout_reason",
+                 "timeout_s", "type")
 
     def __init__(self, pid: tuple[Any, ...], checker: Checker, type_: str, spec: Any, target: Target,
                  interval_s: float, timeout_s: float) -> None:
@@ -106,39 +61,15 @@ class _Probe:
         self.timeout_reason = f"timeout after {timeout_s:g}s"
         self.keys: tuple[Hashable, ...] = ()
         self.due = 0.0
-        self.gen = 0  # bumped when a check starts or is abandoned: callbacks and wheel entries of older ones are stale
+        self.gen = 0  # bumped when a check starts or is abandoned: callbacks of older checks are stale
+        self.start_slot = -1  # the wheel slot of the next start (-1: none pending)
+        self.deadline_slot = -1  # the wheel slot of the running check's deadline
         self.running = False
         self.started = 0.0
         self.cancel: Callable[[], None] | None = None  # of the running callback check
         self.task: asyncio.Task[Any] | None = None  # of the running (or cancelled, still ending) coroutine check
         self.removed = False
         self.last_result: CheckResult | None = None
-
-
-def _error_result(e: BaseException, latency_s: float = 0.0) -> CheckResult:
-    return CheckResult(False, f"checker error: {type(e).__name__}: {e}", latency_s)
-
-
-def _wrong_type(res: Any, latency_s: float) -> CheckResult:
-    return CheckResult(False, f"checker returned {type(res).__name__}, not a CheckResult", latency_s)
-
-
-async def run_check(checker: Checker, target: Target, spec: Any, timeout_s: float) -> CheckResult:
-    """One check with a hard timeout; exceptions become failed results. Never raises (except cancellation)."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    try:
-        async with asyncio.timeout(timeout_s):
-            res = await checker.check(target, spec, timeout_s)
-        if not isinstance(res, CheckResult):
-            return _wrong_type(res, loop.time() - t0)
-        return res
-    except TimeoutError:
-        return CheckResult(False, f"timeout after {timeout_s:g}s", loop.time() - t0)
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        return _error_result(e, loop.time() - t0)
 
 
 class Runner:
@@ -162,7 +93,7 @@ class Runner:
         self.sweep_s = sweep_s
         self._inv = 1.0 / sweep_s
         # the wheel: slot number -> [(probe, gen, is_deadline)]; a heap of the slot numbers; one loop timer
-        self._wheel: dict[int, list[tuple[_Probe, int, bool]]] = {}
+        self._wheel: dict[int, list[_Probe]] = {}
         self._slots: list[int] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_slot = _NEVER
@@ -300,10 +231,12 @@ class Runner:
 
     def _first_run(self, probe: _Probe, now: float) -> None:
         probe.due = now + self._rng.uniform(0, probe.interval_s)
-        self._push(probe.due, probe, probe.gen, False)
+        probe.start_slot = self._push(probe.due, probe)
 
-    def _push(self, when: float, probe: _Probe, gen: int, deadline: bool) -> None:
-        """Put a start or a deadline into the wheel, in the first slot at or after ``when``."""
+    def _push(self, when: float, probe: _Probe) -> int:
+        """Put a probe into the wheel, in the first slot at or after ``when``; returns the slot. The entry is the
+        probe itself (no tuple that would live until the slot comes): its ``start_slot`` or ``deadline_slot`` says
+        what the entry is for, and entries whose slot the probe no longer names are stale."""
         slot = int(when * self._inv) + 1
         entries = self._wheel.get(slot)
         if entries is None:
@@ -311,7 +244,8 @@ class Runner:
             heapq.heappush(self._slots, slot)
             if slot < self._timer_slot:
                 self._arm(slot)
-        entries.append((probe, gen, deadline))
+        entries.append(probe)
+        return slot
 
     def _arm(self, slot: int) -> None:
         assert self._loop is not None
@@ -331,13 +265,15 @@ class Runner:
         current = int(now * self._inv + 0.5)  # the loop may fire a timer up to its clock resolution early
         slots, wheel = self._slots, self._wheel
         while slots and slots[0] <= current:
-            for probe, gen, deadline in wheel.pop(heapq.heappop(slots)):
-                if probe.gen != gen or probe.removed:
+            slot = heapq.heappop(slots)
+            for probe in wheel.pop(slot):
+                if probe.removed:
                     continue
-                if deadline:
-                    if probe.running:
+                if probe.running:
+                    if probe.deadline_slot == slot:
                         self._expire(probe, now)
-                elif not probe.running:
+                elif probe.start_slot == slot:
+                    probe.start_slot = -1
                     if self._running < self.concurrency:
                         self._launch(probe, now)
                     else:
@@ -362,9 +298,10 @@ class Runner:
         slot = int((now + probe.timeout_s) * self._inv) + 1  # the deadline (``_push``, inlined: once per check)
         entries = self._wheel.get(slot)
         if entries is None:
-            self._push(now + probe.timeout_s, probe, gen, True)
+            slot = self._push(now + probe.timeout_s, probe)
         else:
-            entries.append((probe, gen, True))
+            entries.append(probe)
+        probe.deadline_slot = slot
         begin = probe.begin
         if begin is not None:
             def done(res: CheckResult) -> None:
@@ -373,7 +310,7 @@ class Runner:
             try:
                 cancel = begin(probe.target, probe.spec, probe.timeout_s, done)
             except Exception as e:
-                self._finish(probe, gen, _error_result(e))
+                self._finish(probe, gen, error_result(e))
                 return
             if probe.running and probe.gen == gen:
                 probe.cancel = cancel
@@ -388,7 +325,7 @@ class Runner:
             coro = probe.checker.check(probe.target, probe.spec, probe.timeout_s)
             task = asyncio.ensure_future(coro)
         except Exception as e:
-            self._finish(probe, gen, _error_result(e))
+            self._finish(probe, gen, error_result(e))
             return
         probe.task = task
         task.add_done_callback(functools.partial(self._task_done, probe, gen))
@@ -404,7 +341,7 @@ class Runner:
         if task.cancelled():
             res = CheckResult(False, probe.timeout_reason, latency)
         elif (exc := task.exception()) is not None:
-            res = _error_result(exc, latency)
+            res = error_result(exc, latency)
         else:
             res = task.result()
         self._finish(probe, gen, res)
@@ -434,7 +371,7 @@ class Runner:
             return
         now = loop.time()
         if not isinstance(res, CheckResult):
-            res = _wrong_type(res, now - probe.started)
+            res = wrong_type_result(res, now - probe.started)
         if not res.ok:
             stats = self.stats
             stats.failed += 1
@@ -451,9 +388,10 @@ class Runner:
         slot = int(due * self._inv) + 1
         entries = self._wheel.get(slot)
         if entries is None:
-            self._push(due, probe, gen, False)
+            slot = self._push(due, probe)
         else:
-            entries.append((probe, gen, False))
+            entries.append(probe)
+        probe.start_slot = slot
         if self._waiting:
             self._drain(now)
 
