@@ -3,8 +3,10 @@
 One *probe* runs per distinct (checker type, spec, address, port, interval, timeout, realserver identity); every
 key (e.g. one service's realserver) that asks for the same probe shares it, and each key keeps its own hysteresis
 (rise, fall, initial state). A probe's first run is spread uniformly over its interval, later runs are ``interval``
-+/- a few per cent apart, so checks never synchronise. A check that starts more than ``late_after_s`` after its due
-time counts as late; a global limit bounds the checks in flight (the others wait their turn, in order).
++/- a few per cent apart, so checks never synchronise. A check that starts late keeps the cadence if it can; one
+that is more than an interval behind (overload) slips, so a probe never runs more often than its interval. A check
+that starts more than ``late_after_s`` after its due time counts as late; a global limit bounds the checks in flight
+(the others wait their turn, in order).
 
 No task or timer per probe: one timer wheel (resolution ``sweep_s``, 10 ms) holds every probe's next start and every
 running check's deadline, and one loop timer fires for the earliest non-empty slot, so all checks due in one slot
@@ -381,9 +383,12 @@ class Runner:
                 stats.errors += 1
         probe.last_result = res
         self._deliver(probe, res, now if self._clock is None else self._clock())
-        due = probe.due + probe.interval_s * (1.0 + self.jitter * (2.0 * self._random() - 1.0))
-        if due < now:
-            due = now
+        step = probe.interval_s * (1.0 + self.jitter * (2.0 * self._random() - 1.0))
+        due = probe.due + step
+        if due < now:  # behind by more than an interval (overload): slip rather than check back to back
+            due = probe.started + step
+            if due < now:  # the check itself took longer than the interval
+                due = now
         probe.due = due
         slot = int(due * self._inv) + 1
         entries = self._wheel.get(slot)
