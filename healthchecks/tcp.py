@@ -96,7 +96,7 @@ class _Connect:
 
     def __init__(self, poller: sockio.Poller, address: str, port: int, done: Done) -> None:
         self.poller = poller
-        self.done = done
+        self.done: Done | None = done
         self.t0 = _monotonic()
         self.sock: Any = None
         self.fd = -1

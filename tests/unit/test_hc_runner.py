@@ -240,7 +240,7 @@ def test_unknown_type_is_rejected_before_anything_changes(reg: tuple[Registry, S
 
 async def test_run_check_turns_a_wrong_return_type_into_a_failure() -> None:
     class Wrong:
-        name = "wrong"
+        name: ClassVar[str] = "wrong"
 
         def parse_spec(self, raw: Any) -> Any:
             return None
@@ -407,8 +407,9 @@ async def test_a_long_queue_of_checks_that_end_at_once_does_not_recurse(
     chk.mode["127.0.6.1"] = "long"  # holds the only slot for 300 ms while the others queue up behind it
     runner = Runner(registry, concurrency=1)
     quick = [f"127.0.{7 + i // 250}.{i % 250}" for i in range(3000)]
-    runner.set_checks({"long": cbs("127.0.6.1", interval=0.2, timeout=5.0)}
-                      | {a: cbs(a, interval=0.3) for a in quick})
+    checks: dict[Any, CheckSpec] = {a: cbs(a, interval=0.3) for a in quick}
+    checks["long"] = cbs("127.0.6.1", interval=0.2, timeout=5.0)
+    runner.set_checks(checks)
     await runner.start()
     try:
         await until(lambda: chk.calls.count("127.0.6.1") >= 3 and len(chk.calls) >= 9000)
