@@ -160,7 +160,7 @@ async def test_reload_keeps_schedule_and_state_of_unchanged_checks(reg: tuple[Re
         runner.set_checks({"a": cs("127.0.0.2"), "b": cs("127.0.0.3", rise=3, fall=3), "d": cs("127.0.0.5")})
         assert runner._probes[cs("127.0.0.2").probe_id] is probe_a
         assert runner.state("a") is Health.DOWN and runner.status("a").total_failures >= total
-        assert sorted(runner.keys()) == ["a", "b", "d"] and runner.probe_count == 3
+        assert sorted(map(str, runner.keys())) == ["a", "b", "d"] and runner.probe_count == 3
         assert runner._hyst["b"].fall == 3
         n = chk.calls.count("127.0.0.4")
         await until(lambda: chk.calls.count("127.0.0.5") >= 2)
