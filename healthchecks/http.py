@@ -7,9 +7,10 @@ checks of a target, as Envoy's HTTP health checker does; false: a new connection
 its older name), ``client`` (``auto``: plain http uses the bare-socket client of ``httpfast.py``, https aiohttp;
 ``aiohttp``: always aiohttp), and for https: ``verify`` (true; false is allowed but logged as a warning),
 ``ca_file``, ``cert_file``, ``key_file``.
-Plain http is a callback check (``begin``); aiohttp checks run as coroutines. One aiohttp session per checker
-instance for fresh connections and one for reused ones, and one bare-socket client (with its pool of idle
-connections), all tied to the running loop.
+Plain http is a callback check (``begin``); aiohttp checks run as coroutines. aiohttp: one session for fresh
+connections and, with reuse, one keep-alive session per target (closed after a failed check, or when the target has
+not been checked for ``IDLE_MAX_S``); plain http: one bare-socket client with its pool of idle connections. All are
+tied to the running loop and closed by ``aclose``.
 """
 
 from __future__ import annotations
