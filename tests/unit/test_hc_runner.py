@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -416,3 +417,30 @@ async def test_a_long_queue_of_checks_that_end_at_once_does_not_recurse(
         assert runner.stats.errors == 0 and all(runner.state(a) is Health.UP for a in quick)
     finally:
         await runner.stop()
+
+
+async def test_a_probe_far_behind_slips_instead_of_running_back_to_back(
+        cbreg: tuple[Registry, CallbackScripted]) -> None:
+    registry, chk = cbreg
+    chk.mode["127.0.8.1"] = "long"  # holds the only slot for 300 ms: the quick probe falls several intervals behind
+    runner = Runner(registry, concurrency=1)
+    interval = 0.05
+    far = interval * (1 + 2 * runner.jitter)  # behind by more than any jittered interval
+    runner.set_checks({"long": cbs("127.0.8.1", interval=0.2, timeout=5.0), "quick": cbs("127.0.8.2", interval)})
+    quick = runner._probes[cbs("127.0.8.2", interval).probe_id]
+    runs: list[tuple[float, float]] = []  # (due, started) of each quick check, seen when its result arrives
+
+    def seen(key: Any, res: CheckResult) -> None:
+        if key == "quick":
+            runs.append((quick.due, quick.started))
+
+    runner.subscribe_results(seen)
+    await runner.start()
+    try:
+        await until(lambda: sum(1 for due, started in runs[:-1] if started - due > far) >= 3,
+                    what="quick checks that started more than an interval late")
+    finally:
+        await runner.stop()
+    for (due, started), (next_due, _) in itertools.pairwise(runs):
+        if started - due > far:  # far behind: the next check is an interval after this start, not at once
+            assert next_due >= started + interval * (1 - runner.jitter) - 1e-9
