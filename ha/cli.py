@@ -11,7 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_OK = 0
 EXIT_FAIL = 1  # invalid config, failed check, refused request
@@ -48,7 +48,77 @@ def _add_daemon_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon (default 10)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("--log-level", default=None, help="override node.log_level (debug, info, warning, error)")
+
+
+def _check_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", action="append", default=None,
+                   help=f"the configuration file (default {DEFAULT_CONFIG}); give -c twice to check a director "
+                   "pair's two files together")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or summary")
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
+                   help="override node.dataplane")
+
+
+def _apply_args(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("--force", action="store_true", help="allow removing more than the configured share of services")
+    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
+                   help="override node.dataplane")
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("service", nargs="?", metavar="SERVICE", help="only this service")
+    p.add_argument("--json", action="store_true", help="a JSON list of results")
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    _add_daemon_target(p)
+    p.add_argument("--json", action="store_true", help="the status document as JSON")
+
+
+def _rs_args(p: argparse.ArgumentParser) -> None:
+    _add_daemon_target(p)
+    p.add_argument("service", metavar="SERVICE", help="the service's name")
+    p.add_argument("realserver", metavar="REALSERVER", help="ADDRESS[:PORT]")
+
+
+def _failover_args(p: argparse.ArgumentParser) -> None:
+    _add_daemon_target(p)
+    p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this VRRP instance (default: all)")
+
+
+def _reload_args(p: argparse.ArgumentParser) -> None:
+    _add_daemon_target(p)
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+
+
+# command -> (help, its arguments), in the order ``lvs-ha --help`` lists them
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": ("run the daemon in the foreground (systemd Type=notify)", _run_args),
+    "check-config": ("validate a configuration file; exit 0 if valid, 1 if not", _check_config_args),
+    "plan": ("show the kernel changes the config would make now, without making them", _plan_args),
+    "apply": ("program the kernel from the config once (every realserver up) and exit", _apply_args),
+    "probe": ("run every configured health check once now and print the results", _probe_args),
+    "status": ("instances, services and realservers of the running daemon", _status_args),
+    "drain": ("take a realserver out gracefully", _rs_args),
+    "enable": ("put a drained realserver back", _rs_args),
+    "failover": ("hand mastership to the peer (planned failover)", _failover_args),
+    "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` just that command's part (what ``main`` builds when the command is
+    known: ten sub-parsers cost more than the rest of ``lvs-ha status``'s own start)."""
     parser = argparse.ArgumentParser(
         prog="lvs-ha",
         description="VRRP failover, IPVS programming and realserver health checks for LVS director pairs.",
@@ -56,51 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    p = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
-    _add_config(p)
-    p.add_argument("--log-level", default=None, help="override node.log_level (debug, info, warning, error)")
-
-    p = sub.add_parser("check-config", help="validate a configuration file; exit 0 if valid, 1 if not")
-    p.add_argument("-c", "--config", metavar="FILE", action="append", default=None,
-                   help=f"the configuration file (default {DEFAULT_CONFIG}); give -c twice to check a director "
-                   "pair's two files together")
-    p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or summary")
-
-    p = sub.add_parser("plan", help="show the kernel changes the config would make now, without making them")
-    _add_config(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
-                   help="override node.dataplane")
-
-    p = sub.add_parser("apply", help="program the kernel from the config once (every realserver up) and exit")
-    _add_config(p)
-    p.add_argument("--force", action="store_true", help="allow removing more than the configured share of services")
-    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
-                   help="override node.dataplane")
-
-    p = sub.add_parser("probe", help="run every configured health check once now and print the results")
-    _add_config(p)
-    p.add_argument("service", nargs="?", metavar="SERVICE", help="only this service")
-    p.add_argument("--json", action="store_true", help="a JSON list of results")
-
-    p = sub.add_parser("status", help="instances, services and realservers of the running daemon")
-    _add_daemon_target(p)
-    p.add_argument("--json", action="store_true", help="the status document as JSON")
-
-    for name, text in (("drain", "take a realserver out gracefully"), ("enable", "put a drained realserver back")):
-        p = sub.add_parser(name, help=text)
-        _add_daemon_target(p)
-        p.add_argument("service", metavar="SERVICE", help="the service's name")
-        p.add_argument("realserver", metavar="REALSERVER", help="ADDRESS[:PORT]")
-
-    p = sub.add_parser("failover", help="hand mastership to the peer (planned failover)")
-    _add_daemon_target(p)
-    p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this VRRP instance (default: all)")
-
-    p = sub.add_parser("reload", help="re-read the configuration (a dry run prints the plan)")
-    _add_daemon_target(p)
-    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    for name, (text, add_args) in COMMANDS.items():
+        if only is None or name == only:
+            add_args(sub.add_parser(name, help=text))
     return parser
 
 
@@ -123,7 +151,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     target = HANDLERS[args.command]
     module_name, func_name = target.split(":")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,16 +38,15 @@ class LastCheck:
     reason: str
     latency_s: float
     at: float | None = None  # wall-clock epoch seconds
+    # the document's and the table's forms, made once per check result rather than once per status request
+    doc: dict[str, Any] = field(init=False, repr=False, compare=False)
+    text: str = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def doc(self) -> dict[str, Any]:
-        """The status document's form (computed once per result; a status request reuses it)."""
-        return {"ok": self.ok, "reason": self.reason, "latency_s": round(self.latency_s, 6)}
-
-    @cached_property
-    def text(self) -> str:
-        """The table's LAST CHECK cell."""
-        return f"{self.reason or ('ok' if self.ok else 'failed')} ({self.latency_s * 1000:.1f}ms)"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "doc", {"ok": self.ok, "reason": self.reason,
+                                         "latency_s": round(self.latency_s, 6)})
+        object.__setattr__(self, "text",
+                           f"{self.reason or ('ok' if self.ok else 'failed')} ({self.latency_s * 1000:.1f}ms)")
 
 
 @dataclass(frozen=True)
@@ -186,11 +184,70 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return [(fmt % r).rstrip() for r in rows]
 
 
+_HEAD = ("SERVICE", "KEY / REALSERVER", "HEALTH", "WEIGHT", "ACTIVE", "INACT", "LAST CHECK")
+# per config: the static left part of every line (service name and key, or the realserver), padded once
+_Prefixed = tuple[str, list[tuple[str, str, str, str | None, list[tuple[tuple[str, str], int, str]]]]]
+_prefixed: dict[int, tuple[Config, _Prefixed]] = {}
+
+
+def _prefixes(cfg: Config) -> _Prefixed:
+    hit = _prefixed.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    layout = _layout(cfg)
+    w0 = max([len(_HEAD[0])] + [len(name) for name, *_ in layout])
+    w1 = max([len(_HEAD[1])] + [len(f"{key} {sch}") for _, key, sch, *_ in layout]
+             + [len(cell) for *_, rss in layout for *_, cell in rss])
+    blank = " " * (w0 + 2)
+    out = (f"{_HEAD[0]:<{w0}}  {_HEAD[1]:<{w1}}  ",
+           [(name, key, f"{name:<{w0}}  {f'{key} {sch}':<{w1}}  ", sorry,
+             [((name, ident), weight, f"{blank}{cell:<{w1}}  ") for ident, weight, _fwd, cell in rss])
+            for name, key, sch, sorry, rss in layout])
+    if len(_prefixed) > 4:
+        _prefixed.clear()
+    _prefixed[id(cfg)] = (cfg, out)
+    return out
+
+
+def _services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]]) -> list[str]:
+    """The services part of the table: the left columns come padded from the config (``_prefixes``); only health,
+    weight, connections and the last check are formatted per request (thousands of rows in a few milliseconds)."""
+    head, services = _prefixes(cfg)
+    health, infos, kernel = v.health, v.services, v.kernel
+    rows: list[tuple[str, str, str, str, str, str]] = [(head, *_HEAD[2:])]  # type: ignore[list-item]
+    add = rows.append
+    default_info = ServiceInfo()
+    no_dests: dict[str, tuple[int, int, int]] = {}
+    for name, key, prefix, sorry, rss in services:
+        dests = kernel.get(key)
+        info = infos.get(name, default_info)
+        flags = [] if info.quorum else ["NO QUORUM"]
+        if info.sorry_active:
+            flags.append(f"sorry -> {sorry}")
+        if dests is None:
+            flags.append("not in kernel")
+            dests = no_dests
+        add((prefix, "", "", "", "", ", ".join(flags)))
+        for hkey, weight, rs_prefix in rss:
+            h = health.get(hkey, UNKNOWN)
+            found = dests.get(hkey[1])
+            lc = h.last_check
+            if found is None:
+                add((rs_prefix, h.health + " drained" if hkey in drained else h.health, f"0/{weight}",
+                     "0", "0", "-" if lc is None else lc.text))
+            else:
+                add((rs_prefix, h.health + " drained" if hkey in drained else h.health,
+                     f"{found[0]}/{weight}", str(found[1]), str(found[2]), "-" if lc is None else lc.text))
+    cols = list(zip(*rows, strict=True))
+    fmt = "%s" + "".join(f"%-{max(map(len, col))}s  " for col in cols[1:5]) + "%s"
+    return [(fmt % r).rstrip() for r in rows]
+
+
 def format_status(cfg: Config, v: Views) -> str:
     """``lvs-ha status``: the VRRP instances, then every service like ``ipvsadm -Ln`` joined with health and the last
     check. Rendered straight from the same inputs as ``build_status`` (no document in between: with thousands of
     realservers building the document would cost as much as the table)."""
-    health, services, kernel, instances = v.health, v.services, v.kernel, v.instances
+    instances = v.instances
     drained_set = v.drained if isinstance(v.drained, (set, frozenset)) else set(v.drained)
     lines = [f"node {cfg.node.name}  config {cfg.source}  loaded {iso(v.loaded_at)}"]
     if v.last_reload_error:
@@ -201,30 +258,7 @@ def format_status(cfg: Config, v: Views) -> str:
         lines.append("")
         lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")] + [
             (i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances])
-    layout = _layout(cfg)
-    if layout:
+    if cfg.services:
         lines.append("")
-        rows: list[tuple[str, ...]] = [("SERVICE", "KEY / REALSERVER", "HEALTH", "WEIGHT", "ACTIVE", "INACT",
-                                        "LAST CHECK")]
-        add = rows.append
-        default_info = ServiceInfo()
-        for name, key, scheduler, sorry, rss in layout:
-            dests = kernel.get(key)
-            info = services.get(name, default_info)
-            flags = [] if info.quorum else ["NO QUORUM"]
-            if info.sorry_active:
-                flags.append(f"sorry -> {sorry}")
-            if dests is None:
-                flags.append("not in kernel")
-                dests = {}
-            add((name, f"{key} {scheduler}", "", "", "", "", ", ".join(flags)))
-            for ident, weight, _fwd, cell in rss:
-                h = health.get((name, ident), UNKNOWN)
-                found = dests.get(ident)
-                lc = h.last_check
-                add(("", cell, h.health + " drained" if (name, ident) in drained_set else h.health,
-                     f"{found[0] if found is not None else 0}/{weight}",
-                     "0" if found is None else str(found[1]), "0" if found is None else str(found[2]),
-                     "-" if lc is None else lc.text))
-        lines += _table(rows)
+        lines += _services_table(cfg, v, drained_set)
     return "\n".join(lines) + "\n"

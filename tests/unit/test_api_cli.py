@@ -130,3 +130,31 @@ def test_socket_from_config(tmp_path: Path) -> None:
     cfg.write_text("node:\n  name: x\n")
     assert cmd_ctl.find_socket(ns) == cmd_ctl.DEFAULT_SOCKET
     assert cmd_ctl.find_socket(argparse.Namespace(socket="/x.sock", config=str(cfg))) == "/x.sock"
+
+
+async def test_socket_from_the_config_when_the_default_does_not_answer(
+        server: tuple[str, FakeController], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --socket: the default socket first; when nobody answers there, node.api.socket of the default config
+    (read for its node: section only, even after a thousand services)."""
+    path, _ = server
+    cfg = tmp_path / "lvs-ha.yaml"
+    services = "".join(f"  - {{name: s{i}, vip: 10.0.{i // 250}.{i % 250}, port: 80}}\n" for i in range(1000))
+    cfg.write_text(f"# pair A\nnode:\n  name: dir1\n  api:\n    socket: {path}\nservices:\n{services}")
+    monkeypatch.setattr(cmd_ctl, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))  # nobody there
+    monkeypatch.setattr(cmd_ctl, "DEFAULT_CONFIG", str(cfg))
+    code, out, _ = await run_cli(["status"], capsys)
+    assert code == 0 and out.startswith("node dir1")
+    code, out, _ = await run_cli(["status", "-c", str(cfg), "--json"], capsys)
+    assert code == 0 and json.loads(out)["node"] == "dir1"
+    monkeypatch.setattr(cmd_ctl, "DEFAULT_CONFIG", str(tmp_path / "none.yaml"))
+    code, _, err = await run_cli(["status"], capsys)
+    assert code == 2 and "default.sock does not exist" in err
+
+
+def test_node_section_is_cut_by_indentation() -> None:
+    text = "vrrp: {}\nnode:\n  name: a\n\n  # comment\n  api: {socket: /x}\nservices:\n  - name: s\n"
+    assert cmd_ctl._node_section(text) == "node:\n  name: a\n\n  # comment\n  api: {socket: /x}"
+    flow = "node: {name: a, api: {socket: /y}}"
+    assert cmd_ctl._node_section(flow + "\nlvs: {}\n") == flow
+    assert cmd_ctl._node_section("services: []\n") == ""
