@@ -14,9 +14,12 @@ import argparse
 import errno
 import os
 import sys
-from typing import Any
 
 from ha.cli import DEFAULT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_UNREADABLE
+
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs milliseconds of every CLI start
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/lvs-ha/api.sock"
 
