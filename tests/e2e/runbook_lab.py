@@ -259,6 +259,9 @@ class RunbookLab:
                 self.start_daemon(name)
             wait_for(lambda: self.role("dir1") == "MASTER", 60, 0.1, "dir1 to become MASTER")
             wait_for(lambda: self.role("dir2") == "BACKUP", 60, 0.1, "dir2 to be BACKUP")
+            # the runbooks start from a healthy pair, whose backup has heard the master's adverts
+            wait_for(lambda: self.master_seen("dir2") == DIRECTORS["dir1"][0], 60, 0.1,
+                     "dir2 to hear dir1's adverts")
             wait_for(lambda: self.all_up("dir1"), 60, 0.1, "every realserver up on dir1")
         elif setup == "keepalived":
             for name, (_f, _b, prio) in DIRECTORS.items():
@@ -349,6 +352,10 @@ class RunbookLab:
     def role(self, name: str) -> str | None:
         st = self.status(name)
         return str(st["instances"][0]["role"]) if st and st.get("instances") else None
+
+    def master_seen(self, name: str) -> str | None:
+        st = self.status(name)
+        return st["instances"][0].get("master") if st and st.get("instances") else None
 
     def all_up(self, name: str) -> bool:
         st = self.status(name)
