@@ -56,15 +56,14 @@ from dataclasses import replace
 
 from lvs.dataplane import ApplyReport, Capabilities, DataplaneError, Unsupported
 from lvs.model import DestKey, Forwarding, Op, ServiceKey, ServiceState, State
+from lvs.nft_parse import Parsed, parse_listing
 from lvs.nft_render import (
     SCHEDULER_NOTES,
     SUPPORTED_SCHEDULERS,
     TABLE,
     Existing,
-    Parsed,
     apply_op,
     object_names,
-    parse_listing,
     render_transaction,
 )
 

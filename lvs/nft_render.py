@@ -1,4 +1,5 @@
-"""Pure parts of the nftables data plane: state validation, op application, ruleset rendering and parsing.
+"""Pure parts of the nftables data plane: state validation, op application and ruleset rendering (the slot tables
+are in :mod:`lvs.nft_slots`, reading a listing back in :mod:`lvs.nft_parse`).
 
 Nothing here runs ``nft`` or reads a clock; :mod:`lvs.nft` does the IO. The layout of the one table we own
 (``table inet lvs_ha`` by default):
@@ -13,16 +14,16 @@ Nothing here runs ``nft`` or reads a clock; :mod:`lvs.nft` does the IO. The layo
   DNAT rule carrying the destination record in its comment;
 - ``pers_<h>_<g>_<p>``: one dynamic set with timeout per destination of a persistent service (client address, masked).
 
-The records in comments are what :func:`parse_listing` reads back, so a restarted daemon rebuilds the state from
-the kernel. ``<h>``/``<g>``/``<p>`` are short stable hashes of the service key, destination key and persistence.
+The records in comments are what :func:`lvs.nft_parse.parse_listing` reads back, so a restarted daemon rebuilds
+the state from the kernel. ``<h>``/``<g>``/``<p>`` are short stable hashes of the service key, destination key and
+persistence.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lvs.dataplane import DataplaneError, Unsupported
@@ -33,7 +34,6 @@ from lvs.model import (
     DelService,
     Destination,
     DestKey,
-    DestStats,
     EditDest,
     EditService,
     Forwarding,
@@ -45,15 +45,12 @@ from lvs.model import (
     Service,
     ServiceKey,
     ServiceState,
-    State,
 )
+from lvs.nft_slots import WRR_MAX_SLOTS, interleaved_slots, maglev_slots, ranges, reduced, scaled, vmap
 
 TABLE = "lvs_ha"
 HASH_SEED = 0x4C564841  # fixed, so both directors of a pair hash a client to the same realserver
 COMMENT_MAX = 128  # nft refuses longer comments
-WRR_MAX_SLOTS = 1024
-MAGLEV_SIZES = (251, 1021)  # stable across destination changes (unless weights grow), so few clients move
-MAGLEV_SPREAD = 10  # table slots per unit of (reduced) weight, at least
 
 NUMGEN_INC = frozenset({Scheduler.RR, Scheduler.WRR})
 NUMGEN_RANDOM = frozenset({Scheduler.LC, Scheduler.WLC, Scheduler.SED, Scheduler.NQ})
@@ -198,91 +195,6 @@ def apply_op(services: dict[ServiceKey, ServiceState], op: Op) -> None:
                           "connection timeouts or sync daemon; use conntrackd to share connection state)", op)
 
 
-# -- slot tables --------------------------------------------------------------------------------------------------
-
-
-def _reduced(weights: Sequence[int]) -> list[int]:
-    g = 0
-    for w in weights:
-        g = math.gcd(g, w)
-    return [w // g for w in weights] if g else list(weights)
-
-
-def _scaled(weights: Sequence[int], limit: int) -> list[int]:
-    """Weights (all > 0) reduced by their gcd, scaled down (keeping each >= 1) while their sum exceeds ``limit``."""
-    ws = _reduced(weights)
-    total = sum(ws)
-    if total > limit:  # floor(x) >= 1 only where x < 1, so the sum stays <= limit
-        ws = _reduced([max(1, w * (limit - len(ws)) // total) for w in ws])
-    return ws
-
-
-def interleaved_slots(weights: Sequence[int], limit: int = WRR_MAX_SLOTS) -> list[int]:
-    """Smooth weighted round robin: one slot per turn, each holding the index of the chosen destination."""
-    ws = _scaled(weights, limit)
-    current = [0] * len(ws)
-    total = sum(ws)
-    out = []
-    for _ in range(total):
-        for i, w in enumerate(ws):
-            current[i] += w
-        best = max(range(len(ws)), key=lambda i: (current[i], -i))
-        current[best] -= total
-        out.append(best)
-    return out
-
-
-def maglev_slots(names: Sequence[str], weights: Sequence[int]) -> list[int]:
-    """A Maglev lookup table (each slot: a destination index), weighted by taking ``w`` turns a round.
-
-    Removing or adding a destination moves few slots that belonged to the others, so most clients stay put.
-    """
-    size = MAGLEV_SIZES[-1]
-    for m in MAGLEV_SIZES:
-        if m >= MAGLEV_SPREAD * sum(_reduced(weights)):
-            size = m
-            break
-    ws = _scaled(weights, size // MAGLEV_SPREAD)
-    perms = []
-    for name in names:
-        digest = hashlib.blake2b(name.encode(), digest_size=16).digest()
-        offset = int.from_bytes(digest[:8], "big") % size
-        skip = int.from_bytes(digest[8:], "big") % (size - 1) + 1
-        perms.append((offset, skip))
-    table = [-1] * size
-    nexts = [0] * len(names)
-    filled = 0
-    while filled < size:
-        for i, (offset, skip) in enumerate(perms):
-            for _ in range(ws[i]):
-                while True:
-                    slot = (offset + nexts[i] * skip) % size
-                    nexts[i] += 1
-                    if table[slot] < 0:
-                        break
-                table[slot] = i
-                filled += 1
-                if filled == size:
-                    return table
-    return table
-
-
-def _ranges(slots: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Runs of equal values: (first, last, value)."""
-    out: list[tuple[int, int, int]] = []
-    for i, v in enumerate(slots):
-        if out and out[-1][2] == v and out[-1][1] == i - 1:
-            out[-1] = (out[-1][0], i, v)
-        else:
-            out.append((i, i, v))
-    return out
-
-
-def _vmap(runs: Iterable[tuple[int, int, int]], targets: Sequence[str]) -> str:
-    parts = [f"{a} : goto {targets[v]}" if a == b else f"{a}-{b} : goto {targets[v]}" for a, b, v in runs]
-    return "{ " + ", ".join(parts) + " }"
-
-
 # -- rendering ----------------------------------------------------------------------------------------------------
 
 
@@ -362,19 +274,19 @@ def _service_lines(ss: ServiceState) -> tuple[list[str], list[str], list[str]]:
             body.append(f"goto {targets[best]}")
         elif svc.scheduler in NUMGEN_INC:
             slots = interleaved_slots(weights)
-            body.append(f"numgen inc mod {len(slots)} vmap {_vmap(_ranges(slots), targets)}")
+            body.append(f"numgen inc mod {len(slots)} vmap {vmap(ranges(slots), targets)}")
         elif svc.scheduler in NUMGEN_RANDOM:
-            ws = _reduced(weights)
+            ws = reduced(weights)
             slots = [i for i, w in enumerate(ws) for _ in range(w)]
-            body.append(f"numgen random mod {len(slots)} vmap {_vmap(_ranges(slots), targets)}")
+            body.append(f"numgen random mod {len(slots)} vmap {vmap(ranges(slots), targets)}")
         elif svc.scheduler is not Scheduler.MH:  # sh, dh: hash mod the weighted slots, as IPVS's sh table
             src = f"{ipk} daddr" if svc.scheduler is Scheduler.DH else _hash_source(ipk, svc.flags)
-            slots = [i for i, w in enumerate(_scaled(weights, WRR_MAX_SLOTS)) for _ in range(w)]
-            body.append(f"jhash {src} mod {len(slots)} seed {HASH_SEED:#x} vmap {_vmap(_ranges(slots), targets)}")
+            slots = [i for i, w in enumerate(scaled(weights, WRR_MAX_SLOTS)) for _ in range(w)]
+            body.append(f"jhash {src} mod {len(slots)} seed {HASH_SEED:#x} vmap {vmap(ranges(slots), targets)}")
         else:
             src = _hash_source(ipk, svc.flags)
             slots = maglev_slots([str(d.key) for d in live], weights)
-            body.append(f"jhash {src} mod {len(slots)} seed {HASH_SEED:#x} vmap {_vmap(_ranges(slots), targets)}")
+            body.append(f"jhash {src} mod {len(slots)} seed {HASH_SEED:#x} vmap {vmap(ranges(slots), targets)}")
     body.append(f'counter drop comment "{_checked(service_comment(svc))}"')
     chains.insert(0, _chain(f"svc_{h}", body))
     return chains, sets, counters
@@ -530,91 +442,3 @@ def render_transaction(services: Mapping[ServiceKey, ServiceState], existing: Ex
     lines += [f"delete set inet {table} {s}" for s in sorted(have.sets - want.sets)]
     lines += [f"delete counter inet {table} {c}" for c in sorted(have.counters - want.counters)]
     return "\n".join(lines) + "\n" + definition
-
-
-# -- parsing a listing back -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Parsed:
-    state: State
-    existing: Existing
-    problems: list[str] = field(default_factory=list)
-
-
-def parse_service_comment(text: str) -> Service:
-    parts = text.split()
-    if len(parts) != 6 or parts[:2] != ["lvs-ha", "svc"]:
-        raise ValueError(f"not a service record: {text!r}")
-    key = parse_key(parts[2])
-    flags = frozenset() if parts[4] == "-" else frozenset(SchedFlag(f) for f in parts[4].split(","))
-    pers = None
-    if parts[5] != "-":
-        timeout, _, mask = parts[5].partition("/")
-        if key.family == 4:
-            pers = Persistence(int(timeout), netmask=None if mask == "None" else mask)
-        else:
-            pers = Persistence(int(timeout), prefix_len=None if mask == "None" else int(mask))
-    return Service(key, Scheduler(parts[3]), flags, pers)
-
-
-def parse_dest_comment(text: str) -> Destination:
-    parts = text.split()
-    if len(parts) != 5 or parts[:2] != ["lvs-ha", "rs"] or not parts[3].startswith("w="):
-        raise ValueError(f"not a destination record: {text!r}")
-    return Destination(parse_dest_key(parts[2]), int(parts[3][2:]), Forwarding(parts[4]))
-
-
-def parse_listing(doc: Mapping[str, object]) -> Parsed:
-    """Rebuild the state (with per-destination stats) from ``nft -j list table inet NAME`` output."""
-    existing = Existing()
-    problems: list[str] = []
-    comments: dict[str, list[str]] = {}
-    counters: dict[str, tuple[int, int]] = {}
-    items = doc.get("nftables", [])
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict):
-            continue
-        if "chain" in item:
-            existing.chains.add(item["chain"]["name"])
-        elif "set" in item or "map" in item:
-            existing.sets.add((item.get("set") or item["map"])["name"])
-        elif "counter" in item:
-            c = item["counter"]
-            existing.counters.add(c["name"])
-            counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
-        elif "rule" in item:
-            r = item["rule"]
-            if isinstance(r.get("comment"), str):
-                comments.setdefault(r["chain"], []).append(r["comment"])
-    services: dict[str, Service] = {}
-    for chain in sorted(existing.chains):
-        if chain.startswith("svc_"):
-            for text in comments.get(chain, []):
-                try:
-                    services[chain[4:]] = parse_service_comment(text)
-                except (ValueError, KeyError) as e:
-                    problems.append(f"chain {chain}: {e}")
-            if chain[4:] not in services:
-                problems.append(f"chain {chain}: no service record")
-    state = State()
-    dests: dict[str, dict[DestKey, Destination]] = {h: {} for h in services}
-    for chain in sorted(existing.chains):
-        if not chain.startswith("rs_"):
-            continue
-        _, h, g = chain.split("_", 2)
-        if h not in services:
-            problems.append(f"chain {chain}: destination of an unknown service")
-            continue
-        for text in comments.get(chain, []):
-            try:
-                d = parse_dest_comment(text)
-            except (ValueError, KeyError) as e:
-                problems.append(f"chain {chain}: {e}")
-                continue
-            dests[h][d.key] = d
-            packets, _bytes = counters.get(f"cnt_{h}_{g}", (0, 0))
-            state.stats[(services[h].key, d.key)] = DestStats(conns=packets)
-    for h, svc in services.items():
-        state.services[svc.key] = ServiceState(svc, dests[h])
-    return Parsed(state, existing, problems)

@@ -30,23 +30,20 @@ from lvs.model import (
     SetSysctl,
     State,
 )
+from lvs.nft_parse import parse_dest_comment, parse_listing, parse_service_comment
 from lvs.nft_render import (
     SUPPORTED_SCHEDULERS,
     Existing,
     apply_op,
     dest_comment,
     format_key,
-    interleaved_slots,
-    maglev_slots,
     object_names,
-    parse_dest_comment,
     parse_key,
-    parse_listing,
-    parse_service_comment,
     render_table,
     render_transaction,
     service_comment,
 )
+from lvs.nft_slots import interleaved_slots, maglev_slots
 
 NAT = Forwarding.NAT
 VIP = ServiceKey.vip("tcp", "192.0.2.10", 80)
