@@ -13,6 +13,7 @@ the context manager calls even when a test fails. Processes are stopped by PID (
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -54,6 +55,20 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def await_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
+                    what: str = "condition") -> Any:
+    """``wait_for`` for coroutines: poll ``cond`` without blocking the event loop; TimeoutError after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def sh(argv: Sequence[str], check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -4,13 +4,12 @@ deleted; the conntrackd processes die with the supervisor's stop."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from lvs.ctsync import Conntrackd, CtSyncSettings
-from tests.lab import Host, Lab
+from tests.lab import Host, Lab, await_for
 
 pytestmark = pytest.mark.skipif(not Conntrackd.available() or not Conntrackd.available("conntrack"),
                                 reason="conntrackd / conntrack not installed (Debian packages conntrackd, conntrack)")
@@ -22,14 +21,6 @@ ENTRY = ["-p", "tcp", "-s", "192.0.2.50", "-d", "192.0.2.100", "--sport", "40000
 
 def _entries(h: Host) -> str:
     return h.run("conntrack", "-L", "-p", "tcp", "--dport", "80", check=False).stdout
-
-
-async def _until(cond: object, timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_an_entry_made_on_one_director_is_in_the_other_kernel(lab: Lab, tmp_path: Path) -> None:
@@ -47,18 +38,18 @@ async def test_an_entry_made_on_one_director_is_in_the_other_kernel(lab: Lab, tm
         # the setting that keeps flows moving back and forth in window, set in each namespace
         assert b.run("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal").stdout.strip() == "1"
         a.run("conntrack", "-I", *ENTRY)
-        await _until(lambda: "198.51.100.21" in _entries(b))
+        await await_for(lambda: "198.51.100.21" in _entries(b), 20)
         line = _entries(b)
         assert "src=192.0.2.50 dst=192.0.2.100 sport=40000 dport=80" in line  # the client's view
         assert "src=198.51.100.21 dst=192.0.2.50 sport=80 dport=40000" in line  # the realserver's (DNAT)
         assert "ESTABLISHED" in line
         a.run("conntrack", "-D", "-p", "tcp", "--dport", "80", "-s", "192.0.2.50")
-        await _until(lambda: "198.51.100.21" not in _entries(b))
+        await await_for(lambda: "198.51.100.21" not in _entries(b), 20)
         # flows of the directors' own addresses (health checks) are not replicated
         a.run("conntrack", "-I", "-p", "tcp", "-s", "10.99.0.11", "-d", "198.51.100.22", "--sport", "41000",
               "--dport", "80", "--state", "ESTABLISHED", "-t", "120", "-u", "SEEN_REPLY")
         a.run("conntrack", "-I", *[x if x != "40000" else "40001" for x in ENTRY])
-        await _until(lambda: "dport=40001" in _entries(b))
+        await await_for(lambda: "dport=40001" in _entries(b), 20)
         assert "198.51.100.22" not in _entries(b)
     finally:
         for c in sup:

@@ -16,6 +16,7 @@ from healthchecks.hysteresis import Health
 from healthchecks.registry import Registry
 from healthchecks.runner import CheckSpec, Runner, run_check
 from tests.integration.test_hc_servers import read_request, reset, tcp_server
+from tests.lab import await_for
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -115,11 +116,8 @@ async def test_a_server_that_closes_idle_connections_silently_still_passes(
 
     async with tcp_server(answer_then_hang_up) as port:
         for i in range(4):
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while handled < i:  # the previous connection is closed by the server before the next check
-                assert loop.time() < deadline
-                await asyncio.sleep(0.01)
+            # the previous connection is closed by the server before the next check
+            await await_for(lambda i=i: handled >= i, what="the server to hang up")
             res = await check(c, port, client=client)
             assert res.ok, res.reason
         assert srv.accepts == 4
@@ -168,12 +166,9 @@ async def test_a_timeout_drops_the_connection(checker: tuple[HttpChecker, str]) 
         assert (await check(c, port, client=client)).ok
         res = await check(c, port, timeout=0.2, client=client, path="/slow")
         assert not res.ok and res.reason.startswith("timeout"), res.reason
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
         gate.set()
-        while srv.closed_by_client < 1:  # the server sees the timed-out connection closed by the checker
-            assert loop.time() < deadline
-            await asyncio.sleep(0.01)
+        # the server sees the timed-out connection closed by the checker
+        await await_for(lambda: srv.closed_by_client >= 1, what="the checker to close the timed-out connection")
         assert (await check(c, port, client=client)).ok
         assert srv.accepts == 2
 
@@ -238,11 +233,7 @@ async def test_the_runner_reuses_one_connection_per_target() -> None:
                                            rise=1, fall=1, initial_state=Health.UNKNOWN)})
         await runner.start()
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 15
-            while runner.stats.checks < 10:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.01)
+            await await_for(lambda: runner.stats.checks >= 10, 15, what="ten checks")
             assert runner.state("rs") is Health.UP
             assert srv.accepts == 1 and srv.requests >= 9
             assert c.idle_connections() <= 1

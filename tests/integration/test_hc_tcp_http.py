@@ -18,6 +18,7 @@ from healthchecks.http import HttpChecker, HttpsChecker
 from healthchecks.runner import run_check
 from healthchecks.tcp import TcpChecker
 from tests.integration.test_hc_servers import closed_port, http_app, read_request, reset, tcp_server
+from tests.lab import await_for
 
 TCP = TcpChecker()
 
@@ -272,13 +273,12 @@ async def test_runner_takes_a_failed_server_out_and_puts_it_back() -> None:
     runner = Runner(reg)
     changes: list[tuple[str, Health]] = []
     runner.subscribe(lambda k, o, n, r: changes.append((r.reason, n)))
-    loop = asyncio.get_running_loop()
 
     async def until(cond: Any) -> None:
-        deadline = loop.time() + 15
-        while not cond():
-            assert loop.time() < deadline, changes
-            await asyncio.sleep(0.01)
+        try:
+            await await_for(cond, 15)
+        except TimeoutError:
+            raise AssertionError(changes) from None
 
     async with tcp_server(http_app, "127.0.0.9") as port:
         spec = reg.get("http").parse_spec({"path": "/ok"})

@@ -3,7 +3,6 @@ the nftables plane's require_state chains."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import textwrap
@@ -16,6 +15,7 @@ from ha.config_model import ConntrackSyncConfig
 from lvs.ctsync import Conntrackd, CtSyncError, CtSyncSettings, Paths, parse_stats, render_config
 from lvs.model import Destination, DestKey, Forwarding, Protocol, Scheduler, Service, ServiceKey, ServiceState
 from lvs.nft_render import STATE_CHAINS, Existing, object_names, render_table, render_transaction
+from tests.lab import await_for
 
 # -- conntrackd.conf ----------------------------------------------------------------------------------------------
 
@@ -90,14 +90,6 @@ def _fake(tmp_path: Path) -> str:
     return str(path)
 
 
-async def _until(cond: object, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_supervisor_starts_restarts_and_stops(tmp_path: Path) -> None:
     state = tmp_path / "state"
     s = CtSyncSettings("lo", "127.0.0.2", source="127.0.0.1", conntrackd=_fake(tmp_path))
@@ -111,7 +103,7 @@ async def test_supervisor_starts_restarts_and_stops(tmp_path: Path) -> None:
         first = ct.proc.pid if ct.proc else None
         assert ct.proc is not None
         ct.proc.kill()  # it dies: restarted after the backoff
-        await _until(lambda: ct.restarts == 1 and ct.running)
+        await await_for(lambda: ct.restarts == 1 and ct.running)
         assert ct.proc.pid != first and "status" in str(ct.last_error)
     finally:
         await ct.stop()
@@ -129,7 +121,7 @@ async def test_supervisor_reports_a_conntrackd_that_will_not_start(tmp_path: Pat
             await ct.start(timeout_s=3.0)
         assert not ct.running
         (state / "die").unlink()  # whatever stopped it is fixed: the supervisor's next try starts it
-        await _until(lambda: ct.running and ct.restarts == 1)
+        await await_for(lambda: ct.running and ct.restarts == 1)
     finally:
         await ct.stop()
     assert not ct.running

@@ -12,18 +12,11 @@ from healthchecks.base import CheckResult, Target
 from healthchecks.hysteresis import Health
 from healthchecks.registry import Registry
 from healthchecks.runner import CheckSpec, Runner, run_check
+from tests.lab import await_for
 
 
 async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+    return await await_for(cond, timeout, 0.005, what)
 
 
 class Scripted:

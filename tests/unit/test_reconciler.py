@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from lvs.memory import MemoryDataplane
 from lvs.model import (
@@ -17,6 +16,7 @@ from lvs.model import (
 )
 from lvs.owned import MemoryOwnedStore, OwnedStore
 from lvs.reconciler import Backoff, DrainTracker, Reconciler
+from tests.lab import await_for
 
 K1 = ServiceKey.vip("tcp", "10.0.0.1", 80)
 K2 = ServiceKey.vip("tcp", "10.0.0.2", 80)
@@ -222,10 +222,7 @@ async def test_scheduler_change_is_edited_in_place() -> None:
 
 
 async def poll(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+    await await_for(cond, timeout, what="the reconciler")
 
 
 async def test_loop_coalesces_and_resyncs() -> None:

@@ -3,7 +3,6 @@ their state, a one-realserver change is one kernel write, a broken config change
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from ha.api import Conflict
 from ha.daemon import Daemon, load
 from ha.sdnotify import Notifier
+from tests.lab import await_for
 
 CONFIG = """\
 node:
@@ -43,14 +43,7 @@ services:
 
 
 async def until(cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
+    return await await_for(cond, timeout, 0.02)
 
 
 class Harness:
