@@ -18,17 +18,16 @@ PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Probe:
-    """``tests.traffic probe`` in the client namespace; its records are collected by a thread as they come."""
+class _Recorder:
+    """``tests.traffic MODE ARGS`` in the client namespace; its JSON records are collected by a thread as they
+    come."""
 
-    def __init__(self, lab: Lab, client: Host, host: str, port: int, interval_s: float, timeout_s: float) -> None:
+    def __init__(self, lab: Lab, client: Host, args: list[str]) -> None:
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self.proc = lab.spawn(client, [PY, "-m", "tests.traffic", "probe", "--host", host, "--port", str(port),
-                                       "--interval", str(interval_s), "--timeout", str(timeout_s)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.lab = lab
-        self.timeout_s = timeout_s
+        self.proc = lab.spawn(client, [PY, "-m", "tests.traffic", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -41,6 +40,15 @@ class Probe:
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.records)
+
+
+class Probe(_Recorder):
+    """``tests.traffic probe``: a steady HTTP client, one record per request."""
+
+    def __init__(self, lab: Lab, client: Host, host: str, port: int, interval_s: float, timeout_s: float) -> None:
+        super().__init__(lab, client, ["probe", "--host", host, "--port", str(port), "--interval", str(interval_s),
+                                       "--timeout", str(timeout_s)])
+        self.timeout_s = timeout_s
 
     def summary(self, since: float | None = None, until: float | None = None) -> Summary:
         return summarize(self.snapshot(), since=since, until=until)
@@ -83,30 +91,17 @@ class Probe:
                 f"gaps {[(round(t, 2), round(g, 3)) for t, g in s.gaps]}")
 
 
-class Hold:
-    """``tests.traffic hold``: long-lived echo connections; one JSON event per connection event."""
+class Hold(_Recorder):
+    """``tests.traffic hold``: long-lived echo connections; one record per connection event."""
 
     def __init__(self, lab: Lab, client: Host, host: str, port: int, conns: int, duration_s: float,
                  period_s: float = 0.05) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.proc = lab.spawn(client, [PY, "-m", "tests.traffic", "hold", "--host", host, "--port", str(port),
-                                       "--conns", str(conns), "--duration", str(duration_s),
-                                       "--period", str(period_s)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        super().__init__(lab, client, ["hold", "--host", host, "--port", str(port), "--conns", str(conns),
+                                       "--duration", str(duration_s), "--period", str(period_s)])
         self.conns = conns
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            recs = read_records([line])
-            with self._lock:
-                self.events.extend(recs)
 
     def of(self, event: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if e["event"] == event]
+        return [e for e in self.snapshot() if e["event"] == event]
 
     def wait_open(self, timeout: float = 30.0) -> dict[str, int]:
         """Until every connection is open; returns connections per realserver."""
