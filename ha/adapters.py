@@ -90,6 +90,7 @@ class Health:
         always = RsHealth("up", LastCheck(True, "no check configured", 0.0))
         views = dict.fromkeys(unchecked, always)
         for key in specs:  # kept checks keep their last result; new ones start in their initial state
+            assert isinstance(key, tuple)
             view = self._views.get(key)
             state = self.runner.state(key).value
             views[key] = RsHealth(state, view.last_check if view is not None else None)

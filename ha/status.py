@@ -9,9 +9,9 @@ for ``GET /v1/status?format=text``, so the CLI does not decode and re-render a l
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ha.config_model import Config
@@ -100,24 +100,35 @@ def kernel_view(actual: State) -> KernelView:
     return out
 
 
-_Row = tuple[str, int, str, str]  # realserver ident, configured weight, forwarding, the table's realserver cell
+_Row = tuple[str, int, str]  # realserver ident, configured weight, forwarding
 _Layout = list[tuple[str, str, str, str | None, list[_Row]]]  # name, key, scheduler, sorry server, realservers
-_layouts: dict[int, tuple[Config, _Layout]] = {}
+_T = TypeVar("_T")
 
 
+def _per_config(fn: Callable[[Config], _T]) -> Callable[[Config], _T]:
+    """Computed once per config object (a reload brings a new one; the last few are kept)."""
+    memo: dict[int, tuple[Config, _T]] = {}
+
+    def cached(cfg: Config) -> _T:
+        hit = memo.get(id(cfg))
+        if hit is not None and hit[0] is cfg:
+            return hit[1]
+        value = fn(cfg)
+        if len(memo) > 4:
+            memo.clear()
+        memo[id(cfg)] = (cfg, value)
+        return value
+    return cached
+
+
+@_per_config
 def _layout(cfg: Config) -> _Layout:
-    """What the status needs from the config, computed once per config object."""
-    hit = _layouts.get(id(cfg))
-    if hit is not None and hit[0] is cfg:
-        return hit[1]
+    """What the status needs from the config."""
     lay: _Layout = []
     for svc in cfg.services:
         sorry = svc.sorry_server
         lay.append((svc.name, svc.key_str, svc.scheduler, None if sorry is None else f"{sorry.address}:{sorry.port}",
-                    [(rs.ident, rs.weight, rs.forwarding, "  -> " + rs.ident) for rs in svc.realservers]))
-    if len(_layouts) > 4:
-        _layouts.clear()
-    _layouts[id(cfg)] = (cfg, lay)
+                    [(rs.ident, rs.weight, rs.forwarding) for rs in svc.realservers]))
     return lay
 
 
@@ -131,7 +142,7 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
         dests = kernel.get(key)
         info = services.get(name, default_info)
         rows = []
-        for ident, weight, fwd, _cell in rss:
+        for ident, weight, fwd in rss:
             h = health.get((name, ident), UNKNOWN)
             found = dests.get(ident) if dests is not None else None
             rows.append({
@@ -178,7 +189,7 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
 # -- the human table -------------------------------------------------------------------------------------------
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)]
     fmt = "  ".join(f"%-{w}s" for w in widths[:-1]) + "  %s"
     return [(fmt % r).rstrip() for r in rows]
@@ -187,25 +198,19 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 _HEAD = ("SERVICE", "KEY / REALSERVER", "HEALTH", "WEIGHT", "ACTIVE", "INACT", "LAST CHECK")
 # per config: the static left part of every line (service name and key, or the realserver), padded once
 _Prefixed = tuple[str, list[tuple[str, str, str, str | None, list[tuple[tuple[str, str], int, str]]]]]
-_prefixed: dict[int, tuple[Config, _Prefixed]] = {}
 
 
+@_per_config
 def _prefixes(cfg: Config) -> _Prefixed:
-    hit = _prefixed.get(id(cfg))
-    if hit is not None and hit[0] is cfg:
-        return hit[1]
     layout = _layout(cfg)
     w0 = max([len(_HEAD[0])] + [len(name) for name, *_ in layout])
     w1 = max([len(_HEAD[1])] + [len(f"{key} {sch}") for _, key, sch, *_ in layout]
-             + [len(cell) for *_, rss in layout for *_, cell in rss])
+             + [len(ident) + 5 for *_, rss in layout for ident, *_ in rss])
     blank = " " * (w0 + 2)
     out = (f"{_HEAD[0]:<{w0}}  {_HEAD[1]:<{w1}}  ",
            [(name, key, f"{name:<{w0}}  {f'{key} {sch}':<{w1}}  ", sorry,
-             [((name, ident), weight, f"{blank}{cell:<{w1}}  ") for ident, weight, _fwd, cell in rss])
+             [((name, ident), weight, f"{blank}{'  -> ' + ident:<{w1}}  ") for ident, weight, _fwd in rss])
             for name, key, sch, sorry, rss in layout])
-    if len(_prefixed) > 4:
-        _prefixed.clear()
-    _prefixed[id(cfg)] = (cfg, out)
     return out
 
 
