@@ -20,19 +20,6 @@ EXIT_NOT_IMPLEMENTED = 3
 
 DEFAULT_CONFIG = "/etc/lvs-ha/lvs-ha.yaml"
 
-# command -> "module:function"
-HANDLERS = {
-    "run": "ha.daemon:cmd_run",
-    "check-config": "ha.config:cmd_check_config",
-    "plan": "ha.cmd_lvs:cmd_plan",
-    "apply": "ha.cmd_lvs:cmd_apply",
-    "probe": "ha.cmd_probe:cmd_probe",
-    "status": "ha.cmd_ctl:cmd_status",
-    "drain": "ha.cmd_ctl:cmd_drain",
-    "enable": "ha.cmd_ctl:cmd_enable",
-    "failover": "ha.cmd_ctl:cmd_failover",
-    "reload": "ha.cmd_ctl:cmd_reload",
-}
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -101,19 +88,25 @@ def _reload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
 
 
-# command -> (help, its arguments), in the order ``lvs-ha --help`` lists them
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
-    "run": ("run the daemon in the foreground (systemd Type=notify)", _run_args),
-    "check-config": ("validate a configuration file; exit 0 if valid, 1 if not", _check_config_args),
-    "plan": ("show the kernel changes the config would make now, without making them", _plan_args),
-    "apply": ("program the kernel from the config once (every realserver up) and exit", _apply_args),
-    "probe": ("run every configured health check once now and print the results", _probe_args),
-    "status": ("instances, services and realservers of the running daemon", _status_args),
-    "drain": ("take a realserver out gracefully", _rs_args),
-    "enable": ("put a drained realserver back", _rs_args),
-    "failover": ("hand mastership to the peer (planned failover)", _failover_args),
-    "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args),
+# command -> (help, its arguments, its handler as "module:function", imported only when the command runs),
+# in the order ``lvs-ha --help`` lists them
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
+    "run": ("run the daemon in the foreground (systemd Type=notify)", _run_args, "ha.daemon:cmd_run"),
+    "check-config": ("validate a configuration file; exit 0 if valid, 1 if not", _check_config_args,
+                     "ha.config:cmd_check_config"),
+    "plan": ("show the kernel changes the config would make now, without making them", _plan_args,
+             "ha.cmd_lvs:cmd_plan"),
+    "apply": ("program the kernel from the config once (every realserver up) and exit", _apply_args,
+              "ha.cmd_lvs:cmd_apply"),
+    "probe": ("run every configured health check once now and print the results", _probe_args,
+              "ha.cmd_probe:cmd_probe"),
+    "status": ("instances, services and realservers of the running daemon", _status_args, "ha.cmd_ctl:cmd_status"),
+    "drain": ("take a realserver out gracefully", _rs_args, "ha.cmd_ctl:cmd_drain"),
+    "enable": ("put a drained realserver back", _rs_args, "ha.cmd_ctl:cmd_enable"),
+    "failover": ("hand mastership to the peer (planned failover)", _failover_args, "ha.cmd_ctl:cmd_failover"),
+    "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args, "ha.cmd_ctl:cmd_reload"),
 }
+HANDLERS = {name: target for name, (_help, _args, target) in COMMANDS.items()}
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -139,7 +132,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (text, add_args) in COMMANDS.items():
+    for name, (text, add_args, _target) in COMMANDS.items():
         if only is None or name == only:
             add_args(sub.add_parser(name, help=text, formatter_class=_Formatter))
     return parser

@@ -150,14 +150,16 @@ def _run(args: argparse.Namespace, method: str, url: str, body: dict[str, Any] |
          raw_text: bool = False) -> tuple[int, Any]:
     timeout = float(getattr(args, "timeout", 10.0) or 10.0)
     try:
+        sock = None
         if not getattr(args, "socket", None) and getattr(args, "config", None) is None:
             # the usual case: the daemon on the default socket; the config is read only if nobody answers there
             try:
                 return EXIT_OK, request(DEFAULT_SOCKET, method, url, body, timeout=timeout, raw_text=raw_text)
             except DaemonUnreachable:
-                if find_socket(args) == DEFAULT_SOCKET:
+                sock = find_socket(args)
+                if sock == DEFAULT_SOCKET:
                     raise
-        return EXIT_OK, request(find_socket(args), method, url, body, timeout=timeout, raw_text=raw_text)
+        return EXIT_OK, request(sock or find_socket(args), method, url, body, timeout=timeout, raw_text=raw_text)
     except DaemonUnreachable as e:
         print(f"lvs-ha {args.command}: {e}", file=sys.stderr)
         return EXIT_UNREADABLE, None
