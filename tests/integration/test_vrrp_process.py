@@ -55,10 +55,15 @@ ORPHAN = PRELUDE + textwrap.dedent("""
 """)
 
 
-def _spawn(lab: Lab, host: Any, script: str, log: Path) -> subprocess.Popen[str]:
+def _spawn(lab: Lab, host: Any, script: str, log: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Run ``script`` (an engine owner) in ``host``; returns the process and the first record it prints."""
     with open(log, "ab") as err:
-        return lab.spawn(host, [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=err, text=True)
+        p = lab.spawn(host, [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      stderr=err, text=True)
+    assert p.stdout is not None and p.stdin is not None
+    first = json.loads(p.stdout.readline() or "{}")
+    assert first, log.read_text()
+    return p, first
 
 
 def _alive(pid: int) -> bool:
@@ -72,10 +77,8 @@ def _alive(pid: int) -> bool:
 def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     d1 = lab.host("d1", [f"{NET}.11/24"])
     log = tmp_path / "d1.log"
-    p = _spawn(lab, d1, LIFECYCLE, log)
+    p, first = _spawn(lab, d1, LIFECYCLE, log)
     assert p.stdout is not None and p.stdin is not None
-    first = json.loads(p.stdout.readline() or "{}")
-    assert first, log.read_text()
     pid = int(first["pid"])
     assert pid != p.pid
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "lvs-ha: vrrp"
@@ -106,10 +109,8 @@ def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
 def test_orphaned_engine_process_releases_vips_and_exits(lab: Lab, tmp_path: Path) -> None:
     d1 = lab.host("d1", [f"{NET}.11/24"])
     log = tmp_path / "d1.log"
-    p = _spawn(lab, d1, ORPHAN, log)
-    assert p.stdout is not None
-    first = json.loads(p.stdout.readline() or "{}")
-    assert first, log.read_text()
+    p, first = _spawn(lab, d1, ORPHAN, log)
+    assert p.stdout is not None and p.stdin is not None
     pid = int(first["pid"])
     assert first["status"][0]["role"] == "MASTER"
     wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
@@ -141,10 +142,8 @@ RESTART = PRELUDE + textwrap.dedent("""
 def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> None:
     d1 = lab.host("d1", [f"{NET}.11/24"])
     log = tmp_path / "d1.log"
-    p = _spawn(lab, d1, RESTART, log)
+    p, first = _spawn(lab, d1, RESTART, log)
     assert p.stdout is not None and p.stdin is not None
-    first = json.loads(p.stdout.readline() or "{}")
-    assert first, log.read_text()
     old = int(first["pid"])
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: not _alive(old), 10, what="the engine process is gone")
