@@ -1,7 +1,9 @@
 """TCP connect check, optionally sending bytes and expecting a reply (bytes or regular expression).
 
 Keys: ``send`` (text with \\r \\n \\xNN escapes) or ``send_hex``; ``expect`` (regular expression on the reply bytes)
-or ``expect_hex`` (exact prefix); ``max_reply`` bytes to read (default 4096).
+or ``expect_hex`` (exact prefix); ``max_reply`` bytes to read (default 4096); ``half_open`` (default false): send
+only a SYN from a raw socket and take a SYN-ACK as up, never completing the connection (``synprobe.py``; needs
+CAP_NET_RAW, excludes the other keys).
 The hot path (a plain connect) is a callback check (``begin``, see ``callback.py``): a non-blocking socket, one
 one-shot wait on the private epoll of ``sockio``, close with an RST; no task, no future, no streams. Checks that send
 and expect bytes run as a coroutine on the same sockets.
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from healthchecks import sockio
+from healthchecks import sockio, synprobe
 from healthchecks.base import CheckResult, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
 from healthchecks.spec import SpecReader
@@ -30,6 +32,7 @@ class TcpSpec:
     expect: re.Pattern[bytes] | None = None
     expect_prefix: bytes | None = None
     max_reply: int = 4096
+    half_open: bool = False
 
 
 def family_of(address: str) -> socket.AddressFamily:
@@ -174,7 +177,13 @@ class TcpChecker:
     name: ClassVar[str] = "tcp"
 
     def parse_spec(self, raw: Mapping[str, Any]) -> TcpSpec:
-        r = SpecReader(raw, {"send", "send_hex", "expect", "expect_hex", "max_reply"}, "tcp")
+        r = SpecReader(raw, {"send", "send_hex", "expect", "expect_hex", "max_reply", "half_open"}, "tcp")
+        half_open = r.flag("half_open")
+        if half_open:
+            conflicts = [k for k in ("send", "send_hex", "expect", "expect_hex", "max_reply") if r.has(k)]
+            if conflicts:
+                r.error(f"a half-open probe sends and reads no data: remove {', '.join(conflicts)} "
+                        "or half_open", "half_open")
         send = r.payload("send", "send_hex")
         expect = r.regex("expect", binary=True)
         prefix = r.hex("expect_hex")
@@ -182,13 +191,15 @@ class TcpChecker:
             r.error("give either expect or expect_hex, not both", "expect_hex")
         max_reply = r.integer("max_reply", 4096, 1, 1 << 20)
         r.finish()
-        return TcpSpec(send, expect, prefix, max_reply)
+        return TcpSpec(send, expect, prefix, max_reply, half_open)
 
     def begin(self, target: Target, spec: TcpSpec, timeout_s: float, done: Done) -> Cancel | None:
         port = target.port
         if port is None:
             done(NO_PORT)
             return None
+        if spec.half_open:
+            return synprobe.begin(target.address, port, timeout_s, done)
         p = sockio.poller(asyncio.get_running_loop())
         if p is None or spec.send is not None or spec.expect is not None or spec.expect_prefix is not None:
             return begin_task(self._converse(target, spec), done, error_result)

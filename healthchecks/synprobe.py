@@ -1,0 +1,481 @@
+"""Half-open TCP probe (``type: tcp`` with ``half_open: true``): a SYN from a raw socket, never a connection.
+
+A SYN-ACK means up; our kernel answers it with an RST by itself, since no socket owns that 4-tuple: the source port
+is reserved by an ordinary TCP socket bound to port 0 and kept open, never listening or connecting, so no local
+connection can use it either. An RST means "connection refused"; no answer before the runner's deadline is a
+timeout. The realserver's application never accepts a connection: no health-check noise in its logs, no accept.
+
+One ``Prober`` per event loop and address family: one raw ``IPPROTO_TCP`` socket sends the SYNs and receives the
+answers. A classic BPF filter keeps only TCP segments to our port with SYN or RST set, so a busy director does not
+copy its TCP traffic into Python. The loop watches the socket (``add_reader``) and every wakeup drains what is queued.
+IPv4 checksums are computed here (the pseudo-header's and the SYN's constant part once per target, plus the random
+initial sequence number per probe); for IPv6 the kernel fills them in (``IPV6_CHECKSUM``). Answers are matched
+strictly: source address and port = the target, destination port = ours, SYN-ACK or RST with ack = our ISN + 1;
+anything else is counted (``unmatched``, ``malformed``) and dropped. A SYN left unanswered is sent again after 1 s,
+then 2, 4 ... (as the kernel's connect does), until the check's deadline cancels it. A second check of a target that
+already has a probe in flight (two services checking one realserver with different intervals) joins that probe and
+gets its answer. Needs CAP_NET_RAW; without it the check fails and its reason says so.
+
+Callback interface as in ``callback.py``: ``begin(address, port, timeout_s, done) -> cancel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import heapq
+import logging
+import random
+import socket
+import struct
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from healthchecks.base import CheckResult
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[CheckResult], None]
+
+SYN, RST, ACK = 0x02, 0x04, 0x10
+WINDOW = 64240
+MSS_OPTION = b"\x02\x04\x05\xb4"  # MSS 1460
+SYN_LEN = 24  # a 20-byte header and the MSS option
+SNAP = 128  # bytes kept of a segment: the largest IPv4 header (60) and the TCP header up to its ack number
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+FIRST_RTO_S = 1.0
+MAX_SENDS = 6  # SYNs per probe (1 + 2 + 4 + 8 + 16 s of waiting) before it fails by itself
+RESEND_SLACK_S = 0.05  # due retransmissions are sent in batches this close together
+MAX_DESTS = 100_000  # cached targets (source address, checksum base) before the cache starts afresh
+DRAIN_MAX = 4096  # segments read per wakeup; the loop calls back while more are queued
+RECVBUF = 4 << 20
+
+_HDR = struct.Struct("!HHIIHHHH4s")
+_mono = time.monotonic
+_getrandbits = random.getrandbits
+
+UP_REASON = "SYN-ACK"
+REFUSED_REASON = "connection refused"
+
+
+# -- pure parts ------------------------------------------------------------------------------------------------------
+
+
+def build_syn(sport: int, dport: int, seq: int, checksum: int = 0) -> bytes:
+    """A SYN segment with an MSS option (24 bytes)."""
+    return _HDR.pack(sport, dport, seq, 0, (SYN_LEN // 4) << 12 | SYN, WINDOW, checksum, 0, MSS_OPTION)
+
+
+def ones_sum(data: bytes) -> int:
+    """The unfolded sum of the 16-bit big-endian words of ``data`` (padded with a zero byte if odd)."""
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def fold(s: int) -> int:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def tcp_checksum(src: bytes, dst: bytes, segment: bytes) -> int:
+    """The TCP checksum of an IPv4 segment (its checksum field taken as it is: zero it first to compute one)."""
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(segment))
+    return ~fold(ones_sum(pseudo + segment)) & 0xFFFF
+
+
+def syn_base(src: bytes, dst: bytes, sport: int, dport: int) -> int:
+    """The folded sum of an IPv4 SYN's pseudo-header and constant fields (sequence number and checksum zero)."""
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, SYN_LEN)
+    return fold(ones_sum(pseudo + build_syn(sport, dport, 0, 0)))
+
+
+def syn_checksum(base: int, seq: int) -> int:
+    """The checksum of a SYN with sequence number ``seq``, from its ``syn_base``."""
+    s = base + (seq >> 16) + (seq & 0xFFFF)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def parse_ipv4(data: bytes) -> tuple[bytes, int, int, int] | None:
+    """An IPv4 packet carrying TCP -> (source address + source port: the in-flight key, destination port, flags,
+    ack number); None if it is not a whole first fragment with a TCP header."""
+    if len(data) < 20 or data[0] >> 4 != 4 or data[9] != socket.IPPROTO_TCP or (data[6] & 0x1F or data[7]):
+        return None
+    ihl = (data[0] & 0x0F) * 4
+    if ihl < 20 or len(data) < ihl + 14:
+        return None
+    return (data[12:16] + data[ihl:ihl + 2], data[ihl + 2] << 8 | data[ihl + 3], data[ihl + 13],
+            int.from_bytes(data[ihl + 8:ihl + 12], "big"))
+
+
+def parse_tcp(data: bytes) -> tuple[int, int, int, int] | None:
+    """A TCP header (IPv6 raw sockets deliver segments from there) -> (source port, destination port, flags, ack)."""
+    if len(data) < 14:
+        return None
+    return data[0] << 8 | data[1], data[2] << 8 | data[3], data[13], int.from_bytes(data[8:12], "big")
+
+
+def answer(flags: int) -> bool | None:
+    """A SYN-ACK -> True (up), an RST -> False (refused), anything else -> None."""
+    if flags & RST:
+        return False
+    if flags & (SYN | ACK) == SYN | ACK:
+        return True
+    return None
+
+
+Insn = tuple[int, int, int, int]  # classic BPF: code, jump if true, jump if false, k
+
+
+def bpf_program(family: int, port: int) -> list[Insn]:
+    """Accept only TCP segments to ``port`` with SYN or RST set (IPv4: first fragments; packets start at the IP
+    header), ``SNAP`` bytes of each; drop everything else."""
+    if family == socket.AF_INET:
+        return [
+            (0x28, 0, 0, 6),  # ldh [6]: flags and fragment offset
+            (0x45, 6, 0, 0x1FFF),  # jset #0x1fff: a later fragment -> drop
+            (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): the IP header's length
+            (0x48, 0, 0, 2),  # ldh [x+2]: destination port
+            (0x15, 0, 3, port),  # jeq #port, else drop
+            (0x50, 0, 0, 13),  # ldb [x+13]: TCP flags
+            (0x45, 0, 1, SYN | RST),  # jset #SYN|RST, else drop
+            (0x06, 0, 0, SNAP),  # ret #SNAP
+            (0x06, 0, 0, 0),  # ret #0
+        ]
+    return [
+        (0x28, 0, 0, 2),  # ldh [2]: destination port
+        (0x15, 0, 3, port),  # jeq #port, else drop
+        (0x30, 0, 0, 13),  # ldb [13]: TCP flags
+        (0x45, 0, 1, SYN | RST),  # jset #SYN|RST, else drop
+        (0x06, 0, 0, SNAP),
+        (0x06, 0, 0, 0),
+    ]
+
+
+def attach_filter(sock: socket.socket, program: list[Insn]) -> None:
+    """SO_ATTACH_FILTER: the kernel copies the program, so the buffer need not outlive the call."""
+    insns = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HP", len(program), ctypes.addressof(buf)))
+
+
+def no_raw_reason(e: OSError) -> str:
+    return f"half-open probe needs CAP_NET_RAW: cannot open a raw TCP socket ({e.strerror or e})"
+
+
+# -- the prober ------------------------------------------------------------------------------------------------------
+
+
+class _Dest:
+    """A target as the prober sends to it: its in-flight key, sockaddr and (IPv4) checksum base."""
+
+    __slots__ = ("base", "key", "port", "sockaddr", "where")
+
+    def __init__(self, where: tuple[str, int], key: bytes, sockaddr: tuple[Any, ...], port: int, base: int) -> None:
+        self.where = where
+        self.key = key
+        self.sockaddr = sockaddr
+        self.port = port
+        self.base = base
+
+
+class _Check:
+    """One caller waiting for a probe's answer."""
+
+    __slots__ = ("done", "flight", "t0")
+
+    def __init__(self, flight: _Flight, done: Done, t0: float) -> None:
+        self.flight = flight
+        self.done: Done | None = done
+        self.t0 = t0
+
+    def cancel(self) -> None:
+        if self.done is None:
+            return
+        self.done = None
+        f = self.flight
+        if self in f.checks:
+            f.checks.remove(self)
+        if not f.checks:
+            f.prober.forget(f, stale=True)
+
+
+class _Flight:
+    """One SYN in flight (and its retransmissions); the checks waiting for its answer."""
+
+    __slots__ = ("checks", "dest", "isn", "packet", "prober", "resend_at", "rto_s", "sends")
+
+    def __init__(self, prober: Prober, dest: _Dest, isn: int, packet: bytes, now: float) -> None:
+        self.prober = prober
+        self.dest = dest
+        self.isn = isn
+        self.packet = packet
+        self.checks: list[_Check] = []
+        self.sends = 1
+        self.rto_s = FIRST_RTO_S
+        self.resend_at = now + FIRST_RTO_S
+
+    def end(self, ok: bool, reason: str, now: float) -> None:
+        for c in self.checks:
+            done, c.done = c.done, None
+            if done is not None:
+                try:
+                    done(CheckResult(ok, reason, now - c.t0))
+                except Exception:
+                    log.exception("half-open check callback failed")
+        self.checks = []
+
+
+class Prober:
+    """The raw socket of one event loop and address family, and the probes in flight on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: int) -> None:
+        self.family = family
+        self.v6 = family == socket.AF_INET6
+        self.sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
+        try:
+            self.reserve = socket.socket(family, socket.SOCK_STREAM)
+            if self.v6:
+                self.reserve.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_CHECKSUM, 16)
+            self.reserve.bind(("::" if self.v6 else "0.0.0.0", 0))
+            self.port: int = self.reserve.getsockname()[1]
+            attach_filter(self.sock, bpf_program(family, self.port))
+            for opt in (33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt[0], RECVBUF)
+                except OSError:
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt[1], RECVBUF)
+        except BaseException:
+            self.sock.close()
+            if hasattr(self, "reserve"):
+                self.reserve.close()
+            raise
+        self._loop = weakref.ref(loop)
+        self.inflight: dict[bytes, _Flight] = {}
+        self.dests: dict[tuple[str, int], _Dest] = {}
+        self._resend_q: deque[_Flight] = deque()  # first retransmissions, in the order they fall due
+        self._resend_heap: list[tuple[float, int, _Flight]] = []  # later ones
+        self._heap_n = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.sent = self.resent = self.send_errors = self.unmatched = self.malformed = self.answered = 0
+        self._drain()  # what arrived before the filter was attached
+        self.unmatched = 0
+        loop.add_reader(self.sock.fileno(), self._readable)
+        weakref.finalize(loop, Prober._close_sockets, self.sock, self.reserve)
+
+    @staticmethod
+    def _close_sockets(sock: socket.socket, reserve: socket.socket) -> None:
+        sock.close()
+        reserve.close()
+
+    def close(self) -> None:
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._close_sockets(self.sock, self.reserve)
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "resent": self.resent, "send_errors": self.send_errors,
+                "answered": self.answered, "unmatched": self.unmatched, "malformed": self.malformed,
+                "in_flight": len(self.inflight)}
+
+    def _dest(self, address: str, port: int) -> _Dest:
+        """Learn how to probe a target (raises OSError, e.g. no route or a bad address)."""
+        if len(self.dests) >= MAX_DESTS:
+            self.dests.clear()
+        info = socket.getaddrinfo(address, port, self.family, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)[0]
+        sockaddr = info[4]
+        packed = socket.inet_pton(self.family, sockaddr[0].split("%")[0])
+        base = 0
+        if not self.v6:  # the source address the kernel will choose: a route lookup by a connected UDP socket
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.connect(sockaddr)
+                src = socket.inet_aton(u.getsockname()[0])
+            base = syn_base(src, packed, self.port, port)
+        sockaddr = (sockaddr[0], 0, *sockaddr[2:])
+        d = self.dests[(address, port)] = _Dest((address, port), packed + port.to_bytes(2, "big"), sockaddr, port,
+                                                base)
+        return d
+
+    def begin(self, address: str, port: int, done: Done) -> Callable[[], None] | None:
+        t0 = _mono()
+        dest = self.dests.get((address, port))
+        if dest is None:
+            try:
+                dest = self._dest(address, port)
+            except (OSError, ValueError) as e:
+                done(CheckResult(False, describe(e), _mono() - t0))
+                return None
+        f = self.inflight.get(dest.key)
+        if f is not None:  # a probe of this target is in flight: wait for its answer
+            check = _Check(f, done, t0)
+            f.checks.append(check)
+            return check.cancel
+        isn = _getrandbits(32)
+        packet = build_syn(self.port, dest.port, isn, 0 if self.v6 else syn_checksum(dest.base, isn))
+        f = _Flight(self, dest, isn, packet, t0)
+        try:
+            self.sock.sendto(packet, dest.sockaddr)
+        except (BlockingIOError, InterruptedError):
+            self.send_errors += 1  # the send buffer is full: the retransmission timer sends it again
+        except OSError as e:
+            self.send_errors += 1
+            self.dests.pop(dest.where, None)  # learn the route again next time
+            done(CheckResult(False, describe(e), _mono() - t0))
+            return None
+        self.sent += 1
+        check = _Check(f, done, t0)
+        f.checks.append(check)
+        self.inflight[dest.key] = f
+        self._resend_q.append(f)
+        if self._timer is None:
+            self._arm()
+        return check.cancel
+
+    def forget(self, f: _Flight, stale: bool) -> None:
+        """A flight ends: answered, or abandoned by every check (then its route is learnt again next time)."""
+        if self.inflight.get(f.dest.key) is f:
+            del self.inflight[f.dest.key]
+            if stale:
+                self.dests.pop(f.dest.where, None)
+
+    # -- receiving ---------------------------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        try:
+            self._drain()
+        except Exception:
+            log.exception("half-open probe: reading answers failed")
+
+    def _drain(self) -> None:
+        inflight = self.inflight
+        port = self.port
+        now = 0.0
+        if self.v6:
+            recvfrom = self.sock.recvfrom
+            inet_pton = socket.inet_pton
+        else:
+            recv = self.sock.recv
+        for _ in range(DRAIN_MAX):
+            try:
+                if self.v6:
+                    data, addr = recvfrom(SNAP)
+                    p6 = parse_tcp(data)
+                    if p6 is None:
+                        self.malformed += 1
+                        continue
+                    sport, dport, flags, ack = p6
+                    key = inet_pton(socket.AF_INET6, addr[0].split("%")[0]) + sport.to_bytes(2, "big")
+                else:
+                    p4 = parse_ipv4(recv(SNAP))
+                    if p4 is None:
+                        self.malformed += 1
+                        continue
+                    key, dport, flags, ack = p4
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ENOBUFS; the next wakeup reads on
+                log.debug("half-open probe: recv failed: %s", e)
+                return
+            f = inflight.get(key)
+            ok = answer(flags)
+            if f is None or dport != port or ok is None or ack != (f.isn + 1) & 0xFFFFFFFF:
+                self.unmatched += 1
+                continue
+            del inflight[key]
+            self.answered += 1
+            if not now:
+                now = _mono()
+            f.end(ok, UP_REASON if ok else REFUSED_REASON, now)
+
+    # -- retransmissions ---------------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return
+        q, heap = self._resend_q, self._resend_heap
+        if q or heap:
+            due = min(q[0].resend_at if q else heap[0][0], heap[0][0] if heap else q[0].resend_at)
+            self._timer = loop.call_later(max(0.0, due - _mono()), self._resend)
+
+    def _resend(self) -> None:
+        self._timer = None
+        now = _mono()
+        horizon = now + RESEND_SLACK_S
+        q, heap, inflight = self._resend_q, self._resend_heap, self.inflight
+        due: list[_Flight] = []
+        while q and q[0].resend_at <= horizon:
+            due.append(q.popleft())
+        while heap and heap[0][0] <= horizon:
+            due.append(heapq.heappop(heap)[2])
+        for f in due:
+            if inflight.get(f.dest.key) is not f:
+                continue  # answered or abandoned
+            if f.sends >= MAX_SENDS:
+                del inflight[f.dest.key]
+                self.dests.pop(f.dest.where, None)
+                f.end(False, f"no answer to {f.sends} SYNs", now)
+                continue
+            try:
+                self.sock.sendto(f.packet, f.dest.sockaddr)
+                self.resent += 1
+            except OSError:
+                self.send_errors += 1
+            f.sends += 1
+            f.rto_s *= 2
+            f.resend_at = now + f.rto_s
+            self._heap_n += 1
+            heapq.heappush(heap, (f.resend_at, self._heap_n, f))
+        self._arm()
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, socket.gaierror):
+        return f"bad address: {e}"
+    if isinstance(e, OSError):
+        return e.strerror or str(e) or type(e).__name__
+    return str(e)
+
+
+# -- one prober per loop and family ----------------------------------------------------------------------------------
+
+_probers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Prober]] = weakref.WeakKeyDictionary()
+_warned: set[str] = set()
+
+
+def prober(loop: asyncio.AbstractEventLoop, family: int) -> Prober:
+    """The loop's prober for ``family`` (made on first use). Raises OSError (PermissionError without
+    CAP_NET_RAW); the next call tries again."""
+    per_loop = _probers.get(loop)
+    if per_loop is None:
+        per_loop = _probers[loop] = {}
+    p = per_loop.get(family)
+    if p is None:
+        p = per_loop[family] = Prober(loop, family)
+        log.debug("half-open probes from port %d (family %d)", p.port, family)
+    return p
+
+
+def begin(address: str, port: int, timeout_s: float, done: Done) -> Callable[[], None] | None:
+    """Start one half-open probe of ``address``:``port``; ``done(result)`` once, unless cancelled first."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        p = prober(asyncio.get_running_loop(), family)
+    except OSError as e:
+        reason = no_raw_reason(e)
+        if reason not in _warned:
+            _warned.add(reason)
+            log.warning("%s", reason)
+        done(CheckResult(False, reason, 0.0))
+        return None
+    return p.begin(address, port, done)
