@@ -53,7 +53,7 @@ def test_parsed_values() -> None:
 
 
 @pytest.mark.parametrize(("kind", "raw", "key", "text"), [
-    ("tcp", {"bogus": 1}, "bogus", "valid keys: expect, expect_hex, max_reply, send, send_hex"),
+    ("tcp", {"bogus": 1}, "bogus", "valid keys: expect, expect_hex, half_open, max_reply, send, send_hex"),
     ("tcp", {"expect": "("}, "expect", "regular expression"),
     ("tcp", {"send": "a", "send_hex": "00"}, "send_hex", "either"),
     ("tcp", {"send_hex": "zz"}, "send_hex", "hexadecimal"),
