@@ -164,10 +164,12 @@ async def get_status(request: web.Request) -> web.Response:
         if inspect.isawaitable(text):
             text = await text
         return web.Response(text=text, content_type="text/plain")
-    doc = ctl.status()
+    serialized = getattr(ctl, "status_json", None)  # optional: the document already serialized
+    doc = ctl.status() if serialized is None else serialized()
     if inspect.isawaitable(doc):
         doc = await doc
-    return web.Response(text=json.dumps(doc, separators=(",", ":")), content_type="application/json")
+    text = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"))
+    return web.Response(text=text, content_type="application/json")
 
 
 async def get_metrics(request: web.Request) -> web.Response:

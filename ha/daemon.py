@@ -34,7 +34,8 @@ from ha.metrics import DaemonMetrics, MetricsSources, make_registry, render
 from ha.overrides import Overrides, resolve_realserver
 from ha.reload import Change, ReloadDiff, diff_configs, format_plan
 from ha.sdnotify import Notifier
-from ha.status import Views, build_status, format_status
+from ha.status import DocMemo, Views, build_status, status_json
+from ha.status_table import TableMemo, format_status
 from lvs import model as m
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ class Daemon:
         self.counters.config_loaded_ts = self.counters.last_reload_ts = self.loaded_at
         self.last_reload_error: list[str] | None = None
         self.overrides = Overrides(cfg.node.state_dir)
+        # the status table's lines and the document's realservers, made again only where something changed
+        self.table, self.doc = TableMemo(), DocMemo()
         self.health = Health(self.counters, self._health_changed)
         self.lvs = DataplaneDriver(cfg, self.counters) if needs_dataplane(cfg) else None
         self.vrrp: Vrrp | None = None
@@ -255,13 +258,21 @@ class Daemon:
                      self.health.views(), self.overrides.drained_keys(), desired.info if desired else {},
                      (self.lvs.kernel if self.lvs else None) or {}, warnings)
 
+    def _extra(self) -> dict[str, Any]:
+        return {"dataplane": self.lvs.status() if self.lvs else None,
+                "conntrack_sync": self.ctsync.status() if self.ctsync else None}
+
     async def status(self) -> dict[str, Any]:
-        extra = {"dataplane": self.lvs.status() if self.lvs else None,
-                 "conntrack_sync": self.ctsync.status() if self.ctsync else None}
-        return build_status(self.cfg, await self._views(), extra=extra)
+        views = await self._views()
+        return build_status(self.cfg, views, extra=self._extra())
+
+    async def status_json(self) -> str:
+        """``GET /v1/status``: the document serialized from what did not change since the last request."""
+        views = await self._views()
+        return status_json(self.cfg, views, self._extra(), self.doc)
 
     async def status_text(self) -> str:
-        return format_status(self.cfg, await self._views())
+        return format_status(self.cfg, await self._views(), self.table)
 
     async def metrics(self) -> bytes:
         if self.lvs is not None:

@@ -2,13 +2,14 @@
 
 The daemon gathers snapshots (VRRP instances, per-realserver health and last check, operator overrides, per-service
 quorum/sorry info, the kernel's actual state with counters) and ``build_status`` joins them with the config into the
-contract's JSON shape; ``format_status`` renders the same inputs as the ``lvs-ha status`` table (the daemon does it,
-for ``GET /v1/status?format=text``, so the CLI does not decode and re-render a large document).
+contract's JSON shape (``status_json`` serializes it from what ``DocMemo`` kept of the last request);
+``ha.status_table`` renders the same inputs as the ``lvs-ha status`` table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -132,43 +133,32 @@ def _layout(cfg: Config) -> _Layout:
     return lay
 
 
-def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The status document (the contract's JSON shape)."""
-    health, services, kernel = v.health, v.services, v.kernel
-    drained_set = v.drained if isinstance(v.drained, (set, frozenset)) else set(v.drained)
-    default_info = ServiceInfo()
-    out_services = []
-    for name, key, scheduler, sorry, rss in _layout(cfg):
-        dests = kernel.get(key)
-        info = services.get(name, default_info)
-        rows = []
-        for ident, weight, fwd in rss:
-            h = health.get((name, ident), UNKNOWN)
-            found = dests.get(ident) if dests is not None else None
-            rows.append({
-                "realserver": ident,
-                "health": h.health,
-                "weight": found[0] if found is not None else 0,
-                "configured_weight": weight,
-                "drained": (name, ident) in drained_set,
-                "in_kernel": found is not None,
-                "forwarding": fwd,
-                "active_conns": found[1] if found is not None else 0,
-                "inactive_conns": found[2] if found is not None else 0,
-                "last_check": None if h.last_check is None else h.last_check.doc,
-                "why": info.why.get(ident),
-            })
-        out_services.append({
-            "name": name,
-            "key": key,
-            "scheduler": scheduler,
-            "quorum": info.quorum,
-            "sorry_active": info.sorry_active,
-            "sorry_server": sorry,
-            "in_kernel": dests is not None,
-            "realservers": rows,
-        })
-    doc: dict[str, Any] = {
+def _rs_doc(ident: str, weight: int, fwd: str, h: RsHealth, found: tuple[int, int, int] | None, drained: bool,
+            why: str | None) -> dict[str, Any]:
+    return {
+        "realserver": ident,
+        "health": h.health,
+        "weight": found[0] if found is not None else 0,
+        "configured_weight": weight,
+        "drained": drained,
+        "in_kernel": found is not None,
+        "forwarding": fwd,
+        "active_conns": found[1] if found is not None else 0,
+        "inactive_conns": found[2] if found is not None else 0,
+        "last_check": None if h.last_check is None else h.last_check.doc,
+        "why": why,
+    }
+
+
+def _svc_doc(name: str, key: str, scheduler: str, sorry: str | None, info: ServiceInfo, in_kernel: bool,
+             rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": name, "key": key, "scheduler": scheduler, "quorum": info.quorum, "sorry_active": info.sorry_active,
+            "sorry_server": sorry, "in_kernel": in_kernel, "realservers": rows}  # realservers last: see status_json
+
+
+def _shell(cfg: Config, v: Views) -> dict[str, Any]:
+    """The document around the services."""
+    return {
         "node": cfg.node.name,
         "config": {
             "loaded_at": iso(v.loaded_at),
@@ -178,92 +168,90 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
         "instances": [{
             "name": i.name, "role": i.role, "priority": i.priority, "master": i.master, "since": iso(i.since),
             "reason": i.reason, "vrid": i.vrid, "vips": list(i.vips)} for i in v.instances],
-        "services": out_services,
+        "services": [],
         "warnings": list(v.warnings),
     }
+
+
+def _drained_set(v: Views) -> Collection[tuple[str, str]]:
+    return v.drained if isinstance(v.drained, (set, frozenset)) else set(v.drained)
+
+
+def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The status document (the contract's JSON shape)."""
+    health, services, kernel = v.health, v.services, v.kernel
+    drained = _drained_set(v)
+    default_info = ServiceInfo()
+    doc = _shell(cfg, v)
+    out_services = doc["services"]
+    for name, key, scheduler, sorry, rss in _layout(cfg):
+        dests = kernel.get(key)
+        info = services.get(name, default_info)
+        rows = [_rs_doc(ident, weight, fwd, health.get((name, ident), UNKNOWN),
+                        dests.get(ident) if dests is not None else None, (name, ident) in drained, info.why.get(ident))
+                for ident, weight, fwd in rss]
+        out_services.append(_svc_doc(name, key, scheduler, sorry, info, dests is not None, rows))
     if extra:
         doc.update(extra)
     return doc
 
 
-# -- the human table -------------------------------------------------------------------------------------------
+dumps = json.JSONEncoder(separators=(",", ":")).encode  # the API's compact form
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(map(len, col)) for col in zip(*rows, strict=True)]
-    fmt = "  ".join(f"%-{w}s" for w in widths[:-1]) + "  %s"
-    return [(fmt % r).rstrip() for r in rows]
+class DocMemo:
+    """The serialized status document kept between requests (the daemon holds one), like ``TableMemo``: a
+    realserver's JSON is made again only when its health, drain, kernel entry or reason changed."""
+
+    __slots__ = ("cfg", "heads", "rows")
+
+    def __init__(self) -> None:
+        self.cfg: Config | None = None
+        self.rows: dict[tuple[str, str], tuple[RsHealth, bool, tuple[int, int, int] | None, str | None, str]] = {}
+        self.heads: dict[str, tuple[ServiceInfo, bool, str]] = {}  # service -> (info, in kernel, JSON up to "[")
+
+    def start(self, cfg: Config) -> None:
+        if cfg is not self.cfg:
+            self.cfg = cfg
+            self.rows.clear()
+            self.heads.clear()
 
 
-_HEAD = ("SERVICE", "KEY / REALSERVER", "HEALTH", "WEIGHT", "ACTIVE", "INACT", "LAST CHECK")
-# per config: the static left part of every line (service name and key, or the realserver), padded once
-_Prefixed = tuple[str, list[tuple[str, str, str, str | None, list[tuple[tuple[str, str], int, str]]]]]
-
-
-@_per_config
-def _prefixes(cfg: Config) -> _Prefixed:
-    layout = _layout(cfg)
-    w0 = max([len(_HEAD[0])] + [len(name) for name, *_ in layout])
-    w1 = max([len(_HEAD[1])] + [len(f"{key} {sch}") for _, key, sch, *_ in layout]
-             + [len(ident) + 5 for *_, rss in layout for ident, *_ in rss])
-    blank = " " * (w0 + 2)
-    out = (f"{_HEAD[0]:<{w0}}  {_HEAD[1]:<{w1}}  ",
-           [(name, key, f"{name:<{w0}}  {f'{key} {sch}':<{w1}}  ", sorry,
-             [((name, ident), weight, f"{blank}{'  -> ' + ident:<{w1}}  ") for ident, weight, _fwd in rss])
-            for name, key, sch, sorry, rss in layout])
-    return out
-
-
-def _services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]]) -> list[str]:
-    """The services part of the table: the left columns come padded from the config (``_prefixes``); only health,
-    weight, connections and the last check are formatted per request (thousands of rows in a few milliseconds)."""
-    head, services = _prefixes(cfg)
-    health, infos, kernel = v.health, v.services, v.kernel
-    rows: list[tuple[str, str, str, str, str, str]] = [(head, *_HEAD[2:])]  # type: ignore[list-item]
-    add = rows.append
+def status_json(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None, memo: DocMemo | None = None) -> str:
+    """``dumps(build_status(cfg, v, extra))``, made from the lines ``memo`` kept where nothing changed: a document of
+    thousands of realservers in a few milliseconds instead of tens."""
+    if memo is None:
+        memo = DocMemo()
+    memo.start(cfg)
+    health, services, kernel = v.health, v.services, v.kernel
+    drained = _drained_set(v)
     default_info = ServiceInfo()
-    no_dests: dict[str, tuple[int, int, int]] = {}
-    for name, key, prefix, sorry, rss in services:
+    rows_memo, heads = memo.rows, memo.heads
+    parts = []
+    for name, key, scheduler, sorry, rss in _layout(cfg):
         dests = kernel.get(key)
-        info = infos.get(name, default_info)
-        flags = [] if info.quorum else ["NO QUORUM"]
-        if info.sorry_active:
-            flags.append(f"sorry -> {sorry}")
-        if dests is None:
-            flags.append("not in kernel")
-            dests = no_dests
-        add((prefix, "", "", "", "", ", ".join(flags)))
-        for hkey, weight, rs_prefix in rss:
+        info = services.get(name, default_info)
+        in_kernel = dests is not None
+        cached = heads.get(name)
+        if cached is None or cached[0] is not info or cached[1] is not in_kernel:
+            text = dumps(_svc_doc(name, key, scheduler, sorry, info, in_kernel, []))
+            cached = heads[name] = (info, in_kernel, text[:-2])  # without the empty list's "]}"
+        rows = []
+        why = info.why
+        for ident, weight, fwd in rss:
+            hkey = (name, ident)
             h = health.get(hkey, UNKNOWN)
-            found = dests.get(hkey[1])
-            lc = h.last_check
-            if found is None:
-                add((rs_prefix, h.health + " drained" if hkey in drained else h.health, f"0/{weight}",
-                     "0", "0", "-" if lc is None else lc.text))
-            else:
-                add((rs_prefix, h.health + " drained" if hkey in drained else h.health,
-                     f"{found[0]}/{weight}", str(found[1]), str(found[2]), "-" if lc is None else lc.text))
-    cols = list(zip(*rows, strict=True))
-    fmt = "%s" + "".join(f"%-{max(map(len, col))}s  " for col in cols[1:5]) + "%s"
-    return [(fmt % r).rstrip() for r in rows]
+            found = dests.get(ident) if dests is not None else None
+            is_drained = hkey in drained
+            reason = why.get(ident)
+            row = rows_memo.get(hkey)
+            if row is None or row[0] is not h or row[1] is not is_drained or row[2] != found or row[3] != reason:
+                row = rows_memo[hkey] = (h, is_drained, found, reason,
+                                         dumps(_rs_doc(ident, weight, fwd, h, found, is_drained, reason)))
+            rows.append(row[4])
+        parts.append(f"{cached[2]}{','.join(rows)}]}}")
+    shell = dumps({**_shell(cfg, v), **(extra or {})})
+    at = shell.index('"services":[]') + len('"services":[')  # the shell's keys come before any extra's
+    return f"{shell[:at]}{','.join(parts)}{shell[at:]}"
 
 
-def format_status(cfg: Config, v: Views) -> str:
-    """``lvs-ha status``: the VRRP instances, then every service like ``ipvsadm -Ln`` joined with health and the last
-    check. Rendered straight from the same inputs as ``build_status`` (no document in between: with thousands of
-    realservers building the document would cost as much as the table)."""
-    instances = v.instances
-    drained_set = v.drained if isinstance(v.drained, (set, frozenset)) else set(v.drained)
-    lines = [f"node {cfg.node.name}  config {cfg.source}  loaded {iso(v.loaded_at)}"]
-    if v.last_reload_error:
-        lines.append("last reload FAILED:")
-        lines.extend(f"  {e}" for e in v.last_reload_error)
-    lines.extend(f"WARNING: {w}" for w in v.warnings)
-    if instances:
-        lines.append("")
-        lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")] + [
-            (i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances])
-    if cfg.services:
-        lines.append("")
-        lines += _services_table(cfg, v, drained_set)
-    return "\n".join(lines) + "\n"

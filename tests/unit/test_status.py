@@ -1,20 +1,23 @@
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 
 from ha.config_model import Config, NodeConfig, RealServerConfig, ServiceConfig, SorryServerConfig
 from ha.status import (
+    DocMemo,
     InstanceView,
     LastCheck,
     RsHealth,
     ServiceInfo,
     Views,
     build_status,
-    format_status,
     iso,
     kernel_view,
+    status_json,
 )
+from ha.status_table import TableMemo, format_status
 from lvs import model as m
 
 
@@ -125,3 +128,60 @@ def test_table_and_document_say_the_same() -> None:
             assert str(r["active_conns"]) in cells and str(r["inactive_conns"]) in cells
             lc = r["last_check"]
             assert (lc["reason"] if lc else "-") in row
+
+
+def _cells(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()]
+
+
+def test_table_memo_follows_every_change_and_reuses_unchanged_lines() -> None:
+    """The daemon's kept table says what a fresh render says after each change (its columns may stay wider than a
+    fresh render's: they only widen while a config lives), and reformats only the rows that changed."""
+    c, memo = cfg(), TableMemo()
+    v = views()
+    assert format_status(c, v, memo) == format_status(c, v)
+    health = dict(v.health)
+    health[("web", "10.0.0.1:80")] = RsHealth("down", LastCheck(False, "timeout", 1.0))
+    kernel = {k: dict(d) for k, d in v.kernel.items()}
+    kernel["tcp/192.0.2.10:80"] = {"10.0.0.1:80": (0, 12345678901, 3)}  # a count wider than its column
+    steps = [
+        dataclasses.replace(v, health=health),
+        dataclasses.replace(v, health=health, drained=[]),
+        dataclasses.replace(v, health=health, drained=[],
+                            services={"web": ServiceInfo(quorum=False, sorry_active=True)}),
+        dataclasses.replace(v, kernel=kernel),
+        v,
+    ]
+    for step in steps:
+        assert _cells(format_status(c, step, memo)) == _cells(format_status(c, step))
+    assert "12345678901" in format_status(c, steps[3], memo)
+    assert memo.widths[2] == len("12345678901")  # widened, and kept after the count went back
+    # unchanged rows keep their line objects; a changed row gets a new one
+    memo2 = TableMemo()
+    format_status(c, v, memo2)
+    before = dict(memo2.lines)
+    format_status(c, steps[0], memo2)
+    assert memo2.lines[("web", "10.0.0.2:80")][3] is before[("web", "10.0.0.2:80")][3]
+    assert memo2.lines[("web", "10.0.0.1:80")][3] is not before[("web", "10.0.0.1:80")][3]
+    # a new config object starts afresh
+    format_status(cfg(), v, memo)
+    assert memo.widths[2] == len("ACTIVE")
+
+
+def test_status_json_is_the_document_serialized_and_kept_between_requests() -> None:
+    c, memo = cfg(), DocMemo()
+    v = views()
+    extra = {"dataplane": {"in_sync": True}, "conntrack_sync": None}
+    health = dict(v.health)
+    health[("web", "10.0.0.1:80")] = RsHealth("down", LastCheck(False, "timeout", 1.0))
+    steps = [v, dataclasses.replace(v, health=health), dataclasses.replace(v, health=health, drained=[]),
+             dataclasses.replace(v, services={"web": ServiceInfo(quorum=False, sorry_active=True,
+                                                                 why={"10.0.0.1:80": "below quorum"})}),
+             dataclasses.replace(v, kernel={}, instances=[], warnings=["w"]), v]
+    for step in steps:
+        text = status_json(c, step, extra, memo)
+        assert text == json.dumps(build_status(c, step, extra), separators=(",", ":"))
+    row = memo.rows[("web", "10.0.0.2:80")][4]
+    status_json(c, steps[1], extra, memo)
+    assert memo.rows[("web", "10.0.0.2:80")][4] is row  # not made again: nothing of it changed
+    assert json.loads(status_json(cfg(), v))["node"] == "dir1"  # no memo, another config
