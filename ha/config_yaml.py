@@ -139,12 +139,6 @@ def c_str(node: Node) -> str:
     return str(s)
 
 
-def c_opt_str(node: Node) -> str | None:
-    if isinstance(node, ScalarNode) and node.tag == NULL_TAG:
-        return None
-    return c_str(node)
-
-
 def c_bool(node: Node) -> bool:
     v = construct(scalar(node))
     if not isinstance(v, bool):

@@ -157,9 +157,6 @@ class Daemon:
     async def run(self) -> None:
         await self._stop.wait()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def stop(self) -> None:
         """Orderly stop: refuse API calls, VRRP masters resign (priority 0) and release VIPs, checks stop; IPVS
         services stay unless node.flush_on_stop."""

@@ -19,7 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,8 +220,3 @@ def _lvs_settings(config: Config, state: State, roles: Mapping[str, str]) -> Non
 def all_up(config: Config) -> dict[tuple[str, str], RsHealth]:
     """Health with every realserver up (``lvs-ha plan`` / ``apply``)."""
     return {(svc.name, rs.ident): RsHealth(UP) for svc in config.services for rs in svc.realservers}
-
-
-def realserver_ident(address: str, port: int) -> str:
-    ip = ipaddress.ip_address(address)
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"

@@ -45,7 +45,7 @@ class LastCheck:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "doc", {"ok": self.ok, "reason": self.reason,
-                                         "latency_s": round(self.latency_s, 6)})
+                                         "latency_s": round(self.latency_s, 6), "at": iso(self.at)})
         object.__setattr__(self, "text",
                            f"{self.reason or ('ok' if self.ok else 'failed')} ({self.latency_s * 1000:.1f}ms)")
 

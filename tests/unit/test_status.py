@@ -68,7 +68,8 @@ def test_contract_shape() -> None:
     r1, r2 = web["realservers"]
     assert r1 == {"realserver": "10.0.0.1:80", "health": "up", "weight": 10, "configured_weight": 10,
                   "drained": False, "in_kernel": True, "forwarding": "dr", "active_conns": 7, "inactive_conns": 3,
-                  "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002}, "why": None}
+                  "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002, "at": None},
+                  "why": None}
     assert (r2["health"], r2["weight"], r2["drained"], r2["in_kernel"]) == ("down", 0, True, False)
     assert r2["last_check"]["reason"] == "connection refused"
     assert r2["why"] == "drained"
