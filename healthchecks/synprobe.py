@@ -293,8 +293,8 @@ class Prober:
         if len(self.dests) >= MAX_DESTS:
             self.dests.clear()
         info = socket.getaddrinfo(address, port, self.family, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)[0]
-        sockaddr = info[4]
-        packed = socket.inet_pton(self.family, sockaddr[0].split("%")[0])
+        sockaddr: tuple[Any, ...] = info[4]
+        packed = socket.inet_pton(self.family, str(sockaddr[0]).split("%")[0])
         base = 0
         if not self.v6:  # the source address the kernel will choose: a route lookup by a connected UDP socket
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
