@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lvs import ipvs_admin as adm
 from lvs import ipvs_genl as g
 from lvs.dataplane import ApplyReport, Capabilities, DataplaneError
 from lvs.model import (
@@ -338,11 +339,11 @@ class IpvsDataplane:
                 dests[dest.key] = dest
                 state.stats[(svc.key, dest.key)] = parse_stats(counters)
             state.services[svc.key] = ServiceState(svc, dests)
-        tcp, fin, udp = g.get_timeouts(self._sock)
+        tcp, fin, udp = adm.get_timeouts(self._sock)
         state.timeouts = Timeouts(tcp, fin, udp)
         state.sync_daemons = frozenset(
             SyncDaemon("master" if d.state == g.DAEMON_MASTER else "backup", d.interface, d.sync_id)
-            for d in g.get_daemons(self._sock)
+            for d in adm.get_daemons(self._sock)
         )
         state.sysctls = self._read_sysctls()
         return state
@@ -350,10 +351,10 @@ class IpvsDataplane:
     @staticmethod
     def _read_sysctls() -> dict[str, int]:
         try:
-            names = sorted(os.listdir(g.SYSCTL_DIR))
+            names = sorted(os.listdir(adm.SYSCTL_DIR))
         except OSError:
             return {}
-        return g.read_sysctls(names)
+        return adm.read_sysctls(names)
 
     def apply_sync(self, ops: Sequence[Op]) -> ApplyReport:
         report = ApplyReport()
@@ -412,19 +413,19 @@ class IpvsDataplane:
         if req is not None:
             sock.request(*req)
         elif isinstance(op, SetSysctl):
-            g.write_sysctl(op.name, op.value)
+            adm.write_sysctl(op.name, op.value)
         elif isinstance(op, SetTimeouts):
             t = op.timeouts
-            g.set_timeouts(sock, t.tcp_s, t.tcp_fin_s, t.udp_s)
+            adm.set_timeouts(sock, t.tcp_s, t.tcp_fin_s, t.udp_s)
         elif isinstance(op, StartSyncDaemon | StopSyncDaemon):
             d = op.daemon
             if d.state not in ("master", "backup"):
                 raise ValueError(f"sync daemon state must be master or backup, not {d.state!r}")
             state = g.DAEMON_MASTER if d.state == "master" else g.DAEMON_BACKUP
             if isinstance(op, StartSyncDaemon):
-                g.start_daemon(sock, state, d.interface, d.sync_id)
+                adm.start_daemon(sock, state, d.interface, d.sync_id)
             else:
-                g.stop_daemon(sock, state)
+                adm.stop_daemon(sock, state)
         else:
             raise ValueError(f"unknown operation {op!r}")
 

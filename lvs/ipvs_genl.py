@@ -9,9 +9,10 @@ pyroute2 ships IPVS message classes, but some of their attribute types do not ma
 - the sync-daemon and timeout attributes are left as opaque hex.
 
 So this module defines the whole IPVS family's messages with the kernel's types (as pyroute2 genlmsg/nla classes:
-the one definition of every attribute), a struct-based codec that reads those tables (pyroute2's generic codec costs
-about a millisecond per message inside the VM; 110,000 messages must not take minutes), and a small blocking
-socket that sends them. Decoded replies are plain dicts; nothing outside ``lvs/ipvs*.py`` sees them.
+the one definition of every attribute) and a small blocking socket that sends them, encoded by ``nla_codec`` from
+those tables (pyroute2's generic codec costs about a millisecond per message inside the VM; 110,000 messages must
+not take minutes). Timeouts, the sync daemon and the IPVS sysctls are in ``ipvs_admin``. Decoded replies are
+plain dicts; nothing outside ``lvs/ipvs*.py`` sees them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyroute2.netlink import (
@@ -38,6 +38,8 @@ from pyroute2.netlink import (
     nla,
 )
 from pyroute2.netlink.exceptions import NetlinkError
+
+from lvs.nla_codec import GENL_HDR, decode_attrs, encode_attrs, schema_of
 
 GENL_NAME = "IPVS"
 GENL_VERSION = 1
@@ -227,105 +229,6 @@ def nested(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-# ---- a fast codec driven by the nla_map tables above -----------------------------------------------------------------
-#
-# pyroute2's generic encoder/decoder costs on the order of a millisecond per IPVS message inside the VM (it is
-# written for flexibility, not for 100,000 messages). The tables above stay the single definition of the
-# attributes; this codec reads them once and packs/unpacks with struct.
-
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-_NLA_HDR = struct.Struct("=HH")
-_GENL_HDR = struct.Struct("=BBH")
-_SCALARS: dict[str, struct.Struct] = {
-    "uint8": struct.Struct("=B"),
-    "uint16": struct.Struct("=H"),
-    "uint32": struct.Struct("=I"),
-    "uint64": struct.Struct("=Q"),
-    "be16": struct.Struct(">H"),
-    "svc_flags": struct.Struct("=II"),
-}
-
-
-@dataclass(frozen=True)
-class _Schema:
-    by_name: dict[str, tuple[int, str, _Schema | None]]
-    by_type: dict[int, tuple[str, str, _Schema | None]]
-
-
-_SCHEMAS: dict[type, _Schema] = {}
-
-
-def schema_of(cls: type) -> _Schema:
-    """The (type id, kind, nested schema) of every attribute a pyroute2 nla class declares."""
-    if cls not in _SCHEMAS:
-        by_name: dict[str, tuple[int, str, _Schema | None]] = {}
-        by_type: dict[int, tuple[str, str, _Schema | None]] = {}
-        for index, (name, kind) in enumerate(cls.nla_map):  # type: ignore[attr-defined]
-            sub = None
-            if kind not in _SCALARS and kind not in ("none", "cdata", "asciiz"):
-                sub = schema_of(getattr(cls, kind))
-                kind = "nested"
-            by_name[name] = (index, kind, sub)
-            by_type[index] = (name, kind, sub)
-        _SCHEMAS[cls] = _Schema(by_name, by_type)
-    return _SCHEMAS[cls]
-
-
-def encode_attrs(attrs: Iterable[tuple[str, Any]], schema: _Schema) -> bytes:
-    out = bytearray()
-    for name, value in attrs:
-        index, kind, sub = schema.by_name[name]
-        if kind == "nested":
-            assert sub is not None
-            inner = value["attrs"] if isinstance(value, dict) and "attrs" in value else value
-            payload = encode_attrs(inner.items() if isinstance(inner, dict) else inner, sub)
-        elif kind == "svc_flags":
-            payload = _SCALARS[kind].pack(value["flags"], value["mask"])
-        elif kind in _SCALARS:
-            payload = _SCALARS[kind].pack(value)
-        elif kind == "asciiz":
-            payload = value.encode() + b"\0"
-        elif kind == "cdata":
-            payload = bytes(value)
-        else:
-            raise ValueError(f"attribute {name} carries no value")
-        out += _NLA_HDR.pack(4 + len(payload), index)
-        out += payload
-        out += b"\0" * (-len(payload) % 4)
-    return bytes(out)
-
-
-def decode_attrs(data: bytes | memoryview, schema: _Schema) -> dict[str, Any]:
-    """Attributes as a dict (nested ones as dicts); unknown or malformed attributes are skipped."""
-    out: dict[str, Any] = {}
-    offset, end = 0, len(data)
-    while offset + 4 <= end:
-        length, atype = _NLA_HDR.unpack_from(data, offset)
-        if length < 4 or offset + length > end:
-            break
-        entry = schema.by_type.get(atype & NLA_TYPE_MASK)
-        if entry is not None:
-            name, kind, sub = entry
-            payload = data[offset + 4:offset + length]
-            try:
-                if kind == "nested":
-                    assert sub is not None
-                    out[name] = decode_attrs(payload, sub)
-                elif kind == "svc_flags":
-                    flags, mask = _SCALARS[kind].unpack_from(payload)
-                    out[name] = {"flags": flags, "mask": mask}
-                elif kind in _SCALARS:
-                    out[name] = _SCALARS[kind].unpack_from(payload)[0]
-                elif kind == "asciiz":
-                    out[name] = bytes(payload).split(b"\0", 1)[0].decode(errors="replace")
-                elif kind == "cdata":
-                    out[name] = bytes(payload)
-            except struct.error:
-                pass  # a short attribute: skip it
-        offset += (length + 3) & ~3
-    return out
-
-
 # ---- the socket ---------------------------------------------------------------------------------------------------
 
 NETLINK_GENERIC = 16
@@ -418,7 +321,7 @@ class IpvsSocket:
     def request(self, cmd: int, attrs: Sequence[tuple[str, Any]], flags: int = WRITE_FLAGS) -> list[dict[str, Any]]:
         """Send one IPVS command; returns each reply's attributes as a dict. Raises NetlinkError (kernel errno)."""
         seq = self._next_seq()
-        body = _GENL_HDR.pack(cmd, GENL_VERSION, 0) + encode_attrs(attrs, _IPVS_SCHEMA)
+        body = GENL_HDR.pack(cmd, GENL_VERSION, 0) + encode_attrs(attrs, _IPVS_SCHEMA)
         data = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), self.family_id, flags, seq, 0) + body
         return self._send_and_collect(data, seq, flags, _decode_ipvs)
 
@@ -434,7 +337,7 @@ class IpvsSocket:
         buf = bytearray()
         for cmd, attrs, flags in requests:
             seq = self._next_seq()
-            body = _GENL_HDR.pack(cmd, GENL_VERSION, 0) + encode_attrs(attrs, _IPVS_SCHEMA)
+            body = GENL_HDR.pack(cmd, GENL_VERSION, 0) + encode_attrs(attrs, _IPVS_SCHEMA)
             buf += _NLMSGHDR.pack(_NLMSGHDR.size + len(body), self.family_id, flags | NLM_F_ACK, seq, 0)
             buf += body
         results: dict[int, int] = {}
@@ -454,7 +357,7 @@ class IpvsSocket:
 
 
 _IPVS_SCHEMA = schema_of(ipvs_msg)
-_HEADERS = _NLMSGHDR.size + _GENL_HDR.size
+_HEADERS = _NLMSGHDR.size + GENL_HDR.size
 
 
 def _decode_ipvs(chunk: bytes) -> dict[str, Any]:
@@ -465,100 +368,6 @@ def _pyroute2_decode(cls: Any, chunk: bytes) -> Any:
     msg = cls(chunk)
     msg.decode()
     return msg
-
-
-# ---- timeouts and the sync daemon -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RawDaemon:
-    state: int
-    interface: str
-    sync_id: int
-
-
-def get_timeouts(sock: IpvsSocket) -> tuple[int, int, int]:
-    """(tcp, tcp_fin, udp) in seconds."""
-    replies = sock.request(CMD_GET_CONFIG, [])
-    got = replies[0] if replies else {}
-    return (
-        int(got.get("IPVS_CMD_ATTR_TIMEOUT_TCP", 0)),
-        int(got.get("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", 0)),
-        int(got.get("IPVS_CMD_ATTR_TIMEOUT_UDP", 0)),
-    )
-
-
-def set_timeouts(sock: IpvsSocket, tcp_s: int, tcp_fin_s: int, udp_s: int) -> None:
-    """0 leaves a value unchanged (the kernel's rule)."""
-    sock.request(
-        CMD_SET_CONFIG,
-        [
-            ("IPVS_CMD_ATTR_TIMEOUT_TCP", tcp_s),
-            ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", tcp_fin_s),
-            ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp_s),
-        ],
-    )
-
-
-def get_daemons(sock: IpvsSocket) -> list[RawDaemon]:
-    found = []
-    for reply in sock.dump(CMD_GET_DAEMON):
-        d = nested(reply.get("IPVS_CMD_ATTR_DAEMON"))
-        if d:
-            found.append(
-                RawDaemon(
-                    int(d.get("IPVS_DAEMON_ATTR_STATE", 0)),
-                    str(d.get("IPVS_DAEMON_ATTR_MCAST_IFN", "")),
-                    int(d.get("IPVS_DAEMON_ATTR_SYNC_ID", 0)),
-                )
-            )
-    return found
-
-
-def start_daemon(sock: IpvsSocket, state: int, interface: str, sync_id: int) -> None:
-    attrs = [
-        ("IPVS_DAEMON_ATTR_STATE", state),
-        ("IPVS_DAEMON_ATTR_MCAST_IFN", interface),
-        ("IPVS_DAEMON_ATTR_SYNC_ID", sync_id),
-    ]
-    sock.request(CMD_NEW_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": attrs})])
-
-
-def stop_daemon(sock: IpvsSocket, state: int) -> None:
-    sock.request(CMD_DEL_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": [("IPVS_DAEMON_ATTR_STATE", state)]})])
-
-
-# ---- sysctls (/proc/sys/net/ipv4/vs/*) -------------------------------------------------------------------------------
-
-SYSCTL_PREFIX = "net.ipv4.vs."
-SYSCTL_DIR = "/proc/sys/net/ipv4/vs"
-
-
-def sysctl_path(name: str) -> str:
-    """The /proc path of an IPVS sysctl ("net.ipv4.vs.sloppy_tcp" or just "sloppy_tcp"); rejects anything else."""
-    short = name[len(SYSCTL_PREFIX):] if name.startswith(SYSCTL_PREFIX) else name
-    if not short or "/" in short or "." in short or short.startswith("_"):
-        raise ValueError(f"not an IPVS sysctl: {name!r}")
-    return os.path.join(SYSCTL_DIR, short)
-
-
-def write_sysctl(name: str, value: int) -> None:
-    with open(sysctl_path(name), "w") as f:
-        f.write(f"{int(value)}\n")
-
-
-def read_sysctls(names: Iterable[str]) -> dict[str, int]:
-    """Current values of the named IPVS sysctls (single integers only; unreadable ones are skipped)."""
-    out: dict[str, int] = {}
-    for name in names:
-        try:
-            with open(sysctl_path(name)) as f:
-                text = f.read().split()
-        except (OSError, ValueError):
-            continue
-        if len(text) == 1 and text[0].lstrip("-").isdigit():
-            out[name if name.startswith(SYSCTL_PREFIX) else SYSCTL_PREFIX + name] = int(text[0])
-    return out
 
 
 def error_text(exc: BaseException) -> tuple[int | None, str]:

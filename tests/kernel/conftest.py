@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from lvs import ipvs_admin as adm
 from lvs import ipvs_genl as g
 from lvs.ipvs import IpvsDataplane
 
@@ -32,9 +33,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def reset_ipvs(sock: g.IpvsSocket) -> None:
     """Empty IPVS in this namespace: services, sync daemons, default timeouts. Only ever run inside the VM."""
     sock.request(g.CMD_FLUSH, [])
-    for d in g.get_daemons(sock):
-        g.stop_daemon(sock, d.state)
-    g.set_timeouts(sock, 900, 120, 300)
+    for d in adm.get_daemons(sock):
+        adm.stop_daemon(sock, d.state)
+    adm.set_timeouts(sock, 900, 120, 300)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from lvs import ipvs_admin as adm
 from lvs import ipvs_genl as g
 from lvs.dataplane import Dataplane
 from lvs.ipvs import IpvsDataplane
@@ -228,9 +229,9 @@ async def test_many_services_round_trip(dp: IpvsDataplane) -> None:
 
 def test_sockets_reject_unknown_sysctl_names() -> None:
     with pytest.raises(ValueError):
-        g.sysctl_path("net.ipv4.vs.../../../etc/passwd")
+        adm.sysctl_path("net.ipv4.vs.../../../etc/passwd")
     with pytest.raises(ValueError):
-        g.sysctl_path("net.core.somaxconn")
+        adm.sysctl_path("net.core.somaxconn")
 
 
 async def test_pipelined_apply_reports_exactly_what_was_applied(raw_sock: g.IpvsSocket) -> None:
