@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import heapq
 import logging
+import os
 import random
 import socket
 import struct
+import sys
 import time
 import weakref
 from collections import deque
@@ -35,127 +38,37 @@ from collections.abc import Callable
 from typing import Any
 
 from healthchecks.base import CheckResult
+from healthchecks.synpacket import (
+    SNAP,
+    Insn,
+    answer,
+    bpf_program,
+    build_syn,
+    parse_ipv4,
+    parse_quote,
+    parse_tcp,
+    syn_base,
+    syn_checksum,
+)
 
 log = logging.getLogger(__name__)
 
 Done = Callable[[CheckResult], None]
 
-SYN, RST, ACK = 0x02, 0x04, 0x10
-WINDOW = 64240
-MSS_OPTION = b"\x02\x04\x05\xb4"  # MSS 1460
-SYN_LEN = 24  # a 20-byte header and the MSS option
-SNAP = 128  # bytes kept of a segment: the largest IPv4 header (60) and the TCP header up to its ack number
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+IP_RECVERR, IPV6_RECVERR = 11, 25  # Linux; not in the socket module
 FIRST_RTO_S = 1.0
 MAX_SENDS = 6  # SYNs per probe (1 + 2 + 4 + 8 + 16 s of waiting) before it fails by itself
 RESEND_SLACK_S = 0.05  # due retransmissions are sent in batches this close together
 MAX_DESTS = 100_000  # cached targets (source address, checksum base) before the cache starts afresh
 DRAIN_MAX = 4096  # segments read per wakeup; the loop calls back while more are queued
-RECVBUF = 4 << 20
+BUFFER = 4 << 20  # the raw socket's receive and send buffers
 
-_HDR = struct.Struct("!HHIIHHHH4s")
 _mono = time.monotonic
 _getrandbits = random.getrandbits
 
 UP_REASON = "SYN-ACK"
 REFUSED_REASON = "connection refused"
-
-
-# -- pure parts ------------------------------------------------------------------------------------------------------
-
-
-def build_syn(sport: int, dport: int, seq: int, checksum: int = 0) -> bytes:
-    """A SYN segment with an MSS option (24 bytes)."""
-    return _HDR.pack(sport, dport, seq, 0, (SYN_LEN // 4) << 12 | SYN, WINDOW, checksum, 0, MSS_OPTION)
-
-
-def ones_sum(data: bytes) -> int:
-    """The unfolded sum of the 16-bit big-endian words of ``data`` (padded with a zero byte if odd)."""
-    if len(data) % 2:
-        data += b"\0"
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
-
-
-def fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def tcp_checksum(src: bytes, dst: bytes, segment: bytes) -> int:
-    """The TCP checksum of an IPv4 segment (its checksum field taken as it is: zero it first to compute one)."""
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(segment))
-    return ~fold(ones_sum(pseudo + segment)) & 0xFFFF
-
-
-def syn_base(src: bytes, dst: bytes, sport: int, dport: int) -> int:
-    """The folded sum of an IPv4 SYN's pseudo-header and constant fields (sequence number and checksum zero)."""
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, SYN_LEN)
-    return fold(ones_sum(pseudo + build_syn(sport, dport, 0, 0)))
-
-
-def syn_checksum(base: int, seq: int) -> int:
-    """The checksum of a SYN with sequence number ``seq``, from its ``syn_base``."""
-    s = base + (seq >> 16) + (seq & 0xFFFF)
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def parse_ipv4(data: bytes) -> tuple[bytes, int, int, int] | None:
-    """An IPv4 packet carrying TCP -> (source address + source port: the in-flight key, destination port, flags,
-    ack number); None if it is not a whole first fragment with a TCP header."""
-    if len(data) < 20 or data[0] >> 4 != 4 or data[9] != socket.IPPROTO_TCP or (data[6] & 0x1F or data[7]):
-        return None
-    ihl = (data[0] & 0x0F) * 4
-    if ihl < 20 or len(data) < ihl + 14:
-        return None
-    return (data[12:16] + data[ihl:ihl + 2], data[ihl + 2] << 8 | data[ihl + 3], data[ihl + 13],
-            int.from_bytes(data[ihl + 8:ihl + 12], "big"))
-
-
-def parse_tcp(data: bytes) -> tuple[int, int, int, int] | None:
-    """A TCP header (IPv6 raw sockets deliver segments from there) -> (source port, destination port, flags, ack)."""
-    if len(data) < 14:
-        return None
-    return data[0] << 8 | data[1], data[2] << 8 | data[3], data[13], int.from_bytes(data[8:12], "big")
-
-
-def answer(flags: int) -> bool | None:
-    """A SYN-ACK -> True (up), an RST -> False (refused), anything else -> None."""
-    if flags & RST:
-        return False
-    if flags & (SYN | ACK) == SYN | ACK:
-        return True
-    return None
-
-
-Insn = tuple[int, int, int, int]  # classic BPF: code, jump if true, jump if false, k
-
-
-def bpf_program(family: int, port: int) -> list[Insn]:
-    """Accept only TCP segments to ``port`` with SYN or RST set (IPv4: first fragments; packets start at the IP
-    header), ``SNAP`` bytes of each; drop everything else."""
-    if family == socket.AF_INET:
-        return [
-            (0x28, 0, 0, 6),  # ldh [6]: flags and fragment offset
-            (0x45, 6, 0, 0x1FFF),  # jset #0x1fff: a later fragment -> drop
-            (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): the IP header's length
-            (0x48, 0, 0, 2),  # ldh [x+2]: destination port
-            (0x15, 0, 3, port),  # jeq #port, else drop
-            (0x50, 0, 0, 13),  # ldb [x+13]: TCP flags
-            (0x45, 0, 1, SYN | RST),  # jset #SYN|RST, else drop
-            (0x06, 0, 0, SNAP),  # ret #SNAP
-            (0x06, 0, 0, 0),  # ret #0
-        ]
-    return [
-        (0x28, 0, 0, 2),  # ldh [2]: destination port
-        (0x15, 0, 3, port),  # jeq #port, else drop
-        (0x30, 0, 0, 13),  # ldb [13]: TCP flags
-        (0x45, 0, 1, SYN | RST),  # jset #SYN|RST, else drop
-        (0x06, 0, 0, SNAP),
-        (0x06, 0, 0, 0),
-    ]
 
 
 def attach_filter(sock: socket.socket, program: list[Insn]) -> None:
@@ -166,7 +79,9 @@ def attach_filter(sock: socket.socket, program: list[Insn]) -> None:
 
 
 def no_raw_reason(e: OSError) -> str:
-    return f"half-open probe needs CAP_NET_RAW: cannot open a raw TCP socket ({e.strerror or e})"
+    if isinstance(e, PermissionError):
+        return f"half-open probe needs CAP_NET_RAW: cannot open a raw TCP socket ({e.strerror or e})"
+    return f"half-open probe: cannot set up its raw TCP socket ({e.strerror or e})"
 
 
 # -- the prober ------------------------------------------------------------------------------------------------------
@@ -244,14 +159,17 @@ class Prober:
             if self.v6:
                 self.reserve.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_CHECKSUM, 16)
+                self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors: the error queue
             self.reserve.bind(("::" if self.v6 else "0.0.0.0", 0))
             self.port: int = self.reserve.getsockname()[1]
             attach_filter(self.sock, bpf_program(family, self.port))
             for opt in (33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
                 try:
-                    self.sock.setsockopt(socket.SOL_SOCKET, opt[0], RECVBUF)
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt[0], BUFFER)
                 except OSError:
-                    self.sock.setsockopt(socket.SOL_SOCKET, opt[1], RECVBUF)
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt[1], BUFFER)
         except BaseException:
             self.sock.close()
             if hasattr(self, "reserve"):
@@ -265,8 +183,9 @@ class Prober:
         self._heap_n = 0
         self._timer: asyncio.TimerHandle | None = None
         self.sent = self.resent = self.send_errors = self.unmatched = self.malformed = self.answered = 0
+        self.icmp_errors = 0
         self._drain()  # what arrived before the filter was attached
-        self.unmatched = 0
+        self.unmatched = self.malformed = 0
         loop.add_reader(self.sock.fileno(), self._readable)
         weakref.finalize(loop, Prober._close_sockets, self.sock, self.reserve)
 
@@ -275,17 +194,10 @@ class Prober:
         sock.close()
         reserve.close()
 
-    def close(self) -> None:
-        loop = self._loop()
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self.sock.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
-        self._close_sockets(self.sock, self.reserve)
-
     def stats(self) -> dict[str, int]:
         return {"sent": self.sent, "resent": self.resent, "send_errors": self.send_errors,
-                "answered": self.answered, "unmatched": self.unmatched, "malformed": self.malformed,
+                "answered": self.answered, "icmp_errors": self.icmp_errors, "unmatched": self.unmatched,
+                "malformed": self.malformed,
                 "in_flight": len(self.inflight)}
 
     def _dest(self, address: str, port: int) -> _Dest:
@@ -352,9 +264,35 @@ class Prober:
 
     def _readable(self) -> None:
         try:
+            self._errors()
             self._drain()
         except Exception:
             log.exception("half-open probe: reading answers failed")
+
+    def _errors(self) -> None:
+        """ICMP errors about our SYNs (port or host unreachable, prohibited): the error queue (IP_RECVERR) holds
+        the start of the SYN each one quotes, and the target's address. Errors about other TCP traffic of this host
+        are skipped."""
+        for _ in range(DRAIN_MAX):
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(SNAP, 256, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("half-open probe: reading the error queue failed: %s", e)
+                return
+            quote = parse_quote(data)
+            if quote is None or quote[0] != self.port or not ancillary or len(ancillary[0][2]) < 4:
+                continue
+            err = int.from_bytes(ancillary[0][2][:4], sys.byteorder)  # struct sock_extended_err's ee_errno
+            key = socket.inet_pton(self.family, str(addr[0]).split("%")[0]) + quote[1].to_bytes(2, "big")
+            f = self.inflight.get(key)
+            if f is None or quote[2] != f.isn:
+                self.unmatched += 1
+                continue
+            del self.inflight[key]
+            self.icmp_errors += 1
+            f.end(False, REFUSED_REASON if err == errno.ECONNREFUSED else os.strerror(err), _mono())
 
     def _drain(self) -> None:
         inflight = self.inflight
@@ -383,9 +321,9 @@ class Prober:
                     key, dport, flags, ack = p4
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # e.g. ENOBUFS; the next wakeup reads on
-                log.debug("half-open probe: recv failed: %s", e)
-                return
+            except OSError as e:  # an ICMP error's report (its details are in the error queue), ENOBUFS
+                log.debug("half-open probe: recv: %s", e)
+                continue
             f = inflight.get(key)
             ok = answer(flags)
             if f is None or dport != port or ok is None or ack != (f.isn + 1) & 0xFFFFFFFF:

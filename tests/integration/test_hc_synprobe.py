@@ -18,7 +18,7 @@ from healthchecks import synprobe
 from healthchecks.base import CheckResult, Target
 from healthchecks.registry import default_registry
 from healthchecks.runner import CheckSpec, Runner, run_check
-from healthchecks.synprobe import ACK, RST, SYN, tcp_checksum
+from healthchecks.synpacket import ACK, RST, SYN, tcp_checksum
 from healthchecks.tcp import TcpChecker
 from tests.integration.test_hc_servers import closed_port
 from tests.integration.test_hc_tcp_http import full_backlog
@@ -143,6 +143,37 @@ async def test_forged_and_unmatched_segments_are_counted_and_dropped() -> None:
         cancel()  # after the answer: a no-op
 
 
+async def test_a_lost_syn_is_sent_again() -> None:
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    lsock.setblocking(False)
+    port = lsock.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue: the listener drops the first SYN
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
+        resent = p.resent
+        task = asyncio.ensure_future(probe("127.0.0.1", port, timeout=5.0))
+        await await_for(lambda: p.stats()["in_flight"] == 1, what="the SYN sent")
+        for s in fillers:  # no more retries from the fillers; then empty the queue for the retransmission
+            s.close()
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                lsock.accept()[0].close()
+        res = await task
+        assert res.ok and res.reason == "SYN-ACK" and p.resent == resent + 1
+        assert res.latency_s >= 0.5  # answered after the retransmission (1 s after the first SYN), not at once
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
 async def test_a_second_probe_of_the_same_target_joins_the_first() -> None:
     with listener("127.3.0.3") as ls:
         port = ls.getsockname()[1]
@@ -262,13 +293,17 @@ def test_lab_up_timeout_refused_and_checksum(lab: Lab) -> None:
     srv = lab.spawn(server, [sys.executable, "-c", LISTEN, "8080"], stdout=subprocess.PIPE, text=True)
     assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
     server.run("nft", "add table inet t; add chain inet t in { type filter hook input priority 0; }; "
-               "add rule inet t in tcp dport 8081 drop")
+               "add rule inet t in tcp dport 8081 drop; "
+               "add rule inet t in tcp dport 8083 reject with icmp type port-unreachable; "
+               "add rule inet t in tcp dport 8084 reject with icmp type host-unreachable")
     wait_for(lambda: client.run("ping", "-c1", "-W1", "10.201.0.2", check=False).returncode == 0, timeout=20,
              what="the lab link")
     probes = [["up", "10.201.0.2", 8080], ["dropped", "10.201.0.2", 8081], ["refused", "10.201.0.2", 8082],
+              ["icmp port unreachable", "10.201.0.2", 8083], ["icmp host unreachable", "10.201.0.2", 8084],
               ["no host", "10.201.0.99", 8080]]
     r = client.run(sys.executable, "-c", LAB_PROBES, json.dumps(probes), json.dumps(["10.201.0.2", 8080]),
                    timeout=60)
     out = json.loads(r.stdout)
     assert out == {"up": "SYN-ACK", "dropped": "timeout after 1s", "refused": "connection refused",
+                   "icmp port unreachable": "connection refused", "icmp host unreachable": "No route to host",
                    "no host": "timeout after 1s", "bad checksum": "timeout after 1s"}

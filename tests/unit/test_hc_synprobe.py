@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from healthchecks.base import SpecError, SpecErrors
-from healthchecks.synprobe import (
+from healthchecks.synpacket import (
     ACK,
     RST,
     SNAP,
@@ -21,6 +21,7 @@ from healthchecks.synprobe import (
     fold,
     ones_sum,
     parse_ipv4,
+    parse_quote,
     parse_tcp,
     syn_base,
     syn_checksum,
@@ -88,6 +89,8 @@ def test_parse_ipv4_answers() -> None:
     assert parse_ipv4(b"\x60" + pkt[1:]) is None  # not IPv4
     assert parse_tcp(tcp_seg(443, 40000, RST, 9)) == (443, 40000, RST, 9)
     assert parse_tcp(b"\x00" * 13) is None
+    assert parse_quote(build_syn(40000, 80, 0xDEADBEEF)[:8]) == (40000, 80, 0xDEADBEEF)  # what an ICMP error quotes
+    assert parse_quote(b"\x00" * 7) is None
 
 
 def test_answer_kinds() -> None:
