@@ -11,12 +11,15 @@ copy its TCP traffic into Python. The loop watches the socket (``add_reader``) a
 IPv4 checksums are computed here (the pseudo-header's and the SYN's constant part once per target, plus the random
 initial sequence number per probe); for IPv6 the kernel fills them in (``IPV6_CHECKSUM``). Answers are matched
 strictly: source address and port = the target, destination port = ours, SYN-ACK or RST with ack = our ISN + 1;
-anything else is counted (``unmatched``, ``malformed``) and dropped. A SYN left unanswered is sent again after 1 s,
+anything else is counted (``unmatched``, ``malformed``) and dropped. An ICMP error quoting one of our SYNs (port
+or host unreachable from a firewall or a router: the socket's error queue, IP_RECVERR) ends its probe with that
+reason, as a connect would fail. A SYN left unanswered is sent again after 1 s,
 then 2, 4 ... (as the kernel's connect does), until the check's deadline cancels it. A second check of a target that
 already has a probe in flight (two services checking one realserver with different intervals) joins that probe and
 gets its answer. Needs CAP_NET_RAW; without it the check fails and its reason says so.
 
-Callback interface as in ``callback.py``: ``begin(address, port, timeout_s, done) -> cancel``.
+Callback interface as in ``callback.py``: ``begin(address, port, timeout_s, done) -> cancel``. The packets
+themselves (SYN, checksums, parsing, the BPF program) are pure code in ``synpacket.py``.
 """
 
 from __future__ import annotations
