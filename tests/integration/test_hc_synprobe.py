@@ -174,6 +174,19 @@ async def test_a_lost_syn_is_sent_again() -> None:
         lsock.close()
 
 
+async def test_a_probe_nobody_cancels_gives_up_after_its_syns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(synprobe, "FIRST_RTO_S", 0.05)
+    monkeypatch.setattr(synprobe, "MAX_SENDS", 3)
+    p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
+    resent = p.resent
+    with full_backlog() as port:
+        got: list[CheckResult] = []
+        assert synprobe.begin("127.0.0.1", port, 60.0, got.append) is not None
+        await await_for(lambda: got, what="the probe giving up")
+    assert [r.reason for r in got] == ["no answer to 3 SYNs"] and p.resent == resent + 2
+    assert p.stats()["in_flight"] == 0
+
+
 async def test_a_second_probe_of_the_same_target_joins_the_first() -> None:
     with listener("127.3.0.3") as ls:
         port = ls.getsockname()[1]
