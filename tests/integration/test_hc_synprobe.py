@@ -166,8 +166,8 @@ async def test_a_lost_syn_is_sent_again() -> None:
             while True:
                 lsock.accept()[0].close()
         res = await task
-        assert res.ok and res.reason == "SYN-ACK" and p.resent == resent + 1
-        assert res.latency_s >= 0.5  # answered after the retransmission (1 s after the first SYN), not at once
+        assert res.ok and res.reason == "SYN-ACK"
+        assert p.resent == resent + 1  # the first SYN was dropped: the answer is the retransmission's
     finally:
         for s in fillers:
             s.close()
@@ -212,7 +212,8 @@ async def test_runner_with_half_open_checks() -> None:
         runner = Runner(default_registry())
         seen: dict[object, list[str]] = {k: [] for k in targets}
         runner.subscribe_results(lambda key, res: seen[key].append(res.reason))
-        runner.set_checks({k: CheckSpec("tcp", HALF_OPEN, Target(h, p), 0.2, 0.15) for k, (h, p) in targets.items()})
+        runner.set_checks({k: CheckSpec("tcp", HALF_OPEN, Target(h, p), 0.3, 0.2 if k == "hung" else 10.0)
+                           for k, (h, p) in targets.items()})
         await runner.start()
         try:
             await await_for(lambda: all(len(v) >= 3 for v in seen.values()), timeout=20, what="three results each")
@@ -221,7 +222,7 @@ async def test_runner_with_half_open_checks() -> None:
         assert_never_accepted(ls)
     assert set(seen["up"]) == {"SYN-ACK"}
     assert set(seen["refused"]) == {"connection refused"}
-    assert set(seen["hung"]) == {"timeout after 0.15s"}
+    assert set(seen["hung"]) == {"timeout after 0.2s"}
     assert synprobe.prober(asyncio.get_running_loop(), socket.AF_INET).stats()["in_flight"] == 0
 
 
@@ -276,8 +277,8 @@ async def main():
     t = TcpChecker()
     spec = t.parse_spec({"half_open": True})
     out = {}
-    for name, addr, port in json.loads(sys.argv[1]):
-        res = await run_check(t, Target(addr, port), spec, 1.0)
+    for name, addr, port, timeout in json.loads(sys.argv[1]):
+        res = await run_check(t, Target(addr, port), spec, timeout)
         out[name] = res.reason
     # the same listener, with a SYN whose checksum is off by one: the receiving kernel must drop it
     p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
@@ -311,9 +312,9 @@ def test_lab_up_timeout_refused_and_checksum(lab: Lab) -> None:
                "add rule inet t in tcp dport 8084 reject with icmp type host-unreachable")
     wait_for(lambda: client.run("ping", "-c1", "-W1", "10.201.0.2", check=False).returncode == 0, timeout=20,
              what="the lab link")
-    probes = [["up", "10.201.0.2", 8080], ["dropped", "10.201.0.2", 8081], ["refused", "10.201.0.2", 8082],
-              ["icmp port unreachable", "10.201.0.2", 8083], ["icmp host unreachable", "10.201.0.2", 8084],
-              ["no host", "10.201.0.99", 8080]]
+    probes = [["up", "10.201.0.2", 8080, 10], ["dropped", "10.201.0.2", 8081, 1],
+              ["refused", "10.201.0.2", 8082, 10], ["icmp port unreachable", "10.201.0.2", 8083, 10],
+              ["icmp host unreachable", "10.201.0.2", 8084, 10], ["no host", "10.201.0.99", 8080, 1]]
     r = client.run(sys.executable, "-c", LAB_PROBES, json.dumps(probes), json.dumps(["10.201.0.2", 8080]),
                    timeout=60)
     out = json.loads(r.stdout)
