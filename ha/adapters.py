@@ -62,6 +62,19 @@ class Health:
         self._views[key] = RsHealth(self.runner.state(key).value,
                                     LastCheck(res.ok, res.reason, res.latency_s, time.time()))
 
+    def checker_stats(self) -> dict[str, float]:
+        st = self.runner.stats
+        return {"checks": st.checks, "late": st.late, "timeouts": st.timeouts, "errors": st.errors}
+
+    @staticmethod
+    def half_open_stats() -> dict[str, dict[str, int]]:
+        from healthchecks import synprobe
+
+        try:
+            return synprobe.loop_stats(asyncio.get_running_loop())
+        except RuntimeError:  # no loop: nothing probed
+            return {}
+
     def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
         view = self._views.get(key)
         self._views[key] = RsHealth(new.value, view.last_check if view is not None else None)

@@ -128,6 +128,8 @@ class Daemon:
             realserver_up=self.health.up_map,
             actual=lambda: self.lvs.actual if self.lvs else None,
             service_names=lambda: {s.key_str: s.name for s in self.cfg.services},
+            checker=self.health.checker_stats,
+            half_open=self.health.half_open_stats,
             daemon=self.counters,
         ))
 

@@ -103,6 +103,8 @@ class MetricsSources:
     realserver_up: Callable[[], Mapping[tuple[str, str], bool | None]] = lambda: {}  # None: unknown
     actual: Callable[[], State | None] = lambda: None
     service_names: Callable[[], Mapping[str, str]] = lambda: {}  # service key string -> service name
+    checker: Callable[[], Mapping[str, float]] = lambda: {}  # the runner's checks, late, timeouts, errors
+    half_open: Callable[[], Mapping[str, Mapping[str, int]]] = lambda: {}  # family -> the half-open probe counters
     daemon: DaemonMetrics = field(default_factory=DaemonMetrics)
 
 
@@ -135,6 +137,7 @@ class LvsHaCollector:
         for (svc, rs), ok in sorted(s.realserver_up().items()):
             up.add_metric([svc, rs], -1 if ok is None else int(ok))
         yield up
+        yield from self._checker()
         yield from self._ipvs()
         yield _hist("lvs_ha_reconcile_duration_seconds", "Reconcile run duration", [], {(): d.reconcile_duration})
         yield CounterMetricFamily("lvs_ha_reconcile_writes", "Kernel writes made by the reconciler",
@@ -150,6 +153,28 @@ class LvsHaCollector:
                                 value=d.last_reload_ts)
         yield GaugeMetricFamily("lvs_ha_config_loaded_timestamp_seconds", "Time the running config was loaded",
                                 value=d.config_loaded_ts)
+
+    def _checker(self) -> Iterator[Metric]:
+        st = self.s.checker()
+        for key, name, doc in (
+                ("checks", "lvs_ha_checker_checks", "Health checks started"),
+                ("late", "lvs_ha_checker_late_checks", "Checks started late (the checker cannot keep up)"),
+                ("timeouts", "lvs_ha_checker_timeouts", "Checks that hit their timeout"),
+                ("errors", "lvs_ha_checker_errors", "Checks whose checker raised")):
+            yield CounterMetricFamily(name, doc, value=st.get(key, 0))
+        seg = CounterMetricFamily("lvs_ha_half_open_segments", "Half-open tcp probes: SYNs sent and resent, send "
+                                  "errors, answers, ICMP errors, and segments dropped as unmatched or malformed",
+                                  labels=["family", "kind"])
+        flight = GaugeMetricFamily("lvs_ha_half_open_in_flight", "Half-open probes waiting for an answer",
+                                   labels=["family"])
+        for family, counters in sorted(self.s.half_open().items()):
+            for kind, n in sorted(counters.items()):
+                if kind == "in_flight":
+                    flight.add_metric([family], n)
+                else:
+                    seg.add_metric([family, kind], n)
+        yield seg
+        yield flight
 
     def _vrrp(self) -> Iterator[Metric]:
         insts = list(self.s.instances())

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -39,15 +40,16 @@ class LastCheck:
     reason: str
     latency_s: float
     at: float | None = None  # wall-clock epoch seconds
-    # the document's and the table's forms, made once per check result rather than once per status request
-    doc: dict[str, Any] = field(init=False, repr=False, compare=False)
-    text: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "doc", {"ok": self.ok, "reason": self.reason,
-                                         "latency_s": round(self.latency_s, 6), "at": iso(self.at)})
-        object.__setattr__(self, "text",
-                           f"{self.reason or ('ok' if self.ok else 'failed')} ({self.latency_s * 1000:.1f}ms)")
+    # the document's and the table's forms: made at most once per check result, and only if a status asks
+
+    @cached_property
+    def doc(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reason": self.reason, "latency_s": round(self.latency_s, 6), "at": iso(self.at)}
+
+    @cached_property
+    def text(self) -> str:
+        return f"{self.reason or ('ok' if self.ok else 'failed')} ({self.latency_s * 1000:.1f}ms)"
 
 
 @dataclass(frozen=True)

@@ -407,6 +407,12 @@ def prober(loop: asyncio.AbstractEventLoop, family: int) -> Prober:
     return p
 
 
+def loop_stats(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, int]]:
+    """The counters of the loop's probers by family ("ipv4", "ipv6"); empty when no half-open probe ran."""
+    return {("ipv6" if family == socket.AF_INET6 else "ipv4"): p.stats()
+            for family, p in sorted(_probers.get(loop, {}).items())}
+
+
 def begin(address: str, port: int, timeout_s: float, done: Done) -> Callable[[], None] | None:
     """Start one half-open probe of ``address``:``port``; ``done(result)`` once, unless cancelled first."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET

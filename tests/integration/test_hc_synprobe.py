@@ -71,6 +71,8 @@ async def test_up_with_a_latency_and_the_application_never_accepts() -> None:
         assert_never_accepted(ls)
     p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
     assert p.stats()["in_flight"] == 0 and p.answered >= 3
+    # what the daemon exports as metrics
+    assert synprobe.loop_stats(asyncio.get_running_loop())["ipv4"]["answered"] == p.answered
 
 
 async def test_closed_port_is_refused() -> None:

@@ -39,6 +39,8 @@ def sources() -> MetricsSources:
         realserver_up=lambda: {("web", "10.0.0.1:80"): True, ("web", "10.0.0.2:80"): None},
         actual=lambda: st,
         service_names=lambda: {str(key): "web"},
+        checker=lambda: {"checks": 40, "late": 1, "timeouts": 2, "errors": 0},
+        half_open=lambda: {"ipv4": {"sent": 30, "answered": 29, "unmatched": 3, "in_flight": 1}},
         daemon=dm,
     )
 
@@ -70,6 +72,13 @@ def test_metrics_parse_and_carry_values() -> None:
     assert value(f["lvs_ha_config_last_reload_successful"], "lvs_ha_config_last_reload_successful") == 0
     assert value(f["lvs_ha_config_last_reload_timestamp_seconds"],
                  "lvs_ha_config_last_reload_timestamp_seconds") == 1_700_000_000.0
+    assert value(f["lvs_ha_checker_checks"], "lvs_ha_checker_checks_total") == 40
+    assert value(f["lvs_ha_checker_late_checks"], "lvs_ha_checker_late_checks_total") == 1
+    assert value(f["lvs_ha_checker_timeouts"], "lvs_ha_checker_timeouts_total") == 2
+    seg = f["lvs_ha_half_open_segments"]
+    assert value(seg, "lvs_ha_half_open_segments_total", family="ipv4", kind="unmatched") == 3
+    assert value(seg, "lvs_ha_half_open_segments_total", family="ipv4", kind="sent") == 30
+    assert value(f["lvs_ha_half_open_in_flight"], "lvs_ha_half_open_in_flight", family="ipv4") == 1
 
 
 def test_empty_sources_still_render() -> None:
