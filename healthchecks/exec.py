@@ -44,6 +44,14 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _close_transport(proc: asyncio.subprocess.Process) -> None:
+    """Close the process's pipes now, while the loop runs: a check cancelled mid-run (the runner's deadline, a stop)
+    must not leave its transport to the garbage collector, which may only find it after the loop has closed."""
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
 class ExecChecker:
     name: ClassVar[str] = "exec"
 
@@ -93,6 +101,7 @@ class ExecChecker:
             return CheckResult(False, f"timeout after {timeout_s:g}s (process group killed)", loop.time() - t0)
         except BaseException:
             _kill_group(proc)
+            _close_transport(proc)
             raise
         finally:
             if proc.returncode is None:

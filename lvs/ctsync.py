@@ -37,6 +37,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lvs import subproc
+
 log = logging.getLogger(__name__)
 
 CONNTRACKD = "/usr/sbin/conntrackd"
@@ -310,18 +312,14 @@ class Conntrackd:
     async def command(self, *args: str, timeout_s: float = 5.0) -> tuple[int, str, str]:
         """``conntrackd -C CONFIG ARGS`` (a client command to the running daemon)."""
         try:
-            p = await asyncio.create_subprocess_exec(
-                *self.command_prefix, self.settings.conntrackd, "-C", self.paths.config, *args,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            done = await subproc.run([*self.command_prefix, self.settings.conntrackd, "-C", self.paths.config, *args],
+                                     None, timeout_s)
         except OSError as e:
             return 127, "", str(e)
-        try:
-            out, err = await asyncio.wait_for(p.communicate(), timeout_s)
-        except TimeoutError:
-            p.kill()
-            await p.wait()
+        if done is None:
             return 124, "", "timed out"
-        return p.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        rc, out, err = done
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def stats(self) -> dict[str, int]:
         rc, out, _err = await self.command("-s", timeout_s=2.0)

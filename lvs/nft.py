@@ -54,6 +54,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from lvs import subproc
 from lvs.dataplane import ApplyReport, Capabilities, DataplaneError, Unsupported
 from lvs.model import DestKey, Forwarding, Op, ServiceKey, ServiceState, State
 from lvs.nft_parse import Parsed, parse_listing
@@ -190,19 +191,13 @@ class NftDataplane:
 
     async def _run_argv(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            done = await subproc.run(argv, stdin.encode() if stdin is not None else None, self.timeout_s)
         except OSError as e:
             raise NftError(f"cannot run {argv[0]}: {e}") from e
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), self.timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise NftError(f"{' '.join(argv)} timed out after {self.timeout_s}s") from None
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        if done is None:
+            raise NftError(f"{' '.join(argv)} timed out after {self.timeout_s}s")
+        rc, out, err = done
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def _list(self) -> Parsed:
         rc, out, err = await self._run(["-j", "list", "table", "inet", self.table])

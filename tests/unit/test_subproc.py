@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lvs import subproc
+
+
+async def test_output_and_status() -> None:
+    assert await subproc.run(["sh", "-c", "cat; echo err >&2; exit 3"], b"in", 10.0) == (3, b"in", b"err\n")
+
+
+async def test_a_command_out_of_time_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    assert await subproc.run(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"], None, 0.5) is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
+
+
+async def test_a_missing_command_raises() -> None:
+    with pytest.raises(OSError):
+        await subproc.run(["/nonexistent/command"], None, 1.0)
+
+
+def test_a_cancelled_run_leaves_no_process_and_no_pipe_behind(tmp_path: Path) -> None:
+    """Cancelled mid-run (a stopping daemon): the process is killed and its pipes closed while the loop runs, so
+    nothing is left for the garbage collector to find after the loop closed."""
+    pidfile = tmp_path / "pid"
+    seen: list[BaseException | None] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_value)
+
+    async def main() -> None:
+        task = asyncio.create_task(subproc.run(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"], None, 30.0))
+        deadline = asyncio.get_running_loop().time() + 10
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert seen == []
+    pid = int(pidfile.read_text())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped, or no child of ours at all
