@@ -54,6 +54,7 @@ class Env:
     up_port: int
     down_port: int
     proc: subprocess.Popen[bytes] | None = None
+    listener: socket.socket | None = None  # the up realserver's listening socket
 
     def write(self, w1: int = 10, text: str | None = None) -> None:
         body = text if text is not None else CONFIG.format(tmp=self.tmp, up_port=self.up_port,
@@ -102,7 +103,7 @@ class Env:
     def log(self) -> str:
         return (self.tmp / "daemon.log").read_text(errors="replace")
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
         import asyncio
 
         import aiohttp
@@ -115,9 +116,9 @@ class Env:
         text = asyncio.run(get())
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                if s.name == name:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                     return float(s.value)
-        raise AssertionError(f"no metric {name}")
+        raise AssertionError(f"no metric {name} {labels}")
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     e = Env(tmp_path, tmp_path / "lvs-ha.yaml", str(tmp_path / "run" / "api.sock"), listener.getsockname()[1],
-            dead.getsockname()[1])
+            dead.getsockname()[1], listener=listener)
     e.write()
     try:
         yield e
@@ -257,3 +258,24 @@ def test_sd_notify_ready_reloading_stopping_watchdog(env: Env) -> None:
         until("STOPPING=1")
     finally:
         ns.close()
+
+
+def test_half_open_checks_in_the_daemon(env: Env) -> None:
+    """``half_open: true``: the up realserver answers SYN-ACK, the closed port refuses, the application never accepts
+    a connection, and the half-open prober's counters reach /metrics."""
+    if os.geteuid() != 0:
+        pytest.skip("half-open probes need CAP_NET_RAW (run as root)")
+    env.write(text=CONFIG.format(tmp=env.tmp, up_port=env.up_port, down_port=env.down_port, w1=10)
+              .replace("    type: tcp\n", "    type: tcp\n    half_open: true\n"))
+    env.start()
+    wait_for(lambda: env.rs(env.up_port)["health"] == "up" and env.rs(env.down_port)["health"] == "down",
+             timeout=30, what="half-open results")
+    assert env.rs(env.up_port)["last_check"]["reason"] == "SYN-ACK"
+    assert env.rs(env.down_port)["last_check"]["reason"] == "connection refused"
+    assert env.listener is not None
+    env.listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        env.listener.accept()  # nothing ever reached the application
+    assert env.metric("lvs_ha_half_open_segments_total", family="ipv4", kind="answered") >= 2
+    assert env.metric("lvs_ha_half_open_segments_total", family="ipv4", kind="malformed") == 0
+    assert env.metric("lvs_ha_checker_checks_total") >= 2
