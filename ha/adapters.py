@@ -5,6 +5,7 @@ desired-state computation they feed (``compute_desired`` over ``ha.desired``).""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -39,6 +40,37 @@ def freeze_long_lived_objects() -> None:
     after each reload)."""
     gc.freeze()
 
+
+class LateWindow:
+    """How many checks started late in about the last minute, from samples of the runner's cumulative counters
+    (pure: the caller passes the time). The status warns when more than 1% of at least 100 checks were late: the
+    checker needs more CPU than it gets, and health results come later than configured."""
+
+    WINDOW_S = 60.0
+    MIN_CHECKS = 100
+    SHARE = 0.01
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[tuple[float, int, int]] = collections.deque()
+
+    def add(self, now: float, checks: int, late: int) -> None:
+        s = self.samples
+        s.append((now, checks, late))
+        while len(s) > 2 and now - s[1][0] >= self.WINDOW_S:
+            s.popleft()
+
+    def warning(self, late_after_s: float) -> str | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, c0, l0), (t1, c1, l1) = self.samples[0], self.samples[-1]
+        checks, late = c1 - c0, l1 - l0
+        if checks < self.MIN_CHECKS or late <= checks * self.SHARE:
+            return None
+        return (f"health checks are running late: {late} of the {checks} checks of the last {t1 - t0:.0f} s "
+                f"({late / checks:.0%}) started more than {late_after_s:g} s after they were due (the checker gets "
+                "less CPU than it needs; results come late)")
+
+
 class Health:
     """The health-check runner, keyed by (service, realserver); realservers without a check are always up."""
 
@@ -56,6 +88,8 @@ class Health:
         self.runner.subscribe(self._changed)
         # every result (a shared probe reports to each service it serves), timeouts and crashes included
         self.runner.subscribe_results(self._result)
+        self.late = LateWindow()
+        self._sampler: asyncio.Task[None] | None = None
 
     def _result(self, key: Any, res: Any) -> None:
         self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
@@ -111,9 +145,23 @@ class Health:
 
     async def start(self) -> None:
         await self.runner.start()
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_lateness(), name="check-lateness")
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         await self.runner.stop()
+
+    async def _sample_lateness(self, every_s: float = 5.0) -> None:
+        while True:
+            st = self.runner.stats
+            self.late.add(time.monotonic(), st.checks, st.late)
+            await asyncio.sleep(every_s)
+
+    def late_warning(self) -> str | None:
+        return self.late.warning(self.runner.late_after_s)
 
     def states(self) -> dict[HealthKey, Any]:
         """(service, realserver) -> ``ha.desired.RsHealth`` (with a dynamic weight when the check reports one)."""

@@ -253,6 +253,9 @@ class Daemon:
         if self.ctsync is not None and not self.ctsync.running:
             warnings.append(f"lvs.conntrack_sync: conntrackd is not running ({self.ctsync.last_error or 'stopped'}); "
                             "a failover now loses the flows in flight")
+        late = self.health.late_warning()
+        if late is not None:
+            warnings.append(late)
         return Views(self.loaded_at, self.last_reload_error, self.vrrp.views() if self.vrrp else (),
                      self.health.views(), self.overrides.drained_keys(), desired.info if desired else {},
                      (self.lvs.kernel if self.lvs else None) or {}, warnings)
