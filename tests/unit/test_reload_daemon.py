@@ -169,3 +169,15 @@ async def test_a_node_without_services_gains_a_data_plane_on_reload(tmp_path: Pa
         assert "kernel operations: 2" in res["plan"]
     finally:
         await d.stop()
+
+
+async def test_late_checks_head_the_status(running: tuple[Daemon, Harness]) -> None:
+    d, _h = running
+    assert d.health._sampler is not None and not d.health._sampler.done()  # sampling runs with the daemon
+    assert not any("running late" in w for w in (await d.status())["warnings"])
+    d.health.late.samples.clear()  # the sampler's own samples (every 5 s) do not matter here
+    d.health.late.add(1000.0, 0, 0)
+    d.health.late.add(1010.0, 1000, 200)
+    doc = await d.status()
+    assert any("health checks are running late: 200 of the 1000 checks" in w for w in doc["warnings"])
+    assert "WARNING: health checks are running late" in await d.status_text()
