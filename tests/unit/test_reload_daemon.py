@@ -175,7 +175,8 @@ async def test_late_checks_head_the_status(running: tuple[Daemon, Harness]) -> N
     d, _h = running
     assert d.health._sampler is not None and not d.health._sampler.done()  # sampling runs with the daemon
     assert not any("running late" in w for w in (await d.status())["warnings"])
-    d.health.late.samples.clear()  # the sampler's own samples (every 5 s) do not matter here
+    d.health._sampler.cancel()  # from here on the test's samples only
+    d.health.late.samples.clear()
     d.health.late.add(1000.0, 0, 0)
     d.health.late.add(1010.0, 1000, 200)
     doc = await d.status()
