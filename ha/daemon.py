@@ -197,7 +197,6 @@ class Daemon:
         try:
             await self.ctsync.start()
         except CtSyncError as e:
-            self.ctsync.last_error = str(e)
             log.error("lvs.conntrack_sync: %s; retrying in the background", e)
 
     def _summary(self) -> str:

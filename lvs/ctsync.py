@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import json
 import logging
@@ -36,6 +37,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lvs import subproc
 
@@ -63,7 +65,6 @@ class CtSyncSettings:
     ignore: tuple[str, ...] = ()  # more addresses whose flows are not replicated (flows of the directors' own
     # addresses, e.g. health checks, never are)
     conntrackd: str = CONNTRACKD
-    barrier_timeout_s: float = 1.0  # planned handover: wait at most this long for the peer's acknowledgements
 
     def __post_init__(self) -> None:
         peer = ipaddress.ip_address(self.peer)
@@ -170,16 +171,13 @@ def parse_stats(text: str) -> dict[str, int]:
     return out
 
 
-def interface_address(interface: str, family: int, command_prefix: Sequence[str] = ()) -> str | None:
+async def interface_address(interface: str, family: int, command_prefix: Sequence[str] = ()) -> str | None:
     """The interface's first primary (not secondary: VIPs are added as secondaries) address of ``family``."""
-    import subprocess
-
     try:
-        r = subprocess.run([*command_prefix, "ip", "-j", f"-{family}", "addr", "show", "dev", interface],
-                           capture_output=True,
-                           text=True, timeout=10, check=False)
-        doc = json.loads(r.stdout or "[]")
-    except (OSError, ValueError, subprocess.SubprocessError):
+        done = await subproc.run([*command_prefix, "ip", "-j", f"-{family}", "addr", "show", "dev", interface],
+                                 None, 10.0)
+        doc = json.loads(done[1] or "[]") if done is not None else []
+    except (OSError, ValueError):
         return None
     for link in doc if isinstance(doc, list) else []:
         for a in link.get("addr_info", []):
@@ -218,44 +216,51 @@ class Conntrackd:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def _write_config(self) -> None:
+    async def _write_config(self) -> None:
         s = self.settings
-        source = s.source or interface_address(s.interface, ipaddress.ip_address(s.peer).version, self.command_prefix)
+        source = s.source or await interface_address(s.interface, ipaddress.ip_address(s.peer).version,
+                                                     self.command_prefix)
         if source is None:
             raise CtSyncError(f"interface {s.interface} has no address of the peer {s.peer}'s family; "
                               f"set lvs.conntrack_sync.source")
-        os.makedirs(os.path.dirname(self.paths.config), exist_ok=True)
-        tmp = self.paths.config + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(render_config(s, source, self.paths))
-        os.replace(tmp, self.paths.config)
-        # a lock file or socket left by a conntrackd that was killed would stop the next one from starting
-        for stale in (self.paths.lock, self.paths.socket):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
+        try:
+            os.makedirs(os.path.dirname(self.paths.config), exist_ok=True)
+            tmp = self.paths.config + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(render_config(s, source, self.paths))
+            os.replace(tmp, self.paths.config)
+            # a lock file or socket left by a conntrackd that was killed would stop the next one from starting
+            for stale in (self.paths.lock, self.paths.socket):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+        except OSError as e:
+            raise CtSyncError(f"cannot write {self.paths.config}: {e}") from e
 
     async def start(self, timeout_s: float = 10.0) -> None:
-        """Start conntrackd and wait until its control socket answers; CtSyncError if it does not."""
+        """Start conntrackd and wait until its control socket answers; CtSyncError if it does not (``last_error``
+        says why; it is retried in the background with a backoff until ``stop``)."""
         if not self.available(self.settings.conntrackd):
-            raise CtSyncError(f"{self.settings.conntrackd} not found: install Debian's conntrackd package")
+            self.last_error = f"{self.settings.conntrackd} not found: install Debian's conntrackd package"
+            raise CtSyncError(self.last_error)
         if self.set_be_liberal:
             await self._tcp_be_liberal()
         try:
             await self._spawn(timeout_s)
+        except CtSyncError as e:
+            self.last_error = str(e)
+            raise
         finally:  # started or not, it is (re)started with a backoff from now on
             self._task = asyncio.get_running_loop().create_task(self._supervise(), name="conntrackd")
 
     async def _spawn(self, timeout_s: float) -> None:
-        self._write_config()
-        log_f = open(self.paths.log + ".out", "ab")
+        await self._write_config()
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.command_prefix, self.settings.conntrackd, "-C", self.paths.config,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_f, stderr=log_f, preexec_fn=_die_with_parent)
+            with open(self.paths.log + ".out", "ab") as log_f:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *self.command_prefix, self.settings.conntrackd, "-C", self.paths.config,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log_f, stderr=log_f, preexec_fn=_die_with_parent)
         except OSError as e:
             raise CtSyncError(f"cannot run {self.settings.conntrackd}: {e}") from e
-        finally:
-            log_f.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.returncode is not None:
@@ -276,10 +281,11 @@ class Conntrackd:
         the other one is out of its window there, so conntrack would mark it invalid. With be_liberal only
         out-of-window resets are invalid (the usual setting next to conntrackd)."""
         if self.command_prefix:
-            p = await asyncio.create_subprocess_exec(*self.command_prefix, "sysctl", "-q", "-w", f"{BE_LIBERAL}=1",
-                                                     stdout=asyncio.subprocess.DEVNULL,
-                                                     stderr=asyncio.subprocess.DEVNULL)
-            ok = await p.wait() == 0
+            try:
+                done = await subproc.run([*self.command_prefix, "sysctl", "-q", "-w", f"{BE_LIBERAL}=1"], None, 10.0)
+            except OSError:
+                done = None
+            ok = done is not None and done[0] == 0
         else:
             try:
                 with open("/proc/sys/" + BE_LIBERAL.replace(".", "/"), "w", encoding="ascii") as f:
@@ -328,7 +334,7 @@ class Conntrackd:
     def status(self) -> dict[str, object]:
         return {"running": self.running, "pid": self.proc.pid if self.running and self.proc else None,
                 "peer": self.settings.peer, "interface": self.settings.interface, "restarts": self.restarts,
-                "last_error": self.last_error}
+                "started_at": self.started_at, "last_error": self.last_error}
 
     async def _kill(self) -> None:
         p = self.proc
@@ -352,12 +358,21 @@ class Conntrackd:
         await self._kill()
 
 
+def _find_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()  # looked up here, in the parent: the forked child must not import or dlopen (other threads
+# may hold those locks at the fork)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the daemon dies (even by SIGKILL), so no conntrackd is left behind."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: str, lines: int = 3) -> str:

@@ -129,14 +129,24 @@ async def test_supervisor_reports_a_conntrackd_that_will_not_start(tmp_path: Pat
 
 async def test_supervisor_missing_binary(tmp_path: Path) -> None:
     s = CtSyncSettings("lo", "127.0.0.2", source="127.0.0.1", conntrackd=str(tmp_path / "nope"))
-    with pytest.raises(CtSyncError, match="install Debian's conntrackd"):
-        await Conntrackd(s, str(tmp_path), set_be_liberal=False).start()
+    ct = Conntrackd(s, str(tmp_path), set_be_liberal=False)
+    try:
+        with pytest.raises(CtSyncError, match="install Debian's conntrackd"):
+            await ct.start()
+        assert ct.last_error is not None and "install Debian's conntrackd" in ct.last_error
+    finally:
+        await ct.stop()
 
 
 async def test_supervisor_needs_a_source_address(tmp_path: Path) -> None:
     s = CtSyncSettings("no-such-if0", "10.0.0.2", conntrackd=_fake(tmp_path))
-    with pytest.raises(CtSyncError, match=r"set lvs\.conntrack_sync\.source"):
-        await Conntrackd(s, str(tmp_path), set_be_liberal=False).start()
+    ct = Conntrackd(s, str(tmp_path), set_be_liberal=False)
+    try:
+        with pytest.raises(CtSyncError, match=r"set lvs\.conntrack_sync\.source"):
+            await ct.start()
+        assert ct.last_error is not None and "set lvs.conntrack_sync.source" in ct.last_error  # what the status shows
+    finally:
+        await ct.stop()  # its supervisor retries in the background until stopped
     assert not os.path.exists(tmp_path / "conntrackd.conf")
 
 
@@ -186,6 +196,10 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as e:
         _load(tmp_path, "{ peer: 10.77.0.12 }")
     assert "lvs.conntrack_sync.interface" in "\n".join(str(i) for i in e.value.errors)
+    with pytest.raises(ConfigErrors) as e:
+        _load(tmp_path, "{ interface: eth1, peer: 10.77.0.12, protocols: [] }")  # not silently tcp only
+    assert "lvs.conntrack_sync.protocols: give at least one protocol" in "\n".join(str(i) for i in e.value.errors)
+    assert _load(tmp_path, "{ interface: eth1, peer: 10.77.0.12, port: 3801 }").port == 3801  # type: ignore[union-attr]
 
 
 # -- nftables: require_state --------------------------------------------------------------------------------------
