@@ -272,6 +272,9 @@ class SyncDaemonConfig:
     instance: str | None = None  # follow this VRRP instance's role (master <-> backup); None: run both
 
 
+CT_PROTOCOLS = ("tcp", "udp", "sctp", "dccp")  # what conntrackd can replicate
+
+
 @dataclass(frozen=True)
 class ConntrackSyncConfig:
     """``lvs.conntrack_sync``: connection-state sync with the peer director through conntrackd (NAT pairs on the

@@ -13,6 +13,7 @@ from yaml.nodes import Node, SequenceNode
 
 from ha.config_checks import check_ref
 from ha.config_model import (
+    CT_PROTOCOLS,
     CheckConfig,
     ConntrackSyncConfig,
     IPAddress,
@@ -279,12 +280,15 @@ def parse_conntrack_sync(ctx: Ctx, m: Map) -> ConntrackSyncConfig | None:
     if peer is not None and source is not None and source.version != peer.version:
         ctx.error(cm.value_node("source"), cm.p("source"), f"{source} and the peer {peer} are of different families")
         source = None
-    default_protocols: tuple[str, ...] = ("tcp", "udp", "sctp")
-    protocols = cm.get("protocols", c_str_list, default_protocols)
+    defaults = _CT_DEFAULTS
+    protocols = cm.get("protocols", c_str_list, defaults.protocols)
+    if not protocols:
+        ctx.error(cm.value_node("protocols"), cm.p("protocols"),
+                  f"give at least one protocol (of {', '.join(CT_PROTOCOLS)})")
     for p in protocols:
-        if p not in _CT_PROTOCOLS:
+        if p not in CT_PROTOCOLS:
             ctx.error(cm.value_node("protocols"), cm.p("protocols"),
-                      f"unknown protocol '{p}' (one of {', '.join(_CT_PROTOCOLS)}){suggest(p, _CT_PROTOCOLS)}")
+                      f"unknown protocol '{p}' (one of {', '.join(CT_PROTOCOLS)}){suggest(p, CT_PROTOCOLS)}")
     ignore: list[IPAddress] = []
     no_ignore: tuple[str, ...] = ()
     for text in cm.get("ignore", c_str_list, no_ignore):
@@ -294,14 +298,13 @@ def parse_conntrack_sync(ctx: Ctx, m: Map) -> ConntrackSyncConfig | None:
             ctx.error(cm.value_node("ignore"), cm.p("ignore"), f"'{text}' is not an IP address")
     if iface is None or peer is None:
         return None
-    return ConntrackSyncConfig(iface, peer, source, cm.get("port", c_port(), 3780),
-                               tuple(p for p in protocols if p in _CT_PROTOCOLS) or ("tcp",), tuple(ignore),
-                               cm.get("conntrackd", c_str, "/usr/sbin/conntrackd"))
+    return ConntrackSyncConfig(iface, peer, source, cm.get("port", c_port(), defaults.port), tuple(protocols),
+                               tuple(ignore), cm.get("conntrackd", c_str, defaults.conntrackd))
 
 LVS_KEYS = ("sysctls", "timeouts", "sync_daemon", "resync_interval", "min_sync_interval", "max_remove_share",
             "conntrack_sync")
 _CT_KEYS = ("interface", "peer", "source", "port", "protocols", "ignore", "conntrackd")
-_CT_PROTOCOLS = ("tcp", "udp", "sctp", "dccp")
+_CT_DEFAULTS = ConntrackSyncConfig("", ipaddress.ip_address("0.0.0.0"))  # the defaults of the optional keys
 _IPVS_SYSCTLS = ("am_droprate", "amemthresh", "backup_only", "cache_bypass", "conn_reuse_mode", "conntrack",
                  "drop_entry", "drop_packet", "expire_nodest_conn", "expire_quiescent_template", "ignore_tunneled",
                  "nat_icmp_send", "pmtu_disc", "run_estimation", "schedule_icmp", "secure_tcp", "sloppy_sctp",
