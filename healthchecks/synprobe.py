@@ -247,7 +247,8 @@ class Prober:
             self.dests.pop(dest.where, None)  # learn the route again next time
             done(CheckResult(False, describe(e), _mono() - t0))
             return None
-        self.sent += 1
+        else:
+            self.sent += 1
         check = _Check(f, done, t0)
         f.checks.append(check)
         self.inflight[dest.key] = f

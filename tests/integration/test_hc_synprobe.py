@@ -323,3 +323,23 @@ def test_lab_up_timeout_refused_and_checksum(lab: Lab) -> None:
     assert out == {"up": "SYN-ACK", "dropped": "timeout after 1s", "refused": "connection refused",
                    "icmp port unreachable": "connection refused", "icmp host unreachable": "No route to host",
                    "no host": "timeout after 1s", "bad checksum": "timeout after 1s"}
+
+
+class _FullSendBuffer:
+    """Stands in for the raw socket: every send finds the send buffer full."""
+
+    def sendto(self, _packet: bytes, _addr: object) -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+
+async def test_a_syn_the_send_buffer_refused_counts_as_a_send_error_not_as_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
+    sent, errors = p.sent, p.send_errors
+    monkeypatch.setattr(p, "sock", _FullSendBuffer())
+    got: list[CheckResult] = []
+    cancel = synprobe.begin("127.0.0.1", closed_port("127.0.0.1"), 5.0, got.append)
+    assert cancel is not None and got == []  # in flight: the retransmission timer sends it again
+    assert (p.sent, p.send_errors) == (sent, errors + 1)
+    cancel()
+    assert p.stats()["in_flight"] == 0
