@@ -28,6 +28,10 @@ class DaemonUnreachable(Exception):
     """No daemon answers (exit 2)."""
 
 
+class NobodyThere(DaemonUnreachable):
+    """The socket does not exist or refuses connections: nothing was sent, so another socket may be tried."""
+
+
 class Refused(Exception):
     """The daemon answered with an error (exit 1)."""
 
@@ -39,7 +43,8 @@ class Refused(Exception):
 
 
 def find_socket(args: argparse.Namespace) -> str:
-    """--socket, else node.api.socket from the config (-c, or the default file if it exists), else the default."""
+    """--socket, else node.api.socket from the config (-c, or the default file if it exists), else the default.
+    (Without --socket and -c, ``_run`` asks the default socket first and comes here only if nobody is there.)"""
     if getattr(args, "socket", None):
         return str(args.socket)
     path = getattr(args, "config", None)
@@ -52,7 +57,10 @@ def find_socket(args: argparse.Namespace) -> str:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            raw = yaml.load(_node_section(text), Loader=loader)
+            try:
+                raw = yaml.load(_node_section(text), Loader=loader)
+            except yaml.YAMLError:  # e.g. an alias whose anchor is outside the node section
+                raw = None
             if not isinstance(raw, dict) or not isinstance(raw.get("node"), dict):
                 raw = yaml.load(text, Loader=loader)
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -113,11 +121,11 @@ def request(path_sock: str, method: str, url: str, body: dict[str, Any] | None =
     try:
         raw = _exchange(path_sock, head + data, timeout)
     except FileNotFoundError as e:
-        raise DaemonUnreachable(f"no daemon is running: {path_sock} does not exist") from e
+        raise NobodyThere(f"no daemon is running: {path_sock} does not exist") from e
     except PermissionError as e:
         raise DaemonUnreachable(f"permission denied on {path_sock} (run as root, or as the socket's owner)") from e
     except ConnectionRefusedError as e:
-        raise DaemonUnreachable(f"no daemon answers on {path_sock} (connection refused; is lvs-ha running?)") from e
+        raise NobodyThere(f"no daemon answers on {path_sock} (connection refused; is lvs-ha running?)") from e
     except TimeoutError as e:
         raise DaemonUnreachable(f"the daemon on {path_sock} did not answer within {timeout:g}s") from e
     except OSError as e:
@@ -152,10 +160,11 @@ def _run(args: argparse.Namespace, method: str, url: str, body: dict[str, Any] |
     try:
         sock = None
         if not getattr(args, "socket", None) and getattr(args, "config", None) is None:
-            # the usual case: the daemon on the default socket; the config is read only if nobody answers there
+            # the usual case: the daemon on the default socket; the config is read only if nobody is there (never
+            # after a timeout or a refusal: a request that may have been carried out is not sent twice)
             try:
                 return EXIT_OK, request(DEFAULT_SOCKET, method, url, body, timeout=timeout, raw_text=raw_text)
-            except DaemonUnreachable:
+            except NobodyThere:
                 sock = find_socket(args)
                 if sock == DEFAULT_SOCKET:
                     raise

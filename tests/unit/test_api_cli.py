@@ -158,3 +158,37 @@ def test_node_section_is_cut_by_indentation() -> None:
     flow = "node: {name: a, api: {socket: /y}}"
     assert cmd_ctl._node_section(flow + "\nlvs: {}\n") == flow
     assert cmd_ctl._node_section("services: []\n") == ""
+
+
+def test_socket_from_a_config_whose_node_section_uses_an_outside_anchor(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("x-sock: &sock /tmp/anchored.sock\nnode:\n  name: x\n  api:\n    socket: *sock\n")
+    assert cmd_ctl.find_socket(argparse.Namespace(socket=None, config=str(cfg))) == "/tmp/anchored.sock"
+
+
+def test_a_request_that_timed_out_is_not_sent_to_another_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The default socket accepts but never answers: the drain may have been carried out, so the client reports the
+    timeout and does not send it again to the config's socket."""
+    import socket as socket_mod
+
+    busy = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    busy.bind(str(tmp_path / "default.sock"))
+    busy.listen(4)
+    other = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    other.bind(str(tmp_path / "other.sock"))
+    other.listen(4)
+    cfg = tmp_path / "lvs-ha.yaml"
+    cfg.write_text(f"node:\n  name: x\n  api:\n    socket: {tmp_path / 'other.sock'}\n")
+    monkeypatch.setattr(cmd_ctl, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
+    monkeypatch.setattr(cmd_ctl, "DEFAULT_CONFIG", str(cfg))
+    try:
+        code = cmd_ctl._run(argparse.Namespace(command="drain", socket=None, config=None, timeout=0.3), "POST",
+                            "/v1/drain", {"service": "web", "realserver": "10.0.0.1:80"})[0]
+        assert code == 2 and "did not answer" in capsys.readouterr().err
+        other.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            other.accept()  # nothing was sent there
+    finally:
+        busy.close()
+        other.close()
