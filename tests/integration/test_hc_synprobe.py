@@ -307,7 +307,9 @@ def test_lab_up_timeout_refused_and_checksum(lab: Lab) -> None:
     client = lab.host("cl", ["10.201.0.1/24"])
     server = lab.host("rs", ["10.201.0.2/24"])
     srv = lab.spawn(server, [sys.executable, "-c", LISTEN, "8080"], stdout=subprocess.PIPE, text=True)
-    assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+    assert srv.stdout is not None
+    with srv.stdout:  # the server writes nothing after "ready": close our end of its pipe at once
+        assert srv.stdout.readline().strip() == "ready"
     server.run("nft", "add table inet t; add chain inet t in { type filter hook input priority 0; }; "
                "add rule inet t in tcp dport 8081 drop; "
                "add rule inet t in tcp dport 8083 reject with icmp type port-unreachable; "
