@@ -330,8 +330,6 @@ class Daemon:
             raise Conflict("the new configuration is invalid; the running one stays", e.lines) from None
         diff = diff_configs(self.cfg, new)
         notes = [f"{f} changed; it takes effect at the next restart" for f in diff.restart_needed]
-        if new.lvs.conntrack_sync != self.cfg.lvs.conntrack_sync:
-            notes.append("lvs.conntrack_sync changed; it takes effect at the next restart")
         if dry_run:
             ops = await self.lvs.dry_run(self._desired(new)) if self.lvs else []
             return {"ok": True, "dry_run": True, "plan": format_plan(diff, ops), "warnings": warnings + notes}

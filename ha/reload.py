@@ -112,6 +112,8 @@ def diff_configs(old: Config, new: Config) -> ReloadDiff:
     realservers = _diff_keyed(realserver_table(old), realserver_table(new), ignore=("check",))
     node = changed_fields(old.node, new.node)
     restart = tuple(f"node.{f}" for f in node if f in _RESTART_FIELDS)
+    if old.lvs.conntrack_sync != new.lvs.conntrack_sync:  # conntrackd is started with the daemon
+        restart += ("lvs.conntrack_sync",)
     if old.vrrp.sync_groups != new.vrrp.sync_groups:
         instances = [*instances, ItemChange("sync_groups", Change.CHANGED)]
     return ReloadDiff(tuple(instances), tuple(checks), tuple(services), tuple(realservers), node, restart)

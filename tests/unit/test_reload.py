@@ -7,6 +7,7 @@ from ha.config_model import (
     ApiConfig,
     CheckConfig,
     Config,
+    ConntrackSyncConfig,
     NodeConfig,
     RealServerConfig,
     ServiceConfig,
@@ -92,6 +93,16 @@ def test_node_changes_that_need_a_restart_are_named() -> None:
     assert set(d.node) == {"api", "log_level"}
     assert d.restart_needed == ("node.api",)
     assert any("node.api changed" in line for line in format_plan(d))
+
+
+def test_a_conntrack_sync_change_waits_for_a_restart_and_the_plan_says_so() -> None:
+    old = make()
+    sync = ConntrackSyncConfig("eth1", ipaddress.ip_address("10.0.9.2"))
+    new = dataclasses.replace(old, lvs=dataclasses.replace(old.lvs, conntrack_sync=sync))
+    d = diff_configs(old, new)
+    assert d.restart_needed == ("lvs.conntrack_sync",)
+    assert "note: lvs.conntrack_sync changed; it takes effect at the next restart" in format_plan(d)
+    assert diff_configs(new, new).restart_needed == ()
 
 
 def test_format_plan_lists_kernel_operations() -> None:
