@@ -231,9 +231,10 @@ class DataplaneDriver:
         cfg = self.cfg
         os.makedirs(cfg.node.state_dir, exist_ok=True)
         options: dict[str, Any] = {}
-        if cfg.lvs.conntrack_sync is not None and resolve_kind(cfg.node.dataplane.value) == "nftables":
+        kind = resolve_kind(cfg.node.dataplane.value)  # "auto" probes the kernel once, here
+        if cfg.lvs.conntrack_sync is not None and kind == "nftables":
             options["require_state"] = True  # with synced state: drop what conntrack does not know (lvs.ctsync)
-        self.dataplane = await open_dataplane(cfg.node.dataplane.value, state_dir=cfg.node.state_dir, **options)
+        self.dataplane = await open_dataplane(kind, state_dir=cfg.node.state_dir, **options)
         self.reconciler = Reconciler(self.dataplane, OwnedStore.in_dir(cfg.node.state_dir),
                                      min_interval_s=cfg.lvs.min_sync_interval_s,
                                      resync_interval_s=cfg.lvs.resync_interval_s,
