@@ -21,8 +21,9 @@ The gateway VIP of the NAT layout is either a second VRRP instance on eth1 joine
 (``gateway="instance"``, the default) or a VIP of the front instance with its own ``interface: eth1``
 (``gateway="vip"``).
 
-With ``PairSpec.ctsync`` (NAT) the directors sync connection state through conntrackd over the back link
-(``lvs.conntrack_sync``), so a planned failover loses no request in flight.
+With ``PairSpec.ctsync`` (NAT on the nftables plane; any other spec is refused) the directors sync connection
+state through conntrackd over the back link (``lvs.conntrack_sync``), so a planned failover loses no request in
+flight.
 
 A director is either lvs-ha (``python -m ha run -c FILE``) or, with ``PairSpec.keepalived``, Debian's keepalived
 in VRRP-only mode (``keepalived -n -l -D -P``) whose data plane is programmed once by ``python -m ha apply``.
@@ -88,6 +89,15 @@ class PairSpec:
     ipv6: bool = False  # NAT only: IPv6 too (VIPs of both families in each instance, a service "web6" on VIP6)
     probe_interval_s: float = 0.02  # the client's request interval (the VM is ~10 times slower: use more there)
     ctsync: bool = False  # NAT: lvs.conntrack_sync between the directors over the back link (needs conntrackd)
+
+    def __post_init__(self) -> None:
+        # conntrackd replicates the kernel's conntrack table: the NAT flows of the nftables plane. IPVS flows never
+        # enter it and DR keeps no NAT state, so such a pair would sync nothing and its tests fail instead of skip.
+        if self.ctsync and self.forwarding != "nat":
+            raise ValueError(f"PairSpec.ctsync needs forwarding='nat', not {self.forwarding!r}")
+        if self.ctsync and self.dataplane != "nftables":
+            raise ValueError(f"PairSpec.ctsync needs dataplane='nftables' (conntrack holds its flows, not IPVS's), "
+                             f"not {self.dataplane!r}")
 
     @property
     def rs_net(self) -> str:
@@ -198,7 +208,7 @@ class PairLab:
             doc["checks"] = {"web": dict(spec.check)}
         if spec.lvs:
             doc["lvs"] = dict(spec.lvs)
-        if spec.ctsync and spec.forwarding == "nat":
+        if spec.ctsync:
             peer = DIRECTORS["dir2" if name == "dir1" else "dir1"]
             doc.setdefault("lvs", {})["conntrack_sync"] = {"interface": "eth1", "peer": f"{BACK}.{peer}"}
         return doc

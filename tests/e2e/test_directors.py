@@ -44,7 +44,8 @@ IN_FLIGHT_MAX = 2
 
 # With connection-state sync (lvs.conntrack_sync: conntrackd between the directors, and the nftables plane dropping
 # packets it has no state for, so that their retransmission finds the synced state) nothing may fail. Round trips:
-# each is two planned failovers under a client that starts a request every 20 ms.
+# each is two planned failovers under a client that starts a request every 20 ms. These tests ask for the nftables
+# plane: its NAT flows live in conntrack, IPVS's do not (PairSpec refuses ctsync with another plane).
 CTSYNC_ROUND_TRIPS = 5
 
 
@@ -62,7 +63,7 @@ def _conntrack_entries(pair: PairLab, director: str, vip: str) -> int:
 @pytest.mark.parametrize("ctsync", [False, True], ids=["no-sync", "conntrack_sync"])
 def test_planned_failover(make_pair: Callable[..., PairLab], ctsync: bool) -> None:
     _need_conntrackd(ctsync)
-    pair = _ready(make_pair, ctsync=ctsync)
+    pair = _ready(make_pair, ctsync=ctsync, dataplane="nftables" if ctsync else "auto")
     probe = pair.probe(timeout_s=PATIENT_S)
     t0 = probe.wait_ok_streak(30)
     if ctsync:  # the backup's kernel holds the master's flows before any failover
@@ -94,7 +95,7 @@ def test_planned_failover_keeps_long_lived_connections(make_pair: Callable[..., 
     """NAT with conntrack_sync and the rr scheduler: established connections continue through a planned failover
     and back (their NAT state is on the new master), none is reset."""
     _need_conntrackd(True)
-    pair = _ready(make_pair, ctsync=True)
+    pair = _ready(make_pair, ctsync=True, dataplane="nftables")
     hold = pair.hold(conns=12, duration_s=12.0, period_s=0.05)
     per = hold.wait_open()
     assert sum(per.values()) == 12 and len(per) == 3, per
