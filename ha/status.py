@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 if TYPE_CHECKING:
     from ha.config_model import Config
@@ -201,22 +201,40 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
 dumps = json.JSONEncoder(separators=(",", ":")).encode  # the API's compact form
 
 
-class DocMemo:
-    """The serialized status document kept between requests (the daemon holds one), like ``TableMemo``: a
-    realserver's JSON is made again only when its health, drain, kernel entry or reason changed."""
+class RowMemo:
+    """What a status request made of each realserver (``rows``: its inputs, then its text) and each service
+    (``heads``), kept for the next request so that only what changed is made again (the daemon holds one for the
+    document, ``DocMemo``, and one for the table, ``ha.status_table.TableMemo``). A new config object starts afresh."""
 
     __slots__ = ("cfg", "heads", "rows")
 
     def __init__(self) -> None:
         self.cfg: Config | None = None
-        self.rows: dict[tuple[str, str], tuple[RsHealth, bool, tuple[int, int, int] | None, str | None, str]] = {}
-        self.heads: dict[str, tuple[ServiceInfo, bool, str]] = {}  # service -> (info, in kernel, JSON up to "[")
+        self.rows: dict[tuple[str, str], tuple[Any, ...]] = {}  # (health, drained, kernel entry, ..., text)
+        self.heads: dict[str, tuple[Any, ...]] = {}
 
     def start(self, cfg: Config) -> None:
         if cfg is not self.cfg:
             self.cfg = cfg
-            self.rows.clear()
-            self.heads.clear()
+            self.clear()
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.heads.clear()
+
+
+def row_unchanged(row: tuple[Any, ...] | None, h: RsHealth, drained: bool,
+                  found: tuple[int, int, int] | None) -> TypeGuard[tuple[Any, ...]]:
+    """Whether a kept row was made from the same health result (the object: a new result is a new one), drain and
+    kernel entry."""
+    return row is not None and row[0] is h and row[1] is drained and row[2] == found
+
+
+class DocMemo(RowMemo):
+    """The serialized status document: a realserver's JSON is made again only when its health, drain, kernel entry
+    or reason changed; a service's head (up to its realservers) when its info or presence in the kernel did."""
+
+    __slots__ = ()
 
 
 def status_json(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None, memo: DocMemo | None = None) -> str:
@@ -247,7 +265,7 @@ def status_json(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None, m
             is_drained = hkey in drained
             reason = why.get(ident)
             row = rows_memo.get(hkey)
-            if row is None or row[0] is not h or row[1] is not is_drained or row[2] != found or row[3] != reason:
+            if not (row_unchanged(row, h, is_drained, found) and row[3] == reason):
                 row = rows_memo[hkey] = (h, is_drained, found, reason,
                                          dumps(_rs_doc(ident, weight, fwd, h, found, is_drained, reason)))
             rows.append(row[4])

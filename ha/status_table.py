@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from ha.status import UNKNOWN, RsHealth, ServiceInfo, Views, _drained_set, _layout, _per_config, iso
+from ha.status import UNKNOWN, RowMemo, ServiceInfo, Views, _drained_set, _layout, _per_config, iso, row_unchanged
 
 if TYPE_CHECKING:
     from ha.config_model import Config
@@ -38,26 +38,23 @@ def _prefixes(cfg: Config) -> _Prefixed:
     return out
 
 
-class TableMemo:
-    """The services table kept between requests (the daemon holds one): a line is formatted again only when its
-    inputs changed (a new check result, a drain, other kernel weights or counts), so a table of thousands of
-    realservers costs a dictionary lookup per row. The columns only widen while a config lives (a narrower table
-    would reformat every line); a new config starts afresh."""
+class TableMemo(RowMemo):
+    """The services table's lines (``rows``: health, drained, kernel entry, line; ``heads``: service -> (flags,
+    line)): a line is formatted again only when its inputs changed (a new check result, a drain, other kernel
+    weights or counts), so a table of thousands of realservers costs a dictionary lookup per row. The columns only
+    widen while a config lives (a narrower table would reformat every line)."""
 
-    __slots__ = ("cfg", "heads", "lines", "widths")
+    __slots__ = ("widths",)
 
     def __init__(self) -> None:
-        self.cfg: Config | None = None
+        super().__init__()
         self.widths: list[int] = []  # HEALTH WEIGHT ACTIVE INACT
-        self.lines: dict[tuple[str, str], tuple[RsHealth, bool, tuple[int, int, int] | None, str]] = {}
-        self.heads: dict[str, tuple[str, str]] = {}  # service name -> (flags, line)
 
     def start(self, cfg: Config) -> None:
         if cfg is not self.cfg or not self.widths:
-            self.cfg = cfg
             self.widths = [len(h) for h in _HEAD[2:6]]
-            self.lines.clear()
-            self.heads.clear()
+            self.cfg = cfg
+            self.clear()
 
     def line(self, prefix: str, cells: tuple[str, str, str, str], last: str) -> str | None:
         """The formatted line, or None when a cell is wider than its column (the columns widened: start over)."""
@@ -68,8 +65,7 @@ class TableMemo:
                 widths[i] = len(c)
                 grew = True
         if grew:
-            self.lines.clear()
-            self.heads.clear()
+            self.clear()
             return None
         w0, w1, w2, w3 = widths
         return f"{prefix}{cells[0]:<{w0}}  {cells[1]:<{w1}}  {cells[2]:<{w2}}  {cells[3]:<{w3}}  {last}".rstrip()
@@ -78,15 +74,24 @@ class TableMemo:
 def _services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]], memo: TableMemo) -> list[str]:
     """The services part of the table: the left columns come padded from the config (``_prefixes``), the rest of a
     line from ``memo`` unless the row's health, drain or kernel entry changed since the last request."""
-    head, services = _prefixes(cfg)
     memo.start(cfg)
+    while True:
+        out = _try_services_table(cfg, v, drained, memo)
+        if out is not None:
+            return out
+        # a column widened (the memo was cleared): once more, with the wider columns
+
+
+def _try_services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]],
+                        memo: TableMemo) -> list[str] | None:
+    head, services = _prefixes(cfg)
     health, infos, kernel = v.health, v.services, v.kernel
     first = memo.line(head, _HEAD[2:6], _HEAD[6])  # type: ignore[arg-type]
     if first is None:
-        return _services_table(cfg, v, drained, memo)
+        return None
     out = [first]
     add = out.append
-    lines, heads = memo.lines, memo.heads
+    rows, heads = memo.rows, memo.heads
     default_info = ServiceInfo()
     no_dests: dict[str, tuple[int, int, int]] = {}
     blank = ("", "", "", "")
@@ -111,8 +116,8 @@ def _services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]],
             h = health.get(hkey, UNKNOWN)
             found = dests.get(hkey[1])
             is_drained = hkey in drained
-            row = lines.get(hkey)
-            if row is not None and row[0] is h and row[1] is is_drained and row[2] == found:
+            row = rows.get(hkey)
+            if row_unchanged(row, h, is_drained, found):
                 add(row[3])
                 continue
             lc = h.last_check
@@ -121,8 +126,8 @@ def _services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]],
                      "0" if found is None else str(found[1]), "0" if found is None else str(found[2]))
             line = memo.line(rs_prefix, cells, "-" if lc is None else lc.text)
             if line is None:
-                return _services_table(cfg, v, drained, memo)
-            lines[hkey] = (h, is_drained, found, line)
+                return None
+            rows[hkey] = (h, is_drained, found, line)
             add(line)
     return out
 

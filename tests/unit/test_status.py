@@ -160,10 +160,10 @@ def test_table_memo_follows_every_change_and_reuses_unchanged_lines() -> None:
     # unchanged rows keep their line objects; a changed row gets a new one
     memo2 = TableMemo()
     format_status(c, v, memo2)
-    before = dict(memo2.lines)
+    before = dict(memo2.rows)
     format_status(c, steps[0], memo2)
-    assert memo2.lines[("web", "10.0.0.2:80")][3] is before[("web", "10.0.0.2:80")][3]
-    assert memo2.lines[("web", "10.0.0.1:80")][3] is not before[("web", "10.0.0.1:80")][3]
+    assert memo2.rows[("web", "10.0.0.2:80")][3] is before[("web", "10.0.0.2:80")][3]
+    assert memo2.rows[("web", "10.0.0.1:80")][3] is not before[("web", "10.0.0.1:80")][3]
     # a new config object starts afresh
     format_status(cfg(), v, memo)
     assert memo.widths[2] == len("ACTIVE")
