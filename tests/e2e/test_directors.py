@@ -47,6 +47,8 @@ IN_FLIGHT_MAX = 2
 # each is two planned failovers under a client that starts a request every 20 ms. These tests ask for the nftables
 # plane: its NAT flows live in conntrack, IPVS's do not (PairSpec refuses ctsync with another plane).
 CTSYNC_ROUND_TRIPS = 5
+# how long the long-lived connections live: long enough to outlast a planned failover and back
+HOLD_S = 15.0
 
 
 def _need_conntrackd(ctsync: bool) -> None:
@@ -96,7 +98,7 @@ def test_planned_failover_keeps_long_lived_connections(make_pair: Callable[..., 
     and back (their NAT state is on the new master), none is reset."""
     _need_conntrackd(True)
     pair = _ready(make_pair, ctsync=True, dataplane="nftables")
-    hold = pair.hold(conns=12, duration_s=12.0, period_s=0.05)
+    hold = pair.hold(conns=12, duration_s=HOLD_S, period_s=0.05)
     per = hold.wait_open()
     assert sum(per.values()) == 12 and len(per) == 3, per
     wait_for(lambda: _conntrack_entries(pair, "dir2", VIP) >= 12, 20, 0.05, "the connections synced to dir2")
@@ -106,8 +108,12 @@ def test_planned_failover_keeps_long_lived_connections(make_pair: Callable[..., 
     pair.api("dir2", "POST", "/v1/failover", {})
     pair.wait_master("dir1")
     pair.wait_backup("dir2")
+    t_back = time.time()
     done, broken = hold.wait_finished()
     assert not broken and len(done) == 12, broken
+    # every connection was still open (pinging) once both failovers were over: each crossed them; one that ended
+    # before would prove nothing (the failovers outlasted HOLD_S on a loaded machine: raise it)
+    assert all(float(e["t"]) > t_back for e in done), (t_back, sorted(float(e["t"]) for e in done))
 
 
 def test_orderly_stop(make_pair: Callable[..., PairLab]) -> None:
