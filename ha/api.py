@@ -61,7 +61,9 @@ class Conflict(ApiError):
 
 
 class Controller(Protocol):
-    def status(self) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+    def status_json(self) -> str | Awaitable[str]:
+        """The status document, serialized (``GET /v1/status``)."""
+        ...
 
     def status_text(self) -> str | Awaitable[str]:
         """The ``lvs-ha status`` table (``GET /v1/status?format=text``)."""
@@ -164,11 +166,9 @@ async def get_status(request: web.Request) -> web.Response:
         if inspect.isawaitable(text):
             text = await text
         return web.Response(text=text, content_type="text/plain")
-    serialized = getattr(ctl, "status_json", None)  # optional: the document already serialized
-    doc = ctl.status() if serialized is None else serialized()
-    if inspect.isawaitable(doc):
-        doc = await doc
-    text = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"))
+    text = ctl.status_json()
+    if inspect.isawaitable(text):
+        text = await text
     return web.Response(text=text, content_type="application/json")
 
 

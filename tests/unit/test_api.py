@@ -27,6 +27,9 @@ class FakeController:
                 "instances": [], "services": [{"name": "web", "key": "tcp/192.0.2.10:80", "quorum": True,
                                                "sorry_active": False, "realservers": []}]}
 
+    def status_json(self) -> str:
+        return json.dumps(self.status())
+
     def status_text(self) -> str:
         return "node dir1  config x.yaml  loaded None\n\nSERVICE  KEY / REALSERVER\nweb      tcp/192.0.2.10:80 wlc\n"
 
