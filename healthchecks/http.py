@@ -28,8 +28,11 @@ import aiohttp
 from healthchecks import sockio
 from healthchecks.base import CheckResult, SpecError, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
+from healthchecks.checks import error_result
 from healthchecks.httpfast import IDLE_MAX_S, PURGE_EVERY_S, Client, build_request
+from healthchecks.sockio import describe_oserror
 from healthchecks.spec import SpecReader, parse_status_ranges
+from healthchecks.tcp import NO_PORT
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +186,7 @@ class HttpChecker:
 
     def begin(self, target: Target, spec: HttpSpec, timeout_s: float, done: Done) -> Cancel | None:
         if target.port is None:
-            done(CheckResult(False, "no port to connect to", 0.0))
+            done(NO_PORT)
             return None
         client = self._client
         loop = asyncio.get_running_loop()
@@ -194,7 +197,7 @@ class HttpChecker:
                     client.close()  # connections of a finished loop
                 client = self._client = Client(loop, p)
         if client is None or client.loop is not loop or spec.scheme != "http" or spec.client != "auto":
-            return begin_task(self._aiohttp_check(target, spec, timeout_s), done, _error_result)
+            return begin_task(self._aiohttp_check(target, spec, timeout_s), done, error_result)
         key = (spec, target.address, target.port)
         req = self._requests.get(key)
         if req is None:
@@ -254,7 +257,7 @@ class HttpChecker:
         except aiohttp.ClientSSLError as e:
             return CheckResult(False, f"TLS error: {e}", loop.time() - t0)
         except aiohttp.ClientConnectorError as e:
-            return CheckResult(False, _oserror_text(e.os_error), loop.time() - t0)
+            return CheckResult(False, describe_oserror(e.os_error), loop.time() - t0)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as e:
             return CheckResult(False, f"server closed the connection: {e}", loop.time() - t0)
         except aiohttp.ClientResponseError as e:
@@ -264,19 +267,7 @@ class HttpChecker:
         except aiohttp.ClientError as e:
             return CheckResult(False, f"{type(e).__name__}: {e}", loop.time() - t0)
         except OSError as e:
-            return CheckResult(False, _oserror_text(e), loop.time() - t0)
-
-
-def _error_result(e: BaseException) -> CheckResult:
-    return CheckResult(False, f"checker error: {type(e).__name__}: {e}", 0.0)
-
-
-def _oserror_text(e: OSError) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, ConnectionResetError):
-        return "connection reset"
-    return e.strerror or str(e) or type(e).__name__
+            return CheckResult(False, describe_oserror(e), loop.time() - t0)
 
 
 class HttpsChecker(HttpChecker):

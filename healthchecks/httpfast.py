@@ -26,7 +26,8 @@ from typing import Any
 from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
 from healthchecks.http1 import Framing, Head, _dechunk, build_request, chunked_end, parse_head
-from healthchecks.tcp import describe_errno, describe_oserror, family_of, sockaddr
+from healthchecks.sockio import describe_oserror, family_of, sockaddr
+from healthchecks.tcp import describe_errno
 
 MAX_HEAD = 65536
 MAX_DRAIN = 1 << 20  # a longer body is not read to keep the connection: the connection is closed instead

@@ -195,4 +195,21 @@ def oserror(err: int) -> OSError:
     return _ERRORS.get(err, OSError)(err, os.strerror(err))
 
 
+def describe_oserror(e: OSError) -> str:
+    """A check's failure reason for a socket error."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def sockaddr(address: str, port: int) -> tuple[Any, ...]:
+    return (address, port, 0, 0) if ":" in address else (address, port)
+
+
 _oserror = oserror  # the old private name

@@ -41,6 +41,8 @@ from collections.abc import Callable
 from typing import Any
 
 from healthchecks.base import CheckResult
+from healthchecks.callback import Done
+from healthchecks.sockio import describe_oserror, family_of
 from healthchecks.synpacket import (
     SNAP,
     Insn,
@@ -55,8 +57,6 @@ from healthchecks.synpacket import (
 )
 
 log = logging.getLogger(__name__)
-
-Done = Callable[[CheckResult], None]
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 IP_RECVERR, IPV6_RECVERR = 11, 25  # Linux; not in the socket module
@@ -385,7 +385,7 @@ def describe(e: BaseException) -> str:
     if isinstance(e, socket.gaierror):
         return f"bad address: {e}"
     if isinstance(e, OSError):
-        return e.strerror or str(e) or type(e).__name__
+        return describe_oserror(e)
     return str(e)
 
 
@@ -416,7 +416,7 @@ def loop_stats(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, int]]:
 
 def begin(address: str, port: int, timeout_s: float, done: Done) -> Callable[[], None] | None:
     """Start one half-open probe of ``address``:``port``; ``done(result)`` once, unless cancelled first."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    family = family_of(address)
     try:
         p = prober(asyncio.get_running_loop(), family)
     except OSError as e:

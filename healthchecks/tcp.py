@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 from healthchecks import sockio, synprobe
 from healthchecks.base import CheckResult, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
+from healthchecks.checks import error_result as checker_error_result
+from healthchecks.sockio import describe_oserror, family_of, sockaddr
 from healthchecks.spec import SpecReader
 
 
@@ -33,22 +35,6 @@ class TcpSpec:
     expect_prefix: bytes | None = None
     max_reply: int = 4096
     half_open: bool = False
-
-
-def family_of(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-def sockaddr(address: str, port: int) -> tuple[Any, ...]:
-    return (address, port, 0, 0) if ":" in address else (address, port)
-
-
-def describe_oserror(e: OSError) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, ConnectionResetError):
-        return "connection reset"
-    return e.strerror or str(e) or type(e).__name__
 
 
 async def read_until(sock: socket.socket, pattern: re.Pattern[bytes] | None,
@@ -78,16 +64,9 @@ def describe_errno(err: int) -> str:
 def error_result(e: BaseException) -> CheckResult:
     if isinstance(e, OSError):
         return CheckResult(False, describe_oserror(e), 0.0)
-    return CheckResult(False, f"checker error: {type(e).__name__}: {e}", 0.0)
+    return checker_error_result(e)
 
 
-_OUT = sockio.OUT
-_FAILED = sockio.FAILED
-_EINPROGRESS = errno.EINPROGRESS
-_Socket = socket.SocketType
-_STREAM_NB = socket.SOCK_STREAM | sockio.SOCK_NONBLOCK
-_INET, _INET6 = socket.AF_INET, socket.AF_INET6
-_SOL_SOCKET, _SO_LINGER, _SO_ERROR = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_ERROR
 _monotonic = time.monotonic  # the default event loop's clock; latencies only
 NO_PORT = CheckResult(False, "no port to connect to", 0.0)
 
@@ -107,18 +86,12 @@ class _Connect:
 
     def _connect(self, address: str, port: int) -> None:
         try:
-            if ":" in address:
-                sock = self.sock = _Socket(_INET6, _STREAM_NB)
-                sock.setsockopt(_SOL_SOCKET, _SO_LINGER, sockio.LINGER0)
-                err = sock.connect_ex((address, port, 0, 0))
-            else:
-                sock = self.sock = _Socket(_INET, _STREAM_NB)
-                sock.setsockopt(_SOL_SOCKET, _SO_LINGER, sockio.LINGER0)
-                err = sock.connect_ex((address, port))
+            sock = self.sock = sockio.new_socket(family_of(address))
+            err = sock.connect_ex(sockaddr(address, port))
         except OSError as e:
             self._end(False, describe_oserror(e))
             return
-        if err != _EINPROGRESS:
+        if err != errno.EINPROGRESS:
             if err:
                 self._end(False, describe_errno(err))
             else:
@@ -129,9 +102,9 @@ class _Connect:
         p.waiting[fd] = self.ready
         try:
             try:
-                p.ep.register(fd, _OUT)  # a fresh descriptor: new to this epoll
+                p.ep.register(fd, sockio.OUT)  # a fresh descriptor: new to this epoll
             except FileExistsError:  # a stale registration of a closed descriptor still shared with a child
-                p.ep.modify(fd, _OUT)
+                p.ep.modify(fd, sockio.OUT)
         except OSError as e:
             del p.waiting[fd]
             self._end(False, describe_oserror(e))
@@ -141,8 +114,8 @@ class _Connect:
 
     def ready(self, events: int) -> None:
         sock = self.sock
-        if events & _FAILED:
-            err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+        if events & sockio.FAILED:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 self._end(False, describe_errno(err))
                 return
