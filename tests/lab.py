@@ -45,6 +45,18 @@ def lab_unavailable_reason() -> str | None:
     return None
 
 
+def conntrack_tools_missing() -> str | None:
+    """Why connection-state sync cannot be tested here (conntrackd or conntrack not installed), or None."""
+    from lvs.ctsync import Conntrackd
+
+    missing = [name for name, ok in (("conntrackd", Conntrackd.available()),
+                                     ("conntrack", shutil.which("conntrack") is not None)) if not ok]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} not installed (Debian packages conntrackd and conntrack; "
+            "deploy/install-deps.sh installs them)")
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
     """Poll ``cond`` until it returns a truthy value; raise TimeoutError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from lvs.ctsync import Conntrackd
 from tests.e2e.pairlab import GATEWAY6, VIP, VIP6, PairLab
-from tests.lab import wait_for
+from tests.lab import conntrack_tools_missing, wait_for
 
 # an unplanned takeover: master-down interval (3 adverts + skew, 100 ms adverts) plus the client's 1 s timeout for
 # the requests in flight, with a very generous margin for a loaded machine; requests every 20 ms
@@ -52,9 +51,9 @@ HOLD_S = 15.0
 
 
 def _need_conntrackd(ctsync: bool) -> None:
-    if ctsync and not (Conntrackd.available() and Conntrackd.available("conntrack")):
-        pytest.skip("conntrackd or conntrack is not installed (Debian packages conntrackd and conntrack; "
-                    "deploy/install-deps.sh installs them)")
+    missing = conntrack_tools_missing() if ctsync else None
+    if missing:
+        pytest.skip(missing)
 
 
 def _conntrack_entries(pair: PairLab, director: str, vip: str) -> int:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from lvs.ctsync import Conntrackd, CtSyncSettings
-from tests.lab import Host, Lab, await_for
+from tests.lab import Host, Lab, await_for, conntrack_tools_missing
 
-pytestmark = pytest.mark.skipif(not Conntrackd.available() or not Conntrackd.available("conntrack"),
-                                reason="conntrackd / conntrack not installed (Debian packages conntrackd, conntrack)")
+_MISSING = conntrack_tools_missing()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 
 # a flow to the VIP 192.0.2.100:80 DNATed to the realserver 198.51.100.21:80, as the nftables plane makes them
 ENTRY = ["-p", "tcp", "-s", "192.0.2.50", "-d", "192.0.2.100", "--sport", "40000", "--dport", "80",
