@@ -146,29 +146,16 @@ class Exchange:
     def _drop(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:
-            waiting = self.poller.waiting
-            if self.fd in waiting and getattr(waiting[self.fd], "__self__", None) is self:
-                del waiting[self.fd]
+            self.poller.discard(self.fd, self)
             sock.close()
 
     def _wait(self, events: int, callback: Callable[[int], None]) -> None:
-        p = self.poller
-        p.waiting[self.fd] = callback
         try:
-            if self.known:
-                try:
-                    p.ep.modify(self.fd, events)
-                except FileNotFoundError:
-                    p.ep.register(self.fd, events)
-            else:
-                try:
-                    p.ep.register(self.fd, events)
-                except FileExistsError:
-                    p.ep.modify(self.fd, events)
-                self.known = True
+            self.poller.arm(self.fd, events, callback, self.known)
         except OSError as e:
-            del p.waiting[self.fd]
             self._fail(describe_oserror(e))
+            return
+        self.known = True
 
     def _end(self, res: CheckResult, keep: bool = False) -> None:
         done, self.done = self.done, None

@@ -7,8 +7,8 @@ iteration are handled in one batch.
 
 Two interfaces on the same poller:
 
-- callbacks (``Poller.add``/``rearm``/``discard``): ``callback(events)`` runs once when the descriptor is ready; no
-  Future, no Task. The tcp and http checkers' ``begin`` use these.
+- callbacks (``Poller.arm``/``discard``): ``callback(events)`` runs once when the descriptor is ready; no Future,
+  no Task. The tcp and http checkers' ``begin`` use these.
 - coroutines (``connect``, ``recv``, ``sendall``) for checkers written as plain ``async`` code (smtp, tcp with
   send/expect).
 
@@ -63,25 +63,35 @@ class Poller:
             except Exception:
                 log.exception("socket callback failed")
 
-    def add(self, fd: int, events: int, callback: Ready) -> None:
-        """Wait for ``events`` on a descriptor new to this poller (a fresh socket)."""
+    def arm(self, fd: int, events: int, callback: Ready, registered: bool = False) -> None:
+        """``callback(events)`` once when the descriptor is ready for ``events``. ``registered``: the descriptor was
+        armed here before (one-shot registrations stay in the set), so it is modified; otherwise it is registered.
+        Either way a wrong guess is corrected: a fresh descriptor may reuse the number of a closed one whose
+        registration lives on (the open file is still shared with a child), and a registration may be gone. Raises
+        OSError (the callback is then not kept)."""
         self.waiting[fd] = callback
+        ep = self.ep
         try:
-            self.ep.register(fd, events)
-        except FileExistsError:
-            self.ep.modify(fd, events)
+            if registered:
+                try:
+                    ep.modify(fd, events)
+                except FileNotFoundError:
+                    ep.register(fd, events)
+            else:
+                try:
+                    ep.register(fd, events)
+                except FileExistsError:
+                    ep.modify(fd, events)
+        except OSError:
+            del self.waiting[fd]
+            raise
 
-    def rearm(self, fd: int, events: int, callback: Ready) -> None:
-        """Wait again on a descriptor this poller has seen before (one-shot registrations stay in the set)."""
-        self.waiting[fd] = callback
-        try:
-            self.ep.modify(fd, events)
-        except FileNotFoundError:
-            self.ep.register(fd, events)
-
-    def discard(self, fd: int) -> None:
-        """Forget the callback of a descriptor (before closing it, or when a wait is abandoned)."""
-        self.waiting.pop(fd, None)
+    def discard(self, fd: int, owner: object) -> None:
+        """Forget the callback of a descriptor if it is ``owner`` or a method of ``owner`` (a wait abandoned, or
+        its socket about to close); a callback someone else has armed since on a reused number stays."""
+        cb = self.waiting.get(fd)
+        if cb is not None and (cb is owner or getattr(cb, "__self__", None) is owner):
+            del self.waiting[fd]
 
     async def wait(self, fd: int, events: int, registered: bool) -> None:
         fut = asyncio.get_running_loop().create_future()
@@ -90,15 +100,11 @@ class Poller:
             if not fut.done():
                 fut.set_result(None)
 
+        self.arm(fd, events, ready, registered)
         try:
-            if registered:
-                self.rearm(fd, events, ready)
-            else:
-                self.add(fd, events, ready)
             await fut
         finally:
-            if self.waiting.get(fd) is ready:
-                del self.waiting[fd]
+            self.discard(fd, ready)
 
     def close(self) -> None:
         loop = self._loop()

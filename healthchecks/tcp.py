@@ -98,15 +98,9 @@ class _Connect:
                 self._end(True, "connected")
             return
         fd = self.fd = sock.fileno()
-        p = self.poller
-        p.waiting[fd] = self.ready
         try:
-            try:
-                p.ep.register(fd, sockio.OUT)  # a fresh descriptor: new to this epoll
-            except FileExistsError:  # a stale registration of a closed descriptor still shared with a child
-                p.ep.modify(fd, sockio.OUT)
+            self.poller.arm(fd, sockio.OUT, self.ready)
         except OSError as e:
-            del p.waiting[fd]
             self._end(False, describe_oserror(e))
 
     def start(self) -> Cancel | None:
@@ -135,9 +129,8 @@ class _Connect:
 
     def cancel(self) -> None:
         self.done = None
-        waiting = self.poller.waiting
-        if self.fd >= 0 and self.fd in waiting and waiting[self.fd].__self__ is self:  # type: ignore[attr-defined]
-            del waiting[self.fd]
+        if self.fd >= 0:
+            self.poller.discard(self.fd, self)
         if self.sock is not None:
             self.sock.close()
 
