@@ -340,7 +340,6 @@ class RunbookLab:
 
     # -- observations -------------------------------------------------------------------------------------------------
     def status(self, name: str) -> dict[str, Any] | None:
-
         r = self.shell(name, "lvs-ha status --json", timeout=20)
         if r.returncode != 0:
             return None
@@ -349,13 +348,18 @@ class RunbookLab:
         except ValueError:
             return None
 
-    def role(self, name: str) -> str | None:
+    def _instance(self, name: str) -> dict[str, Any] | None:
+        """The director's first VRRP instance in its status, or None (no answer, no instance)."""
         st = self.status(name)
-        return str(st["instances"][0]["role"]) if st and st.get("instances") else None
+        return dict(st["instances"][0]) if st and st.get("instances") else None
+
+    def role(self, name: str) -> str | None:
+        inst = self._instance(name)
+        return str(inst["role"]) if inst else None
 
     def master_seen(self, name: str) -> str | None:
-        st = self.status(name)
-        return st["instances"][0].get("master") if st and st.get("instances") else None
+        inst = self._instance(name)
+        return inst.get("master") if inst else None
 
     def all_up(self, name: str) -> bool:
         st = self.status(name)
