@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from lvs.ctsync import Conntrackd  # noqa: E402
+from tests.e2e.clients import Probe  # noqa: E402
 from tests.lab import Host, Lab, LabUnavailable, wait_for  # noqa: E402
-from tests.traffic import read_records, summarize  # noqa: E402
 
 PY = sys.executable
 VIP = "192.168.77.100"
 RS = {"rs1": "10.77.0.21", "rs2": "10.77.0.22", "rs3": "10.77.0.23"}
+DIRECTORS = {"dir1": ("192.168.77.11", "10.77.0.11"), "dir2": ("192.168.77.12", "10.77.0.12")}  # front, back
 
 
 def director_config(name: str, priority: int, workdir: Path, dataplane: str, advert: str, ctsync: bool) -> str:
     rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 1 }}" for a in RS.values())
-    peer = "10.77.0.12" if name == "dir1" else "10.77.0.11"
+    peer = DIRECTORS["dir2" if name == "dir1" else "dir1"][1]
     # NAT state (conntrack) synced between the directors over the back link, so a planned failover loses nothing
     lvs = f"lvs:\n  conntrack_sync: {{ interface: eth1, peer: {peer} }}\n" if ctsync else ""
     return lvs + f"""\
@@ -95,7 +95,7 @@ class Demo:
         self.advert = advert
         self.t0 = time.time()
         self.events: list[tuple[float, str]] = []
-        self.records: list[dict[str, Any]] = []
+        self.probe: Probe | None = None  # the client, once started
         self.daemons: dict[str, subprocess.Popen[Any]] = {}
         self.servers: dict[str, subprocess.Popen[Any]] = {}
         self.hosts: dict[str, Host] = {}
@@ -107,15 +107,15 @@ class Demo:
         print(f"[{now - self.t0:6.2f}s] {text}", flush=True)
 
     def window(self, since: float, until: float | None = None) -> str:
-        s = summarize(self.records, since=since, until=until)
+        assert self.probe is not None
+        s = self.probe.summary(since, until)
         spread = ", ".join(f"{k} {v}" for k, v in sorted(s.by_rs.items()))
         gap = f"longest client-visible gap {s.longest_gap_s * 1000:.0f} ms" if s.gaps else "no client-visible gap"
         text = f"{s.total} requests, {s.failed} failed, {gap}; answered by: {spread or 'nobody'}"
         if self.verbose and s.failed:
             errors: dict[str, int] = {}
-            for r in self.records:
-                if not r["ok"] and since <= float(r["t"]) <= (until or float("inf")):
-                    errors[str(r["err"])] = errors.get(str(r["err"]), 0) + 1
+            for r in self.probe.failures(since, until):
+                errors[str(r["err"])] = errors.get(str(r["err"]), 0) + 1
             text += f"; errors: {errors}"
         return text
 
@@ -124,10 +124,9 @@ class Demo:
         lab = self.lab
         fwd = ["net.ipv4.ip_forward=1"]
         self.hosts["client"] = lab.host("client", ["192.168.77.50/24"], bridge="front")
-        for name, addr, back in (("dir1", "192.168.77.11/24", "10.77.0.11/24"),
-                                 ("dir2", "192.168.77.12/24", "10.77.0.12/24")):
-            h = lab.host(name, [addr], bridge="front", sysctls=fwd)
-            lab.attach(h, [back], ifname="eth1", bridge="back")
+        for name, (front, back) in DIRECTORS.items():
+            h = lab.host(name, [f"{front}/24"], bridge="front", sysctls=fwd)
+            lab.attach(h, [f"{back}/24"], ifname="eth1", bridge="back")
             self.hosts[name] = h
         for name, addr in RS.items():
             h = lab.host(name, [f"{addr}/24"], bridge="back")
@@ -192,17 +191,10 @@ class Demo:
         return None
 
     # -- client traffic ---------------------------------------------------------------------------------------------
-    def start_client(self) -> None:
-        p = self.lab.spawn(self.hosts["client"], [PY, "-m", "tests.traffic", "probe", "--host", VIP, "--port", "80",
-                                                  "--interval", "0.02", "--timeout", "0.5"],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-        def reader() -> None:
-            assert p.stdout is not None
-            for line in p.stdout:
-                self.records.extend(read_records([line]))
-
-        threading.Thread(target=reader, daemon=True).start()
+    def start_client(self) -> Probe:
+        """``tests.traffic probe`` in the client namespace: a request every 20 ms, each one recorded."""
+        self.probe = Probe(self.lab, self.hosts["client"], VIP, 80, interval_s=0.02, timeout_s=0.5)
+        return self.probe
 
     # -- the walk-through ------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -210,8 +202,8 @@ class Demo:
         wait_for(lambda: self.role("dir1") == "MASTER", 30, 0.1, "dir1 to become MASTER")
         wait_for(lambda: self.role("dir2") == "BACKUP", 30, 0.1, "dir2 to be BACKUP")
         self.say("dir1 is MASTER (priority 150), dir2 is BACKUP (priority 100)")
-        self.start_client()
-        wait_for(lambda: any(r["ok"] for r in self.records), 20, 0.05, "the client's first answer")
+        probe = self.start_client()
+        wait_for(lambda: any(r["ok"] for r in probe.snapshot()), 20, 0.05, "the client's first answer")
         t = time.time()
         self.say("client sends a request to the VIP every 20 ms")
         time.sleep(2.0)
@@ -252,7 +244,7 @@ class Demo:
         time.sleep(1.5)
         self.say(f"   dir1 took over: {self.window(t)}")
 
-        s = summarize(self.records)
+        s = probe.summary()
         self.say(f"whole run: {s.total} requests, {s.failed} failed")
         return 0
 
