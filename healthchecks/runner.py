@@ -30,6 +30,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
+from enum import Enum
 from typing import Any
 
 from healthchecks.base import Checker, CheckResult, Target
@@ -43,6 +44,14 @@ log = logging.getLogger(__name__)
 ChangeCallback = Callable[[Hashable, Health, Health, CheckResult], None]
 
 _NEVER = float("inf")
+
+
+class _End(Enum):
+    """How a check ended, as the runner knows it (for the counters)."""
+
+    RESULT = "result"  # the checker's own result
+    TIMEOUT = "timeout"  # the deadline passed, or the previous check still runs
+    ERROR = "error"  # the checker raised
 
 
 class _Probe:
@@ -94,7 +103,7 @@ class Runner:
         self._result_subscribers: list[Callable[[Hashable, CheckResult], None]] = []
         self.sweep_s = sweep_s
         self._inv = 1.0 / sweep_s
-        # the wheel: slot number -> [(probe, gen, is_deadline)]; a heap of the slot numbers; one loop timer
+        # the wheel: slot number -> [probe] (see ``_push``); a heap of the slot numbers; one loop timer
         self._wheel: dict[int, list[_Probe]] = {}
         self._slots: list[int] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -183,13 +192,18 @@ class Runner:
         probe.running = False
         self._running -= 1
         cancel, probe.cancel = probe.cancel, None
+        self._cancel(probe, cancel, probe.task)
+
+    @staticmethod
+    def _cancel(probe: _Probe, cancel: Callable[[], None] | None, task: asyncio.Task[Any] | None) -> None:
+        """Cancel a check: its callback check's ``cancel`` (a failure is logged) and its task."""
         if cancel is not None:
             try:
                 cancel()
             except Exception:
                 log.exception("cancelling a %s check failed", probe.type)
-        if probe.task is not None:
-            probe.task.cancel()
+        if task is not None:
+            task.cancel()
 
     # -- running -------------------------------------------------------------------------------------------------
 
@@ -219,7 +233,7 @@ class Runner:
         tasks = [p.task for p in self._probes.values() if p.task is not None and not p.task.done()]
         for probe in self._probes.values():
             self._abort(probe)
-        self._running = 0
+        assert self._running == 0, "every check in flight belongs to a probe, and _abort counted it out"
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         closers = {id(p.checker): p.checker for p in self._probes.values()}
@@ -280,8 +294,6 @@ class Runner:
                         self._launch(probe, now)
                     else:
                         self._waiting.append(probe)
-            if self._loop is not loop:
-                return  # stopped by a callback
         if slots:
             self._arm(slots[0])
 
@@ -297,13 +309,7 @@ class Runner:
         probe.running = True
         probe.started = now
         self._running += 1
-        slot = int((now + probe.timeout_s) * self._inv) + 1  # the deadline (``_push``, inlined: once per check)
-        entries = self._wheel.get(slot)
-        if entries is None:
-            slot = self._push(now + probe.timeout_s, probe)
-        else:
-            entries.append(probe)
-        probe.deadline_slot = slot
+        probe.deadline_slot = self._push(now + probe.timeout_s, probe)
         begin = probe.begin
         if begin is not None:
             def done(res: CheckResult) -> None:
@@ -312,7 +318,7 @@ class Runner:
             try:
                 cancel = begin(probe.target, probe.spec, probe.timeout_s, done)
             except Exception as e:
-                self._finish(probe, gen, error_result(e))
+                self._finish(probe, gen, error_result(e), _End.ERROR)
                 return
             if probe.running and probe.gen == gen:
                 probe.cancel = cancel
@@ -321,13 +327,13 @@ class Runner:
             probe.task.cancel()
             self._finish(probe, gen, CheckResult(
                 False, f"{probe.timeout_reason}: the previous check still runs (the checker ignores cancellation)",
-                0.0))
+                0.0), _End.TIMEOUT)
             return
         try:
             coro = probe.checker.check(probe.target, probe.spec, probe.timeout_s)
             task = asyncio.ensure_future(coro)
         except Exception as e:
-            self._finish(probe, gen, error_result(e))
+            self._finish(probe, gen, error_result(e), _End.ERROR)
             return
         probe.task = task
         task.add_done_callback(functools.partial(self._task_done, probe, gen))
@@ -341,28 +347,22 @@ class Runner:
             return
         latency = (self._loop.time() if self._loop is not None else probe.started) - probe.started
         if task.cancelled():
-            res = CheckResult(False, probe.timeout_reason, latency)
+            self._finish(probe, gen, CheckResult(False, probe.timeout_reason, latency), _End.TIMEOUT)
         elif (exc := task.exception()) is not None:
-            res = error_result(exc, latency)
+            self._finish(probe, gen, error_result(exc, latency), _End.ERROR)
         else:
-            res = task.result()
-        self._finish(probe, gen, res)
+            self._finish(probe, gen, task.result())
 
     def _expire(self, probe: _Probe, now: float) -> None:
         """The deadline of a running check passed: cancel it; it fails with a timeout."""
         cancel, probe.cancel = probe.cancel, None
         task = probe.task
-        self._finish(probe, probe.gen, CheckResult(False, probe.timeout_reason, now - probe.started))
-        if cancel is not None:
-            try:
-                cancel()
-            except Exception:
-                log.exception("cancelling a %s check failed", probe.type)
-        if task is not None:
-            task.cancel()
+        self._finish(probe, probe.gen, CheckResult(False, probe.timeout_reason, now - probe.started), _End.TIMEOUT)
+        self._cancel(probe, cancel, task)
 
-    def _finish(self, probe: _Probe, gen: int, res: CheckResult) -> None:
-        """A check ended (result, timeout or error): record it, schedule the next one, start waiting checks."""
+    def _finish(self, probe: _Probe, gen: int, res: CheckResult, end: _End = _End.RESULT) -> None:
+        """A check ended (result, timeout or error: ``end``): record it, schedule the next one, start waiting
+        checks."""
         if probe.gen != gen or not probe.running:
             return  # stale: the check was abandoned or already timed out
         probe.running = False
@@ -377,9 +377,9 @@ class Runner:
         if not res.ok:
             stats = self.stats
             stats.failed += 1
-            if res.reason.startswith("timeout after"):
+            if end is _End.TIMEOUT:
                 stats.timeouts += 1
-            elif res.reason.startswith("checker error"):
+            elif end is _End.ERROR:
                 stats.errors += 1
         probe.last_result = res
         self._deliver(probe, res, now if self._clock is None else self._clock())
@@ -390,13 +390,7 @@ class Runner:
             if due < now:  # the check itself took longer than the interval
                 due = now
         probe.due = due
-        slot = int(due * self._inv) + 1
-        entries = self._wheel.get(slot)
-        if entries is None:
-            slot = self._push(due, probe)
-        else:
-            entries.append(probe)
-        probe.start_slot = slot
+        probe.start_slot = self._push(due, probe)
         if self._waiting:
             self._drain(now)
 
@@ -406,10 +400,9 @@ class Runner:
         if self._draining:
             return
         self._draining = True
-        loop = self._loop
         waiting = self._waiting
         try:
-            while waiting and self._running < self.concurrency and self._loop is loop:
+            while waiting and self._running < self.concurrency:
                 p = waiting.popleft()
                 if not p.removed and not p.running:
                     self._launch(p, now)

@@ -114,6 +114,21 @@ async def test_raising_and_hanging_checkers_do_not_stop_the_others(reg: tuple[Re
         await runner.stop()
 
 
+async def test_timeouts_and_errors_are_counted_by_how_the_check_ended_not_by_its_reason(
+        reg: tuple[Registry, Scripted]) -> None:
+    registry, chk = reg
+    # a checker's own failures whose reasons merely look like the runner's
+    chk.mode.update({"127.0.0.5": "timeout after 9s (the server said so)", "127.0.0.6": "checker error: none"})
+    runner = Runner(registry)
+    runner.set_checks({k: cs(k) for k in ("127.0.0.5", "127.0.0.6")})
+    await runner.start()
+    try:
+        await until(lambda: runner.stats.failed >= 10, what="failed checks")
+    finally:
+        await runner.stop()
+    assert runner.stats.timeouts == 0 and runner.stats.errors == 0
+
+
 async def test_concurrency_limit_is_respected(reg: tuple[Registry, Scripted]) -> None:
     registry, chk = reg
     chk.hold_s = 0.01
