@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +57,38 @@ ORPHAN = PRELUDE + textwrap.dedent("""
 """)
 
 
+# how long the engine owner may take to print its next record (it waits up to 20 s for MASTER itself)
+RECORD_TIMEOUT_S = 60.0
+
+
+def _record(p: subprocess.Popen[str], log: Path, timeout_s: float = RECORD_TIMEOUT_S) -> dict[str, Any]:
+    """The next JSON line the child prints ({} at end of file); TimeoutError, with its log, past the deadline.
+    Reads the pipe's descriptor a byte at a time after select(), so nothing is left in a buffer select() cannot
+    see."""
+    assert p.stdout is not None
+    fd = p.stdout.fileno()
+    line = bytearray()
+    deadline = time.monotonic() + timeout_s
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no record from the child within {timeout_s:g} s; its log:\n{log.read_text()[-2000:]}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            byte = os.read(fd, 1)
+            if not byte:  # the child closed its stdout (it exited)
+                break
+            line += byte
+    return dict(json.loads(line.decode() or "{}"))
+
+
 def _spawn(lab: Lab, host: Any, script: str, log: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Run ``script`` (an engine owner) in ``host``; returns the process and the first record it prints."""
     with open(log, "ab") as err:
         p = lab.spawn(host, [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                       stderr=err, text=True)
     assert p.stdout is not None and p.stdin is not None
-    first = json.loads(p.stdout.readline() or "{}")
+    first = _record(p, log)
     assert first, log.read_text()
     return p, first
 
@@ -87,7 +114,7 @@ def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
     p.stdin.write("go\n")
     p.stdin.flush()
-    second = json.loads(p.stdout.readline() or "{}")
+    second = _record(p, log)
     assert second, log.read_text()
     assert second["failover"] == ["VI_1"]
     assert second["unknown"] and "nope" in second["unknown"]
@@ -95,7 +122,7 @@ def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     assert second["status"][0]["priority"] == 140
     p.stdin.write("stop\n")
     p.stdin.flush()
-    third = json.loads(p.stdout.readline() or "{}")
+    third = _record(p, log)
     assert third, log.read_text()
     assert third["returncode"] == 0
     assert any(e["instance"] == "VI_1" and e["new"] == "MASTER" for e in third["events"]), third["events"]
@@ -149,12 +176,12 @@ def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> 
     wait_for(lambda: not _alive(old), 10, what="the engine process is gone")
     p.stdin.write("go\n")
     p.stdin.flush()
-    second = json.loads(p.stdout.readline() or "{}")
+    second = _record(p, log)
     assert second, log.read_text()
     assert second["restarts"] == 1 and second["role"] == "MASTER", (second, log.read_text()[-2000:])
     assert int(second["pid"]) != old
     wait_for(lambda: has_vip(d1), 10, what="VIP held again by the new engine process")
-    third = json.loads(p.stdout.readline() or "{}")
+    third = _record(p, log)
     assert third.get("returncode") == 0, log.read_text()[-2000:]
     assert p.wait(20) == 0
     assert not has_vip(d1)
