@@ -29,7 +29,8 @@ from healthchecks import sockio
 from healthchecks.base import CheckResult, SpecError, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
 from healthchecks.checks import error_result
-from healthchecks.httpfast import IDLE_MAX_S, PURGE_EVERY_S, Client, build_request
+from healthchecks.http1 import build_request
+from healthchecks.httpfast import IDLE_MAX_S, PURGE_EVERY_S, Client
 from healthchecks.sockio import describe_oserror
 from healthchecks.spec import SpecReader, parse_status_ranges
 from healthchecks.tcp import NO_PORT
@@ -188,15 +189,8 @@ class HttpChecker:
         if target.port is None:
             done(NO_PORT)
             return None
-        client = self._client
-        loop = asyncio.get_running_loop()
-        if client is None or client.loop is not loop:
-            p = sockio.poller(loop)
-            if p is not None and spec.scheme == "http" and spec.client == "auto":
-                if client is not None:
-                    client.close()  # connections of a finished loop
-                client = self._client = Client(loop, p)
-        if client is None or client.loop is not loop or spec.scheme != "http" or spec.client != "auto":
+        client = self._plain_client() if spec.scheme == "http" and spec.client == "auto" else None
+        if client is None:
             return begin_task(self._aiohttp_check(target, spec, timeout_s), done, error_result)
         key = (spec, target.address, target.port)
         req = self._requests.get(key)
@@ -205,6 +199,19 @@ class HttpChecker:
                 self._requests.clear()
             req = self._requests[key] = build_request(spec, target, USER_AGENT)
         return client.begin(spec, target, req, spec.reuse_connection, done)
+
+    def _plain_client(self) -> Client | None:
+        """The running loop's bare-socket client (made on first use); None without epoll."""
+        client = self._client
+        loop = asyncio.get_running_loop()
+        if client is None or client.loop is not loop:
+            p = sockio.poller(loop)
+            if p is None:
+                return None
+            if client is not None:
+                client.close()  # connections of a finished loop
+            client = self._client = Client(loop, p)
+        return client
 
     async def check(self, target: Target, spec: HttpSpec, timeout_s: float) -> CheckResult:
         return await run_begun(self.begin, target, spec, timeout_s)

@@ -11,16 +11,14 @@ from healthchecks.base import Target
 _STATUS = re.compile(rb"^HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?$")
 
 
-def build_request(spec: Any, target: Target, user_agent: str, close: bool | None = None) -> bytes:
-    """The request bytes. ``close`` (default: the spec does not reuse connections) adds ``Connection: close``."""
-    if close is None:
-        close = not getattr(spec, "reuse_connection", False)
+def build_request(spec: Any, target: Target, user_agent: str) -> bytes:
+    """The request bytes; ``Connection: close`` when the spec does not reuse connections."""
     host = spec.host
     if not host:
         addr = f"[{target.address}]" if ":" in target.address else target.address
-        host = addr if target.port in (80, None) else f"{addr}:{target.port}"
+        host = addr if target.port == 80 else f"{addr}:{target.port}"
     lines = [f"{spec.method} {spec.path} HTTP/1.1", f"Host: {host}", f"User-Agent: {user_agent}"]
-    if close:
+    if not spec.reuse_connection:
         lines.append("Connection: close")
     names = {k.lower() for k, _ in spec.headers}
     lines += [f"{k}: {v}" for k, v in spec.headers if k.lower() not in ("host", "connection")]

@@ -25,7 +25,7 @@ from typing import Any
 
 from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
-from healthchecks.http1 import Framing, Head, _dechunk, build_request, chunked_end, parse_head
+from healthchecks.http1 import Framing, Head, _dechunk, chunked_end, parse_head
 from healthchecks.sockio import describe_oserror, family_of, sockaddr
 from healthchecks.tcp import describe_errno
 
@@ -34,8 +34,6 @@ MAX_DRAIN = 1 << 20  # a longer body is not read to keep the connection: the con
 IDLE_MAX_S = 120.0  # an idle connection older than this is closed rather than reused
 IDLE_PER_TARGET = 4
 PURGE_EVERY_S = 30.0
-LINGER0 = sockio.LINGER0
-__all__ = ["Client", "Exchange", "Framing", "Pool", "_dechunk", "build_request", "chunked_end", "parse_head"]
 _heads: dict[bytes, Head] = {}  # recently seen heads (servers answer health checks with the same few heads)
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 
@@ -112,7 +110,8 @@ class Exchange:
         self.loop = loop
         self.poller = poller
         self.done: Callable[[CheckResult], None] | None = done
-        self.key = (target.address, target.port or 80)
+        assert target.port is not None  # the http checker refuses a target without a port
+        self.key = (target.address, target.port)
         self.sock: Any = None
         self.fd = -1
         self.known = False  # the descriptor is in the poller's epoll set
@@ -178,7 +177,7 @@ class Exchange:
         sock = None
         try:
             sock = sockio.new_socket(family_of(target.address))
-            err = sock.connect_ex(sockaddr(target.address, target.port or 80))
+            err = sock.connect_ex(sockaddr(*self.key))
         except OSError as e:
             if sock is not None:
                 sock.close()

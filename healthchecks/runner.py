@@ -121,8 +121,6 @@ class Runner:
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
-    on_change = subscribe
-
     def subscribe_results(self, callback: Callable[[Hashable, CheckResult], None]) -> Callable[[], None]:
         """``callback(key, result)`` for every result of every key (e.g. metrics). A shared probe's result is
         delivered once per key. Returns a function that unsubscribes."""

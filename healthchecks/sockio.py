@@ -217,5 +217,3 @@ def family_of(address: str) -> socket.AddressFamily:
 def sockaddr(address: str, port: int) -> tuple[Any, ...]:
     return (address, port, 0, 0) if ":" in address else (address, port)
 
-
-_oserror = oserror  # the old private name

@@ -4,7 +4,7 @@ import pytest
 
 from healthchecks.base import Target
 from healthchecks.http import HttpChecker
-from healthchecks.httpfast import Framing, _dechunk, build_request, chunked_end
+from healthchecks.http1 import Framing, _dechunk, build_request, chunked_end
 
 HTTP = HttpChecker()
 
