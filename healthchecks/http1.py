@@ -30,55 +30,39 @@ def build_request(spec: Any, target: Target, user_agent: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _dechunk(data: bytes) -> tuple[bytes, bool]:
-    """Decode as much of a chunked body as is complete. Returns (body, finished)."""
+def dechunk(data: bytes) -> tuple[bytes, int | None]:
+    """Decode a chunked body as far as ``data`` holds it. Returns (the chunks' data so far, including a partly
+    received chunk; where the body with its trailers ends in ``data``: None while incomplete, -1 if malformed, e.g.
+    a bad or negative size or a chunk not followed by CRLF). Bytes after the end are not part of this answer."""
     out = bytearray()
     pos = 0
+    n = len(data)
     while True:
         eol = data.find(b"\r\n", pos)
         if eol < 0:
-            return bytes(out), False
+            return bytes(out), None
         try:
             size = int(data[pos:eol].split(b";", 1)[0].strip() or b"x", 16)
         except ValueError:
-            return bytes(out), True  # malformed: stop, judge what we have
-        if size == 0:
-            return bytes(out), True
-        start = eol + 2
-        if len(data) < start + size:
-            out += data[start:]
-            return bytes(out), False
-        out += data[start:start + size]
-        pos = start + size + 2
-
-
-def chunked_end(data: bytes) -> int | None:
-    """Where a chunked body (with its trailers) ends in ``data``: None if incomplete, -1 if malformed."""
-    pos = 0
-    while True:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        try:
-            size = int(data[pos:eol].split(b";", 1)[0].strip() or b"x", 16)
-        except ValueError:
-            return -1
+            return bytes(out), -1
         if size < 0:
-            return -1
+            return bytes(out), -1
         if size == 0:
             pos = eol + 2
             while True:  # trailer lines up to an empty line
                 eol = data.find(b"\r\n", pos)
                 if eol < 0:
-                    return None
+                    return bytes(out), None
                 if eol == pos:
-                    return pos + 2
+                    return bytes(out), pos + 2
                 pos = eol + 2
-        pos = eol + 2 + size
-        if len(data) < pos + 2:
-            return None
+        start = eol + 2
+        pos = start + size
+        out += data[start:pos]
+        if n < pos + 2:
+            return bytes(out), None
         if data[pos:pos + 2] != b"\r\n":
-            return -1
+            return bytes(out), -1
         pos += 2
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
-from healthchecks.http1 import Framing, Head, _dechunk, chunked_end, parse_head
+from healthchecks.http1 import Framing, Head, dechunk, parse_head
 from healthchecks.sockio import describe_oserror, family_of, sockaddr
 from healthchecks.tcp import describe_errno
 
@@ -290,8 +290,9 @@ class Exchange:
         assert f is not None
         body = self.body
         length = f.length
+        decoded = b""
         if f.chunked:
-            end = chunked_end(body)
+            decoded, end = dechunk(body)
             complete, exact = end is not None, end == len(body)  # end -1: malformed, judged as it is
         elif length is not None:
             complete, exact = len(body) >= length, len(body) == length
@@ -302,7 +303,7 @@ class Exchange:
                     and (length or 0) <= MAX_DRAIN and len(body) <= MAX_DRAIN)
         pattern = self.spec.expect_body
         if pattern is not None:
-            data = _dechunk(body)[0] if f.chunked else body if length is None else body[:length]
+            data = decoded if f.chunked else body if length is None else body[:length]
             if not pattern.search(data[:self.spec.max_body]):
                 if not (complete or eof or len(data) >= self.spec.max_body):
                     self._wait(sockio.IN, self._readable)

@@ -4,7 +4,7 @@ import pytest
 
 from healthchecks.base import Target
 from healthchecks.http import HttpChecker
-from healthchecks.http1 import Framing, _dechunk, build_request, chunked_end
+from healthchecks.http1 import Framing, build_request, dechunk
 
 HTTP = HttpChecker()
 
@@ -28,11 +28,18 @@ def test_default_host_header_and_body() -> None:
     assert b"\r\nContent-Length: 3\r\n" in req and req.endswith(b"\r\n\r\na=1")
 
 
-def test_dechunk() -> None:
-    assert _dechunk(b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n") == (b"abcde", True)
-    assert _dechunk(b"3\r\nabc\r\n5\r\nde") == (b"abcde", False)
-    assert _dechunk(b"3\r\nab") == (b"ab", False)
-    assert _dechunk(b"zz\r\n") == (b"", True)
+def chunked_end(data: bytes) -> int | None:
+    return dechunk(data)[1]
+
+
+def test_dechunk_data() -> None:
+    body = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
+    assert dechunk(body) == (b"abcde", len(body))  # complete
+    assert dechunk(b"3\r\nabc\r\n5\r\nde") == (b"abcde", None)  # the part of a chunk received so far counts
+    assert dechunk(b"3\r\nab") == (b"ab", None)
+    assert dechunk(b"zz\r\n") == (b"", -1)  # malformed: judged on what came before
+    assert dechunk(b"3\r\nabc\r\n-2\r\nde\r\n0\r\n\r\n") == (b"abc", -1)  # a negative size
+    assert dechunk(b"3\r\nabcXY0\r\n\r\n") == (b"abc", -1)  # a chunk without its CRLF
 
 
 def test_chunked_end() -> None:
