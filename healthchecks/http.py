@@ -204,12 +204,12 @@ class HttpChecker:
         """The running loop's bare-socket client (made on first use); None without epoll."""
         client = self._client
         loop = asyncio.get_running_loop()
-        if client is None or client.loop is not loop:
+        if client is None or client.loop is not loop or client.poller.closed:
             p = sockio.poller(loop)
             if p is None:
                 return None
             if client is not None:
-                client.close()  # connections of a finished loop
+                client.close()  # connections of a finished loop, or of a closed poller
             client = self._client = Client(loop, p)
         return client
 

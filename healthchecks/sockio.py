@@ -41,6 +41,7 @@ SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 LINGER0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends an RST and leaves no TIME_WAIT
 
 Ready = Callable[[int], None]
+_NO_OWNER = object()  # what a plain function's missing ``__self__`` reads as
 
 
 class Poller:
@@ -49,6 +50,7 @@ class Poller:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)  # the registry below is keyed weakly by the loop: no strong reference back
         self.ep = select.epoll()
+        self.closed = False
         self.waiting: dict[int, Ready] = {}
         loop.add_reader(self.ep.fileno(), self._ready)
 
@@ -90,7 +92,7 @@ class Poller:
         """Forget the callback of a descriptor if it is ``owner`` or a method of ``owner`` (a wait abandoned, or
         its socket about to close); a callback someone else has armed since on a reused number stays."""
         cb = self.waiting.get(fd)
-        if cb is not None and (cb is owner or getattr(cb, "__self__", None) is owner):
+        if cb is not None and (cb is owner or getattr(cb, "__self__", _NO_OWNER) is owner):
             del self.waiting[fd]
 
     async def wait(self, fd: int, events: int, registered: bool) -> None:
@@ -107,6 +109,7 @@ class Poller:
             self.discard(fd, ready)
 
     def close(self) -> None:
+        self.closed = True
         loop = self._loop()
         try:
             if loop is not None:
@@ -117,21 +120,38 @@ class Poller:
 
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller] = weakref.WeakKeyDictionary()
-_last: tuple[asyncio.AbstractEventLoop | None, Poller | None] = (None, None)
+_NO_LOOP: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None  # noqa: E731
+_last: tuple[Callable[[], asyncio.AbstractEventLoop | None], Poller | None] = (_NO_LOOP, None)  # weakly: the loop
 
 
 def poller(loop: asyncio.AbstractEventLoop) -> Poller | None:
     """The loop's poller (created on first use); None without epoll."""
     global _last
-    if _last[0] is loop:
+    if _last[0]() is loop:
         return _last[1]
     if not HAVE_EPOLL:
         return None
     p = _pollers.get(loop)
     if p is None:
         p = _pollers[loop] = Poller(loop)
-    _last = (loop, p)
+    _last = (weakref.ref(loop), p)
     return p
+
+
+def close(loop: asyncio.AbstractEventLoop) -> bool:
+    """Close the loop's poller unless a socket waits on it (True if closed or none); the next ``poller(loop)``
+    makes a new one. Holders of the old one (the http checker's client) check ``Poller.closed``."""
+    global _last
+    p = _pollers.get(loop)
+    if p is None:
+        return True
+    if p.waiting:
+        return False
+    del _pollers[loop]
+    if _last[1] is p:
+        _last = (_NO_LOOP, None)
+    p.close()
+    return True
 
 
 _Socket = socket.SocketType  # the C socket type: no Python-level __init__/close wrappers on the hot path

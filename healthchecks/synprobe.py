@@ -190,12 +190,29 @@ class Prober:
         self._drain()  # what arrived before the filter was attached
         self.unmatched = self.malformed = 0
         loop.add_reader(self.sock.fileno(), self._readable)
-        weakref.finalize(loop, Prober._close_sockets, self.sock, self.reserve)
+        self._finalizer = weakref.finalize(loop, Prober._close_sockets, self.sock, self.reserve)
 
     @staticmethod
     def _close_sockets(sock: socket.socket, reserve: socket.socket) -> None:
         sock.close()
         reserve.close()
+
+    def close(self) -> None:
+        """Stop watching the socket, cancel the retransmission timer, fail the probes still in flight (their
+        callers get an answer) and close the sockets."""
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._resend_q.clear()
+        self._resend_heap.clear()
+        flights, self.inflight = list(self.inflight.values()), {}
+        now = _mono()
+        for f in flights:
+            f.end(False, "half-open prober closed", now)
+        self._finalizer()  # closes the sockets now rather than when the loop is collected
 
     def stats(self) -> dict[str, int]:
         return {"sent": self.sent, "resent": self.resent, "send_errors": self.send_errors,
@@ -406,6 +423,12 @@ def prober(loop: asyncio.AbstractEventLoop, family: int) -> Prober:
         p = per_loop[family] = Prober(loop, family)
         log.debug("half-open probes from port %d (family %d)", p.port, family)
     return p
+
+
+def close(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the loop's probers (raw sockets, reader, timer); the next probe on the loop makes new ones."""
+    for p in _probers.pop(loop, {}).values():
+        p.close()
 
 
 def loop_stats(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, int]]:

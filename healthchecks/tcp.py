@@ -174,6 +174,14 @@ class TcpChecker:
     async def check(self, target: Target, spec: TcpSpec, timeout_s: float) -> CheckResult:
         return await run_begun(self.begin, target, spec, timeout_s)
 
+    async def aclose(self) -> None:
+        """Release the running loop's per-loop resources: the half-open probers (raw sockets, their reader and
+        timer) and, if no socket waits on it, the private epoll of ``sockio``. Checks started later make them
+        again."""
+        loop = asyncio.get_running_loop()
+        synprobe.close(loop)
+        sockio.close(loop)
+
     async def _converse(self, target: Target, spec: TcpSpec) -> CheckResult:
         """Connect, send, read the reply: the coroutine form, for checks that send or expect bytes."""
         loop = asyncio.get_running_loop()

@@ -219,13 +219,17 @@ async def test_runner_with_half_open_checks() -> None:
         await runner.start()
         try:
             await await_for(lambda: all(len(v) >= 3 for v in seen.values()), timeout=20, what="three results each")
+            p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
         finally:
             await runner.stop()
         assert_never_accepted(ls)
     assert set(seen["up"]) == {"SYN-ACK"}
     assert set(seen["refused"]) == {"connection refused"}
     assert set(seen["hung"]) == {"timeout after 0.2s"}
-    assert synprobe.prober(asyncio.get_running_loop(), socket.AF_INET).stats()["in_flight"] == 0
+    assert p.stats()["in_flight"] == 0
+    # the tcp checker's aclose (called by stop) closed the loop's prober: its socket, reader and timer
+    assert p.sock.fileno() == -1 and p.reserve.fileno() == -1 and p._timer is None
+    assert synprobe.prober(asyncio.get_running_loop(), socket.AF_INET) is not p
 
 
 async def test_without_a_raw_socket_the_result_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,3 +349,22 @@ async def test_a_syn_the_send_buffer_refused_counts_as_a_send_error_not_as_sent(
     assert (p.sent, p.send_errors) == (sent, errors + 1)
     cancel()
     assert p.stats()["in_flight"] == 0
+
+
+async def test_closing_the_loops_probers_answers_their_checks_and_releases_the_socket() -> None:
+    loop = asyncio.get_running_loop()
+    with full_backlog() as port:
+        got: list[CheckResult] = []
+        cancelled: list[CheckResult] = []
+        assert synprobe.begin("127.0.0.1", port, 30.0, got.append) is not None
+        cancel = synprobe.begin("127.0.0.2", port, 30.0, cancelled.append)
+        assert cancel is not None
+        cancel()
+        p = synprobe.prober(loop, socket.AF_INET)
+        fd = p.sock.fileno()
+        synprobe.close(loop)
+        assert [r.reason for r in got] == ["half-open prober closed"] and cancelled == []
+        assert p.sock.fileno() == -1 and p._timer is None and synprobe.loop_stats(loop) == {}
+        assert not loop._selector.get_map().get(fd)  # type: ignore[attr-defined]  # the reader is gone
+        synprobe.close(loop)  # no prober: a no-op
+        assert (await probe("127.0.0.1", closed_port("127.0.0.1"))).reason == "connection refused"  # a new one

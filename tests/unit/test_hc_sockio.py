@@ -55,3 +55,32 @@ async def test_arm_of_a_bad_descriptor_raises_and_keeps_no_callback() -> None:
     with pytest.raises(OSError):
         p.arm(fd, sockio.IN, lambda _ev: None)
     assert fd not in p.waiting
+
+
+async def test_close_keeps_a_poller_something_waits_on_and_otherwise_makes_way_for_a_new_one() -> None:
+    import gc
+    import weakref
+
+    loop = asyncio.get_running_loop()
+    p = sockio.poller(loop)
+    assert p is not None
+    a, b = socket.socketpair()
+    with a, b:
+        p.arm(a.fileno(), sockio.IN, lambda _ev: None)
+        assert sockio.close(loop) is False and not p.closed and sockio.poller(loop) is p
+        p.discard(a.fileno(), None)  # no owner given: the callback stays
+        assert p.waiting
+        p.waiting.clear()
+    assert sockio.close(loop) is True and p.closed
+    new = sockio.poller(loop)
+    assert new is not None and new is not p and not new.closed
+    # the last-used cache holds its loop weakly
+    other = asyncio.new_event_loop()
+    try:
+        assert sockio.poller(other) is not None
+        ref = weakref.ref(other)
+    finally:
+        other.close()
+    del other
+    gc.collect()
+    assert ref() is None
