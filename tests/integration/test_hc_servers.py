@@ -7,7 +7,8 @@ import contextlib
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import NamedTuple
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -46,6 +47,35 @@ async def tcp_server(handler: Handler, host: str = "127.0.0.1",
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
+
+
+class Backlog(NamedTuple):
+    port: int
+    listener: socket.socket  # non-blocking: ``accept`` raises BlockingIOError when the queue is empty
+    fillers: list[socket.socket]  # the connects that fill its accept queue (closing them stops their SYN retries)
+
+
+@contextlib.contextmanager
+def full_backlog() -> Iterator[Backlog]:
+    """A loopback listener that never accepts, with its accept queue filled: further SYNs go unanswered (a hung
+    connect)."""
+    lsock = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(0)
+        lsock.setblocking(False)
+        port = lsock.getsockname()[1]
+        for _ in range(4):
+            s = socket.socket()
+            fillers.append(s)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        yield Backlog(port, lsock, fillers)
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
 
 
 def closed_port(host: str = "127.0.0.1") -> int:

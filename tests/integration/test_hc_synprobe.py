@@ -20,8 +20,7 @@ from healthchecks.registry import default_registry
 from healthchecks.runner import CheckSpec, Runner, run_check
 from healthchecks.synpacket import ACK, RST, SYN, tcp_checksum
 from healthchecks.tcp import TcpChecker
-from tests.integration.test_hc_servers import closed_port
-from tests.integration.test_hc_tcp_http import full_backlog
+from tests.integration.test_hc_servers import closed_port, full_backlog
 from tests.lab import Lab, await_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +105,7 @@ async def test_two_hundred_targets_at_once_are_all_answered_correctly() -> None:
 
 
 async def test_unanswered_probe_times_out_and_leaves_nothing_in_flight() -> None:
-    with full_backlog() as port:  # a full accept queue: the listener drops further SYNs
+    with full_backlog() as (port, _, _):  # a full accept queue: the listener drops further SYNs
         res = await probe("127.0.0.1", port, timeout=0.3)
         assert not res.ok and res.reason == "timeout after 0.3s"
     p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
@@ -127,7 +126,7 @@ def forge(src_port: int, dst_port: int, flags: int, ack: int) -> None:
 async def test_forged_and_unmatched_segments_are_counted_and_dropped() -> None:
     loop = asyncio.get_running_loop()
     p = synprobe.prober(loop, socket.AF_INET)
-    with full_backlog() as port:
+    with full_backlog() as (port, _, _):
         results: list[CheckResult] = []
         cancel = synprobe.begin("127.0.0.1", port, 5.0, results.append)
         assert cancel is not None and p.stats()["in_flight"] == 1
@@ -146,18 +145,7 @@ async def test_forged_and_unmatched_segments_are_counted_and_dropped() -> None:
 
 
 async def test_a_lost_syn_is_sent_again() -> None:
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(0)
-    lsock.setblocking(False)
-    port = lsock.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(4):  # fill the accept queue: the listener drops the first SYN
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
+    with full_backlog() as (port, lsock, fillers):  # a full accept queue: the listener drops the first SYN
         p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
         resent = p.resent
         task = asyncio.ensure_future(probe("127.0.0.1", port, timeout=5.0))
@@ -170,10 +158,6 @@ async def test_a_lost_syn_is_sent_again() -> None:
         res = await task
         assert res.ok and res.reason == "SYN-ACK"
         assert p.resent == resent + 1  # the first SYN was dropped: the answer is the retransmission's
-    finally:
-        for s in fillers:
-            s.close()
-        lsock.close()
 
 
 async def test_a_probe_nobody_cancels_gives_up_after_its_syns(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +165,7 @@ async def test_a_probe_nobody_cancels_gives_up_after_its_syns(monkeypatch: pytes
     monkeypatch.setattr(synprobe, "MAX_SENDS", 3)
     p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
     resent = p.resent
-    with full_backlog() as port:
+    with full_backlog() as (port, _, _):
         got: list[CheckResult] = []
         assert synprobe.begin("127.0.0.1", port, 60.0, got.append) is not None
         await await_for(lambda: got, what="the probe giving up")
@@ -194,7 +178,7 @@ async def test_a_second_probe_of_the_same_target_joins_the_first() -> None:
         port = ls.getsockname()[1]
         a, b = await asyncio.gather(probe("127.3.0.3", port), probe("127.3.0.3", port))
         assert a.ok and b.ok
-    with full_backlog() as port:
+    with full_backlog() as (port, _, _):
         got: list[CheckResult] = []
         c1 = synprobe.begin("127.0.0.1", port, 5.0, got.append)
         c2 = synprobe.begin("127.0.0.1", port, 5.0, got.append)
@@ -207,7 +191,7 @@ async def test_a_second_probe_of_the_same_target_joins_the_first() -> None:
 
 
 async def test_runner_with_half_open_checks() -> None:
-    with listener("127.3.0.4") as ls, full_backlog() as hung:
+    with listener("127.3.0.4") as ls, full_backlog() as (hung, _, _):
         up = ("127.3.0.4", ls.getsockname()[1])
         refused = ("127.3.0.5", closed_port("127.3.0.5"))
         targets = {"up": up, "refused": refused, "hung": ("127.0.0.1", hung)}
@@ -353,7 +337,7 @@ async def test_a_syn_the_send_buffer_refused_counts_as_a_send_error_not_as_sent(
 
 async def test_closing_the_loops_probers_answers_their_checks_and_releases_the_socket() -> None:
     loop = asyncio.get_running_loop()
-    with full_backlog() as port:
+    with full_backlog() as (port, _, _):
         got: list[CheckResult] = []
         cancelled: list[CheckResult] = []
         assert synprobe.begin("127.0.0.1", port, 30.0, got.append) is not None

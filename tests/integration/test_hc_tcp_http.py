@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from healthchecks.base import CheckResult, Target
 from healthchecks.http import HttpChecker, HttpsChecker
 from healthchecks.runner import run_check
 from healthchecks.tcp import TcpChecker
-from tests.integration.test_hc_servers import closed_port, http_app, read_request, reset, tcp_server
+from tests.integration.test_hc_servers import closed_port, full_backlog, http_app, read_request, reset, tcp_server
 from tests.lab import await_for
 
 TCP = TcpChecker()
@@ -51,31 +49,10 @@ async def test_tcp_connect_over_ipv6_loopback() -> None:
         await ctx.__aexit__(None, None, None)
 
 
-@contextlib.contextmanager
-def full_backlog() -> Iterator[int]:
-    """A listener that never accepts, with its accept queue filled: further SYNs go unanswered (a hung connect)."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(0)
-    port = lsock.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
-        yield port
-    finally:
-        for s in fillers:
-            s.close()
-        lsock.close()
-
-
 async def test_tcp_connect_that_hangs_times_out_and_leaves_nothing_behind() -> None:
     from healthchecks import sockio
 
-    with full_backlog() as port:
+    with full_backlog() as (port, _, _):
         results = await asyncio.gather(*(tcp(port, timeout=0.3) for _ in range(5)))
         assert [r.reason for r in results] == ["timeout after 0.3s"] * 5
         p = sockio.poller(asyncio.get_running_loop())
