@@ -30,6 +30,7 @@ class Scripted:
         self.inflight = 0
         self.max_inflight = 0
         self.hold_s = 0.0
+        self.hold: dict[str, float] = {}  # per address, instead of hold_s
 
     def parse_spec(self, raw: Any) -> Any:
         return tuple(sorted(raw.items()))
@@ -39,8 +40,9 @@ class Scripted:
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
-            if self.hold_s:
-                await asyncio.sleep(self.hold_s)
+            hold = self.hold.get(target.address, self.hold_s)
+            if hold:
+                await asyncio.sleep(hold)
             mode = self.mode.get(target.address, "ok")
             if mode == "raise":
                 raise RuntimeError("boom in checker")
@@ -142,17 +144,34 @@ async def test_concurrency_limit_is_respected(reg: tuple[Registry, Scripted]) ->
     assert chk.max_inflight == 3
 
 
+class LaunchLog(Runner):
+    """A runner that notes how late each probe's checks start."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.lateness: list[tuple[str, float]] = []
+
+    def _launch(self, probe: Any, now: float) -> None:
+        self.lateness.append((probe.target.address, now - probe.due))
+        super()._launch(probe, now)
+
+
 async def test_late_checks_are_counted(reg: tuple[Registry, Scripted]) -> None:
     registry, chk = reg
-    chk.hold_s = 0.3  # one slot, held far longer than late_after_s: the other probe must start late
-    runner = Runner(registry, concurrency=1, late_after_s=0.05)
+    # one slot; a holds it far longer than late_after_s, b's checks end at once: b waits for a and starts late,
+    # a (whose next run slips to the end of its long check) never waits more than a sweep or two
+    chk.hold["127.0.0.2"] = 0.6
+    runner = LaunchLog(registry, concurrency=1, late_after_s=0.15)
     runner.set_checks({"a": cs("127.0.0.2", interval=0.01), "b": cs("127.0.0.3", interval=0.01)})
     await runner.start()
     try:
-        await until(lambda: runner.stats.late >= 1)
+        await until(lambda: runner.stats.late >= 2)
     finally:
         await runner.stop()
     assert runner.stats.max_lateness_s > 0.05
+    late = [addr for addr, lateness in runner.lateness if lateness > runner.late_after_s]
+    assert late == ["127.0.0.3"] * len(late) and len(late) == runner.stats.late  # only b started late
+    assert runner.stats.max_lateness_s == max(lateness for _, lateness in runner.lateness)
 
 
 async def test_reload_keeps_schedule_and_state_of_unchanged_checks(reg: tuple[Registry, Scripted]) -> None:
