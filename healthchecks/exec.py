@@ -46,7 +46,11 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 def _close_transport(proc: asyncio.subprocess.Process) -> None:
     """Close the process's pipes now, while the loop runs: a check cancelled mid-run (the runner's deadline, a stop)
-    must not leave its transport to the garbage collector, which may only find it after the loop has closed."""
+    must not leave its transport to the garbage collector, which may only find it after the loop has closed.
+
+    ``asyncio.subprocess.Process`` has no public way to close its transport: this relies on its private
+    ``_transport`` attribute (and does nothing if a Python version drops it). lvs/subproc.py does the same for its
+    commands; the domain packages do not import one another, so the two cannot share this helper."""
     transport = getattr(proc, "_transport", None)
     if transport is not None:
         transport.close()
@@ -99,13 +103,10 @@ class ExecChecker:
             _kill_group(proc)
             await proc.wait()
             return CheckResult(False, f"timeout after {timeout_s:g}s (process group killed)", loop.time() - t0)
-        except BaseException:
+        except BaseException:  # cancelled (the runner's deadline, a stop): kill the group, close the pipes
             _kill_group(proc)
             _close_transport(proc)
             raise
-        finally:
-            if proc.returncode is None:
-                _kill_group(proc)
         _kill_group(proc)  # children left behind in the group
         weight = parse_weight(out[:MAX_OUTPUT])
         if proc.returncode == 0:
