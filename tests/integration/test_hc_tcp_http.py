@@ -277,3 +277,21 @@ async def test_runner_takes_a_failed_server_out_and_puts_it_back() -> None:
     assert changes[1][0] == "connection refused"
     st = runner.status("rs")
     assert st.transitions == 3 and st.last_failure_s is not None and st.last_success_s is not None
+
+
+async def test_tcp_aclose_releases_the_epoll_and_http_checks_go_on_with_a_new_one() -> None:
+    from healthchecks import sockio
+
+    loop = asyncio.get_running_loop()
+    h = HttpChecker()
+    spec = h.parse_spec({"path": "/ok"})
+    async with tcp_server(http_app) as port:
+        assert (await run_check(h, Target("127.0.0.1", port), spec, 5.0)).ok
+        old = sockio.poller(loop)
+        assert old is not None and h._client is not None and h._client.poller is old
+        await TcpChecker().aclose()  # what the runner's stop does
+        assert old.closed
+        res = await run_check(h, Target("127.0.0.1", port), spec, 5.0)
+        assert res.ok, res.reason
+        assert h._client is not None and h._client.poller is sockio.poller(loop) and not h._client.poller.closed
+        await h.aclose()
