@@ -17,6 +17,8 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ha.vrrp.rtnl import IFA_F_SECONDARY, Rtnl
+
 log = logging.getLogger(__name__)
 
 IPPROTO_VRRP = 112
@@ -62,27 +64,37 @@ class Received:
     ttl: int
 
 
-def interface_addresses(ifname: str) -> list[tuple[IPAddress, int, bool]]:
-    """The interface's addresses as (address, prefix length, secondary), in kernel order."""
-    from pyroute2 import IPRoute  # imported here: only the edges need it
+def interface_addresses(ifname: str, rtnl: Rtnl | None = None) -> list[tuple[IPAddress, int, bool]]:
+    """The interface's addresses as (address, prefix length, secondary), in kernel order.
 
-    out: list[tuple[IPAddress, int, bool]] = []
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise SocketError(f"no interface {ifname!r}")
-        for msg in ipr.get_addr(index=idx[0]):
-            addr = msg.get("address") or msg.get("IFA_ADDRESS")
-            if not addr:
-                continue
-            out.append((ipaddress.ip_address(addr), int(msg["prefixlen"]), bool(int(msg.get("flags", 0)) & 0x01)))
-    return out
+    One rtnetlink dump (on ``rtnl`` if given, else on a socket opened for the call); SocketError if there is no
+    such interface or the kernel refuses the dump.
+    """
+    own = rtnl is None
+    try:
+        r = Rtnl() if rtnl is None else rtnl
+        try:
+            addrs = r.addresses(ifname)
+        finally:
+            if own:
+                r.close()
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            raise SocketError(f"no interface {ifname!r}") from e
+        raise SocketError(f"cannot list the addresses of {ifname}: {e}") from e
+    return [(a.address, a.prefixlen, bool(a.flags & IFA_F_SECONDARY)) for a in addrs]
 
 
-def primary_address(ifname: str, family: int, exclude: Iterable[IPAddress] = ()) -> IPAddress | None:
+def primary_address(ifname: str, family: int, exclude: Iterable[IPAddress] = (),
+                    rtnl: Rtnl | None = None) -> IPAddress | None:
     """The address adverts leave from: IPv4 the first primary address, IPv6 the link-local address."""
+    return _primary(interface_addresses(ifname, rtnl), family, exclude)
+
+
+def _primary(addrs: Iterable[tuple[IPAddress, int, bool]], family: int,
+             exclude: Iterable[IPAddress] = ()) -> IPAddress | None:
     skip = set(exclude)
-    for addr, _plen, secondary in interface_addresses(ifname):
+    for addr, _plen, secondary in addrs:
         if addr in skip or addr.version != family:
             continue
         if family == 4 and not secondary:
@@ -124,10 +136,10 @@ class VrrpSocket:
 
     def refresh_local(self, exclude: Iterable[IPAddress] = ()) -> None:
         """Re-read the interface's addresses (own-packet filter; the source address if not configured)."""
-        addrs = interface_addresses(self.ifname)
+        addrs = interface_addresses(self.ifname)  # one dump serves both
         self.local = {a for a, _p, _s in addrs}
         if self.source is None:
-            self.source = primary_address(self.ifname, self.family, exclude)
+            self.source = _primary(addrs, self.family, exclude)
 
     def open(self, exclude: Iterable[IPAddress] = ()) -> None:
         try:

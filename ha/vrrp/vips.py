@@ -1,7 +1,9 @@
-"""Idempotent add/remove of an instance's virtual addresses through pyroute2.
+"""Idempotent add/remove of an instance's virtual addresses over rtnetlink (ha/vrrp/rtnl.py).
 
 Only the addresses given to a ``VipSet`` are ever touched. Adding an address that is present, or removing one that
-is absent, is success. IPv6 VIPs are added with ``nodad`` so they are usable at once.
+is absent, is success. IPv6 VIPs are added with ``nodad`` so they are usable at once. Every call is one netlink
+request and its ack on a blocking socket to the local kernel (well under a millisecond), so it may run straight on
+the event loop.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ha.vrrp.rtnl import IFA_F_NODAD, IFA_F_SECONDARY, Rtnl
+
 log = logging.getLogger(__name__)
 
-IFA_F_SECONDARY = 0x01
-IFA_F_NODAD = 0x02
+__all__ = ["IFA_F_NODAD", "IFA_F_SECONDARY", "Vip", "VipError", "VipSet"]
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -35,7 +38,12 @@ class Vip:
 
 
 class VipSet:
-    """The VIPs of one instance. ``acquire``/``release`` are idempotent and report what changed."""
+    """The VIPs of one instance. ``acquire``/``release`` are idempotent and report what changed.
+
+    ``ipr`` (for tests) replaces the netlink socket: any object with ``Rtnl``'s ``addresses(ifname)``,
+    ``add_address(ifname, address, prefixlen, nodad=)``, ``del_address(ifname, address, prefixlen)`` and ``close()``,
+    raising OSError with the kernel's errno. It is never closed by ``close()``.
+    """
 
     def __init__(self, vips: Sequence[Vip], ipr: Any = None) -> None:
         self.vips = tuple(vips)
@@ -45,9 +53,7 @@ class VipSet:
 
     def _ip(self) -> Any:
         if self._ipr is None:
-            from pyroute2 import IPRoute
-
-            self._ipr = IPRoute()
+            self._ipr = Rtnl()
         return self._ipr
 
     def close(self) -> None:
@@ -55,28 +61,19 @@ class VipSet:
             self._ipr.close()
             self._ipr = None
 
-    def _index(self, ifname: str) -> int:
-        idx = self._ip().link_lookup(ifname=ifname)
-        if not idx:
-            raise VipError(errno.ENODEV, f"no interface {ifname!r}")
-        return int(idx[0])
-
     def present(self) -> list[Vip]:
-        """Which of our VIPs are on their interfaces now."""
+        """Which of our VIPs are on their interfaces now (none on an interface that does not exist)."""
         out = []
-        by_if: dict[str, set[tuple[str, int]]] = {}
+        by_if: dict[str, set[tuple[IPInterface, int]]] = {}
         for v in self.vips:
             if v.interface not in by_if:
                 try:
-                    idx = self._index(v.interface)
-                except VipError:
+                    by_if[v.interface] = {(a.address, a.prefixlen) for a in self._ip().addresses(v.interface)}
+                except OSError as e:
+                    if e.errno != errno.ENODEV:
+                        raise VipError(e.errno or errno.EIO, f"cannot list the addresses of {v.interface}: {e}") from e
                     by_if[v.interface] = set()
-                    continue
-                by_if[v.interface] = {
-                    (str(ipaddress.ip_address(m.get("address"))), int(m["prefixlen"]))
-                    for m in self._ip().get_addr(index=idx) if m.get("address")
-                }
-            if (str(v.address.ip), v.address.network.prefixlen) in by_if[v.interface]:
+            if (v.address.ip, v.address.network.prefixlen) in by_if[v.interface]:
                 out.append(v)
         return out
 
@@ -102,38 +99,23 @@ class VipSet:
             raise VipError(errno.EIO, "; ".join(failed))
         return changed
 
-    def _args(self, v: Vip) -> dict[str, Any]:
-        kw: dict[str, Any] = {"index": self._index(v.interface), "address": str(v.address.ip),
-                              "prefixlen": v.address.network.prefixlen}
-        if v.address.version == 6:
-            kw["flags"] = IFA_F_NODAD
-        return kw
-
     def _add(self, v: Vip) -> bool:
         try:
-            self._ip().addr("add", **self._args(v))
-        except Exception as e:  # pyroute2 raises NetlinkError (an OSError subclass in most versions)
-            if getattr(e, "code", None) == errno.EEXIST:
+            self._ip().add_address(v.interface, v.address.ip, v.address.network.prefixlen,
+                                   nodad=v.address.version == 6)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
                 return False
-            raise _os_error(e) from e
+            raise
         log.info("vip added %s", v)
         return True
 
     def _del(self, v: Vip) -> bool:
         try:
-            self._ip().addr("del", **self._args(v))
-        except VipError as e:
-            if e.errno == errno.ENODEV:
-                return False
+            self._ip().del_address(v.interface, v.address.ip, v.address.network.prefixlen)
+        except OSError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH, errno.ENODEV):
+                return False  # not there (or its interface is gone): nothing to remove
             raise
-        except Exception as e:
-            if getattr(e, "code", None) in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
-                return False
-            raise _os_error(e) from e
         log.info("vip removed %s", v)
         return True
-
-
-def _os_error(e: Exception) -> OSError:
-    code = getattr(e, "code", None) or errno.EIO
-    return VipError(code, str(e))
