@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ha.config_model import Config
+from ha.config.model import Config
 from ha.metrics import DaemonMetrics, Histogram, InstanceMetrics
 from ha.status import InstanceView, KernelView, LastCheck, RsHealth, ServiceInfo, kernel_view
 from ha.vrrp.driver import malformed_count

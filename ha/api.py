@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ha.config_model import ApiConfig
+from ha.config.model import ApiConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,10 @@ modules; this one holds the composition.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +27,11 @@ from ha.adapters import (
     needs_dataplane,
 )
 from ha.api import ApiServer, Conflict, NotFound
-from ha.config_model import Config
+from ha.config.diff import Change, ReloadDiff, diff_configs, format_plan
+from ha.config.load import ConfigProblem, load_checked
+from ha.config.model import Config
 from ha.metrics import DaemonMetrics, MetricsSources, make_registry, render
 from ha.overrides import Overrides, resolve_realserver
-from ha.reload import Change, ReloadDiff, diff_configs, format_plan
 from ha.sdnotify import Notifier
 from ha.status import DocMemo, Views, build_status, status_json
 from ha.status_table import TableMemo, format_status
@@ -42,60 +41,6 @@ if TYPE_CHECKING:
     from lvs.ctsync import Conntrackd
 
 log = logging.getLogger(__name__)
-
-
-# == the config loader and logging ==================================================================================
-
-
-class ConfigProblem(Exception):
-    """The config file cannot be used: ``lines`` say why (``FILE:LINE:COL: PATH: message``)."""
-
-    def __init__(self, lines: list[str], exit_code: int) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-        self.exit_code = exit_code
-
-
-def load(path: str) -> tuple[Config, list[str]]:
-    from ha.config import ConfigErrors, ConfigUnreadable, load_config
-
-    try:
-        cfg, warnings = load_config(path)
-    except ConfigUnreadable as e:
-        raise ConfigProblem([f"{e.file}: cannot use this file: {e.message}"], 2) from None
-    except ConfigErrors as e:
-        raise ConfigProblem([str(i) for i in e.errors], 1) from None
-    return cfg, [str(w) for w in warnings]
-
-
-class RateLimit(logging.Filter):
-    """Repeated identical warnings/errors: the first passes, then at most one a minute with a count of the rest."""
-
-    def __init__(self, window_s: float = 60.0) -> None:
-        super().__init__()
-        self.window_s = window_s
-        self.seen: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        key = (record.name, record.getMessage())
-        now = record.created
-        seen = self.seen.get(key)
-        first, suppressed = seen if seen is not None else (now - self.window_s, 0)
-        if now - first >= self.window_s:
-            if suppressed:
-                record.msg = f"{record.getMessage()} (repeated {suppressed} more times)"
-                record.args = ()
-            self.seen[key] = (now, 0)
-            if len(self.seen) > 10000:
-                self.seen.clear()
-            return True
-        self.seen[key] = (first, suppressed + 1)
-        return False
-
-
-# == the daemon =================================================================================================
 
 
 class Daemon:
@@ -320,7 +265,7 @@ class Daemon:
         if not dry_run:
             self.notifier.reloading()
         try:
-            new, warnings = await asyncio.to_thread(load, self.path)
+            new, warnings = await asyncio.to_thread(load_checked, self.path)
         except ConfigProblem as e:
             log.error("reload by %s rejected, the running configuration stays:\n  %s", who, "\n  ".join(e.lines))
             if not dry_run:
@@ -379,39 +324,3 @@ class Daemon:
         for name in result.get("removed", []):
             self.roles.pop(name, None)
         return []
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RateLimit())
-
-
-async def _main(path: str, cfg: Config) -> int:
-    daemon = Daemon(path, cfg)
-    try:
-        await daemon.start()
-    except Exception as e:
-        log.error("startup failed: %s", e)
-        with contextlib.suppress(Exception):
-            await daemon.stop()
-        return 1
-    try:
-        await daemon.run()
-    finally:
-        await daemon.stop()
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        cfg, warnings = load(args.config)
-    except ConfigProblem as e:
-        for line in e.lines:
-            print(line, file=sys.stderr)
-        return e.exit_code
-    _setup_logging(args.log_level or cfg.node.log_level)
-    for w in warnings:
-        log.warning("%s", w)
-    return asyncio.run(_main(args.config, cfg))

@@ -23,7 +23,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ha.config_model import Config, OnFailure, RealServerConfig, ServiceConfig
+from ha.config.model import Config, OnFailure, RealServerConfig, ServiceConfig
 from lvs.model import (
     Destination,
     DestKey,

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ha.api import NotFound
-from ha.config_model import Config, ServiceConfig
+from ha.config.model import Config, ServiceConfig
 
 log = logging.getLogger(__name__)
 

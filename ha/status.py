@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 if TYPE_CHECKING:
-    from ha.config_model import Config
+    from ha.config.model import Config
     from lvs.model import State
 
 KernelView = dict[str, dict[str, tuple[int, int, int]]]  # service key -> realserver -> (weight, active, inactive)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ha.status import UNKNOWN, RowMemo, ServiceInfo, Views, _drained_set, _layout, _per_config, iso, row_unchanged
 
 if TYPE_CHECKING:
-    from ha.config_model import Config
+    from ha.config.model import Config
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:

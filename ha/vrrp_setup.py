@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from ha.config_model import Config, NotifyConfig, VrrpInstanceConfig
+from ha.config.model import Config, NotifyConfig, VrrpInstanceConfig
 from ha.vrrp.auth import HmacAuthenticator, parse_key_file
 from ha.vrrp.engine import InstanceSpec, SyncGroupSpec, VrrpEngine
 from ha.vrrp.machine import Takeover

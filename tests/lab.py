@@ -21,10 +21,25 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+def lvs_ha_command() -> str:
+    """The ``lvs-ha`` console script of the install these tests run on (beside the interpreter, as pip puts it in a
+    virtualenv): tests run the product as an operator does, never ``python -m`` with a path added."""
+    exe = Path(sys.executable).parent / "lvs-ha"
+    if not exe.exists():
+        raise RuntimeError(f"no lvs-ha console script beside {sys.executable}: install the project "
+                           "(make deps creates .venv with it)")
+    return str(exe)
+
+
+LVS_HA = lvs_ha_command()
 
 
 class LabUnavailable(RuntimeError):

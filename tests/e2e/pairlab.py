@@ -43,9 +43,9 @@ from typing import Any
 
 import yaml
 
-from ha.cmd_ctl import DaemonUnreachable, Refused, request
+from ha.cli.ctl import DaemonUnreachable, Refused, request
 from tests.e2e.clients import Hold, Probe
-from tests.lab import Host, Lab, wait_for
+from tests.lab import LVS_HA, Host, Lab, wait_for
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -280,7 +280,7 @@ class PairLab:
 
     def start_daemon(self, name: str) -> subprocess.Popen[Any]:
         log = open(self.workdir / name / "daemon.log", "ab")
-        p = self.lab.spawn(self.hosts[name], [PY, "-m", "ha", "run", "-c", str(self.config_path(name))],
+        p = self.lab.spawn(self.hosts[name], [LVS_HA, "run", "-c", str(self.config_path(name))],
                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.daemons[name] = p
@@ -313,7 +313,7 @@ class PairLab:
         """keepalived (VRRP only) as this director; its data plane is programmed once with ``ha apply``."""
         d = self.workdir / name
         # the same services, through the same data plane, programmed once (every realserver taken as up)
-        r = self.hosts[name].run(PY, "-m", "ha", "apply", "-c", str(self.config_path(name)), check=False,
+        r = self.hosts[name].run(LVS_HA, "apply", "-c", str(self.config_path(name)), check=False,
                                  timeout=60)
         if r.returncode != 0:
             raise RuntimeError(f"ha apply on {name} failed: {r.stderr.strip() or r.stdout.strip()}")
@@ -450,7 +450,7 @@ class PairLab:
         if how == "sighup":
             os.kill(self.daemons[name].pid, signal.SIGHUP)
             return
-        r = subprocess.run([PY, "-m", "ha", "reload", "--socket", self.socket(name)], capture_output=True,
+        r = subprocess.run([LVS_HA, "reload", "--socket", self.socket(name)], capture_output=True,
                            text=True, cwd=ROOT, timeout=30)
         if r.returncode != 0:
             raise RuntimeError(f"reload on {name} failed: {r.stderr.strip() or r.stdout.strip()}")

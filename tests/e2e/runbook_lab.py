@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.lab import Host, Lab, wait_for
+from tests.lab import LVS_HA, Host, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -277,12 +277,13 @@ class RunbookLab:
     def _write_tools(self) -> None:
         for d in (self.bindir, self.stub_etc / "lvs-ha", self.stub_etc / "keepalived", self.stub_varlib / "lvs-ha"):
             d.mkdir(parents=True, exist_ok=True)
+        # the runbooks' `lvs-ha` is the installed console script itself (a link on the lab's PATH)
         wrapper = self.bindir / "lvs-ha"
-        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec {shlex.quote(PY)} -m ha \"$@\"\n")
+        wrapper.unlink(missing_ok=True)
+        wrapper.symlink_to(LVS_HA)
         service = self.bindir / "lab-service"
-        service.write_text(LAB_SERVICE.replace("@PY@", shlex.quote(PY)).replace("@ROOT@", shlex.quote(str(ROOT))))
-        for f in (wrapper, service):
-            f.chmod(0o755)
+        service.write_text(LAB_SERVICE)
+        service.chmod(0o755)
 
     def prelude(self, name: str) -> str:
         """Shell lines that give this director its own /etc/lvs-ha, /etc/keepalived, /var/lib/lvs-ha and /run."""
@@ -444,8 +445,8 @@ case "$verb $unit" in
     [ "$verb" = restart ] && stop "$PIDFILE"
     alive "$PIDFILE" && exit 0
     mkdir -p /run/lvs-ha
-    PYTHONPATH=@ROOT@ @PY@ -m ha check-config -q -c /etc/lvs-ha/lvs-ha.yaml || exit 1
-    PYTHONPATH=@ROOT@ setsid @PY@ -m ha run -c /etc/lvs-ha/lvs-ha.yaml </dev/null >>/run/lvs-ha/daemon.log 2>&1 &
+    lvs-ha check-config -q -c /etc/lvs-ha/lvs-ha.yaml || exit 1
+    setsid lvs-ha run -c /etc/lvs-ha/lvs-ha.yaml </dev/null >>/run/lvs-ha/daemon.log 2>&1 &
     echo $! > "$PIDFILE"
     for _ in $(seq 300); do
       [ -S /run/lvs-ha/api.sock ] && exit 0

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.lab import wait_for
+from tests.lab import LVS_HA, wait_for
 
 CONFIG = """\
 node:
@@ -65,7 +64,7 @@ class Env:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd, rest = args[0], args[1:]
-        return subprocess.run([sys.executable, "-m", "ha", cmd, "--socket", self.sock, *rest],
+        return subprocess.run([LVS_HA, cmd, "--socket", self.sock, *rest],
                               capture_output=True, text=True, timeout=60)
 
     def status(self) -> dict[str, Any]:
@@ -79,7 +78,7 @@ class Env:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         log = open(self.tmp / "daemon.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ha", "run", "-c", str(self.config)], stdout=log,
+        self.proc = subprocess.Popen([LVS_HA, "run", "-c", str(self.config)], stdout=log,
                                      stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
                                      env={**os.environ, **(env or {})})
         log.close()
@@ -222,10 +221,10 @@ def test_no_daemon_and_bad_config(env: Env, tmp_path: Path) -> None:
     assert r.returncode == 2 and "no daemon is running" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("node: {name: x}\nservices: [{name: web, vip: 192.0.2.1, port: 99999}]\n")
-    r = subprocess.run([sys.executable, "-m", "ha", "run", "-c", str(bad)], capture_output=True, text=True,
+    r = subprocess.run([LVS_HA, "run", "-c", str(bad)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "bad.yaml:" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "ha", "run", "-c", str(tmp_path / "missing.yaml")],
+    r = subprocess.run([LVS_HA, "run", "-c", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "missing.yaml" in r.stderr
 

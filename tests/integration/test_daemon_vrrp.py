@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ha.cmd_ctl import request
+from ha.cli.ctl import request
 from tests.lab import Host, Lab, wait_for
 from tests.vrrp_helpers import NET, VIP, has_vip
 

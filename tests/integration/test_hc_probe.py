@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 from tests.integration.test_hc_servers import closed_port, http_app, tcp_server
+from tests.lab import LVS_HA
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 async def lvs_ha(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ha", *args, cwd=ROOT,
+        LVS_HA, *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -21,7 +21,7 @@ from healthchecks.runner import CheckSpec, Runner, run_check
 from healthchecks.synpacket import ACK, RST, SYN, tcp_checksum
 from healthchecks.tcp import TcpChecker
 from tests.integration.test_hc_servers import closed_port, full_backlog
-from tests.lab import Lab, await_for, wait_for
+from tests.lab import LVS_HA, Lab, await_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -241,7 +241,7 @@ services:
     realservers:
       - {{address: 127.0.0.1, port: {port}}}
 """)
-        cmd = [sys.executable, "-m", "ha", "probe", "-c", str(cfg), "--json"]
+        cmd = [LVS_HA, "probe", "-c", str(cfg), "--json"]
         ok = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert json.loads(ok.stdout)[0]["reason"] == "SYN-ACK"

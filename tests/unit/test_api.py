@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from ha.api import ApiServer, Conflict, NotFound, bind_unix, make_app, parse_listen, read_token
-from ha.config_model import ApiConfig
+from ha.config.model import ApiConfig
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from ha import cmd_ctl
 from ha.api import ApiServer
 from ha.cli import build_parser
-from ha.config_model import ApiConfig
+from ha.cli import ctl as cmd_ctl
+from ha.config.model import ApiConfig
 from tests.unit.test_api import FakeController
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from ha.api import NotFound
-from ha.config_model import Config, NodeConfig, RealServerConfig, ServiceConfig
-from ha.daemon import Daemon, RateLimit, load
+from ha.config.load import load_checked as load
+from ha.config.model import Config, NodeConfig, RealServerConfig, ServiceConfig
+from ha.daemon import Daemon
+from ha.logs import RateLimit
 from ha.overrides import Overrides, resolve_realserver
 from ha.sdnotify import Notifier
 from lvs import model as m

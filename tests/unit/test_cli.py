@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ha import cli
+from tests.lab import LVS_HA
 
 ROOT = Path(__file__).resolve().parents[2]
 DR1 = ROOT / "deploy" / "examples" / "dr-pair" / "dir1.yaml"
@@ -142,6 +142,6 @@ def test_installed_console_script(tmp_path: Path, real_checkers: None) -> None:
         r = subprocess.run([exe, "check-config", "-c", *args], capture_output=True, text=True, timeout=60)
         codes.append(r.returncode)
     assert codes == [0, 1, 2]
-    r = subprocess.run([sys.executable, "-m", "ha", "check-config", "-q", "-c", str(bad)], capture_output=True,
+    r = subprocess.run([LVS_HA, "check-config", "-q", "-c", str(bad)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and len(r.stdout.splitlines()) == 2 and r.stderr == ""

@@ -14,6 +14,7 @@ from ha.cli import main
 from lvs.memory import MemoryDataplane
 from lvs.model import Destination, DestKey, Scheduler, Service, ServiceKey
 from lvs.select import BackendUnavailable, open_dataplane, resolve_kind
+from tests.lab import LVS_HA
 
 CONFIG = """\
 node:
@@ -124,7 +125,7 @@ async def test_select_memory_and_unknown() -> None:
 
 def test_cli_entry_point_runs(tmp_path) -> None:
     cfg = write(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "ha.cli", "plan", "-c", cfg], capture_output=True, text=True,
+    r = subprocess.run([LVS_HA, "plan", "-c", cfg], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert textwrap.dedent("+ service udp/192.168.10.100:53 rr") in r.stdout

@@ -22,7 +22,7 @@ from ha.config import (
     load_config,
     parse_config_text,
 )
-from ha.config_model import DataplaneKind, OnFailure
+from ha.config.model import DataplaneKind, OnFailure
 from healthchecks.base import SpecError, format_duration
 from healthchecks.registry import Registry
 from tests.unit.config_fixtures.stubs import StubChecker, stub_registry

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import ha.config as config_module
+import ha.config.load as config_module
 from ha.config import ConfigErrors, Severity, load_config
 from tests.unit.config_fixtures.stubs import stub_registry
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ha.config import ConfigErrors, load_config
-from ha.config_model import ConntrackSyncConfig
+from ha.config.model import ConntrackSyncConfig
 from lvs.ctsync import Conntrackd, CtSyncError, CtSyncSettings, Paths, parse_stats, render_config
 from lvs.model import Destination, DestKey, Forwarding, Protocol, Scheduler, Service, ServiceKey, ServiceState
 from lvs.nft_render import STATE_CHAINS, Existing, object_names, render_table, render_transaction

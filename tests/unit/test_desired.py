@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from ha.config_model import (
+from ha.config.model import (
     CheckConfig,
     Config,
     LvsConfig,

@@ -3,7 +3,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from ha.config_model import (
+from ha.config.diff import Change, diff_configs, format_op, format_plan
+from ha.config.model import (
     ApiConfig,
     CheckConfig,
     Config,
@@ -15,7 +16,6 @@ from ha.config_model import (
     VrrpConfig,
     VrrpInstanceConfig,
 )
-from ha.reload import Change, diff_configs, format_op, format_plan
 from lvs import model as m
 
 

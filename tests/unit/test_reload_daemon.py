@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from ha.api import Conflict
-from ha.daemon import Daemon, load
+from ha.config.load import load_checked as load
+from ha.daemon import Daemon
 from ha.sdnotify import Notifier
 from tests.lab import await_for
 

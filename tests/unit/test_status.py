@@ -4,7 +4,7 @@ import dataclasses
 import ipaddress
 import json
 
-from ha.config_model import Config, NodeConfig, RealServerConfig, ServiceConfig, SorryServerConfig
+from ha.config.model import Config, NodeConfig, RealServerConfig, ServiceConfig, SorryServerConfig
 from ha.status import (
     DocMemo,
     InstanceView,

@@ -91,22 +91,32 @@ def _reload_args(p: argparse.ArgumentParser) -> None:
 # command -> (help, its arguments, its handler as "module:function", imported only when the command runs),
 # in the order ``lvs-ha --help`` lists them
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
-    "run": ("run the daemon in the foreground (systemd Type=notify)", _run_args, "ha.daemon:cmd_run"),
+    "run": ("run the daemon in the foreground (systemd Type=notify)", _run_args, "ha.cli.run:cmd_run"),
     "check-config": ("validate a configuration file; exit 0 if valid, 1 if not", _check_config_args,
-                     "ha.config:cmd_check_config"),
+                     "ha.cli.check_config:cmd_check_config"),
     "plan": ("show the kernel changes the config would make now, without making them", _plan_args,
-             "ha.cmd_lvs:cmd_plan"),
+             "ha.cli.lvs:cmd_plan"),
     "apply": ("program the kernel from the config once (every realserver up) and exit", _apply_args,
-              "ha.cmd_lvs:cmd_apply"),
+              "ha.cli.lvs:cmd_apply"),
     "probe": ("run every configured health check once now and print the results", _probe_args,
-              "ha.cmd_probe:cmd_probe"),
-    "status": ("instances, services and realservers of the running daemon", _status_args, "ha.cmd_ctl:cmd_status"),
-    "drain": ("take a realserver out gracefully", _rs_args, "ha.cmd_ctl:cmd_drain"),
-    "enable": ("put a drained realserver back", _rs_args, "ha.cmd_ctl:cmd_enable"),
-    "failover": ("hand mastership to the peer (planned failover)", _failover_args, "ha.cmd_ctl:cmd_failover"),
-    "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args, "ha.cmd_ctl:cmd_reload"),
+              "ha.cli.probe:cmd_probe"),
+    "status": ("instances, services and realservers of the running daemon", _status_args, "ha.cli.ctl:cmd_status"),
+    "drain": ("take a realserver out gracefully", _rs_args, "ha.cli.ctl:cmd_drain"),
+    "enable": ("put a drained realserver back", _rs_args, "ha.cli.ctl:cmd_enable"),
+    "failover": ("hand mastership to the peer (planned failover)", _failover_args, "ha.cli.ctl:cmd_failover"),
+    "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args, "ha.cli.ctl:cmd_reload"),
 }
 HANDLERS = {name: target for name, (_help, _args, target) in COMMANDS.items()}
+
+
+def print_problem(path: str, problem: Exception, consequence: str) -> None:
+    """A config that cannot be used (``ha.config.load.ConfigProblem``), printed the same way by every command: each
+    line ``FILE:LINE:COL: KEY.PATH: message``, then a summary."""
+    lines = getattr(problem, "lines", [str(problem)])
+    for line in lines:
+        print(line, file=sys.stderr)
+    if getattr(problem, "exit_code", 1) == 1:
+        print(f"{path}: invalid configuration ({len(lines)} error(s)); {consequence}", file=sys.stderr)
 
 
 class _Formatter(argparse.HelpFormatter):

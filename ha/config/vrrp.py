@@ -7,7 +7,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ha.config_model import (
+from ha.config.model import (
     AuthConfig,
     GarpConfig,
     HandoverConfig,
@@ -23,7 +23,7 @@ from ha.config_model import (
     VrrpConfig,
     VrrpInstanceConfig,
 )
-from ha.config_yaml import (
+from ha.config.nodes import (
     Ctx,
     Invalid,
     Map,

@@ -13,7 +13,8 @@ import json
 import sys
 from typing import Any
 
-from ha.config_model import Config
+from ha.cli import print_problem
+from ha.config.model import Config
 from ha.desired import all_up, desired_state
 from lvs.dataplane import Dataplane, DataplaneError
 from lvs.memory import op_to_json
@@ -28,18 +29,13 @@ EXIT_OK, EXIT_FAIL, EXIT_UNAVAILABLE = 0, 1, 2
 
 def _load_config(path: str) -> tuple[Config | None, int]:
     """The config, or None and the exit code after printing why."""
-    from ha.config import ConfigErrors, ConfigUnreadable, load_config
+    from ha.config.load import ConfigProblem, load_checked
 
     try:
-        config, warnings = load_config(path)
-    except ConfigUnreadable as e:
-        print(f"{e.file}: cannot use this file: {e.message}", file=sys.stderr)
-        return None, EXIT_UNAVAILABLE
-    except ConfigErrors as e:
-        for issue in e.errors:
-            print(issue, file=sys.stderr)
-        print(f"{path}: invalid configuration ({len(e.errors)} error(s)); nothing changed", file=sys.stderr)
-        return None, EXIT_FAIL
+        config, warnings = load_checked(path)
+    except ConfigProblem as e:
+        print_problem(path, e, "nothing changed")
+        return None, e.exit_code
     for w in warnings:
         print(w, file=sys.stderr)
     return config, EXIT_OK

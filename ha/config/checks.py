@@ -9,8 +9,8 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ha.config_model import CheckConfig
-from ha.config_yaml import (
+from ha.config.model import CheckConfig
+from ha.config.nodes import (
     NULL_TAG,
     Ctx,
     Invalid,

@@ -1,35 +1,32 @@
-"""The configuration loader: YAML -> the frozen dataclasses of ``ha.config_model``, and ``lvs-ha check-config``.
+"""The configuration loader: YAML -> the frozen dataclasses of ``ha.config.model``.
 
 The file is composed (never constructed blindly) with PyYAML's safe loader, so every key and value keeps its line and
 column. Each section is parsed by a small function that records problems in a ``Ctx`` and carries on, so that one run
 reports every error. Problems are ``ConfigIssue``s: ``FILE:LINE:COL: KEY.PATH: message``.
 
-This module is the public API (``load_config``, ``parse_config_text``, ``check_pair``, ``cmd_check_config`` and the
-issue/error types) plus the document root and the ``node`` section. The rest lives in:
-``ha.config_issues`` (ConfigIssue, Severity, the exceptions), ``ha.config_yaml`` (context, node helpers, converters,
-``Map``), ``ha.config_vrrp`` (the vrrp section) and ``ha.config_services`` (checks, services, lvs).
+This module holds ``load_config``, ``parse_config_text``, ``load_checked`` (the one way commands and the daemon load
+a file and turn its problems into printable lines) plus the document root and the ``node`` section. The rest lives in:
+``ha.config.issues`` (ConfigIssue, Severity, the exceptions), ``ha.config.nodes`` (context, node helpers,
+converters, ``Map``), ``ha.config.vrrp`` (the vrrp section), ``ha.config.checks`` and ``ha.config.services``
+(checks, services, lvs), ``ha.config.pair`` (the two files of a director pair) and ``ha.config.diff`` (what a reload
+changes).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
 import re
 import socket
-import sys
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node
 
-from ha.config_checks import parse_checks
-from ha.config_issues import ConfigError, ConfigErrors, ConfigIssue, ConfigUnreadable, Severity
-from ha.config_model import ApiConfig, Config, DataplaneKind, NodeConfig
-from ha.config_services import LVS_KEYS, check_services, parse_lvs, parse_service
-from ha.config_vrrp import VRRP_KEYS, parse_vrrp
-from ha.config_yaml import (
+from ha.config.checks import parse_checks
+from ha.config.issues import ConfigError, ConfigErrors, ConfigIssue, ConfigUnreadable, Severity
+from ha.config.model import ApiConfig, Config, DataplaneKind, NodeConfig
+from ha.config.nodes import (
     Ctx,
     Invalid,
     Map,
@@ -38,10 +35,11 @@ from ha.config_yaml import (
     c_str,
     construct,
     describe,
-    node_pos,
     scalar,
     scan_duplicates,
 )
+from ha.config.services import LVS_KEYS, check_services, parse_lvs, parse_service
+from ha.config.vrrp import VRRP_KEYS, parse_vrrp
 
 log = logging.getLogger(__name__)
 
@@ -119,41 +117,6 @@ def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
                   services=tuple(s.cfg for s in svcs), lvs=lvs, source=filename)
 
 
-# -- a director pair -------------------------------------------------------------------------------------------------
-
-
-def _check_pair(a: Config, b: Config) -> list[ConfigIssue]:
-    out: list[ConfigIssue] = []
-
-    def warn(path: str, message: str) -> None:
-        out.append(ConfigIssue(b.source or "<b>", 1, 1, path, message, Severity.WARNING))
-
-    if a.node.name == b.node.name:
-        warn("node.name", f"both files use node name '{a.node.name}'; give each director its own name")
-    theirs = {(i.interface, i.family, i.vrid): i for i in a.vrrp.instances}
-    for idx, inst in enumerate(b.vrrp.instances):
-        other = theirs.get((inst.interface, inst.family, inst.vrid))
-        path = f"vrrp.instances[{idx}]"
-        if other is None:
-            warn(f"{path}.vrid", f"VRID {inst.vrid} on {inst.interface} has no counterpart in {a.source}")
-            continue
-        if other.priority == inst.priority:
-            warn(f"{path}.priority", f"both directors have priority {inst.priority} for VRID {inst.vrid}: the "
-                 "master is chosen by the higher primary address; give them different priorities")
-        if other.version != inst.version or other.advert_interval_s != inst.advert_interval_s:
-            warn(f"{path}.advert_interval", "the two directors differ in version or advert_interval; adverts are "
-                 "rejected or masters flap")
-        if {v.address for v in other.vips} != {v.address for v in inst.vips}:
-            warn(f"{path}.vips", f"VRID {inst.vrid} has different VIPs in {a.source} and {b.source}")
-        if other.preempt != inst.preempt:
-            warn(f"{path}.preempt", "preempt differs between the two directors; nopreempt works only if the "
-                 "higher-priority director has preempt: false")
-        if other.auth != inst.auth:
-            warn(f"{path}.auth", "auth differs between the two directors; their adverts will be rejected")
-    if {s.key_str for s in a.services} != {s.key_str for s in b.services}:
-        warn("services", "the two directors define different services; after a failover clients see other ones")
-    return out
-
 # -- public API ------------------------------------------------------------------------------------------------------
 
 
@@ -217,87 +180,36 @@ def default_node_name() -> str:
     return socket.gethostname()
 
 
-# -- check-config ----------------------------------------------------------------------------------------------------
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    """``lvs-ha check-config -c FILE [-c PEER_FILE]``: 0 valid, 1 invalid, 2 unreadable."""
-    files = args.config if isinstance(args.config, list) else [args.config]
-    if not files or files == [None]:
-        from ha.cli import DEFAULT_CONFIG
-
-        files = [DEFAULT_CONFIG]
-    quiet = bool(getattr(args, "quiet", False))
-    rc = 0
-    loaded: list[Config] = []
-    for f in files:
-        try:
-            config, warnings = load_config(f)
-        except ConfigUnreadable as e:
-            print(f"{e.file}: cannot use this file: {e.message}", file=sys.stderr)
-            rc = 2
-            continue
-        except ConfigErrors as e:
-            for issue in e.errors:
-                print(issue, flush=False)
-            if not quiet:
-                for w in e.warnings:
-                    print(w, file=sys.stderr)
-                print(f"{f}: {len(e.errors)} error(s), {len(e.warnings)} warning(s)", file=sys.stderr)
-            rc = max(rc, 1)
-            continue
-        loaded.append(config)
-        if not quiet:
-            for w in warnings:
-                print(w, file=sys.stderr)
-            print(f"{f}: OK ({len(warnings)} warning(s))", file=sys.stderr)
-    if rc == 0 and len(loaded) == 2:
-        for w in check_pair(loaded[0], loaded[1]):
-            if not quiet:
-                print(w, file=sys.stderr)
-    elif len(files) > 2 and not quiet:
-        print("check-config: pair checks need exactly two files", file=sys.stderr)
-    sys.stdout.flush()
-    return rc
-
-
-def check_pair(a: Config, b: Config) -> list[ConfigIssue]:
-    """Warnings for a director pair's two files: equal priorities, differing VIPs/timers, same node name.
-
-    The warnings name ``b``'s file; their line and column are found by reading it again (1:1 if it cannot be read).
-    """
-    issues = _check_pair(a, b)
-    try:
-        root = yaml.compose(_read_text(b.source), Loader=_LOADER)
-    except (ConfigError, yaml.YAMLError):
-        return issues
-    return [dataclasses.replace(i, line=pos[0], col=pos[1]) if (pos := _locate(root, i.path)) else i for i in issues]
-
-
-def _locate(root: Node | None, path: str) -> tuple[int, int] | None:
-    """The position of a dotted key path (``vrrp.instances[0].priority``) in a composed document."""
-    node = root
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        if isinstance(node, SequenceNode) and part.startswith("["):
-            i = int(part[1:-1])
-            node = node.value[i] if i < len(node.value) else None
-        elif isinstance(node, MappingNode):
-            node = next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == part), None)
-        else:
-            node = None
-        if node is None:
-            return None
-    return node_pos(node)
-
-
 __all__ = [
     "ConfigError",
     "ConfigErrors",
     "ConfigIssue",
+    "ConfigProblem",
     "ConfigUnreadable",
     "Severity",
-    "check_pair",
-    "cmd_check_config",
+    "load_checked",
     "load_config",
     "parse_config_text",
 ]
+
+
+class ConfigProblem(Exception):
+    """The config file cannot be used: ``lines`` say why (``FILE:LINE:COL: PATH: message``); ``exit_code`` is 2 for
+    a file that cannot be read, 1 for an invalid one."""
+
+    def __init__(self, lines: list[str], exit_code: int) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+        self.exit_code = exit_code
+
+
+def load_checked(path: str | os.PathLike[str]) -> tuple[Config, list[str]]:
+    """``load_config`` with its problems as printable lines: returns the config and its warnings, or raises
+    ``ConfigProblem``."""
+    try:
+        cfg, warnings = load_config(path)
+    except ConfigUnreadable as e:
+        raise ConfigProblem([f"{e.file}: cannot use this file: {e.message}"], 2) from None
+    except ConfigErrors as e:
+        raise ConfigProblem([str(i) for i in e.errors], 1) from None
+    return cfg, [str(w) for w in warnings]

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ha.cli import EXIT_FAIL, EXIT_OK, EXIT_UNREADABLE
-from ha.config_model import CheckConfig, Config, RealServerConfig, ServiceConfig
+from ha.cli import EXIT_FAIL, EXIT_OK, EXIT_UNREADABLE, print_problem
+from ha.config.model import CheckConfig, Config, RealServerConfig, ServiceConfig
 from healthchecks.base import CheckResult, Target
 
 MAX_CONCURRENCY = 256
@@ -104,15 +104,14 @@ def to_json(rows: list[ProbeRow]) -> list[dict[str, Any]]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from ha.config import load_config
+    from ha.config.load import ConfigProblem, load_checked
     from healthchecks.registry import default_registry
 
     try:
-        loaded = load_config(args.config)
-    except Exception as e:  # unreadable or invalid: the loader's message names file, line and key
-        print(f"lvs-ha probe: cannot use {args.config}:\n{e}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    config: Config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config, _warnings = load_checked(args.config)
+    except ConfigProblem as e:
+        print_problem(args.config, e, "nothing checked")
+        return e.exit_code
     service = getattr(args, "service", None)
     if service is not None and config.service(service) is None:
         names = ", ".join(s.name for s in config.services) or "none"

@@ -1,6 +1,6 @@
 """YAML plumbing of the configuration loader: the error-collecting context (``Ctx``), position-keeping node helpers,
 the duplicate/tag scan, the value converters (node -> value, raising ``Invalid``) and ``Map``, a mapping whose
-unknown keys are reported. The section parsers (``ha.config``, ``ha.config_vrrp``, ``ha.config_services``) build on
+unknown keys are reported. The section parsers (``ha.config``, ``ha.config.vrrp``, ``ha.config.services``) build on
 these; every problem keeps the line and column of its node.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ha.config_issues import ConfigIssue, Severity
-from ha.config_model import IPAddress, IPInterface
+from ha.config.issues import ConfigIssue, Severity
+from ha.config.model import IPAddress, IPInterface
 from healthchecks.base import format_duration, parse_duration
 
 T = TypeVar("T")

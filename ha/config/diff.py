@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ha.config_model import CheckConfig, Config, RealServerConfig
+from ha.config.model import CheckConfig, Config, RealServerConfig
 from lvs import model as m
 
 

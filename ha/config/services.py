@@ -1,5 +1,5 @@
 """The ``services`` and ``lvs`` sections of the configuration: virtual services with their realservers (checks
-come from ``ha.config_checks``), and the data-plane settings, with the cross-checks between services, realservers and
+come from ``ha.config.checks``), and the data-plane settings, with the cross-checks between services, realservers and
 the VRRP instances' VIPs."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from yaml.nodes import Node, SequenceNode
 
-from ha.config_checks import check_ref
-from ha.config_model import (
+from ha.config.checks import check_ref
+from ha.config.model import (
     CT_PROTOCOLS,
     CheckConfig,
     ConntrackSyncConfig,
@@ -29,7 +29,7 @@ from ha.config_model import (
     TunnelConfig,
     VrrpInstanceConfig,
 )
-from ha.config_yaml import (
+from ha.config.nodes import (
     Ctx,
     Invalid,
     Map,

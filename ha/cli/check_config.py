@@ -1,0 +1,54 @@
+"""``lvs-ha check-config -c FILE [-c PEER_FILE]``: validate one file, or a director pair's two files together.
+
+Every error is printed (``FILE:LINE:COL: KEY.PATH: message``) on stdout, warnings and the summary on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ha.cli import DEFAULT_CONFIG
+from ha.config.issues import ConfigErrors, ConfigUnreadable
+from ha.config.load import load_config
+from ha.config.model import Config
+from ha.config.pair import check_pair
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``lvs-ha check-config -c FILE [-c PEER_FILE]``: 0 valid, 1 invalid, 2 unreadable."""
+    files = args.config if isinstance(args.config, list) else [args.config]
+    if not files or files == [None]:
+        files = [DEFAULT_CONFIG]
+    quiet = bool(getattr(args, "quiet", False))
+    rc = 0
+    loaded: list[Config] = []
+    for f in files:
+        try:
+            config, warnings = load_config(f)
+        except ConfigUnreadable as e:
+            print(f"{e.file}: cannot use this file: {e.message}", file=sys.stderr)
+            rc = 2
+            continue
+        except ConfigErrors as e:
+            for issue in e.errors:
+                print(issue, flush=False)
+            if not quiet:
+                for w in e.warnings:
+                    print(w, file=sys.stderr)
+                print(f"{f}: {len(e.errors)} error(s), {len(e.warnings)} warning(s)", file=sys.stderr)
+            rc = max(rc, 1)
+            continue
+        loaded.append(config)
+        if not quiet:
+            for w in warnings:
+                print(w, file=sys.stderr)
+            print(f"{f}: OK ({len(warnings)} warning(s))", file=sys.stderr)
+    if rc == 0 and len(loaded) == 2:
+        for w in check_pair(loaded[0], loaded[1]):
+            if not quiet:
+                print(w, file=sys.stderr)
+    elif len(files) > 2 and not quiet:
+        print("check-config: pair checks need exactly two files", file=sys.stderr)
+    sys.stdout.flush()
+    return rc
