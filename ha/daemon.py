@@ -17,19 +17,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ha.adapters import (
-    DataplaneDriver,
-    Desired,
-    Health,
-    Vrrp,
-    compute_desired,
-    freeze_long_lived_objects,
-    needs_dataplane,
-)
+from ha.adapters import Vrrp, freeze_long_lived_objects
 from ha.api import ApiServer, Conflict, NotFound
 from ha.config.diff import Change, ReloadDiff, diff_configs, format_plan
 from ha.config.load import ConfigProblem, load_checked
 from ha.config.model import Config
+from ha.dataplane import DataplaneDriver, Desired, compute_desired, needs_dataplane
+from ha.health import Health
 from ha.metrics import DaemonMetrics, MetricsSources, make_registry, render
 from ha.overrides import Overrides, resolve_realserver
 from ha.sdnotify import Notifier
@@ -91,8 +85,8 @@ class Daemon:
         self.api = ApiServer(self, self.cfg.node.api)
         await self.api.start()
         if self.cfg.vrrp.instances:
-            self.vrrp = Vrrp(self.cfg, self._role_changed, loop)
-            await asyncio.to_thread(self.vrrp.start)
+            self.vrrp = Vrrp(self.cfg, self._role_changed)
+            await self.vrrp.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -115,7 +109,7 @@ class Daemon:
         if self.api is not None:
             await self.api.stop()
         if self.vrrp is not None:
-            await asyncio.to_thread(self.vrrp.stop)
+            await self.vrrp.stop()
         await self.health.stop()
         if self.ctsync is not None:
             await self.ctsync.stop()
@@ -253,7 +247,7 @@ class Daemon:
         if self.ctsync is not None and not self.ctsync.running:
             log.warning("failover: conntrackd is not running (%s): flows in flight may be lost",
                         self.ctsync.last_error or "stopped")
-        names = await asyncio.to_thread(self.vrrp.failover, instance)
+        names = await self.vrrp.failover(instance)
         log.info("failover instance=%s by %s: resigning %s", instance or "(all)", who, ", ".join(names) or "none")
         return {"instances": names}
 
@@ -312,12 +306,12 @@ class Daemon:
             return []
         names = [i.name for i in diff.instances if i.change is not Change.UNCHANGED]
         if self.vrrp is None:
-            self.vrrp = Vrrp(self.cfg, self._role_changed, asyncio.get_running_loop())
-            await asyncio.to_thread(self.vrrp.start)
+            self.vrrp = Vrrp(self.cfg, self._role_changed)
+            await self.vrrp.start()
             log.info("VRRP started by reload: %s", ", ".join(names))
             return []
         try:
-            result = await asyncio.to_thread(self.vrrp.reconfigure, self.cfg)
+            result = await self.vrrp.reconfigure(self.cfg)
         except Exception as e:  # the config is valid; the engine could not apply it (e.g. a missing interface)
             log.error("VRRP reconfiguration failed (%s): %s", ", ".join(names), e)
             return [f"VRRP changes ({', '.join(names)}) failed: {e}"]

@@ -182,8 +182,8 @@ def test_sync_daemon_follows_the_instance_role(tmp_path: Path) -> None:
 async def test_a_shared_check_counts_for_every_service_it_serves() -> None:
     import socket as socketlib
 
-    from ha.adapters import Health
     from ha.config import parse_config_text
+    from ha.health import Health
     from ha.metrics import DaemonMetrics
 
     listener = socketlib.socket()
@@ -214,8 +214,8 @@ services:
 
 
 def test_a_realserver_with_check_null_is_not_checked() -> None:
-    from ha.adapters import Health
     from ha.config import parse_config_text
+    from ha.health import Health
     from ha.metrics import DaemonMetrics
 
     cfg_, _ = parse_config_text("""

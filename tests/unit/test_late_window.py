@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ha.adapters import LateWindow
+from ha.health import LateWindow
 
 
 def test_no_warning_without_two_samples_or_enough_checks() -> None:

@@ -1,0 +1,166 @@
+"""The daemon's adapter to the health-check runner (``Health``): configures the checks from the config, turns their
+results into realserver health, weights and status views, and watches how late checks start (``LateWindow``)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from ha.config.model import Config
+from ha.metrics import DaemonMetrics
+from ha.status import LastCheck, RsHealth
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+
+HealthKey = tuple[str, str]  # (service name, realserver ident)
+
+
+class LateWindow:
+    """How many checks started late in about the last minute, from samples of the runner's cumulative counters
+    (pure: the caller passes the time). The status warns when more than 1% of at least 100 checks were late: the
+    checker needs more CPU than it gets, and health results come later than configured."""
+
+    WINDOW_S = 60.0
+    MIN_CHECKS = 100
+    SHARE = 0.01
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[tuple[float, int, int]] = collections.deque()
+
+    def add(self, now: float, checks: int, late: int) -> None:
+        s = self.samples
+        s.append((now, checks, late))
+        while len(s) > 2 and now - s[1][0] >= self.WINDOW_S:
+            s.popleft()
+
+    def warning(self, late_after_s: float) -> str | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, c0, l0), (t1, c1, l1) = self.samples[0], self.samples[-1]
+        checks, late = c1 - c0, l1 - l0
+        if checks < self.MIN_CHECKS or late <= checks * self.SHARE:
+            return None
+        return (f"health checks are running late: {late} of the {checks} checks of the last {t1 - t0:.0f} s "
+                f"({late / checks:.0%}) started more than {late_after_s:g} s after they were due (the checker gets "
+                "less CPU than it needs; results come late)")
+
+
+class Health:
+    """The health-check runner, keyed by (service, realserver); realservers without a check are always up."""
+
+    def __init__(self, counters: DaemonMetrics, on_change: Callable[[HealthKey, str, str, str], None]) -> None:
+        from healthchecks.registry import default_registry
+        from healthchecks.runner import Runner
+
+        self.runner = Runner(default_registry())
+        self.unchecked: set[HealthKey] = set()
+        self._on_change = on_change
+        self._counters = counters
+        # what the status shows per realserver, kept up to date as results come in (a status request with
+        # thousands of realservers then copies nothing)
+        self._views: dict[HealthKey, RsHealth] = {}
+        self.runner.subscribe(self._changed)
+        # every result (a shared probe reports to each service it serves), timeouts and crashes included
+        self.runner.subscribe_results(self._result)
+        self.late = LateWindow()
+        self._sampler: asyncio.Task[None] | None = None
+
+    def _result(self, key: Any, res: Any) -> None:
+        self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
+        self._views[key] = RsHealth(self.runner.state(key).value,
+                                    LastCheck(res.ok, res.reason, res.latency_s, time.time()))
+
+    def checker_stats(self) -> dict[str, float]:
+        st = self.runner.stats
+        return {"checks": st.checks, "late": st.late, "timeouts": st.timeouts, "errors": st.errors}
+
+    @staticmethod
+    def half_open_stats() -> dict[str, dict[str, int]]:
+        from healthchecks import synprobe
+
+        try:
+            return synprobe.loop_stats(asyncio.get_running_loop())
+        except RuntimeError:  # no loop: nothing probed
+            return {}
+
+    def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
+        view = self._views.get(key)
+        self._views[key] = RsHealth(new.value, view.last_check if view is not None else None)
+        self._on_change(key, old.value, new.value, result.reason)
+
+    def configure(self, cfg: Config) -> None:
+        """Set the checks; unchanged ones keep their schedule and rise/fall state. KeyError: unknown type."""
+        from healthchecks.base import Target
+        from healthchecks.hysteresis import Health as H
+        from healthchecks.runner import CheckSpec
+
+        specs: dict[Hashable, CheckSpec] = {}
+        unchecked: set[HealthKey] = set()
+        for svc in cfg.services:
+            for rs in svc.realservers:
+                chk = rs.check
+                if chk is None:
+                    unchecked.add((svc.name, rs.ident))
+                    continue
+                addr = chk.connect_address if chk.connect_address is not None else rs.address
+                target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
+                specs[(svc.name, rs.ident)] = CheckSpec(chk.type, chk.spec, target, chk.interval_s, chk.timeout_s,
+                                                        chk.rise, chk.fall, H.parse(chk.initial_state))
+        self.runner.set_checks(specs)
+        self.unchecked = unchecked
+        always = RsHealth("up", LastCheck(True, "no check configured", 0.0))
+        views = dict.fromkeys(unchecked, always)
+        for key in specs:  # kept checks keep their last result; new ones start in their initial state
+            assert isinstance(key, tuple)
+            view = self._views.get(key)
+            state = self.runner.state(key).value
+            views[key] = RsHealth(state, view.last_check if view is not None else None)
+        self._views = views
+
+    async def start(self) -> None:
+        await self.runner.start()
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_lateness(), name="check-lateness")
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        await self.runner.stop()
+
+    async def _sample_lateness(self, every_s: float = 5.0) -> None:
+        while True:
+            st = self.runner.stats
+            self.late.add(time.monotonic(), st.checks, st.late)
+            await asyncio.sleep(every_s)
+
+    def late_warning(self) -> str | None:
+        return self.late.warning(self.runner.late_after_s)
+
+    def states(self) -> dict[HealthKey, Any]:
+        """(service, realserver) -> ``ha.desired.RsHealth`` (with a dynamic weight when the check reports one)."""
+        from ha.desired import RsHealth as DesiredHealth
+
+        out: dict[HealthKey, Any] = {k: DesiredHealth("up") for k in self.unchecked}
+        for k, st in self.runner.statuses().items():
+            r = st.last_result
+            out[k] = DesiredHealth(st.state.value, r.weight if r is not None else None)  # type: ignore[index]
+        return out
+
+    def views(self) -> dict[HealthKey, RsHealth]:
+        """(service, realserver) -> what the status shows (read-only: the live map, not a copy)."""
+        return self._views
+
+    def up_map(self) -> dict[HealthKey, bool | None]:
+        return {k: None if v.health == "unknown" else v.health == "up" for k, v in self.states().items()}
+
+
