@@ -142,14 +142,15 @@ class Verifier:
         return message
 
 
-def password_auth_data(password: str) -> bytes:
+def password_auth_data(password: str | bytes) -> bytes:
     """The 8 auth-data bytes for a VRRPv2 simple password (NUL-padded; longer passwords are cut, as Keepalived)."""
-    raw = password.encode()
+    raw = password.encode() if isinstance(password, str) else bytes(password)
     return raw[:8].ljust(8, b"\0")
 
 
-def check_v2_auth(advert: Advert, password: str | None) -> None:
-    """RFC 3768 §7.1: the auth type must match ours, and a type-1 password must be equal. v3 has no auth field."""
+def check_v2_auth(advert: Advert, password: str | bytes | None) -> None:
+    """RFC 3768 §7.1: the auth type must match ours, and a type-1 password must be equal (compared in constant
+    time). v3 has no auth field. The one place adverts' v2 authentication is checked."""
     if advert.version != 2:
         return
     expected = AuthType.PASSWORD if password else AuthType.NONE

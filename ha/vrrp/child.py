@@ -1,38 +1,37 @@
 """``python -m ha.vrrp.child --fd N --parent PID``: the VRRP engine process started by ``ha.vrrp.process``.
 
-Runs the unchanged ``VrrpEngine`` and serves the parent's requests over the inherited socket. It ignores SIGINT (the
-parent decides), stops in order (masters resign, VIPs released) on SIGTERM, on a stop request, when the parent dies
-(``PR_SET_PDEATHSIG``) and when the channel reaches EOF. Everything it sends (replies, transitions, log records) goes
-through one sender thread, so the engine's thread never blocks on the channel.
+One asyncio loop in the main thread runs the engine and the channel (``asyncio.run(serve(...))``): requests are
+answered on the loop between timers, replies, transitions and log records go out through the same stream writer
+(log records are dropped, and counted, past a backlog). The protocol is described in ``ha.vrrp.process``.
+
+It ignores SIGINT (the parent decides), stops in order (masters resign, VIPs released) on SIGTERM, on a stop
+request, when the parent dies (``PR_SET_PDEATHSIG``) and when the channel reaches EOF. It imports only what the
+engine needs (no config, YAML or HTTP modules).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import asyncio
 import contextlib
 import ctypes
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 from typing import Any
 
-from ha.vrrp.engine import VrrpEngine
-from ha.vrrp.process import TITLE, recv_msg, send_msg
+from ha.vrrp.engine import EngineError, VrrpEngine
+from ha.vrrp.process import TITLE, frame, read_msg
 
 log = logging.getLogger(__name__)
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
-LOG_BACKLOG = 10000
-
-
-class _Terminate(Exception):
-    pass
+LOG_BACKLOG_BYTES = 4 * 1024 * 1024  # unsent bytes past which log records are dropped (never replies or events)
+METHODS = ("status", "failover", "reconfigure")
 
 
 def _prctl(option: int, arg: int | bytes) -> bool:
@@ -43,50 +42,44 @@ def _prctl(option: int, arg: int | bytes) -> bool:
         return False
 
 
-class Outbox:
-    """Messages to the parent, written by one thread; log records are dropped past a backlog."""
+class Channel:
+    """The writing end, used on the loop only (other threads hand their records over with call_soon_threadsafe)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
         self.dropped = 0
-        self.thread = threading.Thread(target=self._run, name="vrrp-outbox", daemon=True)
-        self.thread.start()
+        self.closed = False
 
     def send(self, msg: tuple[Any, ...]) -> None:
-        self.q.put(msg)
+        if self.closed or self.writer.is_closing():
+            return
+        try:
+            data = frame(msg)
+        except Exception as e:  # an unpicklable value: the request fails, the channel stays usable
+            if msg[0] != "reply":
+                raise
+            data = frame(("reply", msg[1], False, f"unpicklable reply: {e}"))
+        self.writer.write(data)
 
     def send_log(self, msg: tuple[Any, ...]) -> None:
-        if self.q.qsize() > LOG_BACKLOG:
+        if threading.get_ident() != self.thread:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self.loop.call_soon_threadsafe(self.send_log, msg)
+            return
+        if self.closed or self.writer.transport.get_write_buffer_size() > LOG_BACKLOG_BYTES:
             self.dropped += 1
             return
-        self.q.put(msg)
-
-    def _run(self) -> None:
-        while True:
-            msg = self.q.get()
-            if msg is None:
-                return
-            try:
-                send_msg(self.sock, msg)
-            except OSError:
-                return  # the parent is gone; the main thread sees EOF
-            except Exception as e:  # an unpicklable value: the request fails, the channel stays usable
-                if msg[0] == "reply":
-                    with contextlib.suppress(OSError):
-                        send_msg(self.sock, ("reply", msg[1], False, f"unpicklable reply: {e}"))
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        self.q.put(None)
-        self.thread.join(timeout_s)
+        self.send(msg)
 
 
 class ChannelHandler(logging.Handler):
     """Log records to the parent's logging (one log), as plain dicts."""
 
-    def __init__(self, out: Outbox) -> None:
+    def __init__(self, chan: Channel) -> None:
         super().__init__()
-        self.out = out
+        self.chan = chan
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -97,101 +90,120 @@ class ChannelHandler(logging.Handler):
                 d["exc_text"] = logging.Formatter().formatException(record.exc_info)
             d["exc_info"] = None
             d.pop("message", None)
-            self.out.send_log(("log", d))
+            self.chan.send_log(("log", d))
         except Exception:
             self.handleError(record)
 
 
-def _setup_logging(out: Outbox, level: int) -> None:
+def _setup_logging(chan: Channel, level: int) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    root.addHandler(ChannelHandler(out))
+    root.addHandler(ChannelHandler(chan))
     root.setLevel(level)
     for noisy in ("pyroute2", "pyroute2.netlink.core", "pyroute2.netlink.nlsocket"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def _realtime(engine: VrrpEngine) -> None:
-    """SCHED_FIFO priority 1 for the engine's thread only (scripts it forks fall back to normal scheduling)."""
-    thread = engine._thread
-    tid = getattr(thread, "native_id", None)
-    if tid is None:
-        return
+def _realtime() -> None:
+    """SCHED_FIFO priority 1 for this (the loop's) thread; SCHED_RESET_ON_FORK: scripts it forks (notify, track)
+    and threads it starts later run with normal scheduling."""
     try:
-        os.sched_setscheduler(tid, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0), os.sched_param(1))
-        log.info("VRRP engine thread runs SCHED_FIFO priority 1")
+        os.sched_setscheduler(0, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0x40000000),
+                              os.sched_param(1))
+        log.info("VRRP engine process runs SCHED_FIFO priority 1")
     except OSError as e:
-        log.warning("SCHED_FIFO for the VRRP engine thread refused: %s", e)
+        log.warning("SCHED_FIFO for the VRRP engine process refused: %s", e)
 
 
-def serve(sock: socket.socket, parent_pid: int) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        return 0  # the parent died before PR_SET_PDEATHSIG: nothing started, nothing held
-    with contextlib.suppress(OSError):
-        os.nice(-5)
-    init = recv_msg(sock)
+async def serve(sock: socket.socket, parent_pid: int) -> int:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=64 * 1024 * 1024 + 8)
+    try:
+        init = await read_msg(reader)
+    except EOFError:
+        return 0  # the parent went away before telling us anything
     if init[0] != "init":
         print(f"vrrp child: expected init, got {init[0]!r}", file=sys.stderr)
         return 2
     opts: dict[str, Any] = init[1]
     _prctl(PR_SET_NAME, str(opts.get("title") or TITLE).encode()[:15])
-    out = Outbox(sock)
-    _setup_logging(out, int(opts.get("log_level", logging.INFO)))
-    engine = VrrpEngine(opts["specs"], opts["groups"], on_transition=lambda info: out.send(("event", info)))
-    try:
-        engine.start()
-    except Exception as e:
-        out.send(("failed", str(e)))
-        out.close()
-        return 1
+    chan = Channel(writer)
+    _setup_logging(chan, int(opts.get("log_level", logging.INFO)))
+    engine = VrrpEngine(opts["specs"], opts["groups"], on_transition=lambda info: chan.send(("event", info)))
     if opts.get("realtime"):
-        _realtime(engine)
+        _realtime()
+    try:
+        await engine.start()
+    except Exception as e:
+        chan.send(("failed", str(e)))
+        await _close(chan)
+        return 1
 
-    def on_term(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _Terminate()
+    stop = asyncio.Event()
+    how: dict[str, Any] = {"handover": True, "timeout_s": None, "id": None}
 
-    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="vrrp-req")
+    def on_term() -> None:
+        if not stop.is_set():
+            log.info("VRRP engine process: SIGTERM, stopping")
+            chan.send(("exiting", "SIGTERM"))
+            stop.set()
 
-    def call(rid: int, method: str, args: tuple[Any, ...]) -> None:
+    async def call(rid: int, method: str, args: tuple[Any, ...]) -> None:
         try:
-            if method not in ("status", "failover", "reconfigure"):
-                raise ValueError(f"unknown request {method!r}")
-            out.send(("reply", rid, True, getattr(engine, method)(*args)))
+            if method not in METHODS:
+                raise EngineError(f"unknown request {method!r}")
+            result = getattr(engine, method)(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            chan.send(("reply", rid, True, result))
         except Exception as e:
-            out.send(("reply", rid, False, str(e)))
+            chan.send(("reply", rid, False, str(e)))
 
-    handover, timeout_s, stop_id = True, None, None
+    async def read_requests() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                msg = await read_msg(reader)
+                if msg[0] == "call":
+                    t = loop.create_task(call(msg[1], msg[2], tuple(msg[3])))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                elif msg[0] == "stop":
+                    how.update(id=msg[1], handover=bool(msg[2]), timeout_s=msg[3])
+                    break
+        except (EOFError, OSError) as e:
+            if not stop.is_set():
+                log.warning("VRRP engine process: parent gone (%s), stopping", e)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    chan.send(("ready",))
+    log.info("VRRP engine process %d running %d instance(s)", os.getpid(), len(engine.specs))
+    requests = loop.create_task(read_requests())
+    await stop.wait()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)  # a second SIGTERM does not cut the handover short
     try:
-        signal.signal(signal.SIGTERM, on_term)
-        out.send(("ready",))
-        log.info("VRRP engine process %d running %d instance(s)", os.getpid(), len(engine.specs))
-        while True:
-            msg = recv_msg(sock)
-            if msg[0] == "call":
-                pool.submit(call, msg[1], msg[2], tuple(msg[3]))
-            elif msg[0] == "stop":
-                stop_id, handover, timeout_s = msg[1], bool(msg[2]), msg[3]
-                break
-    except _Terminate:
-        log.info("VRRP engine process: SIGTERM, stopping")
-        out.send(("exiting", "SIGTERM"))
-    except (EOFError, OSError) as e:
-        log.warning("VRRP engine process: parent gone (%s), stopping", e)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        engine.stop(handover=handover, timeout_s=timeout_s)
+        await engine.stop(handover=how["handover"], timeout_s=how["timeout_s"])
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if stop_id is not None:
-            out.send(("reply", stop_id, True, None))
-        if out.dropped:
-            print(f"vrrp child: {out.dropped} log record(s) dropped", file=sys.stderr)
-        out.close()
+        requests.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await requests
+        if how["id"] is not None:
+            chan.send(("reply", how["id"], True, None))
+        await _close(chan)
     return 0
+
+
+async def _close(chan: Channel) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(chan.writer.drain(), 5)
+    chan.closed = True
+    if chan.dropped:
+        print(f"vrrp child: {chan.dropped} log record(s) dropped", file=sys.stderr)
+    chan.writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(chan.writer.wait_closed(), 5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--parent", type=int, required=True)
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM when the thread that forked us ends; until the loop's handler is set, the default (exit) is right:
+    # nothing is held yet
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != args.parent:
+        return 0  # the parent died before PR_SET_PDEATHSIG: nothing started, nothing held
+    with contextlib.suppress(OSError):
+        os.nice(-5)
     sock = socket.socket(fileno=args.fd)
     os.set_inheritable(args.fd, False)  # notify/track scripts must not hold the channel open
     try:
-        return serve(sock, args.parent)
-    except _Terminate:
-        return 0
+        return asyncio.run(serve(sock, args.parent))
     finally:
         sock.close()
 

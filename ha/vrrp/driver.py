@@ -2,7 +2,8 @@
 
 The driver owns the instance's sockets, VIPs and announcement bursts. It reads ``loop.time()``, feeds the pure
 ``VrrpMachine`` (``receive``/``handle_timer``/``set_priority``/``fault``/...), executes ``pop_actions()`` in order
-and re-arms one timer from ``next_deadline()``. Everything here runs on the VRRP engine's own loop and thread.
+and re-arms one timer from ``next_deadline()``. Everything here runs on the VRRP engine's loop; VIP changes
+(netlink) go through the engine's ``netlink`` seam.
 
 Timer robustness: each timer firing records its lateness (actual minus scheduled). Before acting on an expired
 timer the driver first drains the socket, so adverts that arrived while the process was stalled are seen before a
@@ -18,7 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from ha.vrrp.actions import (
     SendAdvert,
     StateChanged,
 )
+from ha.vrrp.auth import check_v2_auth
 from ha.vrrp.io import Announcer, Received, VrrpSocket
 from ha.vrrp.vips import VipError, VipSet
 
@@ -55,6 +57,8 @@ class Machine(Protocol):
     def failover(self, now: float) -> bool: ...
     def next_deadline(self) -> float | None: ...
     def pop_actions(self) -> list[Action]: ...
+    @property
+    def counters(self) -> collections.Counter[str]: ...
 
 
 @dataclass
@@ -103,6 +107,9 @@ class Authenticator(Protocol):
     def check(self, payload: bytes, src: IPAddress, dst: IPAddress) -> bytes: ...
 
 
+# The machine's own drops (it checks the VRID and version of every advert) and the driver's name for each
+MACHINE_DROPS = {"ignored_other_vrid": "other_vrid", "ignored_version": "wrong_version"}
+
 # Driver counters that are not malformed or rejected packets: adverts of other virtual routers on the segment
 # (normal) and our own failures to act (they are errors, but not the peer's).
 NOT_MALFORMED = frozenset({"other_vrid", "action_failed", "send_failed", "vip_acquire", "vip_release"})
@@ -118,7 +125,7 @@ class InstanceDriver:
                  announcer: Announcer | None,
                  on_transition: Callable[[InstanceDriver, StateChanged], None] | None = None,
                  auth: Authenticator | None = None,
-                 vip_worker: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+                 netlink: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.s = settings
         self.machine = machine
         self.sock = sock
@@ -126,9 +133,10 @@ class InstanceDriver:
         self.announcer = announcer  # GARP / NA for every VIP, each on its own interface
         self.on_transition = on_transition
         self.auth = auth
-        # pyroute2's sync API cannot run inside a running event loop: VIP changes go to one worker thread
-        self.vip_worker = vip_worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-vips")
-        self._vip_job: asyncio.Future[None] | None = None
+        # the engine's netlink seam: ``netlink(fn, *args)`` runs fn in order off the loop, returns an awaitable
+        self._netlink = netlink
+        self._own_worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._vip_job: Awaitable[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -223,32 +231,33 @@ class InstanceDriver:
             adv = self._decode(r)
             if adv is None:
                 continue
+            counters = self.machine.counters
+            before = {k: counters[k] for k in MACHINE_DROPS}
+            self.machine.receive(adv, r.source, now)
+            dropped = [name for k, name in MACHINE_DROPS.items() if counters[k] != before[k]]
+            if dropped:
+                if dropped[0] == "other_vrid":
+                    self.errors["other_vrid"] += 1  # another virtual router on the segment: not an error
+                else:
+                    self._count_error(dropped[0], f"v{adv.version} advert from {r.source}")
+                continue
             self.adverts_received += 1
             self.peer_priority = adv.priority
-            self.machine.receive(adv, r.source, now)
             fed += 1
         return fed
 
     def _decode(self, r: Received) -> packet.Advert | None:
+        """Authenticate (HMAC trailer) and decode; the machine checks VRID and version (``_drain`` counts them)."""
         payload = r.payload
         try:
             if self.auth is not None:
                 payload = self.auth.check(payload, r.source, r.dest)
             adv = packet.decode(payload, r.source, r.dest)
+            if self.s.version == 2 and adv.vrid == self.s.vrid:  # other routers' passwords are theirs
+                check_v2_auth(adv, self.s.password or None)
         except packet.VrrpProtocolError as e:
             self._count_error(e.kind, f"from {r.source}: {e}")
             return None
-        if adv.vrid != self.s.vrid:
-            self.errors["other_vrid"] += 1  # another virtual router on the segment: not an error, not ours
-            return None
-        if adv.version != self.s.version:
-            self._count_error("wrong_version", f"v{adv.version} advert from {r.source}")
-            return None
-        if adv.version == 2 and self.s.password:
-            want = self.s.password[:8].ljust(8, b"\0")
-            if adv.auth_type != packet.AuthType.PASSWORD or adv.auth_data.ljust(8, b"\0") != want:
-                self._count_error("bad_auth", f"password mismatch from {r.source}")
-                return None
         return adv
 
     def _count_error(self, kind: str, detail: str) -> None:
@@ -321,14 +330,19 @@ class InstanceDriver:
                 self.errors["send_failed"] += 1
 
     def _vips(self, acquire: bool) -> None:
-        """Queue the VIP change on the engine's netlink worker (a single thread keeps the order of changes)."""
+        """Queue the VIP change through the netlink seam (one worker, in order: changes never overtake)."""
         if self.loop is None:
             return
         self.vips_held = acquire
-        self._vip_job = self.loop.run_in_executor(self.vip_worker, self._vips_blocking, acquire, 3)
+        if self._netlink is not None:
+            self._vip_job = self._netlink(self._vips_blocking, acquire, 3)
+        else:
+            if self._own_worker is None:
+                self._own_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-vips")
+            self._vip_job = self.loop.run_in_executor(self._own_worker, self._vips_blocking, acquire, 3)
 
     def _vips_blocking(self, acquire: bool, attempts: int) -> None:
-        """Runs on the VIP worker thread. Retries kernel errors with a short backoff; counts failures."""
+        """Runs off the loop (netlink). Retries kernel errors with a short backoff; counts failures."""
         for attempt in range(attempts):
             try:
                 (self.vips.acquire if acquire else self.vips.release)()
@@ -339,10 +353,6 @@ class InstanceDriver:
                             "add" if acquire else "remove", attempt + 1, e)
                 time.sleep(0.05 * (attempt + 1))
 
-    def flush_vips(self, timeout_s: float = 5.0) -> None:
-        """Block until queued VIP changes are done (used at stop, from outside the loop thread only)."""
-        self.vip_worker.submit(lambda: None).result(timeout_s)
-
     def _announce(self, reason: str) -> None:
         if self.announcer is None or self.loop is None:
             return
@@ -352,9 +362,10 @@ class InstanceDriver:
 
     async def _burst_run(self, reason: str) -> None:
         assert self.announcer is not None
-        if self._vip_job is not None and not self._vip_job.done():
+        job = self._vip_job
+        if isinstance(job, asyncio.Future) and not job.done():
             with contextlib.suppress(Exception):  # announce an address only once it is on the interface
-                await asyncio.shield(self._vip_job)
+                await asyncio.shield(job)
         if not self.announcer.opened:
             self.announcer.open()
         frames = 0

@@ -1,8 +1,10 @@
-"""The VRRP engine: every instance (and sync group) on one dedicated thread with its own event loop.
+"""The VRRP engine: every instance (and sync group) on the event loop of the process that runs it.
 
-Health checks, reconciles or API work on the caller's loop cannot delay adverts or timers here. The caller talks to
-the engine only through thread-safe methods: ``start()``, ``stop(handover)``, ``failover(instance)``, ``status()``;
-transitions are delivered to ``on_transition`` on the caller's loop (``call_soon_threadsafe``) when one is given.
+It runs in its own process (``ha.vrrp.child``, started by ``ha.vrrp.process``), so health checks, reconciles or API
+work in the daemon cannot delay adverts or timers here. Everything is called on the engine's loop:
+``await start()``, ``await stop(handover)``, ``await reconfigure(specs, groups)``, ``failover(instance)``,
+``status()``; transitions go to ``on_transition(info)``. The one thing that leaves the loop is a netlink call
+(``_netlink``: pyroute2's sync API cannot run inside a running loop), done in order on one helper thread.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import dataclasses
 import ipaddress
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from typing import Any
 
 from ha.vrrp import announce
 from ha.vrrp.actions import Role, StateChanged
-from ha.vrrp.driver import Authenticator, DriverSettings, InstanceDriver
+from ha.vrrp.auth import HmacAuthenticator, HmacKey
+from ha.vrrp.driver import DriverSettings, InstanceDriver
 from ha.vrrp.io import Announcer, VrrpSocket
 from ha.vrrp.machine import OWNER_PRIORITY as OWNER
 from ha.vrrp.machine import Settings, Takeover, VrrpMachine
@@ -65,7 +67,9 @@ class InstanceSpec:
     startup_delay_s: float = 0.0
     takeover: Takeover = Takeover.SKEW
     hold_s: float = 2.0
-    auth: Authenticator | None = None  # HMAC trailer (lvs-ha peers only)
+    # HMAC trailer keys (lvs-ha peers only; the first signs, all verify). The engine builds the authenticator and
+    # keeps it (with its replay state) across a reconfigure that leaves the keys as they are.
+    hmac_keys: tuple[HmacKey, ...] = ()
 
     @property
     def family(self) -> int:
@@ -83,7 +87,7 @@ class EngineError(RuntimeError):
     pass
 
 
-LIVE_FIELDS = ("notify", "track_interfaces", "track_scripts", "track_files", "track_own_interface", "auth",
+LIVE_FIELDS = ("notify", "track_interfaces", "track_scripts", "track_files", "track_own_interface", "hmac_keys",
                "preempt_delay_s")
 
 
@@ -108,113 +112,109 @@ class _Instance:
 
 
 class VrrpEngine:
+    """Every instance on the running loop of its owner (the engine process's main thread). ``await start()``,
+    ``await stop(handover)`` and ``await reconfigure(...)``; ``status()`` and ``failover()`` are plain calls on the
+    loop. Transitions go to ``on_transition(info)`` (called on the loop)."""
+
     def __init__(self, instances: list[InstanceSpec], sync_groups: list[SyncGroupSpec] | None = None,
-                 on_transition: Callable[[dict[str, Any]], None] | None = None,
-                 caller_loop: asyncio.AbstractEventLoop | None = None, notify_timeout_s: float = 10.0,
-                 track_poll_s: float = 0.05) -> None:
+                 on_transition: Callable[[dict[str, Any]], None] | None = None, notify_timeout_s: float = 10.0,
+                 track_poll_s: float = 0.05, wall_clock: Callable[[], float] = time.time) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
         self.on_transition = on_transition
-        self.caller_loop = caller_loop
         self.notifier = Notifier(timeout_s=notify_timeout_s)
         self.track_poll_s = track_poll_s
+        self.wall_clock = wall_clock
         self.loop: asyncio.AbstractEventLoop | None = None
-        # one thread for every netlink address change: pyroute2's sync API cannot run inside an event loop
-        self.vip_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-vips")
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
+        self._nl_worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._instances: dict[str, _Instance] = {}
         self._syncgroups: dict[str, SyncGroup] = {}
         self._stopping = False
-        self._done: asyncio.Future[None] | None = None
+        self._running = False
 
-    # -- public, thread-safe --------------------------------------------------------------------------------
-    def start(self, timeout_s: float = 30.0) -> None:
+    # -- the netlink seam -----------------------------------------------------------------------------------
+    def _netlink(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run one netlink call (VIP add/del, address lookups) off the loop, in order: pyroute2's sync API cannot
+        run inside a running loop. The only place the engine leaves its loop; a sync, fast rtnetlink can be called
+        here directly instead."""
+        assert self.loop is not None
+        if self._nl_worker is None:
+            self._nl_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-netlink")
+        return self.loop.run_in_executor(self._nl_worker, fn, *args)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
         """Open sockets, remove leftover VIPs, start every instance; returns when running (raises on failure)."""
-        if self._thread is not None:
+        if self.loop is not None:
             raise EngineError("engine already started")
+        self.loop = asyncio.get_running_loop()
         fastest = min((s.advert_interval_s for s in self.specs), default=1.0)
         if fastest < 0.1 and sys.getswitchinterval() > 0.001:
-            # sub-100 ms adverts: let the VRRP thread get the interpreter lock within 1 ms of its timer
+            # sub-100 ms adverts: a helper thread (netlink, scripts) must give the loop the interpreter lock fast
             sys.setswitchinterval(0.001)
-        self._thread = threading.Thread(target=self._thread_main, name="vrrp-engine", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise EngineError("VRRP engine did not start in time")
-        if self._start_error is not None:
-            self._thread.join(5)
-            raise EngineError(f"VRRP engine failed to start: {self._start_error}") from self._start_error
+        try:
+            names = {s.name for s in self.specs}
+            if len(names) != len(self.specs):
+                raise EngineError("instance names must be unique")
+            for spec in self.specs:
+                self._instances[spec.name] = await self._open(spec)
+            self._set_groups(self.groups)
+        except BaseException as e:
+            await self._close_all()
+            if isinstance(e, EngineError):
+                raise
+            raise EngineError(f"VRRP engine failed to start: {e}") from e
+        for inst in self._instances.values():
+            self._begin(inst)
+        self._running = True
 
-    def stop(self, handover: bool = True, timeout_s: float | None = None) -> None:
+    async def stop(self, handover: bool = True, timeout_s: float | None = None) -> None:
         """Orderly stop. ``handover``: masters resign (priority-0 advert) and keep their VIPs until the new master
         is heard (at most their hold time); otherwise a last priority-0 advert and the VIPs released at once."""
-        if self._thread is None or self.loop is None:
+        if not self._running:
             return
+        self._running = False
         if timeout_s is None:
             timeout_s = max((s.hold_s for s in self.specs), default=2.0) + 3.0
-        with contextlib.suppress(RuntimeError):  # the loop may already be closed
-            fut = asyncio.run_coroutine_threadsafe(self._stop(handover, timeout_s), self.loop)
-            with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-                fut.result(timeout_s + 5)
-        self._thread.join(timeout_s + 5)
-        self._thread = None
-        self.notifier.stop()
+        self._stopping = True
+        for inst in self._instances.values():
+            inst.tracker.stop()
+            if handover:
+                inst.driver.shutdown()
+            else:
+                inst.driver.abort()
+        assert self.loop is not None
+        deadline = self.loop.time() + timeout_s
+        while handover and self.loop.time() < deadline:
+            if all(i.driver.stopped for i in self._instances.values()):
+                break
+            await asyncio.sleep(0.005)
+        for inst in self._instances.values():
+            if not inst.driver.stopped:
+                log.warning("instance=%s did not finish its handover in time; releasing now", inst.spec.name)
+            inst.driver.abort()
+        await self._close_all()
+        if self.notifier.busy:
+            await asyncio.to_thread(self.notifier.stop)  # queued notify commands (STOP) run, for a few seconds
+        else:
+            self.notifier.stop()
 
     def failover(self, instance: str | None = None) -> list[str]:
         """Planned handover of one instance (or every master); returns the names that began resigning."""
-        return self._call(lambda: self._failover(instance))
+        self._check_running()
+        if instance is not None and instance not in self._instances:
+            raise EngineError(f"no VRRP instance {instance!r}")
+        out = []
+        for name, inst in self._instances.items():
+            if instance is not None and name != instance:
+                continue
+            if inst.driver.failover():
+                out.append(name)
+        return out
 
-    def status(self) -> list[dict[str, Any]]:
-        return self._call(self._status)
-
-    def _call(self, fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-        if self.loop is None or self._thread is None:
+    def _check_running(self) -> None:
+        if not self._running or self.loop is None:
             raise EngineError("engine not running")
-        if threading.current_thread() is self._thread:
-            return fn()
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # delivered to the caller
-                fut.set_exception(e)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout_s)
-
-    # -- engine thread --------------------------------------------------------------------------------------
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self.loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            self._open_all(loop)
-        except BaseException as e:
-            self._start_error = e
-            self._ready.set()
-            self._close_all()
-            loop.close()
-            return
-        self._done = loop.create_future()
-        self._ready.set()
-        try:
-            loop.run_until_complete(self._done)
-        finally:
-            self._close_all()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
-
-    def _open_all(self, loop: asyncio.AbstractEventLoop) -> None:
-        names = {s.name for s in self.specs}
-        if len(names) != len(self.specs):
-            raise EngineError("instance names must be unique")
-        for spec in self.specs:
-            self._instances[spec.name] = self._open(spec, loop)
-        self._set_groups(self.groups)
-        for inst in self._instances.values():
-            self._begin(inst, loop)
 
     def _set_groups(self, groups: list[SyncGroupSpec]) -> None:
         for inst in self._instances.values():
@@ -228,7 +228,9 @@ class VrrpEngine:
             self._syncgroups[g.name] = SyncGroup(g.name, {n: self._instances[n].machine for n in g.instances})
         self.groups = list(groups)
 
-    def _begin(self, inst: _Instance, loop: asyncio.AbstractEventLoop) -> None:
+    def _begin(self, inst: _Instance) -> None:
+        assert self.loop is not None
+        loop = self.loop
         outcome = inst.tracker.prime()
         inst.machine.set_priority(outcome.priority, loop.time())
         if outcome.fault:
@@ -238,17 +240,15 @@ class VrrpEngine:
         inst.tracker.start()
 
     # -- reload ---------------------------------------------------------------------------------------------
-    def reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
+    async def reconfigure(self, specs: list[InstanceSpec],
+                          groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
         """Apply a new set of instances without a restart: unchanged instances carry on untouched; changes to
         tracking, notify, authentication or priority apply in place (role kept); new instances start; removed ones
         stop (priority-0 advert, VIPs released); any other change replaces the instance (a master hands over)."""
+        self._check_running()
+        specs, groups = list(specs), list(groups or ())
         if len({s.name for s in specs}) != len(specs):
             raise EngineError("instance names must be unique")
-        return self._call(lambda: self._reconfigure(list(specs), list(groups or ())), timeout_s=60.0)
-
-    def _reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec]) -> dict[str, list[str]]:
-        assert self.loop is not None
-        loop = self.loop
         out: dict[str, list[str]] = {"added": [], "removed": [], "updated": [], "replaced": []}
         new = {s.name: s for s in specs}
         # open everything new first: if that fails, nothing running has been touched
@@ -257,7 +257,7 @@ class VrrpEngine:
             for name, spec in new.items():
                 cur = self._instances.get(name)
                 if cur is None or (cur.spec != spec and not _live_change(cur.spec, spec)):
-                    opened[name] = self._open(spec, loop)
+                    opened[name] = await self._open(spec)
         except BaseException:
             for inst in opened.values():
                 self._discard(inst)
@@ -273,25 +273,29 @@ class VrrpEngine:
                 out["replaced" if cur is not None else "added"].append(name)
                 self._instances[name] = opened[name]
             elif cur is not None and cur.spec != spec:
-                self._update_in_place(cur, spec, loop)
+                self._update_in_place(cur, spec)
                 out["updated"].append(name)
         self._instances = {n: self._instances[n] for n in new}
         self.specs = specs
         self._set_groups(groups)
         for inst in opened.values():
-            self._begin(inst, loop)
+            self._begin(inst)
         log.info("VRRP reconfigured: %s", ", ".join(f"{k} {v}" for k, v in out.items() if v) or "no change")
         return out
 
-    def _update_in_place(self, inst: _Instance, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> None:
+    def _update_in_place(self, inst: _Instance, spec: InstanceSpec) -> None:
         inst.tracker.stop()
+        if spec.hmac_keys != inst.spec.hmac_keys:  # same keys: the same authenticator (its replay state) goes on
+            inst.driver.auth = self._authenticator(spec)
         inst.spec = spec
         inst.machine.set_preempt_delay(spec.preempt_delay_s)
-        inst.driver.auth = spec.auth
-        inst.tracker = self._tracker(spec, loop)
+        inst.tracker = self._tracker(spec)
         outcome = inst.tracker.prime()
         self._tracked(spec.name, outcome)
         inst.tracker.start()
+
+    def _authenticator(self, spec: InstanceSpec) -> HmacAuthenticator | None:
+        return HmacAuthenticator(spec.hmac_keys, self.wall_clock) if spec.hmac_keys else None
 
     def _retire(self, inst: _Instance) -> None:
         inst.tracker.stop()
@@ -302,57 +306,70 @@ class VrrpEngine:
         inst.driver.sock.close()
         if inst.driver.announcer is not None:
             inst.driver.announcer.close()
-        self.vip_worker.submit(inst.driver.vips.close)
+        self._netlink(inst.driver.vips.close)
 
-    def _open(self, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> _Instance:
+    async def _open(self, spec: InstanceSpec) -> _Instance:
         vip_ips = tuple(v.address.ip for v in spec.vips)
         advert_ips = tuple(ip for ip in vip_ips if ip.version == spec.family)
         vips = VipSet(spec.vips)
         # we start as non-master: VIPs of ours left by a previous run go
-        leftover = self.vip_worker.submit(vips.release).result(30)
+        leftover = await self._netlink(vips.release)
         if leftover:
             log.warning("instance=%s removed %d leftover VIP(s) at start: %s", spec.name, len(leftover),
                         ", ".join(map(str, leftover)))
         sock = VrrpSocket(spec.family, spec.interface, source=spec.unicast_source, peers=spec.unicast_peers)
-        # on the netlink worker: pyroute2's sync API cannot run inside this (possibly running) loop
-        self.vip_worker.submit(sock.open, vip_ips).result(30)
+        await self._netlink(sock.open, vip_ips)  # reads the interface's addresses through netlink
         announcer = Announcer([(v.address.ip, v.interface) for v in spec.vips], announce.announcement_frame)
-        announcer.open()
-        msettings = Settings(
-            vrid=spec.vrid, priority=spec.priority, version=spec.version, advert_interval_s=spec.advert_interval_s,
-            preempt=spec.preempt, preempt_delay_s=spec.preempt_delay_s, primary_address=sock.source,
-            family=spec.family, startup_delay_s=spec.startup_delay_s, takeover=spec.takeover, hold_s=spec.hold_s,
-            garp_refresh_s=spec.garp_refresh_s, garp_repeat_delay_s=spec.garp_repeat_delay_s,
-            announce_on_lower=spec.announce_on_lower)
-        machine = VrrpMachine(msettings)
+        try:
+            announcer.open()
+            msettings = Settings(
+                vrid=spec.vrid, priority=spec.priority, version=spec.version,
+                advert_interval_s=spec.advert_interval_s, preempt=spec.preempt, preempt_delay_s=spec.preempt_delay_s,
+                primary_address=sock.source, family=spec.family, startup_delay_s=spec.startup_delay_s,
+                takeover=spec.takeover, hold_s=spec.hold_s, garp_refresh_s=spec.garp_refresh_s,
+                garp_repeat_delay_s=spec.garp_repeat_delay_s, announce_on_lower=spec.announce_on_lower)
+            machine = VrrpMachine(msettings)
+        except BaseException:
+            sock.close()
+            announcer.close()
+            raise
         dsettings = DriverSettings(spec.name, spec.vrid, spec.version, spec.family, spec.advert_interval_s,
                                    advert_ips, spec.garp_count, spec.garp_interval_s, spec.password)
         driver = InstanceDriver(dsettings, machine, sock, vips, announcer, self._transition,
-                                auth=spec.auth, vip_worker=self.vip_worker)
-        tracker = self._tracker(spec, loop)
-        return _Instance(spec, driver, machine, tracker)
+                                auth=self._authenticator(spec), netlink=self._netlink)
+        return _Instance(spec, driver, machine, self._tracker(spec))
 
-    def _tracker(self, spec: InstanceSpec, loop: asyncio.AbstractEventLoop) -> Tracker:
+    def _tracker(self, spec: InstanceSpec) -> Tracker:
         ifaces = list(spec.track_interfaces)
         if spec.track_own_interface and spec.interface not in {i.name for i in ifaces}:
             ifaces.insert(0, TrackedInterface(spec.interface, 0))
         state = TrackState(spec.priority, tuple(ifaces), spec.track_scripts, spec.track_files)
         name = spec.name
+        loop = self.loop
+        assert loop is not None
 
-        def on_change(outcome: Outcome) -> None:  # from the tracker thread
-            loop.call_soon_threadsafe(self._tracked, name, outcome)
+        def on_change(outcome: Outcome) -> None:  # from the tracker's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._tracked, name, outcome)
 
         return Tracker(state, on_change, poll_s=self.track_poll_s)
 
-    def _close_all(self) -> None:
+    async def _close_all(self) -> None:
         for inst in self._instances.values():
             inst.tracker.stop()
             inst.driver.close()
             inst.driver.sock.close()
             if inst.driver.announcer is not None:
                 inst.driver.announcer.close()
-            self.vip_worker.submit(inst.driver.vips.close)
-        self.vip_worker.shutdown(wait=True)  # queued VIP changes (the final release) complete first
+        if self._nl_worker is None:
+            return
+        for inst in self._instances.values():
+            self._netlink(inst.driver.vips.close)
+        # queued VIP changes (the final release) complete first: the worker runs them in order
+        with contextlib.suppress(Exception):
+            await self._netlink(lambda: None)
+        self._nl_worker.shutdown(wait=False)
+        self._nl_worker = None
 
     def _tracked(self, name: str, outcome: Outcome) -> None:
         inst = self._instances.get(name)
@@ -382,10 +399,10 @@ class VrrpEngine:
         if self.on_transition is not None:
             info = {"instance": inst.spec.name, "old": change.old.value, "new": new.value, "reason": change.reason,
                     "master": change.master, "priority": prio, "time": time.time()}
-            if self.caller_loop is not None:
-                self.caller_loop.call_soon_threadsafe(self.on_transition, info)
-            else:
+            try:
                 self.on_transition(info)
+            except Exception:
+                log.exception("VRRP transition handler failed")
 
     def _sync(self, inst: _Instance, change: StateChanged) -> None:
         """Sync group: the pure ``SyncGroup`` drags the other members along; their actions run here."""
@@ -400,38 +417,8 @@ class VrrpEngine:
                 self.notifier.notify(Notification(argv, inst.group.name, change.new.value, inst.machine.priority,
                                                   (("GROUP", inst.group.name),)))
 
-    def _failover(self, instance: str | None) -> list[str]:
-        if instance is not None and instance not in self._instances:
-            raise EngineError(f"no VRRP instance {instance!r}")
-        out = []
-        for name, inst in self._instances.items():
-            if instance is not None and name != instance:
-                continue
-            if inst.driver.failover():
-                out.append(name)
-        return out
-
-    async def _stop(self, handover: bool, timeout_s: float) -> None:
-        self._stopping = True
-        for inst in self._instances.values():
-            inst.tracker.stop()
-            if handover:
-                inst.driver.shutdown()
-            else:
-                inst.driver.abort()
-        deadline = time.monotonic() + timeout_s
-        while handover and time.monotonic() < deadline:
-            if all(i.driver.stopped for i in self._instances.values()):
-                break
-            await asyncio.sleep(0.005)
-        for inst in self._instances.values():
-            if not inst.driver.stopped:
-                log.warning("instance=%s did not finish its handover in time; releasing now", inst.spec.name)
-            inst.driver.abort()
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
-
-    def _status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[dict[str, Any]]:
+        self._check_running()
         assert self.loop is not None
         now_loop, now_wall = self.loop.time(), time.time()
         out = []

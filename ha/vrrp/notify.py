@@ -55,6 +55,11 @@ class Notifier:
             self._thread = threading.Thread(target=self._run, name="vrrp-notify", daemon=True)
             self._thread.start()
 
+    @property
+    def busy(self) -> bool:
+        """True while notifications are queued or running."""
+        return self._q.unfinished_tasks > 0
+
     def notify(self, n: Notification) -> None:
         """Queue a notification; never blocks (a full queue drops and counts)."""
         self.start()

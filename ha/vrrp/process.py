@@ -1,22 +1,37 @@
 """The VRRP engine in a child process (as Keepalived runs VRRP in its own process).
 
 A busy daemon (health checks, API, reloads, a large status document, garbage collection) holds the interpreter lock
-for long stretches; a VRRP thread in the same process then sends its adverts late and the peer takes over for
-nothing. ``ProcessEngine`` runs the unchanged ``VrrpEngine`` in ``python -m ha.vrrp.child`` (a fresh interpreter:
-no inherited heap) and is a drop-in for it as the daemon uses it: ``start``, ``stop(handover)``, ``failover``,
-``status``, ``reconfigure``; transitions reach ``on_transition`` on the caller's loop.
+for long stretches; a VRRP engine in the same process then sends its adverts late and the peer takes over for
+nothing. ``ProcessEngine`` runs ``VrrpEngine`` in ``python -m ha.vrrp.child`` (a fresh interpreter: no inherited
+heap) and is used from the daemon's loop: ``await start()``, ``await stop(handover)``, ``await failover(instance)``,
+``await status()``, ``await reconfigure(specs, groups)``; transitions reach ``on_transition`` on that loop.
 
-Channel: a Unix socketpair carrying length-prefixed pickled tuples (both ends are this package's code; nothing
-else can write to it). Parent to child: ``("init", options)``, ``("call", id, method, args)``, ``("stop", id,
-handover, timeout_s)``. Child to parent: ``("ready",)`` or ``("failed", message)``, ``("reply", id, ok, value)``,
-``("event", transition)``, ``("log", record_dict)``. The child dies with the parent: SIGTERM on parent death
-(``PR_SET_PDEATHSIG``) and EOF on the channel both make it stop in order (VIPs released).
+The child is started as ``sys.executable -m ha.vrrp.child`` with the parent's environment and working directory
+unchanged, so it runs in exactly the parent's installation (a virtualenv's ``sys.prefix`` comes from argv[0]); it
+names itself "lvs-ha: vrrp" with ``prctl(PR_SET_NAME)`` (``ps -o comm``, top, pgrep).
+
+Channel: a Unix socketpair; each message is a 4-byte big-endian length and a pickled tuple (both ends are this
+package's code; nothing else can write to it).
+
+Parent to child:
+  ``("init", options)``                    first message: specs, groups, realtime, log_level, title
+  ``("call", id, method, args)``           method: "status", "failover", "reconfigure"
+  ``("stop", id, handover, timeout_s)``    orderly stop; answered by a reply, then the child exits
+Child to parent:
+  ``("ready",)`` or ``("failed", message)``  after init: the instances are running (or could not start)
+  ``("reply", id, ok, value)``               value is the result, or the error's text when not ok
+  ``("event", transition)``                  a state change (dict)
+  ``("log", record_dict)``                   a log record for the parent's logging
+  ``("exiting", why)``                       the child stops on its own (SIGTERM): not a crash
+
+The child dies with the parent: SIGTERM on parent death (``PR_SET_PDEATHSIG``, relative to the thread that forked
+it: the daemon's loop thread) and EOF on the channel both make it stop in order (VIPs released). If it dies after a
+good start it is started again after 1 s, doubling to 30 s (back to 1 s after 60 s of good running).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -24,12 +39,8 @@ import os
 import pickle
 import socket
 import struct
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ha.vrrp.engine import EngineError, InstanceSpec, SyncGroupSpec
@@ -39,12 +50,43 @@ log = logging.getLogger(__name__)
 TITLE = "lvs-ha: vrrp"
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 * 1024 * 1024
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+RESTART_RESET_AFTER_S = 60.0
 
 
 # -- framing (shared with ha.vrrp.child) -----------------------------------------------------------------------
-def send_msg(sock: socket.socket, msg: tuple[Any, ...]) -> None:
+def frame(msg: tuple[Any, ...]) -> bytes:
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+def _unpickle(data: bytes) -> tuple[Any, ...]:
+    msg = pickle.loads(data)
+    if not isinstance(msg, tuple) or not msg:
+        raise EOFError("malformed message: channel corrupt")
+    return msg
+
+
+def _size(header: bytes) -> int:
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_MESSAGE:
+        raise EOFError(f"message of {size} bytes: channel corrupt")
+    return int(size)
+
+
+async def read_msg(reader: asyncio.StreamReader) -> tuple[Any, ...]:
+    """The next message; ``EOFError`` at the end of the channel or on a corrupt frame."""
+    try:
+        size = _size(await reader.readexactly(_HEADER.size))
+        return _unpickle(await reader.readexactly(size))
+    except asyncio.IncompleteReadError:
+        raise EOFError("channel closed") from None
+
+
+def send_msg(sock: socket.socket, msg: tuple[Any, ...]) -> None:
+    """Blocking send of one message (tests)."""
+    sock.sendall(frame(msg))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -58,170 +100,184 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def recv_msg(sock: socket.socket) -> tuple[Any, ...]:
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
-    if size > MAX_MESSAGE:
-        raise EOFError(f"message of {size} bytes: channel corrupt")
-    msg = pickle.loads(_recv_exact(sock, size))
-    if not isinstance(msg, tuple) or not msg:
-        raise EOFError("malformed message: channel corrupt")
-    return msg
-
-
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    """Blocking receive of one message (tests)."""
+    return _unpickle(_recv_exact(sock, _size(_recv_exact(sock, _HEADER.size))))
 
 
 # -- parent side -----------------------------------------------------------------------------------------------
 class ProcessEngine:
-    """``VrrpEngine``'s interface, with the engine in a child process. Thread-safe like the engine."""
+    """``VrrpEngine``'s interface, with the engine in a child process; every method runs on the caller's loop."""
 
     def __init__(self, instances: list[InstanceSpec], sync_groups: list[SyncGroupSpec] | None = None,
-                 on_transition: Callable[[dict[str, Any]], None] | None = None,
-                 caller_loop: asyncio.AbstractEventLoop | None = None, *, realtime: bool = False,
+                 on_transition: Callable[[dict[str, Any]], None] | None = None, *, realtime: bool = False,
                  python: str = sys.executable, title: str = TITLE) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
         self.on_transition = on_transition
-        self.caller_loop = caller_loop
         self.realtime = realtime
         self.python = python
         self.title = title
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: str | None = None
-        self._send_lock = threading.Lock()
-        self._pending: dict[int, concurrent.futures.Future[Any]] = {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._alive = False
         self._stopping = False
-        self._ever_ready = False  # a child once started well: restart it if it dies
-        self._stop_evt = threading.Event()
-        self.restarts = 0
+        self._supervisor: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None  # the current child's start: None or an error
+        self._wake: asyncio.Event | None = None  # ends a restart backoff early (stop)
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Spawn the child and start every instance there; returns when running (raises ``EngineError``)."""
-        if self._thread is not None:
-            raise EngineError("engine already started")
-        # the child is spawned by the channel thread: PR_SET_PDEATHSIG fires when the thread that forked the child
-        # ends, and this thread lives exactly as long as the child
-        self._thread = threading.Thread(target=self._channel_main, name="vrrp-channel", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            self._kill()
-            raise EngineError("VRRP engine process did not start in time")
-        if self._start_error is not None:
-            self._stopping = True
-            self._stop_evt.set()
-            self._reap(5.0)
-            raise EngineError(self._start_error)
+    def argv(self, fd: int) -> list[str]:
+        """The child's command line: argv[0] is the interpreter itself, so a virtualenv's interpreter finds its
+        own prefix (and packages); the process is named with PR_SET_NAME by the child."""
+        return [self.python, "-m", "ha.vrrp.child", "--fd", str(fd), "--parent", str(os.getpid())]
 
-    def stop(self, handover: bool = True, timeout_s: float | None = None) -> None:
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Spawn the child and start every instance there; returns when running (raises ``EngineError``)."""
+        if self._supervisor is not None:
+            raise EngineError("engine already started")
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._started = loop.create_future()
+        self._supervisor = loop.create_task(self._supervise(), name="vrrp-channel")
+        try:
+            error = await asyncio.wait_for(asyncio.shield(self._started), timeout_s)
+        except TimeoutError:
+            error = "VRRP engine process did not start in time"
+        if error is not None:
+            self._stopping = True
+            self._wake.set()
+            await self._reap(5.0)
+            await self._end_supervisor()
+            raise EngineError(error)
+
+    async def stop(self, handover: bool = True, timeout_s: float | None = None) -> None:
         """Orderly stop: the child's masters resign (priority-0 advert) and release their VIPs, then it exits; if it
         does not in time it is killed."""
-        if self.proc is None:
+        if self._supervisor is None:
             return
         if timeout_s is None:
             timeout_s = max((s.hold_s for s in self.specs), default=2.0) + 3.0
         self._stopping = True
-        self._stop_evt.set()
-        try:
-            self._request(("stop", handover, timeout_s)).result(timeout_s + 5)
-        except (concurrent.futures.TimeoutError, EngineError) as e:
-            if self.proc.poll() is None:
-                log.warning("VRRP engine process: no orderly stop (%s)", e or "timeout")
-        self._reap(timeout_s + 5)
+        if self._wake is not None:
+            self._wake.set()
+        if self._alive:
+            try:
+                await asyncio.wait_for(self._request(("stop", handover, timeout_s)), timeout_s + 5)
+            except (TimeoutError, EngineError) as e:
+                if self.proc is not None and self.proc.returncode is None:
+                    log.warning("VRRP engine process: no orderly stop (%s)", e or "timeout")
+        await self._reap(timeout_s + 5)
+        await self._end_supervisor()
 
-    def failover(self, instance: str | None = None) -> list[str]:
-        return list(self._call("failover", (instance,)))
+    async def failover(self, instance: str | None = None) -> list[str]:
+        return list(await self._call("failover", (instance,)))
 
-    def status(self) -> list[dict[str, Any]]:
-        return list(self._call("status", ()))
+    async def status(self) -> list[dict[str, Any]]:
+        return list(await self._call("status", ()))
 
-    def reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
+    async def reconfigure(self, specs: list[InstanceSpec],
+                          groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
         if len({s.name for s in specs}) != len(specs):
             raise EngineError("instance names must be unique")
-        out = dict(self._call("reconfigure", (list(specs), list(groups or ())), timeout_s=60.0))
+        out = dict(await self._call("reconfigure", (list(specs), list(groups or ())), timeout_s=60.0))
         self.specs, self.groups = list(specs), list(groups or ())
         return out
 
     # -- requests -------------------------------------------------------------------------------------------
-    def _call(self, method: str, args: tuple[Any, ...], timeout_s: float = 10.0) -> Any:
-        fut = self._request(("call", method, args))
+    async def _call(self, method: str, args: tuple[Any, ...], timeout_s: float = 10.0) -> Any:
         try:
-            return fut.result(timeout_s)
-        except concurrent.futures.TimeoutError:
+            return await asyncio.wait_for(self._request(("call", method, args)), timeout_s)
+        except TimeoutError:
             raise EngineError(f"VRRP engine process did not answer {method} in {timeout_s:g} s") from None
 
-    def _request(self, body: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
-        if not self._alive or self._sock is None:
+    def _request(self, body: tuple[Any, ...]) -> asyncio.Future[Any]:
+        if not self._alive or self._writer is None:
             raise EngineError("engine not running")
         rid = next(self._ids)
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._pending[rid] = fut
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
-            with self._send_lock:
-                send_msg(self._sock, (body[0], rid, *body[1:]))
-        except OSError as e:
-            self._pending.pop(rid, None)
+            self._writer.write(frame((body[0], rid, *body[1:])))
+        except (OSError, RuntimeError) as e:
             raise EngineError(f"VRRP engine process unreachable: {e}") from e
+        self._pending[rid] = fut
         return fut
 
-    # -- channel thread -------------------------------------------------------------------------------------
-    def _spawn(self) -> socket.socket:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
-        fd = theirs.fileno()
-        try:
-            # argv[0] names the process in ps/top; the interpreter is given as ``executable``
-            self.proc = subprocess.Popen([self.title, "-m", "ha.vrrp.child", "--fd", str(fd),
-                                          "--parent", str(os.getpid())], executable=self.python, pass_fds=(fd,),
-                                         stdin=subprocess.DEVNULL, env=env)
-        finally:
-            theirs.close()
-        return mine
-
-    def _channel_main(self) -> None:
+    # -- the child ------------------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
         """Run the child; if it dies after a good start, start it again (with the current specs) after a backoff
         of 1 s doubling to 30 s, as a supervisor would, until stop() is called."""
-        delay = 1.0
+        assert self._wake is not None
+        delay = RESTART_FIRST_S
+        ever_ready = False
+        loop = asyncio.get_running_loop()
         while True:
-            started = time.monotonic()
-            self._run_child()
-            if self._stopping or not self._ever_ready:
+            began = loop.time()
+            ready = await self._run_child()
+            ever_ready = ever_ready or ready
+            if self._stopping or not ever_ready:
                 return
-            if time.monotonic() - started > 60.0:
-                delay = 1.0  # it ran for a while: this is a new failure, not a crash loop
+            if loop.time() - began > RESTART_RESET_AFTER_S:
+                delay = RESTART_FIRST_S  # it ran for a while: a new failure, not a crash loop
             log.critical("VRRP engine process is gone: no VRRP on this node; restarting it in %.0f s", delay)
-            if self._stop_evt.wait(delay):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            if self._stopping:
                 return
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, RESTART_MAX_S)
             self.restarts += 1
+            self._started = loop.create_future()
 
-    def _run_child(self) -> None:
-        self._start_error = None
+    def _start_done(self, error: str | None) -> None:
+        if self._started is not None and not self._started.done():
+            self._started.set_result(error)
+
+    async def _spawn(self) -> asyncio.StreamReader:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock = self._spawn()
-            self._sock = sock
+            fd = theirs.fileno()
+            self.proc = await asyncio.create_subprocess_exec(*self.argv(fd), pass_fds=(fd,),
+                                                             stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=mine, limit=MAX_MESSAGE + _HEADER.size)
+        return reader
+
+    async def _run_child(self) -> bool:
+        """One child's life; True if it reported ready."""
+        ready = False
+        why = ""
+        try:
+            reader = await self._spawn()
+            assert self._writer is not None
             self._alive = True
-            with self._send_lock:
-                send_msg(sock, ("init", {"specs": self.specs, "groups": self.groups, "realtime": self.realtime,
-                                         "log_level": logging.getLogger().getEffectiveLevel(),
-                                         "title": self.title}))
+            self._writer.write(frame(("init", {
+                "specs": self.specs, "groups": self.groups, "realtime": self.realtime,
+                "log_level": logging.getLogger().getEffectiveLevel(), "title": self.title})))
         except Exception as e:
-            self._start_error = f"VRRP engine process could not be started: {e}"
-            self._alive = False
-            self._ready.set()
-            return
+            self._start_done(f"VRRP engine process could not be started: {e}")
+            await self._close_channel()
+            return False
         try:
             while True:
-                self._dispatch(recv_msg(sock))
+                msg = await read_msg(reader)
+                kind = msg[0]
+                if kind == "ready":
+                    ready = True
+                    self._start_done(None)
+                elif kind == "failed":  # the child could not open its instances; it exits next
+                    why = str(msg[1])
+                    self._start_done(why)
+                else:
+                    self._dispatch(msg)
         except (EOFError, OSError, pickle.UnpicklingError) as e:
             if not isinstance(e, EOFError) or str(e) != "channel closed":
                 log.error("VRRP engine channel: %s", e)
@@ -231,17 +287,19 @@ class ProcessEngine:
                 if not fut.done():
                     fut.set_exception(EngineError("VRRP engine process exited"))
             self._pending.clear()
-            with contextlib.suppress(OSError):
-                sock.close()
-            if not self._ready.is_set():
-                self._start_error = self._start_error or "VRRP engine process exited during start"
-                self._ready.set()
-            elif not self._stopping:
-                code = None
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    code = self.proc.wait(5) if self.proc is not None else None
-                why = f": {self._start_error}" if self._start_error else ""
-                log.critical("VRRP engine process exited unexpectedly (exit status %s)%s", code, why)
+            await self._close_channel()
+        self._start_done(why or "VRRP engine process exited during start")
+        if ready and not self._stopping:
+            code = None
+            if self.proc is not None:
+                with contextlib.suppress(TimeoutError):
+                    code = await asyncio.wait_for(self.proc.wait(), 5)
+            log.critical("VRRP engine process exited unexpectedly (exit status %s)%s", code,
+                         f": {why}" if why else "")
+        elif self.proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 5)
+        return ready
 
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -255,14 +313,10 @@ class ProcessEngine:
                     fut.set_exception(EngineError(value))
         elif kind == "event":
             if self.on_transition is not None:
-                if self.caller_loop is not None:
-                    with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-                        self.caller_loop.call_soon_threadsafe(self.on_transition, msg[1])
-                else:
-                    try:
-                        self.on_transition(msg[1])
-                    except Exception:
-                        log.exception("VRRP transition handler failed")
+                try:
+                    self.on_transition(msg[1])
+                except Exception:
+                    log.exception("VRRP transition handler failed")
         elif kind == "log":
             record = logging.makeLogRecord(msg[1])
             logger = logging.getLogger(record.name)
@@ -271,36 +325,36 @@ class ProcessEngine:
         elif kind == "exiting":  # the child stops on its own (SIGTERM to the whole group): not a crash
             self._stopping = True
             log.info("VRRP engine process stopping on %s", msg[1])
-        elif kind == "ready":
-            self._ever_ready = True
-            self._ready.set()
-        elif kind == "failed":  # the child could not open its instances; it exits next
-            self._start_error = str(msg[1])
-            self._ready.set()
         else:
             log.warning("VRRP engine channel: unknown message %r dropped", kind)
 
-    def _reap(self, timeout_s: float) -> None:
+    async def _close_channel(self) -> None:
+        w, self._writer = self._writer, None
+        if w is not None:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+
+    async def _reap(self, timeout_s: float) -> None:
         if self.proc is None:
             return
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
             log.warning("VRRP engine process %d did not exit; killing it", self.proc.pid)
-            self._kill()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        await self._close_channel()
 
-    def _kill(self) -> None:
-        self._stopping = True
-        self._stop_evt.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+    async def _end_supervisor(self) -> None:
+        task = self._supervisor
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(task, 10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        except Exception:
+            log.exception("VRRP engine channel task failed")

@@ -18,7 +18,7 @@ from tests.lab import Lab, wait_for
 from tests.vrrp_helpers import NET, VIP, has_vip
 
 PRELUDE = textwrap.dedent(f"""
-    import dataclasses, ipaddress, json, logging, sys, time
+    import asyncio, dataclasses, ipaddress, json, logging, sys, time
     from ha.vrrp.engine import EngineError, InstanceSpec
     from ha.vrrp.process import ProcessEngine
     from ha.vrrp.vips import Vip
@@ -26,35 +26,38 @@ PRELUDE = textwrap.dedent(f"""
     spec = InstanceSpec("VI_1", "eth0", 51, priority=150, advert_interval_s=0.05, garp_count=1, hold_s=0.5,
                         vips=(Vip(ipaddress.ip_interface("{VIP}/24"), "eth0"),))
     events = []
-    eng = ProcessEngine([spec], [], on_transition=events.append)
-    eng.start()
     def out(**kw):
         print(json.dumps(kw, default=str), flush=True)
-    deadline = time.monotonic() + 20
-    while eng.status()[0]["role"] != "MASTER" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    async def line():  # the test's go-ahead, read off the loop
+        return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    async def main():
+        eng = ProcessEngine([spec], [], on_transition=events.append)
+        await eng.start()
+        deadline = time.monotonic() + 20
+        while (await eng.status())[0]["role"] != "MASTER" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 """)
 
-LIFECYCLE = PRELUDE + textwrap.dedent("""
-    out(pid=eng.pid, status=eng.status(), events=list(events))
-    sys.stdin.readline()
+LIFECYCLE = PRELUDE + textwrap.indent(textwrap.dedent("""
+    out(pid=eng.pid, status=await eng.status(), events=list(events))
+    await line()
     try:
-        eng.failover("nope")
+        await eng.failover("nope")
         unknown = None
     except EngineError as e:
         unknown = str(e)
-    failed_over = eng.failover("VI_1")
-    changes = eng.reconfigure([dataclasses.replace(spec, priority=140)], [])
-    out(failover=failed_over, unknown=unknown, reconfigure=changes, status=eng.status())
-    sys.stdin.readline()
-    eng.stop(handover=True)
+    failed_over = await eng.failover("VI_1")
+    changes = await eng.reconfigure([dataclasses.replace(spec, priority=140)], [])
+    out(failover=failed_over, unknown=unknown, reconfigure=changes, status=await eng.status())
+    await line()
+    await eng.stop(handover=True)
     out(returncode=eng.proc.returncode, events=list(events))
-""")
+"""), "    ") + "asyncio.run(main())\n"
 
-ORPHAN = PRELUDE + textwrap.dedent("""
-    out(pid=eng.pid, status=eng.status())
-    sys.stdin.readline()
-""")
+ORPHAN = PRELUDE + textwrap.indent(textwrap.dedent("""
+    out(pid=eng.pid, status=await eng.status())
+    await line()
+"""), "    ") + "asyncio.run(main())\n"
 
 
 # how long the engine owner may take to print its next record (it waits up to 20 s for MASTER itself)
@@ -109,7 +112,9 @@ def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     pid = int(first["pid"])
     assert pid != p.pid
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "lvs-ha: vrrp"
-    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"lvs-ha: vrrp"
+    # argv[0] is the interpreter itself (a virtualenv's child finds its packages); the name comes from PR_SET_NAME
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [sys.executable.encode(), b"-m",
+                                                                           b"ha.vrrp.child"]
     assert first["status"][0]["role"] == "MASTER"
     wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
     p.stdin.write("go\n")
@@ -147,23 +152,23 @@ def test_orphaned_engine_process_releases_vips_and_exits(lab: Lab, tmp_path: Pat
     assert not has_vip(d1)
 
 
-RESTART = PRELUDE + textwrap.dedent("""
+RESTART = PRELUDE + textwrap.indent(textwrap.dedent("""
     out(pid=eng.pid)
-    sys.stdin.readline()  # the test kills the engine process now
+    await line()  # the test kills the engine process now
     deadline = time.monotonic() + 30
     role = None
     while time.monotonic() < deadline:
         try:
-            role = eng.status()[0]["role"]
+            role = (await eng.status())[0]["role"]
         except EngineError:
             role = None
         if role == "MASTER" and eng.restarts == 1:
             break
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     out(pid=eng.pid, role=role, restarts=eng.restarts)
-    eng.stop(handover=True)
+    await eng.stop(handover=True)
     out(returncode=eng.proc.returncode)
-""")
+"""), "    ") + "asyncio.run(main())\n"
 
 
 def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> None:
