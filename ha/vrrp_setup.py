@@ -17,11 +17,10 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 from ha.config.model import Config, NotifyConfig, VrrpInstanceConfig
-from ha.vrrp.auth import HmacAuthenticator, parse_key_file
+from ha.vrrp.auth import HmacKey, parse_key_file
 from ha.vrrp.engine import InstanceSpec, SyncGroupSpec, VrrpEngine
 from ha.vrrp.machine import Takeover
 from ha.vrrp.track import TrackedFile, TrackedInterface, TrackedScript
@@ -46,12 +45,11 @@ def _password(inst: VrrpInstanceConfig) -> bytes:
     return inst.auth.password.encode()[:8] if inst.auth.password else b""
 
 
-def _hmac(inst: VrrpInstanceConfig) -> HmacAuthenticator | None:
+def _hmac(inst: VrrpInstanceConfig) -> tuple[HmacKey, ...]:
     if not inst.auth.hmac_key_file:
-        return None
+        return ()
     with open(inst.auth.hmac_key_file) as f:
-        keys = parse_key_file(f.read())
-    return HmacAuthenticator(keys, time.time)
+        return parse_key_file(f.read())
 
 
 AUTO_PREEMPT_DELAY_MAX_S = 60.0
@@ -92,7 +90,7 @@ def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> Ins
                                           s.weight) for s in t.scripts),
         track_files=tuple(TrackedFile(f.path, f.weight) for f in t.files),
         password=_password(inst), notify=_notify_map(inst.notify), startup_delay_s=inst.startup_delay_s,
-        takeover=_takeover(inst), hold_s=inst.handover.hold_s, auth=_hmac(inst))
+        takeover=_takeover(inst), hold_s=inst.handover.hold_s, hmac_keys=_hmac(inst))
 
 
 def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:
@@ -134,10 +132,9 @@ def _write_status(path: str | None, engine: VrrpEngine) -> None:
 
 
 async def _periodic_status(path: str | None, engine: VrrpEngine, interval_s: float) -> None:
-    loop = asyncio.get_running_loop()
     while path and interval_s > 0:
         await asyncio.sleep(interval_s)
-        await loop.run_in_executor(None, _write_status, path, engine)
+        _write_status(path, engine)
 
 
 async def _run(config: Config, status_file: str | None, status_interval_s: float = 1.0) -> int:
@@ -148,10 +145,10 @@ async def _run(config: Config, status_file: str | None, status_interval_s: float
     def on_transition(info: dict[str, Any]) -> None:
         log.info("instance=%s %s -> %s (%s)", info["instance"], info["old"], info["new"], info["reason"])
         if engine is not None:
-            loop.run_in_executor(None, _write_status, status_file, engine)
+            loop.call_soon(_write_status, status_file, engine)
 
-    engine = build_engine(config, on_transition=on_transition, caller_loop=loop)
-    await loop.run_in_executor(None, engine.start)
+    engine = build_engine(config, on_transition=on_transition)
+    await engine.start()
     log.info("VRRP engine running %d instance(s)", len(engine.specs))
     _write_status(status_file, engine)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -159,26 +156,26 @@ async def _run(config: Config, status_file: str | None, status_interval_s: float
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("planned failover: %s", engine.failover()))
     loop.add_signal_handler(signal.SIGUSR2, lambda: _write_status(status_file, engine))
 
-    def reload() -> None:
+    async def reload() -> None:
         try:
-            new = load(config.source)
+            new = await asyncio.to_thread(load, config.source)
         except Exception as e:  # a bad config never replaces the running one
             log.error("reload rejected, keeping the running config: %s", e)
             return
         try:
-            changes = engine.reconfigure(*engine_specs(new))
+            changes = await engine.reconfigure(*engine_specs(new))
         except Exception as e:
             log.error("reload failed: %s", e)
             return
         log.info("reloaded %s: %s", config.source, changes)
         _write_status(status_file, engine)
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
     ticker = asyncio.create_task(_periodic_status(status_file, engine, status_interval_s))
     await stop.wait()
     ticker.cancel()
     log.info("stopping: masters hand over")
-    await loop.run_in_executor(None, engine.stop, True)
+    await engine.stop(True)
 
     return 0
 
