@@ -1,16 +1,17 @@
 # lvs-ha: the two commands of the README, and a few more for developers.
-PY ?= python3
-# Inside the User-Mode-Linux VM every exec is slow and pyenv shims cost seconds: use the real interpreter.
-REALPY := $(shell $(PY) -c 'import sys; print(sys.executable)')
+# Everything runs from the project virtualenv (.venv, made by `make deps` on Debian's /usr/bin/python3), through the
+# installed `lvs-ha` console script, as an operator's install runs it.
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: deps test unit host kernel demo lint bench
 
 deps:
-	@bash deploy/install-deps.sh
+	@VENV=$(VENV) bash deploy/install-deps.sh
 
-## make test: everything: unit, network-namespace integration, and real-IPVS kernel tests in the VM
-test: deps kernel host
+## make test: everything: lint, unit, network-namespace integration, and real-IPVS kernel tests in the VM
+test: deps lint kernel host
 
 host:
 	$(PY) -m pytest tests --ignore=tests/kernel $(PYTEST_ARGS)
@@ -19,16 +20,17 @@ unit: deps
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 kernel:
-	@bash tests/kernel/run-in-vm $(REALPY) $(PYTEST_ARGS)
+	@bash tests/kernel/run-in-vm $(PY) $(PYTEST_ARGS)
 
 ## make demo: the failover lab in network namespaces
 demo: deps
-	@bash deploy/demo/run
+	@PY=$(PY) bash deploy/demo/run
 
 lint:
-	ruff check .
-	ruff format --check . || true
-	mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: deps
-	@bash bench/run
+	$(PY) bench/run

@@ -3,7 +3,6 @@
 # Idempotent: a second run with everything present installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
 
 debs=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -37,10 +36,30 @@ for unit in keepalived conntrackd; do
   fi
 done
 
-if ! "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis, dns, prometheus_client, pyroute2, aiohttp, yaml' 2>/dev/null \
-   || ! "$PY" -c 'import importlib.metadata as m; m.distribution("lvs-ha")' 2>/dev/null \
-   || [[ pyproject.toml -nt .deps-stamp ]]; then
-  echo "install-deps: pip install -e .[test]" >&2
+# Everything Python runs from a project virtualenv (.venv) on Debian's own interpreter, as an operator's install
+# would: Debian 12's system Python refuses `pip install` (PEP 668), and nothing may lean on packages that happen to
+# be installed globally. BASE_PY and VENV override the defaults.
+BASE_PY=${BASE_PY:-/usr/bin/python3}
+VENV=${VENV:-.venv}
+if ! "$BASE_PY" -c 'import venv, ensurepip' 2>/dev/null; then
+  if [[ $EUID -eq 0 ]]; then
+    echo "install-deps: apt-get install python3-venv" >&2
+    apt-get install -y -q --no-install-recommends python3-venv >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends python3-venv >/dev/null; }
+  else
+    echo "install-deps: $BASE_PY has no venv module (install python3-venv as root)" >&2; exit 1
+  fi
+fi
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+  echo "install-deps: creating the virtualenv $VENV on $BASE_PY" >&2
+  rm -rf "$VENV"
+  "$BASE_PY" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis, dns, prometheus_client, pyroute2, aiohttp, yaml, importlinter' 2>/dev/null \
+   || ! [[ -x $VENV/bin/lvs-ha && -x $VENV/bin/ruff && -x $VENV/bin/lint-imports ]] \
+   || [[ pyproject.toml -nt $VENV/.deps-stamp ]]; then
+  echo "install-deps: pip install -e .[test] into $VENV" >&2
   # editable_mode=compat: a plain path entry in site-packages, not an import hook that every Python start would
   # load (about 20 ms of each `lvs-ha` command); older pips without --config-settings get the default
   pipi() {
@@ -50,6 +69,7 @@ if ! "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypot
     return "$rc"
   }
   pipi -e '.[test]' --config-settings editable_mode=compat || pipi -e '.[test]' || true
-  "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis' || { echo "install-deps: pip install failed" >&2; exit 1; }
-  touch .deps-stamp
+  "$PY" -c 'import ha, pytest, pytest_asyncio, pytest_timeout, trustme, hypothesis, importlinter' \
+    || { echo "install-deps: pip install failed" >&2; exit 1; }
+  touch "$VENV/.deps-stamp"
 fi

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from lvs.ctsync import Conntrackd  # noqa: E402
 from tests.e2e.clients import Probe  # noqa: E402
-from tests.lab import Host, Lab, LabUnavailable, wait_for  # noqa: E402
+from tests.lab import LVS_HA, Host, Lab, LabUnavailable, wait_for  # noqa: E402
 
 PY = sys.executable
 VIP = "192.168.77.100"
@@ -152,13 +152,13 @@ class Demo:
     def start_daemon(self, name: str) -> None:
         d = self.workdir / name
         with open(d / "daemon.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            self.daemons[name] = self.lab.spawn(self.hosts[name], [PY, "-m", "ha", "run", "-c",
+            self.daemons[name] = self.lab.spawn(self.hosts[name], [LVS_HA, "run", "-c",
                                                                    str(d / "lvs-ha.yaml")],
                                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     def ctl(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         sock = str(self.workdir / name / "api.sock")
-        r = subprocess.run([PY, "-m", "ha", *args, "--socket", sock], capture_output=True, text=True, cwd=ROOT,
+        r = subprocess.run([LVS_HA, *args, "--socket", sock], capture_output=True, text=True, cwd=ROOT,
                            timeout=20)
         if check and r.returncode != 0:
             raise RuntimeError(f"lvs-ha {' '.join(args)} on {name}: {r.stderr.strip() or r.stdout.strip()}")
