@@ -26,7 +26,7 @@ from typing import Any
 from ha.vrrp.engine import EngineError, VrrpEngine
 from ha.vrrp.process import TITLE, frame, read_msg
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ha.vrrp.child")  # not __main__ when run with -m
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
