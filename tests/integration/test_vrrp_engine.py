@@ -1,4 +1,4 @@
-"""The engine's own thread keeps adverts on time while the caller's thread is busy (a CPU-bound main loop must not
+"""The engine's own process keeps adverts on time while the daemon's loop is busy (a CPU-bound daemon loop must not
 cause a false failover), and it stops in order: priority-0 advert, VIPs released."""
 
 from __future__ import annotations
@@ -13,25 +13,30 @@ from tests.lab import Lab, wait_for
 from tests.vrrp_helpers import NET, LvsHa, has_vip
 
 BUSY_MASTER = textwrap.dedent("""
-    import ipaddress, json, sys, time
-    from ha.vrrp.engine import InstanceSpec, VrrpEngine
+    import asyncio, ipaddress, json, sys, time
+    from ha.vrrp.engine import InstanceSpec
+    from ha.vrrp.process import ProcessEngine
     from ha.vrrp.vips import Vip
     spec = InstanceSpec("VI_1", "eth0", 51, priority=150, advert_interval_s=0.05, garp_count=1,
                         vips=(Vip(ipaddress.ip_interface("192.168.77.100/24"), "eth0"),))
-    eng = VrrpEngine([spec])
-    eng.start()
-    deadline = time.monotonic() + 20
-    while eng.status()[0]["role"] != "MASTER" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    print("master", flush=True)
-    sys.stdin.readline()
-    t0 = time.monotonic()
-    n = 0
-    while time.monotonic() - t0 < 3.0:  # hog the interpreter for 3 s
-        n += sum(i * i for i in range(2000))
-    print(json.dumps(eng.status()[0]), flush=True)
-    sys.stdin.readline()
-    eng.stop(handover=True)
+    async def line():
+        return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    async def main():
+        eng = ProcessEngine([spec])
+        await eng.start()
+        deadline = time.monotonic() + 20
+        while (await eng.status())[0]["role"] != "MASTER" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        print("master", flush=True)
+        await line()
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 3.0:  # hog the daemon's loop (and its interpreter) for 3 s
+            n += sum(i * i for i in range(2000))
+        print(json.dumps((await eng.status())[0]), flush=True)
+        await line()
+        await eng.stop(handover=True)
+    asyncio.run(main())
 """)
 
 
