@@ -1,9 +1,18 @@
 """Helpers for VRRP integration tests and the failover benchmark: configs, lvs-ha and Keepalived processes in lab
-namespaces, and VIP / role observation."""
+namespaces, and VIP / role observation.
+
+lvs-ha runs as an operator runs it: the ``lvs-ha`` console script of the running install (``lvs-ha run -c FILE``,
+no PYTHONPATH), one control socket per director; roles and counters are read from its control API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +20,86 @@ from typing import Any
 
 import yaml
 
-from tests.lab import Host, Lab
+from tests.lab import Host, Lab, wait_for
 
 NET = "192.168.77"
 VIP = f"{NET}.100"
 
 
+def lvs_ha_executable() -> Path:
+    """The ``lvs-ha`` console script of the running install (next to ``sys.executable``)."""
+    exe = Path(sys.executable).parent / "lvs-ha"
+    if not os.access(exe, os.X_OK):
+        raise RuntimeError(f"no lvs-ha console script at {exe}: install the project into {sys.executable}'s "
+                           "environment first (deploy/install-deps.sh runs `pip install -e .[test]`)")
+    return exe
+
+
+def operator_env() -> dict[str, str]:
+    """The environment an operator's shell gives ``lvs-ha``: ours without PYTHONPATH (the install must be enough)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+class ApiError(Exception):
+    """The daemon's control API did not answer, or answered with an error status."""
+
+
+def api_request(sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None,
+                timeout: float = 5.0) -> tuple[int, bytes]:
+    """One HTTP/1.0 exchange with the daemon's control socket: (status, body). Raises ApiError if nobody answers."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {url} HTTP/1.0\r\nHost: lvs-ha\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            s.sendall(head + data)
+            chunks = []
+            while chunk := s.recv(1 << 20):
+                chunks.append(chunk)
+    except OSError as e:
+        raise ApiError(f"{sock}: {e}") from e
+    raw = b"".join(chunks)
+    header, sep, payload = raw.partition(b"\r\n\r\n")
+    parts = header.split(b" ", 2)
+    if not sep or len(parts) < 2 or not parts[1].isdigit():
+        raise ApiError(f"{sock}: bad answer {raw[:80]!r}")
+    return int(parts[1]), payload
+
+
+def api_json(sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None,
+             timeout: float = 5.0) -> Any:
+    status, payload = api_request(sock, method, url, body, timeout)
+    if status >= 300:
+        raise ApiError(f"{method} {url}: HTTP {status}: {payload.decode(errors='replace').strip()}")
+    return json.loads(payload)
+
+
+_SAMPLE = re.compile(r'^(lvs_ha_vrrp_\w+?)(?:_total)?\{([^}]*)\}\s+(\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+# metric -> the counter's name in LvsHa.status()
+COUNTERS = {"lvs_ha_vrrp_adverts_sent": "adverts_sent", "lvs_ha_vrrp_adverts_received": "adverts_received",
+            "lvs_ha_vrrp_transitions": "transitions", "lvs_ha_vrrp_malformed_packets": "malformed"}
+
+
+def vrrp_counters(metrics_text: str) -> dict[str, dict[str, int]]:
+    """Instance name -> its VRRP counters, from the daemon's ``/metrics`` (Prometheus text format)."""
+    out: dict[str, dict[str, int]] = {}
+    for line in metrics_text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m or m.group(1) not in COUNTERS:
+            continue
+        labels = dict(_LABEL.findall(m.group(2)))
+        out.setdefault(labels.get("instance", ""), {})[COUNTERS[m.group(1)]] = int(float(m.group(3)))
+    return out
+
+
 def lvsha_config(path: Path, name: str, priority: int, *, vrid: int = 51, interval_s: float = 0.1, version: int = 3,
                  vips: list[Any] | None = None, preempt: bool = True, unicast: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None, hold_s: float = 2.0, takeover: str = "auto",
-                 interface: str = "eth0") -> Path:
+                 interface: str = "eth0", state_dir: Path | None = None, socket_path: Path | None = None) -> Path:
+    """A VRRP-only config (one instance ``VI_1``, no services): valid for ``lvs-ha run``."""
     inst: dict[str, Any] = {
         "name": "VI_1", "interface": interface, "vrid": vrid, "priority": priority, "version": version,
         "advert_interval": interval_s, "preempt": preempt, "vips": vips or [f"{VIP}/24"],
@@ -30,51 +109,117 @@ def lvsha_config(path: Path, name: str, priority: int, *, vrid: int = 51, interv
     if unicast:
         inst["unicast"] = unicast
     inst.update(extra or {})
-    doc = {"node": {"name": name, "state_dir": str(path.parent), "log_level": "debug"},
-           "vrrp": {"instances": [inst]}}
+    node: dict[str, Any] = {"name": name, "state_dir": str(state_dir or path.parent / name / "state"),
+                            "log_level": "debug",
+                            "api": {"socket": str(socket_path or path.parent / name / "api.sock")}}
+    doc = {"node": node, "vrrp": {"instances": [inst]}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
 class LvsHa:
-    """An lvs-ha VRRP daemon (``python -m ha.vrrp_setup``) running in a lab host."""
+    """An lvs-ha director (``lvs-ha run -c FILE``, the console script of the running install, or ``lvs_ha``) running
+    in a lab host, observed and driven through its control API."""
 
-    def __init__(self, lab: Lab, host: Host, workdir: Path, name: str, priority: int, **cfg: Any) -> None:
+    def __init__(self, lab: Lab, host: Host, workdir: Path, name: str, priority: int, *,
+                 lvs_ha: str | Path | None = None, **cfg: Any) -> None:
         self.lab, self.host, self.name = lab, host, name
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config = lvsha_config(workdir / f"{name}.yaml", name, priority, **cfg)
-        self.status_path = workdir / f"{name}.status.json"
+        self.exe = Path(lvs_ha) if lvs_ha is not None else lvs_ha_executable()
+        if not os.access(self.exe, os.X_OK):
+            raise RuntimeError(f"{self.exe} is not an executable lvs-ha")
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "api.sock"
+        self.config = lvsha_config(workdir / f"{name}.yaml", name, priority, state_dir=self.dir / "state",
+                                   socket_path=self.socket, **cfg)
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> LvsHa:
-        self.status_path.unlink(missing_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = self.lab.spawn(self.host, [sys.executable, "-m", "ha.vrrp_setup", "-c", str(self.config),
-                                               "--status-file", str(self.status_path),
-                                               "--status-interval", "0.2"], stdout=log, stderr=log)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = self.lab.spawn(self.host, [str(self.exe), "run", "-c", str(self.config)], stdout=log,
+                                       stderr=subprocess.STDOUT, env=operator_env(), cwd=self.dir)
         return self
 
-    def stop(self, sig: int = 15) -> int | None:
+    def wait_api(self, timeout: float = 30.0) -> LvsHa:
+        """Until the control API answers (raises if the daemon exits first)."""
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: lvs-ha exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            with contextlib.suppress(ApiError):
+                return api_request(self.socket, "GET", "/v1/status")[0] == 200
+            return False
+
+        wait_for(up, timeout, 0.05, f"{self.name}'s control API")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Signal the daemon (its main process only, as systemd's KillMode=mixed does; SIGKILL goes to the whole
+        process group) and reap it; whatever is left of its group is killed after ``timeout``."""
         assert self.proc is not None
-        return self.lab.stop(self.proc, sig)
+        if sig == signal.SIGKILL:
+            return self.lab.stop(self.proc, sig)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        code = self.proc.poll()
+        self.lab.stop(self.proc, signal.SIGKILL)  # leftovers of the group (an engine process), if any
+        return code
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
-        import os
-
         os.kill(self.proc.pid, sig)
 
-    def status(self) -> list[dict[str, Any]]:
+    # -- the control API ---------------------------------------------------------------------------------------
+    def api(self, method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+        return api_json(self.socket, method, url, body, timeout)
+
+    def instances(self) -> list[dict[str, Any]]:
+        """The VRRP instances of ``GET /v1/status`` ([] while the daemon does not answer)."""
         try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
+            doc = self.api("GET", "/v1/status")
+        except (ApiError, ValueError):
             return []
+        return list(doc.get("instances") or []) if isinstance(doc, dict) else []
+
+    def status(self) -> list[dict[str, Any]]:
+        """The VRRP instances as the API shows them (name, role, priority, master, since, reason, vrid, vips), with
+        ``effective_priority`` (the priority the status shows is the effective one) and ``counters`` from
+        ``/metrics`` (adverts_sent, adverts_received, transitions, malformed). [] while the daemon does not answer."""
+        insts = self.instances()
+        if not insts:
+            return []
+        try:
+            status, payload = api_request(self.socket, "GET", "/metrics")
+        except ApiError:
+            return []
+        counters = vrrp_counters(payload.decode(errors="replace")) if status == 200 else {}
+        return [{**i, "effective_priority": i["priority"], "counters": counters.get(i["name"], {})} for i in insts]
 
     def role(self) -> str | None:
-        st = self.status()
-        return st[0]["role"] if st else None
+        insts = self.instances()
+        return str(insts[0]["role"]) if insts else None
+
+    def roles(self) -> dict[str, str]:
+        return {str(i["name"]): str(i["role"]) for i in self.instances()}
+
+    def failover(self, instance: str | None = None) -> list[str]:
+        """Planned failover (``POST /v1/failover``, as ``lvs-ha failover``): the instances handed over."""
+        doc = self.api("POST", "/v1/failover", {"instance": instance} if instance else {}, timeout=15.0)
+        return list(doc.get("instances") or [])
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """``lvs-ha COMMAND --socket S ARGS...`` (status, failover, reload, ...)."""
+        return subprocess.run([str(self.exe), args[0], "--socket", str(self.socket), *args[1:]], capture_output=True,
+                              text=True, timeout=timeout, env=operator_env())
+
+    def reload(self) -> subprocess.CompletedProcess[str]:
+        """``lvs-ha reload`` (re-read the config through the API; exit 1 and the errors if it is invalid)."""
+        return self.cli("reload")
 
     def log(self) -> str:
         try:
@@ -147,6 +292,49 @@ class Keepalived:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+
+class VrrpCapture:
+    """tcpdump of the VRRP packets (IP protocol 112) arriving at a lab host's interface, to see what a peer sent
+    (e.g. the priority-0 advert of an orderly stop) without looking inside either daemon."""
+
+    LINE = re.compile(r"\bIP6? (\S+) > \S+: VRRPv(\d), Advertisement, vrid (\d+), prio (\d+)")
+
+    def __init__(self, lab: Lab, host: Host, path: Path, ifname: str = "eth0") -> None:
+        if shutil.which("tcpdump") is None:
+            raise RuntimeError("tcpdump is not installed (Debian package tcpdump; deploy/install-deps.sh installs it)")
+        self.lab, self.path = lab, path
+        with open(path, "wb") as out:
+            self.proc = lab.spawn(host, ["tcpdump", "-i", ifname, "-n", "-l", "-p", "ip proto 112 or ip6 proto 112"],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: "listening on" in self.text() or self.proc.poll() is not None, 10, 0.02,
+                 f"tcpdump on {host.name}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"tcpdump on {host.name} exited: {self.text()}")
+
+    def text(self) -> str:
+        try:
+            return self.path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def adverts(self, source: str | None = None, priority: int | None = None, vrid: int | None = None) -> int:
+        """How many adverts were captured (from ``source``, with ``priority``, for ``vrid``)."""
+        n = 0
+        for m in self.LINE.finditer(self.text()):
+            src, _ver, vr, prio = m.groups()
+            if ((source is None or src == source) and (priority is None or int(prio) == priority)
+                    and (vrid is None or int(vr) == vrid)):
+                n += 1
+        return n
+
+    def stop(self) -> None:
+        self.lab.stop(self.proc)
+
+
+def dropped_kinds(log: str) -> set[str]:
+    """The kinds of received adverts an lvs-ha daemon logged as dropped (bad_auth, wrong_version, ...)."""
+    return set(re.findall(r"dropped advert \((\w+)\)", log))
 
 
 def has_vip(host: Host, vip: str = VIP, ifname: str = "eth0") -> bool:

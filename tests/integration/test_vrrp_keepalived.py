@@ -1,4 +1,5 @@
-"""Interoperation with the Debian ``keepalived`` package as the VRRP peer, in both roles, VRRPv3 and VRRPv2."""
+"""Interoperation with the Debian ``keepalived`` package as the VRRP peer, in both roles, VRRPv3 and VRRPv2; lvs-ha
+runs as ``lvs-ha run`` with a VRRP-only config."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import Lab, wait_for
-from tests.vrrp_helpers import NET, Keepalived, LvsHa, holders, ping_ok
+from tests.vrrp_helpers import NET, Keepalived, LvsHa, VrrpCapture, dropped_kinds, holders, ping_ok
 
 VIP4 = f"{NET}.100/24"
 VIP6 = "fd77::100/64"
@@ -80,10 +81,15 @@ def test_keepalived_master_lvsha_backup(lab: Lab, tmp_path: Path, version: int, 
              what="keepalived master\n" + _diag(ours, ka))
     wait_for(lambda: ours.status()[0]["counters"]["adverts_received"] > 8, limit, what="adverts from keepalived")
     st = ours.status()[0]
-    assert st["role"] == "BACKUP" and not st["counters"]["errors"], st
+    # every advert from keepalived accepted: none counted as malformed or rejected, no drop logged
+    assert st["role"] == "BACKUP" and st["counters"]["malformed"] == 0, st
+    assert not dropped_kinds(ours.log()), _diag(ours)
     assert holders([d1, d2], addr) == ["d1"]
+    cap = VrrpCapture(lab, d2, tmp_path / "d2.pcap.txt")
+    wait_for(lambda: cap.adverts(priority=150) > 0, limit, what="keepalived's adverts seen at d2")
     ka.stop(signal.SIGTERM)
     wait_for(lambda: holders([d1, d2], addr) == ["d2"] and ours.role() == "MASTER", limit,
              what="lvs-ha takes over\n" + _diag(ours))
-    assert "priority_zero" in ours.status()[0]["counters"]["machine"]
+    # keepalived resigned with a priority-0 advert (on SIGTERM), which reached us
+    wait_for(lambda: cap.adverts(priority=0) > 0, 5, what="keepalived's priority-0 advert\n" + cap.text()[-2000:])
     wait_for(lambda: ping_ok(cl, addr), limit, what="client answered by lvs-ha")
