@@ -1,21 +1,19 @@
-"""The whole daemon (``lvs-ha run``) with a VRRP instance and a service, two directors in network namespaces:
-election seen through ``lvs-ha status``, warm standby (both program the data plane), planned failover through the
-CLI, metrics, and an orderly stop that hands the VIP over at once."""
+"""The whole daemon (``lvs-ha run``, the installed console script, no PYTHONPATH) with a VRRP instance and a service,
+two directors in network namespaces: election seen through ``lvs-ha status``, warm standby (both program the data
+plane), planned failover through the CLI, metrics, and an orderly stop that hands the VIP over at once."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ha.cli.ctl import request
 from tests.lab import Host, Lab, wait_for
-from tests.vrrp_helpers import NET, VIP, has_vip
+from tests.vrrp_helpers import NET, VIP, api_request, has_vip, lvs_ha_executable, operator_env
 
 
 def write_config(tmp: Path, name: str, priority: int) -> Path:
@@ -43,19 +41,19 @@ class Director:
         self.sock = str(tmp / name / "api.sock")
         self.log_path = tmp / f"{name}.log"
         self.proc: subprocess.Popen[Any] | None = None
+        self.exe = lvs_ha_executable()
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = self.lab.spawn(self.host, [sys.executable, "-m", "ha", "run", "-c", str(self.config)],
-                                   stdout=log, stderr=log)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = self.lab.spawn(self.host, [str(self.exe), "run", "-c", str(self.config)], stdout=log,
+                                       stderr=log, env=operator_env(), cwd=self.config.parent)
         wait_for(lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
                  timeout=60, what=f"{self.name}'s API")
         assert self.proc.poll() is None, self.log()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ha", args[0], "--socket", self.sock, *args[1:]],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([str(self.exe), args[0], "--socket", self.sock, *args[1:]],
+                              capture_output=True, text=True, timeout=60, env=operator_env())
 
     def status(self) -> dict[str, Any]:
         r = self.cli("status", "--json")
@@ -87,7 +85,9 @@ def test_two_directors_election_failover_and_stop(lab: Lab, tmp_path: Path) -> N
     assert any(line.startswith("VI_1") and "MASTER" in line for line in table.splitlines()), table
 
     # metrics: the role, and the advert timer's lateness histogram fed by the engine
-    text = request(d1.sock, "GET", "/metrics", raw_text=True)
+    code, body = api_request(d1.sock, "GET", "/metrics")
+    assert code == 200, body
+    text = body.decode()
     samples = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
                for fam in text_string_to_metric_families(text) for smp in fam.samples}
     assert samples[("lvs_ha_vrrp_role", (("instance", "VI_1"), ("role", "MASTER"), ("vrid", "61")))] == 1
