@@ -51,7 +51,7 @@ class Daemon:
         self.overrides = Overrides(cfg.node.state_dir)
         # the status table's lines and the document's realservers, made again only where something changed
         self.table, self.doc = TableMemo(), DocMemo()
-        self.health = Health(self.counters, self._health_changed)
+        self.health = Health(self.counters, self._health_changed, self._weight_changed)
         self.lvs = DataplaneDriver(cfg, self.counters) if needs_dataplane(cfg) else None
         self.vrrp: Vrrp | None = None
         self.ctsync: Conntrackd | None = None
@@ -158,6 +158,11 @@ class Daemon:
 
     def _health_changed(self, key: tuple[str, str], old: str, new: str, reason: str) -> None:
         log.info("health svc=%s rs=%s %s -> %s (%s)", key[0], key[1], old, new, reason)
+        self._push_desired()
+
+    def _weight_changed(self, key: tuple[str, str], old: int | None, new: int | None) -> None:
+        log.info("weight svc=%s rs=%s %s -> %s (reported by the check)", key[0], key[1],
+                 "configured" if old is None else old, "configured" if new is None else new)
         self._push_desired()
 
     def _role_changed(self, info: dict[str, Any]) -> None:

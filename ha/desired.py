@@ -7,7 +7,9 @@ and the new quorum memory to pass in next time (for hysteresis).
 Rules:
 
 - health is keyed by (service name, realserver ident); a missing or ``unknown`` entry counts as the check's
-  ``initial_state``, and as up when the realserver has no check. A check may report a dynamic weight.
+  ``initial_state``, and as up when the realserver has no check. A check may report a dynamic weight: it replaces
+  the configured weight while the realserver is up. A reported weight of 0 is a drain by the check: the destination
+  stays at weight 0 (established flows keep going, no new ones) and does not count as up for the quorum.
 - down + ``on_failure: remove``: the destination is removed at once (listed in ``draining`` with timeout 0);
   down + ``weight0``: weight 0 (established flows keep going, no new ones).
 - drained by the operator: weight 0 and marked draining with the service's ``drain_timeout``; the reconciler removes it
@@ -134,6 +136,11 @@ def _is_up(svc: ServiceConfig, rs: RealServerConfig, h: RsHealth | None) -> bool
     return check is None or check.initial_state != DOWN
 
 
+def _check_drained(h: RsHealth | None) -> bool:
+    """The check reported weight 0: no new connections, as a drain by hand."""
+    return h is not None and h.weight is not None and int(h.weight) <= 0
+
+
 def desired_state(
     config: Config,
     health: Mapping[tuple[str, str], Any] | None = None,
@@ -155,7 +162,7 @@ def desired_state(
         for rs in svc.realservers:
             h = _health_of(health.get((svc.name, rs.ident)))
             rows.append((rs, h, _is_up(svc, rs, h), (svc.name, rs.ident) in drained))
-        up = sum(1 for _, _, is_up, is_drained in rows if is_up and not is_drained)
+        up = sum(1 for _, h, is_up, is_drained in rows if is_up and not is_drained and not _check_drained(h))
         was = quorum.get(svc.name)
         need = svc.quorum.min_up + (svc.quorum.hysteresis if was is False else 0)
         has_quorum = up >= need
@@ -181,6 +188,10 @@ def desired_state(
             elif is_up:
                 dests.append(to_destination(rs, weight))
                 why = "up" if reported == UP else f"{reported}: counted as up (initial state)"
+                if _check_drained(h):
+                    why += ", drained by the check (weight 0)"
+                elif h is not None and h.weight is not None and weight != rs.weight:
+                    why += f", weight {weight} reported by the check"
                 infos.append(RealServerInfo(rs.ident, reported, rs.weight, weight, True, False, why))
             elif svc.on_failure is OnFailure.WEIGHT0:
                 dests.append(to_destination(rs, 0))

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ha.config.model import Config
 from ha.metrics import DaemonMetrics
@@ -55,16 +55,24 @@ class LateWindow:
 
 
 class Health:
-    """The health-check runner, keyed by (service, realserver); realservers without a check are always up."""
+    """The health-check runner, keyed by (service, realserver); realservers without a check are always up.
 
-    def __init__(self, counters: DaemonMetrics, on_change: Callable[[HealthKey, str, str, str], None]) -> None:
+    A check may report a dynamic weight (an ``exec`` check's ``weight=N``): the weight of its last successful result
+    is the realserver's weight (``None``: the configured one). A failed result leaves it as it is (the rise/fall
+    thresholds decide whether the realserver stays up). ``on_change`` is called on every up/down transition,
+    ``on_weight(key, old, new)`` when the dynamic weight changes, and only then (the same weight again is no change)."""
+
+    def __init__(self, counters: DaemonMetrics, on_change: Callable[[HealthKey, str, str, str], None],
+                 on_weight: Callable[[HealthKey, int | None, int | None], None] | None = None) -> None:
         from healthchecks.registry import default_registry
         from healthchecks.runner import Runner
 
         self.runner = Runner(default_registry())
         self.unchecked: set[HealthKey] = set()
         self._on_change = on_change
+        self._on_weight = on_weight
         self._counters = counters
+        self._weights: dict[HealthKey, int | None] = {}  # the dynamic weight of each check that reported one
         # what the status shows per realserver, kept up to date as results come in (a status request with
         # thousands of realservers then copies nothing)
         self._views: dict[HealthKey, RsHealth] = {}
@@ -78,6 +86,18 @@ class Health:
         self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
         self._views[key] = RsHealth(self.runner.state(key).value,
                                     LastCheck(res.ok, res.reason, res.latency_s, time.time()))
+        if not res.ok:
+            return
+        weight = res.weight
+        old = self._weights.get(key)
+        if weight == old:
+            return
+        if weight is None:
+            del self._weights[key]
+        else:
+            self._weights[key] = weight
+        if self._on_weight is not None:
+            self._on_weight(key, old, weight)
 
     def checker_stats(self) -> dict[str, float]:
         st = self.runner.stats
@@ -117,6 +137,7 @@ class Health:
                                                         chk.rise, chk.fall, H.parse(chk.initial_state))
         self.runner.set_checks(specs)
         self.unchecked = unchecked
+        self._weights = {k: w for k, w in self._weights.items() if k in specs}
         always = RsHealth("up", LastCheck(True, "no check configured", 0.0))
         views = dict.fromkeys(unchecked, always)
         for key in specs:  # kept checks keep their last result; new ones start in their initial state
@@ -151,9 +172,10 @@ class Health:
         from ha.desired import RsHealth as DesiredHealth
 
         out: dict[HealthKey, Any] = {k: DesiredHealth("up") for k in self.unchecked}
+        weights = self._weights
         for k, st in self.runner.statuses().items():
-            r = st.last_result
-            out[k] = DesiredHealth(st.state.value, r.weight if r is not None else None)  # type: ignore[index]
+            key = cast(HealthKey, k)
+            out[key] = DesiredHealth(st.state.value, weights.get(key))
         return out
 
     def views(self) -> dict[HealthKey, RsHealth]:

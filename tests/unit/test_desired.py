@@ -108,6 +108,24 @@ def test_dynamic_weight_from_the_check() -> None:
     r = desired_state(cfg(web()), {("web", RS[2]): RsHealth("up", weight=42)})
     assert weights(r)[RS[2]] == 42
     assert r.services["web"].realservers[2].configured_weight == 10
+    assert r.services["web"].realservers[2].why == "up, weight 42 reported by the check"
+    same = desired_state(cfg(web()), {("web", RS[2]): RsHealth("up", weight=10)})
+    assert weights(same)[RS[2]] == 10 and same.services["web"].realservers[2].why == "up"
+    # a dynamic weight does not bring a down realserver back
+    down = desired_state(cfg(web()), {("web", RS[2]): RsHealth("down", weight=42)})
+    assert RS[2] not in weights(down)
+
+
+def test_weight_zero_from_the_check_drains_and_leaves_the_quorum() -> None:
+    svc = web(quorum=QuorumConfig(min_up=2), sorry_server=SorryServerConfig(IP("10.0.20.5"), 80))
+    r = desired_state(cfg(svc), {("web", RS[2]): RsHealth("up", weight=0)})
+    assert weights(r) == {RS[0]: 10, RS[1]: 10, RS[2]: 0}  # stays a destination: established flows keep going
+    assert r.state.draining == {}  # not removed: it comes back when the check reports a weight again
+    info = r.services["web"].realservers[2]
+    assert info.in_pool and not info.drained and info.why == "up, drained by the check (weight 0)"
+    assert r.services["web"].up == 2 and r.services["web"].quorum
+    r = desired_state(cfg(svc), {("web", RS[1]): RsHealth("up", weight=0), ("web", RS[2]): RsHealth("up", weight=0)})
+    assert r.services["web"].up == 1 and r.services["web"].sorry_active  # nobody else takes new connections
 
 
 def test_scenario_quorum_sorry_and_hysteresis() -> None:
