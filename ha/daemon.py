@@ -282,11 +282,11 @@ class Daemon:
         except KeyError as e:
             self.notifier.ready(self._summary())
             raise Conflict("the new configuration cannot be applied; the running one stays", [str(e)]) from None
-        self.cfg = new
+        old, self.cfg = self.cfg, new
         self.loaded_at = time.time()
         self.last_reload_error = None
         self.overrides.prune(new)
-        notes += await self._reload_vrrp(diff)
+        notes += await self._reload_vrrp(diff, old)
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)
@@ -305,11 +305,15 @@ class Daemon:
         return {"ok": True, "dry_run": False, "plan": format_plan(diff, applied), "summary": summary,
                 "warnings": warnings + notes}
 
-    async def _reload_vrrp(self, diff: ReloadDiff) -> list[str]:
-        """Unchanged instances are not touched (machine, timers, role); the engine applies the rest in place."""
-        if not diff.vrrp_changed:
+    async def _reload_vrrp(self, diff: ReloadDiff, old: Config) -> list[str]:
+        """Unchanged instances are not touched (machine, timers, role); the engine applies the rest in place. The
+        engine specs are compared too: a checks-only change moves ``preempt_delay: auto``."""
+        from ha.vrrp_setup import respecified_instances
+
+        respec = respecified_instances(old, self.cfg) if self.vrrp is not None else []
+        if not diff.vrrp_changed and not respec:
             return []
-        names = [i.name for i in diff.instances if i.change is not Change.UNCHANGED]
+        names = [i.name for i in diff.instances if i.change is not Change.UNCHANGED] or respec
         if self.vrrp is None:
             self.vrrp = Vrrp(self.cfg, self._role_changed)
             await self.vrrp.start()

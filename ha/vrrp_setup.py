@@ -108,6 +108,34 @@ def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec
     return specs, groups
 
 
+def respecified_instances(running: Config, new: Config) -> list[str]:
+    """The instances whose engine spec computed from ``new`` differs from the one computed from ``running`` (and
+    "sync_groups" when the groups' specs differ). A reload reconfigures the engine when this is not empty, even when
+    the ``vrrp`` section is unchanged: ``preempt_delay: auto`` follows the checks of the services behind the VIPs.
+    A spec that cannot be computed (an unreadable key file) counts as changed: the reconfigure reports the error."""
+    try:
+        old_specs, old_groups = engine_specs(running)
+    except (OSError, ValueError):
+        old_specs, old_groups = [], []
+    try:
+        new_specs, new_groups = engine_specs(new)
+    except (OSError, ValueError):
+        return [i.name for i in new.vrrp.instances] or ["vrrp"]
+    return changed_specs((old_specs, old_groups), (new_specs, new_groups))
+
+
+def changed_specs(running: tuple[list[InstanceSpec], list[SyncGroupSpec]],
+                  new: tuple[list[InstanceSpec], list[SyncGroupSpec]]) -> list[str]:
+    """The names of the instances added, removed or changed between two sets of engine specs (pure), then
+    "sync_groups" if the groups differ."""
+    old_by = {s.name: s for s in running[0]}
+    new_by = {s.name: s for s in new[0]}
+    names = [n for n, s in new_by.items() if old_by.get(n) != s] + [n for n in old_by if n not in new_by]
+    if list(running[1]) != list(new[1]):
+        names.append("sync_groups")
+    return names
+
+
 def build_engine(config: Config, **kw: Any) -> VrrpEngine:
     specs, groups = engine_specs(config)
     return VrrpEngine(specs, groups, **kw)
