@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import ipaddress
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -124,8 +122,7 @@ class InstanceDriver:
     def __init__(self, settings: DriverSettings, machine: Machine, sock: VrrpSocket, vips: VipSet,
                  announcer: Announcer | None,
                  on_transition: Callable[[InstanceDriver, StateChanged], None] | None = None,
-                 auth: Authenticator | None = None,
-                 netlink: Callable[..., Awaitable[Any]] | None = None) -> None:
+                 auth: Authenticator | None = None) -> None:
         self.s = settings
         self.machine = machine
         self.sock = sock
@@ -133,10 +130,7 @@ class InstanceDriver:
         self.announcer = announcer  # GARP / NA for every VIP, each on its own interface
         self.on_transition = on_transition
         self.auth = auth
-        # the engine's netlink seam: ``netlink(fn, *args)`` runs fn in order off the loop, returns an awaitable
-        self._netlink = netlink
-        self._own_worker: concurrent.futures.ThreadPoolExecutor | None = None
-        self._vip_job: Awaitable[Any] | None = None
+        self._vip_job: asyncio.Task[None] | None = None  # the last queued VIP change
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -330,19 +324,17 @@ class InstanceDriver:
                 self.errors["send_failed"] += 1
 
     def _vips(self, acquire: bool) -> None:
-        """Queue the VIP change through the netlink seam (one worker, in order: changes never overtake)."""
+        """Queue the VIP change on the loop, in order: a change never overtakes the one before it."""
         if self.loop is None:
             return
         self.vips_held = acquire
-        if self._netlink is not None:
-            self._vip_job = self._netlink(self._vips_blocking, acquire, 3)
-        else:
-            if self._own_worker is None:
-                self._own_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-vips")
-            self._vip_job = self.loop.run_in_executor(self._own_worker, self._vips_blocking, acquire, 3)
+        self._vip_job = self.loop.create_task(self._change_vips(acquire, self._vip_job, 3))
 
-    def _vips_blocking(self, acquire: bool, attempts: int) -> None:
-        """Runs off the loop (netlink). Retries kernel errors with a short backoff; counts failures."""
+    async def _change_vips(self, acquire: bool, before: asyncio.Task[None] | None, attempts: int) -> None:
+        """Add or remove the VIPs (rtnetlink, answered at once by the local kernel). Retries kernel errors with a
+        short backoff; counts failures."""
+        if before is not None and not before.done():
+            await asyncio.wait({before})
         for attempt in range(attempts):
             try:
                 (self.vips.acquire if acquire else self.vips.release)()
@@ -351,7 +343,13 @@ class InstanceDriver:
                 self.errors["vip_acquire" if acquire else "vip_release"] += 1
                 log.warning("instance=%s VIP %s failed (attempt %d): %s", self.s.name,
                             "add" if acquire else "remove", attempt + 1, e)
-                time.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def settle_vips(self) -> None:
+        """Wait until every queued VIP change has been made (or has failed)."""
+        job = self._vip_job
+        if job is not None and not job.done():
+            await asyncio.wait({job})
 
     def _announce(self, reason: str) -> None:
         if self.announcer is None or self.loop is None:

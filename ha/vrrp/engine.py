@@ -3,14 +3,13 @@
 It runs in its own process (``ha.vrrp.child``, started by ``ha.vrrp.process``), so health checks, reconciles or API
 work in the daemon cannot delay adverts or timers here. Everything is called on the engine's loop:
 ``await start()``, ``await stop(handover)``, ``await reconfigure(specs, groups)``, ``failover(instance)``,
-``status()``; transitions go to ``on_transition(info)``. The one thing that leaves the loop is a netlink call
-(``_netlink``: pyroute2's sync API cannot run inside a running loop), done in order on one helper thread.
+``status()``; transitions go to ``on_transition(info)``. Netlink (VIP changes, address dumps) goes through
+``ha.vrrp.rtnl`` right on the loop: the local kernel answers within a millisecond.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import ipaddress
@@ -126,7 +125,6 @@ class VrrpEngine:
         self.track_poll_s = track_poll_s
         self.wall_clock = wall_clock
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._nl_worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._instances: dict[str, _Instance] = {}
         self._syncgroups: dict[str, SyncGroup] = {}
         self._stopping = False
@@ -134,13 +132,15 @@ class VrrpEngine:
 
     # -- the netlink seam -----------------------------------------------------------------------------------
     def _netlink(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run one netlink call (VIP add/del, address lookups) off the loop, in order: pyroute2's sync API cannot
-        run inside a running loop. The only place the engine leaves its loop; a sync, fast rtnetlink can be called
-        here directly instead."""
+        """Run one netlink call (address dumps at start) now, on the loop, and give its outcome as a done future.
+        ``ha.vrrp.rtnl`` talks to the local kernel, which answers within a millisecond: no thread is needed."""
         assert self.loop is not None
-        if self._nl_worker is None:
-            self._nl_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vrrp-netlink")
-        return self.loop.run_in_executor(self._nl_worker, fn, *args)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:
+            fut.set_exception(e)
+        return fut
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -306,7 +306,13 @@ class VrrpEngine:
         inst.driver.sock.close()
         if inst.driver.announcer is not None:
             inst.driver.announcer.close()
-        self._netlink(inst.driver.vips.close)
+        assert self.loop is not None
+        self.loop.create_task(self._close_vips(inst))
+
+    @staticmethod
+    async def _close_vips(inst: _Instance) -> None:
+        await inst.driver.settle_vips()  # the final release goes first
+        inst.driver.vips.close()
 
     async def _open(self, spec: InstanceSpec) -> _Instance:
         vip_ips = tuple(v.address.ip for v in spec.vips)
@@ -336,7 +342,7 @@ class VrrpEngine:
         dsettings = DriverSettings(spec.name, spec.vrid, spec.version, spec.family, spec.advert_interval_s,
                                    advert_ips, spec.garp_count, spec.garp_interval_s, spec.password)
         driver = InstanceDriver(dsettings, machine, sock, vips, announcer, self._transition,
-                                auth=self._authenticator(spec), netlink=self._netlink)
+                                auth=self._authenticator(spec))
         return _Instance(spec, driver, machine, self._tracker(spec))
 
     def _tracker(self, spec: InstanceSpec) -> Tracker:
@@ -361,15 +367,8 @@ class VrrpEngine:
             inst.driver.sock.close()
             if inst.driver.announcer is not None:
                 inst.driver.announcer.close()
-        if self._nl_worker is None:
-            return
         for inst in self._instances.values():
-            self._netlink(inst.driver.vips.close)
-        # queued VIP changes (the final release) complete first: the worker runs them in order
-        with contextlib.suppress(Exception):
-            await self._netlink(lambda: None)
-        self._nl_worker.shutdown(wait=False)
-        self._nl_worker = None
+            await self._close_vips(inst)
 
     def _tracked(self, name: str, outcome: Outcome) -> None:
         inst = self._instances.get(name)

@@ -72,7 +72,7 @@ def _engine(spec: InstanceSpec) -> VrrpEngine:
                                        primary_address=ME))
         driver = InstanceDriver(DriverSettings(spec.name, spec.vrid, 3, 4, 1.0, (VIP.ip,)), machine,
                                 FakeSocket(), FakeVips(), None, eng._transition,  # type: ignore[arg-type]
-                                auth=eng._authenticator(spec), netlink=eng._netlink)
+                                auth=eng._authenticator(spec))
         return _Instance(spec, driver, machine, eng._tracker(spec))
 
     eng._open = fake_open  # type: ignore[method-assign]
