@@ -239,11 +239,19 @@ def dest_from_json(o: dict[str, Any]) -> Destination:
                        o["l_threshold"], TunnelType(o["tun_type"]), o["tun_port"], frozenset(o["tun_flags"]))
 
 
+def _conns_json(state: State, key: ServiceKey, d: Destination) -> dict[str, Any]:
+    st = state.stats.get((key, d.key))
+    if st is None or not (st.active_conns or st.inactive_conns):
+        return {}
+    return {"active_conns": st.active_conns, "inactive_conns": st.inactive_conns}
+
+
 def state_to_json(state: State) -> dict[str, Any]:
     t = state.timeouts
     return {
         "services": [{"service": service_to_json(s.service),
-                      "destinations": [dest_to_json(d) for _, d in sorted(s.destinations.items())]}
+                      "destinations": [dest_to_json(d) | _conns_json(state, s.service.key, d)
+                                       for _, d in sorted(s.destinations.items())]}
                      for s in sorted(state.services.values(), key=lambda s: s.service.key.sort_key())],
         "sysctls": dict(sorted(state.sysctls.items())),
         "timeouts": None if t is None else {"tcp_s": t.tcp_s, "tcp_fin_s": t.tcp_fin_s, "udp_s": t.udp_s},
@@ -255,7 +263,11 @@ def state_to_json(state: State) -> dict[str, Any]:
 def state_from_json(o: dict[str, Any]) -> State:
     state = State()
     for s in o.get("services", []):
-        state.add(service_from_json(s["service"]), *(dest_from_json(d) for d in s["destinations"]))
+        service = service_from_json(s["service"])
+        state.add(service, *(dest_from_json(d) for d in s["destinations"]))
+        for d in s["destinations"]:  # every destination has counters, as in a kernel (zero unless recorded)
+            state.stats[(service.key, DestKey(d["address"], d["port"]))] = DestStats(
+                active_conns=int(d.get("active_conns", 0)), inactive_conns=int(d.get("inactive_conns", 0)))
     state.sysctls = {k: int(v) for k, v in o.get("sysctls", {}).items()}
     t = o.get("timeouts")
     state.timeouts = Timeouts(**t) if t else None

@@ -6,7 +6,8 @@
 - A failure (dump, apply, verify, ownership record) never escapes: it is counted, kept as ``last_error`` and retried
   with exponential backoff.
 - Drain: destinations the desired state marks draining, or that leave a service with a drain timeout, are kept at
-  weight 0 until their connections (active + inactive) reach 0 or their timeout passes; then they are removed.
+  weight 0 until their connections (active + inactive) reach 0 or their timeout passes; then they are removed. One
+  that has no connections already is removed at once (an idle destination added behind our back included).
   UDP services drain at once (there are no connections to wait for).
 
 The bookkeeping (``Backoff``, ``DrainTracker``) is pure and takes ``now``; only ``Reconciler`` reads a clock.
@@ -115,13 +116,14 @@ class DrainTracker:
 
 
 def _idle(actual: State, dk: DrainKey) -> bool:
-    """True once the destination has weight 0 in the kernel and no connections left (unknown stats: not idle)."""
+    """True when the destination has no connections (active or inactive) in the kernel, whatever its weight: one that
+    has none goes at once, only one with connections is kept at weight 0 to drain. Unknown stats: not idle."""
     svc = actual.services.get(dk[0])
     dest = svc.destinations.get(dk[1]) if svc else None
     if dest is None:
         return True
     stats = actual.stats.get(dk)
-    return dest.weight == 0 and stats is not None and stats.active_conns + stats.inactive_conns == 0
+    return stats is not None and stats.active_conns + stats.inactive_conns == 0
 
 
 def within_capabilities(desired: State, caps: Capabilities) -> tuple[State, list[str]]:

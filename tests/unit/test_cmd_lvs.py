@@ -12,7 +12,7 @@ import pytest
 
 from ha.cli import main
 from lvs.memory import MemoryDataplane
-from lvs.model import Destination, DestKey, Scheduler, Service, ServiceKey
+from lvs.model import AddDest, Destination, DestKey, Scheduler, Service, ServiceKey
 from lvs.select import BackendUnavailable, open_dataplane, resolve_kind
 from tests.lab import LVS_HA
 
@@ -72,6 +72,46 @@ def test_apply_twice_second_run_zero_writes_then_edit_in_place(tmp_path, capsys)
     assert "~ dest tcp/192.168.10.100:80 -> 10.0.20.11:80 weight 10 -> 5" in capsys.readouterr().out
     assert main(["apply", "-c", cfg]) == 0
     assert "writes: 1" in capsys.readouterr().out
+
+
+async def _add_foreign_dest(tmp_path: Path, dkey: DestKey, **stats: int) -> None:
+    """``ipvsadm -a`` of a destination we did not declare into our web service (the kernel reports zero counters)."""
+    mem = MemoryDataplane(persist_path=str(tmp_path / "state" / "memory-dataplane.json"))
+    web = ServiceKey.vip("tcp", "192.168.10.100", 80)
+    report = await mem.apply([AddDest(web, Destination(dkey, 1))])
+    assert report.error is None
+    if stats:
+        mem.set_stats(web, dkey, **stats)
+        mem._persist()
+
+
+def _web_dests(tmp_path: Path) -> dict[str, int]:
+    mem = MemoryDataplane(persist_path=str(tmp_path / "state" / "memory-dataplane.json"))
+    web = ServiceKey.vip("tcp", "192.168.10.100", 80)
+    return {str(k): d.weight for k, d in mem.state.services[web].destinations.items()}
+
+
+def test_apply_removes_an_idle_undeclared_destination_at_once(tmp_path, capsys) -> None:
+    import asyncio
+
+    cfg = write(tmp_path)
+    assert main(["apply", "-c", cfg]) == 0
+    asyncio.run(_add_foreign_dest(tmp_path, DestKey("10.0.20.99", 80)))
+    capsys.readouterr()
+    assert main(["apply", "-c", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "- dest tcp/192.168.10.100:80 -> 10.0.20.99:80" in out and "writes: 1" in out
+    assert _web_dests(tmp_path) == {"10.0.20.11:80": 10, "10.0.20.12:80": 10}
+
+
+def test_apply_drains_an_undeclared_destination_with_connections(tmp_path, capsys) -> None:
+    import asyncio
+
+    cfg = write(tmp_path)
+    assert main(["apply", "-c", cfg]) == 0
+    asyncio.run(_add_foreign_dest(tmp_path, DestKey("10.0.20.99", 80), active_conns=2, inactive_conns=1))
+    assert main(["apply", "-c", cfg]) == 0
+    assert _web_dests(tmp_path)["10.0.20.99:80"] == 0  # kept at weight 0 while its connections last
 
 
 def test_plan_json_and_foreign_services_left_alone(tmp_path, capsys) -> None:

@@ -15,6 +15,7 @@ from lvs.model import (
     DelService,
     Destination,
     DestKey,
+    DestStats,
     EditDest,
     EditService,
     Forwarding,
@@ -31,6 +32,7 @@ from lvs.model import (
     Timeouts,
 )
 from lvs.plan import describe, describe_with_actual, plan
+from lvs.reconciler import DrainTracker
 
 K1 = ServiceKey.vip("tcp", "10.0.0.1", 80)
 K2 = ServiceKey.vip("tcp", "10.0.0.2", 80)
@@ -139,6 +141,34 @@ def test_draining_dest_kept_at_weight_zero() -> None:
     # already at weight 0: nothing to do
     actual0 = State().add(svc(K1), dest(D1, 10), dest(D2, 0))
     assert plan(desired, actual0, {K1}, draining={(K1, D2)}).empty
+
+
+def test_undeclared_destination_goes_at_once_without_connections_and_drains_with_them() -> None:
+    """A destination added behind our back into an owned service (``ipvsadm -a``): the drain decision (pure) and the
+    plan remove it at once when it has no connections; with connections it is kept at weight 0 until they end."""
+    D3 = DestKey("10.1.0.3", 80)
+    actual = State().add(svc(K1), dest(D1, 10), dest(D2, 1), dest(D3, 1))
+    actual.stats[(K1, D1)] = DestStats()
+    actual.stats[(K1, D2)] = DestStats()  # idle: no active, no inactive connections
+    actual.stats[(K1, D3)] = DestStats(active_conns=0, inactive_conns=2)  # TIME_WAIT flows still map to it
+    desired = State().add(svc(K1), dest(D1, 10))
+    desired.drain_timeouts[K1] = 60.0
+    tracker = DrainTracker()
+    dec = tracker.update(desired, actual, now=0.0)
+    assert dec.draining == {(K1, D3)} and dec.finished_now == [(K1, D2)]
+    p = plan(dec.effective, actual, {K1}, draining=dec.draining)
+    assert p.ops == [EditDest(K1, dest(D3, 0)), DelDest(K1, D2)]
+    # its connections end: removed
+    after = State().add(svc(K1), dest(D1, 10), dest(D3, 0))
+    after.stats[(K1, D3)] = DestStats()
+    dec = tracker.update(desired, after, now=5.0)
+    assert dec.draining == frozenset() and dec.finished_now == [(K1, D3)]
+    assert plan(dec.effective, after, {K1}, draining=dec.draining).ops == [DelDest(K1, D3)]
+    # unknown connection counts (no stats): drained, never removed blind
+    blind = State().add(svc(K1), dest(D1, 10), dest(D2, 1))
+    dec = DrainTracker().update(desired, blind, now=0.0)
+    assert dec.draining == {(K1, D2)}
+    assert plan(dec.effective, blind, {K1}, draining=dec.draining).ops == [EditDest(K1, dest(D2, 0))]
 
 
 def test_timeouts_and_sync_daemons() -> None:
