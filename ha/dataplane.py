@@ -45,6 +45,21 @@ def compute_desired(cfg: Config, health: Mapping[HealthKey, Any], drained: froze
     return Desired(res.state, info, dict(res.quorum))
 
 
+async def open_backend(cfg: Config, kind: str | None = None) -> Any:
+    """The one way to open the data-plane backend for a config (the daemon, ``lvs-ha plan``/``apply``, and so
+    ``reload --dry-run``, which plans on the daemon's backend): ``lvs.select`` resolves the kind (``auto`` probes the
+    kernel once; ``kind`` overrides the config's), and a node with ``lvs.conntrack_sync`` on nftables opens it with
+    ``require_state``, so that nothing removes the state chains that drop what conntrack does not know (lvs.ctsync).
+    ``lvs.select.BackendUnavailable`` if it cannot be opened."""
+    from lvs import select
+
+    chosen = select.resolve_kind(kind or cfg.node.dataplane.value)
+    options: dict[str, Any] = {}
+    if cfg.lvs.conntrack_sync is not None and chosen == "nftables":
+        options["require_state"] = True
+    return await select.open_dataplane(chosen, state_dir=cfg.node.state_dir, **options)
+
+
 def needs_dataplane(cfg: Config) -> bool:
     """A VRRP-only config runs no data plane at all (a machine without IPVS can run it)."""
     return bool(cfg.services or cfg.lvs.sysctls or cfg.lvs.timeouts or cfg.lvs.sync_daemon)
@@ -72,15 +87,10 @@ class DataplaneDriver:
         """Open the backend (``lvs.select``: auto = IPVS if the kernel has it, else nftables), reconcile once."""
         from lvs.owned import OwnedStore
         from lvs.reconciler import Reconciler
-        from lvs.select import open_dataplane, resolve_kind
 
         cfg = self.cfg
         os.makedirs(cfg.node.state_dir, exist_ok=True)
-        options: dict[str, Any] = {}
-        kind = resolve_kind(cfg.node.dataplane.value)  # "auto" probes the kernel once, here
-        if cfg.lvs.conntrack_sync is not None and kind == "nftables":
-            options["require_state"] = True  # with synced state: drop what conntrack does not know (lvs.ctsync)
-        self.dataplane = await open_dataplane(kind, state_dir=cfg.node.state_dir, **options)
+        self.dataplane = await open_backend(cfg)
         self.reconciler = Reconciler(self.dataplane, OwnedStore.in_dir(cfg.node.state_dir),
                                      min_interval_s=cfg.lvs.min_sync_interval_s,
                                      resync_interval_s=cfg.lvs.resync_interval_s,

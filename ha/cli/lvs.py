@@ -22,7 +22,7 @@ from lvs.model import ServiceKey, State
 from lvs.owned import OwnedStore, OwnedStoreError
 from lvs.plan import Plan, describe_with_actual, plan
 from lvs.reconciler import Reconciler, within_capabilities
-from lvs.select import BackendUnavailable, open_dataplane, resolve_kind
+from lvs.select import BackendUnavailable, resolve_kind
 
 EXIT_OK, EXIT_FAIL, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -42,8 +42,10 @@ def _load_config(path: str) -> tuple[Config | None, int]:
 
 
 async def _open(config: Config, override: str | None) -> Dataplane:
-    kind = override or config.node.dataplane.value
-    return await open_dataplane(kind, state_dir=config.node.state_dir)
+    from ha.dataplane import open_backend
+
+    dp: Dataplane = await open_backend(config, override)  # as the daemon opens it (require_state from the config)
+    return dp
 
 
 def _desired(config: Config) -> State:

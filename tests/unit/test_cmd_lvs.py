@@ -185,3 +185,64 @@ def test_plan_leaves_out_settings_the_backend_lacks() -> None:
     assert want.sysctls  # the desired state itself is not changed
     full = Capabilities(schedulers=frozenset(Scheduler), forwarding=frozenset(), sync_daemon=True, timeouts=True)
     assert within_capabilities(want, full) == (want, [])
+
+
+CTSYNC = """\
+node: {{name: d1, state_dir: {state}, dataplane: nftables}}
+services:
+  - name: web
+    vip: 192.168.77.100
+    port: 80
+    forwarding: nat
+    realservers: [{{address: 10.77.0.21, port: 80}}]
+lvs:
+  conntrack_sync: {{interface: eth1, peer: 10.77.0.12}}
+"""
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[tuple[str, dict]]:
+    """Every backend opened, as (kind, options), each one an in-memory stand-in."""
+    import lvs.select
+
+    calls: list[tuple[str, dict]] = []
+
+    async def fake_open(kind: str, *, state_dir: str | None = None, **options):
+        calls.append((kind, options))
+        return MemoryDataplane()
+
+    monkeypatch.setattr(lvs.select, "open_dataplane", fake_open)
+    # a caller holding its own reference must not reach a real backend on this host either
+    monkeypatch.setattr("ha.cli.lvs.open_dataplane", fake_open, raising=False)
+    monkeypatch.setattr(lvs.select, "_FACTORIES", {})
+    return calls
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_plan_and_apply_open_a_ctsync_nftables_backend_with_require_state(tmp_path, capsys, opened, command) -> None:
+    """``apply`` on a conntrack-sync nftables node must keep the state chains the daemon made: it opens the backend
+    as the daemon does, with require_state."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CTSYNC.format(state=tmp_path / "state"))
+    assert main([command, "-c", str(path)]) == 0
+    assert opened == [("nftables", {"require_state": True})]
+    opened.clear()
+    path.write_text(CTSYNC.format(state=tmp_path / "state").split("lvs:\n")[0])
+    assert main([command, "-c", str(path)]) == 0
+    assert opened == [("nftables", {})]  # no conntrack sync: nothing required
+
+
+async def test_the_daemon_driver_opens_the_backend_the_same_way(tmp_path, opened) -> None:
+    from ha.config.load import load_checked
+    from ha.dataplane import DataplaneDriver, compute_desired
+    from ha.metrics import DaemonMetrics
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CTSYNC.format(state=tmp_path / "state"))
+    cfg, _ = load_checked(str(path))
+    drv = DataplaneDriver(cfg, DaemonMetrics())
+    await drv.start(compute_desired(cfg, {}, frozenset(), {}))
+    try:
+        assert opened == [("nftables", {"require_state": True})]
+    finally:
+        await drv.stop(flush=False)
