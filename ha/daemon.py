@@ -1,23 +1,23 @@
-"""``lvs-ha run``: the composition root. VRRP engine (own thread), health-check runner, data-plane reconciler, control
-API, sd_notify and signals, in one asyncio process.
+"""The daemon ``lvs-ha run`` starts (``ha.cli.run``): the composition root. The health-check runner, the data-plane
+reconciler, the control API, sd_notify and signals run on one asyncio loop; the VRRP engine runs in its own process.
 
 Flow: health changes and operator overrides -> desired state (``ha.desired``) -> reconciler (dump, plan, apply).
 Both directors program the data plane and run checks (warm standby); a VRRP role change moves only the VIPs (the
-engine does that) and the IPVS sync-daemon role. Config diffing, the status document, metrics, the API, sd_notify,
-operator overrides (``ha.overrides``) and the adapters to the domain packages (``ha.adapters``) have their own
-modules; this one holds the composition.
+engine does that) and the IPVS sync-daemon role. Config diffing (``ha.config.diff``), the status document, metrics,
+the API, sd_notify, operator overrides (``ha.overrides``) and the adapters to the domain packages (``ha.health``,
+``ha.dataplane``, ``ha.vrrp_link``) have their own modules; this one holds the composition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ha.adapters import Vrrp, freeze_long_lived_objects
 from ha.api import ApiServer, Conflict, NotFound
 from ha.config.diff import Change, ReloadDiff, diff_configs, format_plan
 from ha.config.load import ConfigProblem, load_checked
@@ -29,12 +29,23 @@ from ha.overrides import Overrides, resolve_realserver
 from ha.sdnotify import Notifier
 from ha.status import DocMemo, Views, build_status, status_json
 from ha.status_table import TableMemo, format_status
+from ha.vrrp_link import Vrrp
 from lvs import model as m
 
 if TYPE_CHECKING:
     from lvs.ctsync import Conntrackd
 
 log = logging.getLogger(__name__)
+
+
+def freeze_long_lived_objects() -> None:
+    """Put everything alive now (config, check state, kernel tables) out of the cyclic collector's reach.
+
+    A full collection walks every tracked object with the interpreter lock held; with thousands of services that
+    stalls every thread, the VRRP thread included, long enough for a 20 ms advert to be late and the peer to take
+    over. Frozen objects are skipped, so later collections only walk what changed since (called after start and
+    after each reload)."""
+    gc.freeze()
 
 
 class Daemon:
@@ -308,7 +319,7 @@ class Daemon:
     async def _reload_vrrp(self, diff: ReloadDiff, old: Config) -> list[str]:
         """Unchanged instances are not touched (machine, timers, role); the engine applies the rest in place. The
         engine specs are compared too: a checks-only change moves ``preempt_delay: auto``."""
-        from ha.vrrp_setup import respecified_instances
+        from ha.vrrp_link import respecified_instances
 
         respec = respecified_instances(old, self.cfg) if self.vrrp is not None else []
         if not diff.vrrp_changed and not respec:

@@ -39,7 +39,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """Everything the engine needs for one instance (built from the config by ``ha.vrrp_setup``)."""
+    """Everything the engine needs for one instance (built from the config by ``ha.vrrp_link``)."""
 
     name: str
     interface: str

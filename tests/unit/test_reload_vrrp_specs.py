@@ -15,7 +15,7 @@ from ha.config.load import load_checked as load
 from ha.config.model import Config
 from ha.daemon import Daemon
 from ha.sdnotify import Notifier
-from ha.vrrp_setup import engine_specs, respecified_instances
+from ha.vrrp_link import engine_specs, respecified_instances
 
 CONFIG = """\
 node:

@@ -1,27 +1,20 @@
-"""Builds the VRRP engine from a Config, and runs a VRRP-only daemon (``lvs-ha run`` for a config without services).
-
-``python -m ha.vrrp_setup -c FILE`` runs it directly. Signals: SIGTERM/SIGINT orderly stop (masters resign with a
-priority-0 advert, VIPs released); SIGHUP reload (instances added, removed or changed without a restart; a bad
-config is rejected); SIGUSR1 planned failover of every master; SIGUSR2 writes the status file now.
-"""
+"""The daemon's link to VRRP: the engine's instance specs built from the config (``engine_specs``, with
+``preempt_delay: auto`` worked out from the checks behind each instance), and ``Vrrp``, the adapter to the engine in
+its own process (``ha.vrrp.process``) as the daemon's loop sees it."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import dataclasses
-import json
 import logging
-import os
-import signal
-import sys
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from ha.config.model import Config, NotifyConfig, VrrpInstanceConfig
+from ha.metrics import Histogram, InstanceMetrics
+from ha.status import InstanceView
 from ha.vrrp.auth import HmacKey, parse_key_file
-from ha.vrrp.engine import InstanceSpec, SyncGroupSpec, VrrpEngine
+from ha.vrrp.driver import malformed_count
+from ha.vrrp.engine import InstanceSpec, SyncGroupSpec
 from ha.vrrp.machine import Takeover
 from ha.vrrp.track import TrackedFile, TrackedInterface, TrackedScript
 from ha.vrrp.vips import Vip
@@ -136,113 +129,59 @@ def changed_specs(running: tuple[list[InstanceSpec], list[SyncGroupSpec]],
     return names
 
 
-def build_engine(config: Config, **kw: Any) -> VrrpEngine:
-    specs, groups = engine_specs(config)
-    return VrrpEngine(specs, groups, **kw)
+class Vrrp:
+    """The VRRP engine (its own process, ``ha.vrrp.process``), seen from the daemon's loop: the daemon's interpreter
+    lock, long C calls and garbage collection cannot delay adverts there."""
 
+    def __init__(self, cfg: Config, on_transition: Callable[[dict[str, Any]], None]) -> None:
+        from ha.vrrp.process import ProcessEngine
+        specs, groups = engine_specs(cfg)
+        # SCHED_FIFO for the engine process's loop thread when the config asks (``vrrp.realtime``)
+        realtime = cfg.vrrp.realtime
+        self.engine = ProcessEngine(specs, groups, on_transition=on_transition, realtime=realtime)
+        self.last: list[dict[str, Any]] = []  # the engine's status as last fetched
 
-_status_lock = threading.Lock()
+    async def start(self) -> None:
+        await self.engine.start()
 
+    async def stop(self) -> None:
+        await self.engine.stop(handover=True)
 
-def _write_status(path: str | None, engine: VrrpEngine) -> None:
-    if not path:
-        return
-    try:
-        doc = engine.status()
-    except Exception as e:  # the engine may be stopping
-        log.debug("status unavailable: %s", e)
-        return
-    with _status_lock:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
-        os.replace(tmp, path)
+    async def failover(self, instance: str | None) -> list[str]:
+        return list(await self.engine.failover(instance))
 
+    async def reconfigure(self, cfg: Config) -> dict[str, list[str]]:
+        return dict(await self.engine.reconfigure(*engine_specs(cfg)))
 
-async def _periodic_status(path: str | None, engine: VrrpEngine, interval_s: float) -> None:
-    while path and interval_s > 0:
-        await asyncio.sleep(interval_s)
-        _write_status(path, engine)
-
-
-async def _run(config: Config, status_file: str | None, status_interval_s: float = 1.0) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    engine: VrrpEngine | None = None
-
-    def on_transition(info: dict[str, Any]) -> None:
-        log.info("instance=%s %s -> %s (%s)", info["instance"], info["old"], info["new"], info["reason"])
-        if engine is not None:
-            loop.call_soon(_write_status, status_file, engine)
-
-    engine = build_engine(config, on_transition=on_transition)
-    await engine.start()
-    log.info("VRRP engine running %d instance(s)", len(engine.specs))
-    _write_status(status_file, engine)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("planned failover: %s", engine.failover()))
-    loop.add_signal_handler(signal.SIGUSR2, lambda: _write_status(status_file, engine))
-
-    async def reload() -> None:
+    async def refresh(self) -> None:
+        """Fetch the engine's status over the channel (the engine process answers between its timers)."""
         try:
-            new = await asyncio.to_thread(load, config.source)
-        except Exception as e:  # a bad config never replaces the running one
-            log.error("reload rejected, keeping the running config: %s", e)
-            return
-        try:
-            changes = await engine.reconfigure(*engine_specs(new))
+            self.last = list(await self.engine.status())
         except Exception as e:
-            log.error("reload failed: %s", e)
-            return
-        log.info("reloaded %s: %s", config.source, changes)
-        _write_status(status_file, engine)
+            log.warning("VRRP engine status unavailable: %s", e)
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-    ticker = asyncio.create_task(_periodic_status(status_file, engine, status_interval_s))
-    await stop.wait()
-    ticker.cancel()
-    log.info("stopping: masters hand over")
-    await engine.stop(True)
+    def _status(self) -> list[dict[str, Any]]:
+        return self.last
 
-    return 0
+    def views(self) -> list[InstanceView]:
+        return [InstanceView(str(i["name"]), str(i["role"]), int(i.get("effective_priority", i["priority"])),
+                             i.get("master"), i.get("since"), str(i.get("last_reason") or ""), i.get("vrid"),
+                             tuple(i.get("vips") or ())) for i in self._status()]
 
-
-def run_vrrp_only(config: Config, status_file: str | None = None, status_interval_s: float = 1.0) -> int:
-    """Run the VRRP engine for ``config`` until SIGTERM/SIGINT; returns the exit code."""
-    return asyncio.run(_run(config, status_file, status_interval_s))
-
-
-def load(path: str) -> Config:
-    from ha import config as config_mod
-
-    loaded = config_mod.load_config(path)
-    cfg = loaded[0] if isinstance(loaded, tuple) else loaded
-    return cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ha.vrrp_setup", description="run the VRRP part of lvs-ha only")
-    ap.add_argument("-c", "--config", required=True, metavar="FILE")
-    ap.add_argument("--status-file", metavar="PATH", help="write the instances' status (JSON) here on changes")
-    ap.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS",
-                    help="also rewrite the status file this often (0: only on changes)")
-    ap.add_argument("--log-level", default=None)
-    args = ap.parse_args(argv)
-    try:
-        cfg = load(args.config)
-    except Exception as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 1
-    level = (args.log_level or cfg.node.log_level or "info").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("pyroute2", "pyroute2.netlink.core", "pyroute2.netlink.nlsocket"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
-        return run_vrrp_only(cfg, args.status_file, args.status_interval)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    def metrics(self) -> list[InstanceMetrics]:
+        out = []
+        for i in self._status():
+            c = i.get("counters") or {}
+            late = c.get("timer_lateness") or {}
+            hist = None
+            if late.get("buckets"):
+                bounds = [float(b) for b in late["buckets"] if b != "+Inf"]
+                hist = Histogram(bounds)
+                hist.counts = [int(v) for v in late["buckets"].values()]
+                hist.sum, hist.count = float(late.get("sum_s", 0.0)), int(late.get("count", 0))
+            errors = c.get("errors") or {}
+            out.append(InstanceMetrics(str(i["name"]), int(i.get("vrid") or 0), str(i["role"]),
+                                       int(i.get("effective_priority", i["priority"])), int(c.get("transitions", 0)),
+                                       int(c.get("adverts_sent", 0)), int(c.get("adverts_received", 0)),
+                                       malformed_count(errors) if isinstance(errors, dict) else 0, hist))
+        return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ha.config import parse_config_text
 from ha.vrrp.machine import Settings, VrrpMachine
-from ha.vrrp_setup import AUTO_PREEMPT_DELAY_MAX_S, engine_specs
+from ha.vrrp_link import AUTO_PREEMPT_DELAY_MAX_S, engine_specs
 
 BASE = """
 node: {name: t}
