@@ -4,6 +4,9 @@ Nothing is registered in prometheus_client's global registry, so several daemons
 The collector reads live snapshots through ``MetricsSources`` at scrape time: VRRP instances, realserver health and
 the kernel's counters; the daemon's own event counters (check results and latency, reconcile runs, reloads) are kept
 in ``DaemonMetrics``.
+
+prometheus_client is imported at the first scrape (``render``), not with this module: a daemon nobody scrapes does
+not carry it (about 3 MiB of RSS).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import bisect
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from lvs.model import State
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROLES = ("INIT", "BACKUP", "MASTER", "FAULT")
@@ -109,6 +114,8 @@ class MetricsSources:
 
 
 def _hist(name: str, doc: str, labels: list[str], items: Mapping[tuple[str, ...], Histogram]) -> Metric:
+    from prometheus_client.core import HistogramMetricFamily
+
     fam = HistogramMetricFamily(name, doc, labels=labels)
     for lv, h in items.items():
         fam.add_metric(list(lv), h.buckets(), h.sum)
@@ -123,6 +130,8 @@ class LvsHaCollector:
         return []  # unchecked collector: families vary with the config
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         s, d = self.s, self.s.daemon
         yield from self._vrrp()
         res = CounterMetricFamily("lvs_ha_check_results", "Health check results", labels=["service", "realserver",
@@ -155,6 +164,8 @@ class LvsHaCollector:
                                 value=d.config_loaded_ts)
 
     def _checker(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         st = self.s.checker()
         for key, name, doc in (
                 ("checks", "lvs_ha_checker_checks", "Health checks started"),
@@ -177,6 +188,8 @@ class LvsHaCollector:
         yield flight
 
     def _vrrp(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         insts = list(self.s.instances())
         labels = ["instance", "vrid"]
         role = GaugeMetricFamily("lvs_ha_vrrp_role", "1 for the instance's current role", labels=[*labels, "role"])
@@ -201,6 +214,8 @@ class LvsHaCollector:
         yield _hist("lvs_ha_vrrp_advert_timer_lateness_seconds", "How late the advert timer fired", labels, late)
 
     def _ipvs(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         actual = self.s.actual()
         names = self.s.service_names()
         labels = ["service", "vip", "realserver"]
@@ -231,11 +246,28 @@ class LvsHaCollector:
         yield from fams.values()
 
 
-def make_registry(sources: MetricsSources) -> CollectorRegistry:
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(LvsHaCollector(sources))  # type: ignore[arg-type]
-    return reg
+class MetricsRegistry:
+    """The daemon's private registry, made at the first scrape (prometheus_client is imported then)."""
+
+    def __init__(self, sources: MetricsSources) -> None:
+        self.sources = sources
+        self._registry: CollectorRegistry | None = None
+
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            reg = CollectorRegistry(auto_describe=False)
+            reg.register(LvsHaCollector(self.sources))  # type: ignore[arg-type]
+            self._registry = reg
+        return self._registry
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+def make_registry(sources: MetricsSources) -> MetricsRegistry:
+    return MetricsRegistry(sources)
+
+
+def render(registry: MetricsRegistry) -> bytes:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry.registry())
