@@ -10,7 +10,6 @@ work in the daemon cannot delay adverts or timers here. Everything is called on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -194,10 +193,8 @@ class VrrpEngine:
                 log.warning("instance=%s did not finish its handover in time; releasing now", inst.spec.name)
             inst.driver.abort()
         await self._close_all()
-        if self.notifier.busy:
-            await asyncio.to_thread(self.notifier.stop)  # queued notify commands (STOP) run, for a few seconds
-        else:
-            self.notifier.stop()
+        # the STOP notify commands start now; every command still running is awaited up to its timeout, then killed
+        await self.notifier.stop()
 
     def failover(self, instance: str | None = None) -> list[str]:
         """Planned handover of one instance (or every master); returns the names that began resigning."""
@@ -351,12 +348,9 @@ class VrrpEngine:
             ifaces.insert(0, TrackedInterface(spec.interface, 0))
         state = TrackState(spec.priority, tuple(ifaces), spec.track_scripts, spec.track_files)
         name = spec.name
-        loop = self.loop
-        assert loop is not None
 
-        def on_change(outcome: Outcome) -> None:  # from the tracker's thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(self._tracked, name, outcome)
+        def on_change(outcome: Outcome) -> None:  # on the loop
+            self._tracked(name, outcome)
 
         return Tracker(state, on_change, poll_s=self.track_poll_s)
 
@@ -369,6 +363,8 @@ class VrrpEngine:
                 inst.driver.announcer.close()
         for inst in self._instances.values():
             await self._close_vips(inst)
+        for inst in self._instances.values():
+            await inst.tracker.wait_closed()  # running track scripts were killed: reaped before we return
 
     def _tracked(self, name: str, outcome: Outcome) -> None:
         inst = self._instances.get(name)

@@ -1,20 +1,20 @@
 """Tracked conditions that change an instance's priority or put it in FAULT.
 
 ``TrackState`` is pure: it takes observations (interface up/down, script exit results, file values) and computes
-the effective priority and whether the instance must be in FAULT. ``Tracker`` is the IO edge: it polls the
-interfaces' operstate and the files, and runs the scripts (argv, never a shell, with a timeout) in its own thread,
-and calls back whenever the outcome changes.
+the effective priority and whether the instance must be in FAULT. ``Tracker`` is the IO edge, on the engine's event
+loop (no thread): it polls the interfaces' operstate and the files with ``loop.call_later``, runs each script (argv,
+never a shell, through ``ha.vrrp.spawn``) at its interval with its timeout in a task, and calls back whenever the
+outcome changes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import os
-import subprocess
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from ha.vrrp import spawn
 
 log = logging.getLogger(__name__)
 
@@ -137,28 +137,24 @@ def read_int_file(path: str) -> int:
         return 0
 
 
-def run_script(argv: Sequence[str], timeout_s: float) -> bool:
-    """Run a tracked script (no shell); success is exit status 0 within the timeout. Always reaps the child."""
+async def run_script(argv: Sequence[str], timeout_s: float, running: set[spawn.Child] | None = None) -> str | None:
+    """Run a tracked script (no shell): None when it passed (exit status 0 within the timeout), else why it failed.
+    One that runs past its timeout has its process group killed; one that cannot start fails. Always reaped."""
     try:
-        p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
-    except OSError as e:
-        log.warning("track script %s cannot start: %s", argv[0], e)
-        return False
-    try:
-        return p.wait(timeout=timeout_s) == 0
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, 9)
-        p.wait()
-        return False
+        rc = await spawn.run(argv, timeout_s, running=running)
+    except (OSError, ValueError) as e:
+        return f"cannot start: {e}"
+    if rc is None:
+        return f"timed out after {timeout_s:g} s (killed)"
+    if rc != 0:
+        return f"exit status {rc}" if rc > 0 else f"killed by signal {-rc}"
+    return None
 
 
 class Tracker:
-    """Polls interfaces and files and runs scripts in one thread; ``on_change(outcome)`` on every change.
-
-    ``on_change`` is called from the tracker thread; the engine wraps it with ``call_soon_threadsafe``.
-    """
+    """Polls interfaces and files and runs scripts on the running loop; ``on_change(outcome)`` (called on the loop)
+    on every change. ``start()`` and ``stop()`` are called on the loop; ``stop()`` cancels the polls and the script
+    tasks and kills running scripts; ``await wait_closed()`` returns once those are reaped."""
 
     def __init__(self, state: TrackState, on_change: Callable[[Outcome], None], poll_s: float = 0.05,
                  read_link: Callable[[str], bool] = read_operstate) -> None:
@@ -166,57 +162,100 @@ class Tracker:
         self.on_change = on_change
         self.poll_s = poll_s
         self.read_link = read_link
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
         self._last: Outcome | None = None
+        self._poll: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[spawn.Child] = set()
+        self._problem: dict[str, str] = {}  # script -> the failure last logged (start failures, timeouts)
+        self.runs: dict[str, int] = {s.name: 0 for s in state.scripts}  # completed runs of each script
+        self._stopped = False
 
     def prime(self) -> Outcome:
         """Read interfaces and files once, synchronously (before the instance starts)."""
-        for i in self.state.interfaces:
-            self.state.set_link(i.name, self.read_link(i.name))
-        for f in self.state.files:
-            self.state.set_file(f.path, read_int_file(f.path))
+        self._read()
         self._last = self.state.outcome()
         return self._last
 
     def start(self) -> None:
-        if not (self.state.interfaces or self.state.files or self.state.scripts):
+        if self._stopped or self._poll is not None or self._tasks:
             return
-        self._thread = threading.Thread(target=self._run_polls, name="vrrp-track", daemon=True)
-        self._thread.start()
+        loop = asyncio.get_running_loop()
+        if self.state.interfaces or self.state.files:
+            self._poll = loop.call_later(self.poll_s, self._run_poll)
         for s in self.state.scripts:
-            threading.Thread(target=self._run_script, args=(s,), name=f"track-{s.name}", daemon=True).start()
+            t = loop.create_task(self._run_script(s), name=f"track-{s.name}")
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop polling and running scripts now: running scripts' process groups are killed (the loop reaps them)."""
+        self._stopped = True
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+        for t in list(self._tasks):
+            t.cancel()
+        for child in list(self._running):
+            child.kill()
+
+    @property
+    def running(self) -> int:
+        """Scripts running now (started and not yet reaped)."""
+        return len(self._running)
+
+    async def wait_closed(self, timeout_s: float = 5.0) -> None:
+        """After ``stop()``: wait (at most ``timeout_s``) until the tasks have ended and every script is reaped."""
+        pending = [*self._tasks, *(c.done for c in self._running)]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    def _read(self) -> None:
+        for i in self.state.interfaces:
+            self.state.set_link(i.name, self.read_link(i.name))
+        for f in self.state.files:
+            self.state.set_file(f.path, read_int_file(f.path))
 
     def _publish(self) -> None:
-        with self._lock:
-            out = self.state.outcome()
-            if out == self._last:
-                return
-            self._last = out
+        if self._stopped:
+            return
+        out = self.state.outcome()
+        if out == self._last:
+            return
+        self._last = out
         log.info("track: priority=%d fault=%s", out.priority, out.fault)
         try:
             self.on_change(out)
         except Exception:
             log.exception("track: on_change failed")
 
-    def _run_polls(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                for i in self.state.interfaces:
-                    self.state.set_link(i.name, self.read_link(i.name))
-                for f in self.state.files:
-                    self.state.set_file(f.path, read_int_file(f.path))
+    def _run_poll(self) -> None:
+        self._poll = None
+        if self._stopped:
+            return
+        try:
+            self._read()
             self._publish()
-            self._stop.wait(self.poll_s)
+        except Exception:
+            log.exception("track: poll failed")
+        finally:
+            if not self._stopped:
+                self._poll = asyncio.get_running_loop().call_later(self.poll_s, self._run_poll)
 
-    def _run_script(self, s: TrackedScript) -> None:
-        while not self._stop.is_set():
-            ok = run_script(s.argv, s.timeout_s)
-            with self._lock:
-                self.state.script_result(s.name, ok)
+    async def _run_script(self, s: TrackedScript) -> None:
+        while not self._stopped:
+            why = await run_script(s.argv, s.timeout_s, self._running)
+            self.runs[s.name] += 1
+            self._note(s, why)
+            self.state.script_result(s.name, why is None)
             self._publish()
-            self._stop.wait(s.interval_s)
+            await asyncio.sleep(s.interval_s)
+
+    def _note(self, s: TrackedScript, why: str | None) -> None:
+        """Log a script that cannot start or runs past its timeout once per change of reason, not every run."""
+        if why is not None and not why.startswith("exit status"):
+            if self._problem.get(s.name) != why:
+                self._problem[s.name] = why
+                log.warning("track script %s (%s): %s; counted as a failure", s.name, s.argv[0], why)
+        elif s.name in self._problem:
+            del self._problem[s.name]
+            log.info("track script %s runs again (%s)", s.name, "passed" if why is None else why)
