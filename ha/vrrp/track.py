@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ha.vrrp import spawn
 
@@ -205,7 +206,7 @@ class Tracker:
 
     async def wait_closed(self, timeout_s: float = 5.0) -> None:
         """After ``stop()``: wait (at most ``timeout_s``) until the tasks have ended and every script is reaped."""
-        pending = [*self._tasks, *(c.done for c in self._running)]
+        pending: list[asyncio.Future[Any]] = [*self._tasks, *(c.done for c in self._running)]
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
 
