@@ -213,7 +213,11 @@ def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig
         ctx.error(m.value_node("version"), m.p("version"), "VRRPv2 carries IPv4 addresses only; IPv6 VIPs need "
                   "version: 3")
     if not vips and m.ok:
-        ctx.warn(m.value_node("vips") or m.node, m.p("vips"), "this instance has no VIPs, so it moves nothing")
+        ctx.warn(m.value_node("vips") or m.node, m.p("vips"),
+                 "this instance has no VIPs: this node moves no address itself (the election, notify scripts, sync "
+                 "groups and the sync daemon still follow its role)" + (
+                     "; Keepalived refuses a VRRPv3 instance without VIPs (RFC 5798 wants at least one address), "
+                     "so a Keepalived peer needs version: 2" if version == 3 else ""))
     hm = m.sub("handover", ("takeover", "hold"), "handover: takeover, hold")
     handover = HandoverConfig()
     if hm is not None:

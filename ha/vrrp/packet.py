@@ -259,8 +259,7 @@ def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: b
     vrid, priority, count = msg[1], msg[2], msg[3]
     if vrid == 0:
         raise BadField("VRID 0")
-    if count == 0:
-        raise LengthMismatch("count of addresses is 0")
+    # count 0 is valid: an instance without VIPs (RFC 5798 5.2.5 "the number of ... addresses"; Keepalived sends 0)
     if verify_checksum:
         if version == 3:
             ok = checksum(pseudo_header(src, dst, length) + msg) == 0

@@ -484,3 +484,38 @@ def test_random_inputs_keep_invariants(prio: int, preempt: bool, takeover: str, 
             d = m.next_deadline()
             assert d is None or d > now
         assert 1 <= m.priority <= 255
+
+
+# -- instances without VIPs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_two_vipless_machines_over_the_wire_elect_one_master(version: int) -> None:
+    """Adverts of instances without VIPs carry count 0; through encode and decode both machines hear each other and
+    exactly one stays master (the other backs off), as with VIPs."""
+    from ha.vrrp import packet as P
+
+    a = machine(priority=150, primary_address=HIGH, version=version)
+    b = machine(priority=100, primary_address=LOW, version=version)
+    src = {id(a): HIGH, id(b): LOW}
+    now = 0.0
+    a.start(now)
+    b.start(now)
+    for _ in range(400):
+        deadlines = [d for d in (a.next_deadline(), b.next_deadline()) if d is not None]
+        now = min(deadlines)
+        for m in (a, b):
+            if (m.next_deadline() or float("inf")) <= now:
+                m.handle_timer(now)
+        for m, other in ((a, b), (b, a)):
+            for act in m.pop_actions():
+                if isinstance(act, SendAdvert):
+                    s = m.settings
+                    wire = P.encode(Advert(s.version, s.vrid, act.priority, s.advert_interval_s, ()), src[id(m)],
+                                    P.MCAST_V4)
+                    assert wire[3] == 0
+                    other.receive(P.decode(wire, src[id(m)], P.MCAST_V4), src[id(m)], now)
+        if now > 20.0:
+            break
+    assert (a.role, b.role) == (Role.MASTER, Role.BACKUP)
+    assert b.master == str(HIGH)

@@ -187,12 +187,45 @@ def test_decode_errors(payload: bytes, error: type[Exception]) -> None:
         P.decode(payload, V4_SRC, P.MCAST_V4)
 
 
-def test_count_zero_and_interval_zero_rejected() -> None:
+# An instance without VIPs sends count 0 (RFC 5798 5.2.5: the number of addresses; Keepalived sends 0 when it has
+# none). Worked out by hand: VRID 51, priority 100, interval 1 s, no addresses.
+#   v3/IPv4 192.0.2.1 -> 224.0.0.18: pseudo-header c000 0201 e000 0012 0070 0008 + message 3133 6400 0064 0000
+#     = 0x2_3822 -> 0x3824 -> checksum ~0x3824 = 0xc7db
+#   v3/IPv6 fe80::1 -> ff02::12: fe80 0001 ff02 0012 0008 0070 + 3133 6400 0064 = 0x2_93a4 -> 0x93a6 -> 0x6c59
+#   v2 (no pseudo-header): 2133 6400 0001 + eight zero auth bytes = 0x8534 -> 0x7acb
+NO_VIPS = [
+    (3, ip("192.0.2.1"), P.MCAST_V4, bytes.fromhex("31336400 0064c7db")),
+    (3, ip("fe80::1"), P.MCAST_V6, bytes.fromhex("31336400 00646c59")),
+    (2, ip("192.0.2.1"), P.MCAST_V4, bytes.fromhex("21336400 00017acb 00000000 00000000")),
+]
+
+
+@pytest.mark.parametrize(("version", "src", "dst", "wire"), NO_VIPS)
+def test_count_zero_encodes_and_decodes(version: int, src: P.IPAddress, dst: P.IPAddress, wire: bytes) -> None:
+    adv = Advert(version, 51, 100, 1.0, ())
+    assert P.encode(adv, src, dst) == wire
+    assert P.message_length(wire, src.version) == len(wire)
+    back = P.decode(wire, src, dst)
+    assert back == adv and back.addresses == ()
+    assert P.decode(wire + b"\0" * 6, src, dst) == adv  # link padding after the message is not part of it
+    bad = bytearray(wire)
+    bad[7] ^= 1
+    with pytest.raises(P.BadChecksum):
+        P.decode(bytes(bad), src, dst)
+
+
+def test_count_zero_through_ip_and_ethernet() -> None:
+    adv = Advert(3, 51, 100, 1.0, ())
+    _hdr, back = P.decode_ip(P.encode_ip(adv, ip("192.0.2.1")))
+    assert back == adv
+
+
+def test_count_larger_than_the_packet_and_interval_zero_rejected() -> None:
     adv = Advert(3, 77, 150, 1.0, (V4_VIP,))
     raw = bytearray(P.encode(adv, V4_SRC, P.MCAST_V4))
-    raw[3] = 0
+    raw[3] = 2
     with pytest.raises(P.BadCount):
-        P.decode(bytes(raw[:8]), V4_SRC, P.MCAST_V4, verify_checksum=False)
+        P.decode(bytes(raw), V4_SRC, P.MCAST_V4, verify_checksum=False)
     raw = bytearray(P.encode(adv, V4_SRC, P.MCAST_V4))
     raw[4:6] = b"\0\0"
     with pytest.raises(P.BadField):
@@ -283,7 +316,7 @@ def adverts(draw: st.DrawFn) -> tuple[Advert, P.IPAddress]:
     version = draw(st.sampled_from([2, 3]))
     family = 4 if version == 2 else draw(st.sampled_from([4, 6]))
     addr = v4 if family == 4 else v6
-    addrs = tuple(draw(st.lists(addr, min_size=1, max_size=20)))
+    addrs = tuple(draw(st.lists(addr, min_size=0, max_size=20)))
     if version == 3:
         interval = draw(st.integers(1, 4095)) / 100.0
         adv = Advert(3, draw(st.integers(1, 255)), draw(st.integers(0, 255)), interval, addrs)
