@@ -287,7 +287,8 @@ class Daemon:
         notes = [f"{f} changed; it takes effect at the next restart" for f in diff.restart_needed]
         if dry_run:
             ops = await self.lvs.dry_run(self._desired(new)) if self.lvs else []
-            return {"ok": True, "dry_run": True, "plan": format_plan(diff, ops), "warnings": warnings + notes}
+            actual = self.lvs.actual if self.lvs else None
+            return {"ok": True, "dry_run": True, "plan": format_plan(diff, ops, actual), "warnings": warnings + notes}
         try:
             self.health.configure(new)  # unchanged checks keep their schedule and rise/fall state
         except KeyError as e:

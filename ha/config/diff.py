@@ -16,6 +16,7 @@ from typing import Any
 
 from ha.config.model import CheckConfig, Config, RealServerConfig
 from lvs import model as m
+from lvs.plan import describe, describe_with_actual
 
 
 class Change(enum.Enum):
@@ -122,51 +123,10 @@ def diff_configs(old: Config, new: Config) -> ReloadDiff:
 # -- rendering ---------------------------------------------------------------------------------------------------
 
 
-_PROTO_FLAG = {m.Protocol.TCP: "-t", m.Protocol.UDP: "-u", m.Protocol.SCTP: "--sctp-service"}
-
-
-def _svc_arg(key: m.ServiceKey) -> str:
-    if key.fwmark is not None:
-        return f"-f {key.fwmark}" + (" -6" if key.family == 6 else "")
-    flag = _PROTO_FLAG[key.protocol or m.Protocol.TCP]
-    host = f"[{key.address}]" if key.family == 6 else key.address
-    return f"{flag} {host}:{key.port}"
-
-
-_FWD = {m.Forwarding.DR: "-g", m.Forwarding.NAT: "-m", m.Forwarding.TUN: "-i"}
-
-
-def format_op(op: m.Op) -> str:
-    """One operation in ipvsadm's words (``-A -t 10.0.0.1:80 -s wlc``), so operators read it at a glance."""
-    if isinstance(op, m.AddService | m.EditService):
-        s = op.service
-        text = f"{'-A' if isinstance(op, m.AddService) else '-E'} {_svc_arg(s.key)} -s {s.scheduler.value}"
-        if s.flags:
-            text += " -b " + ",".join(sorted(f.value for f in s.flags))
-        if s.persistence is not None:
-            text += f" -p {s.persistence.timeout_s}"
-        return text
-    if isinstance(op, m.DelService):
-        return f"-D {_svc_arg(op.key)}"
-    if isinstance(op, m.AddDest | m.EditDest):
-        d = op.dest
-        verb = "-a" if isinstance(op, m.AddDest) else "-e"
-        return f"{verb} {_svc_arg(op.service)} -r {d.key} {_FWD[d.forwarding]} -w {d.weight}"
-    if isinstance(op, m.DelDest):
-        return f"-d {_svc_arg(op.service)} -r {op.dest}"
-    if isinstance(op, m.SetSysctl):
-        return f"sysctl {op.name}={op.value}"
-    if isinstance(op, m.SetTimeouts):
-        t = op.timeouts
-        return f"--set {t.tcp_s} {t.tcp_fin_s} {t.udp_s}"
-    if isinstance(op, m.StartSyncDaemon | m.StopSyncDaemon):
-        verb = "--start-daemon" if isinstance(op, m.StartSyncDaemon) else "--stop-daemon"
-        return f"{verb} {op.daemon.state} --mcast-interface {op.daemon.interface} --syncid {op.daemon.sync_id}"
-    return repr(op)
-
-
-def format_plan(diff: ReloadDiff, ops: Sequence[m.Op] = ()) -> list[str]:
-    """Human-readable lines: VRRP changes, check changes, service changes, then the kernel operations."""
+def format_plan(diff: ReloadDiff, ops: Sequence[m.Op] = (), actual: m.State | None = None) -> list[str]:
+    """Human-readable lines: VRRP changes, check changes, service changes, then the kernel operations in the same
+    words as ``lvs-ha plan`` (``lvs.plan.describe``; an edit shows what changes when the kernel's ``actual`` state is
+    known)."""
     lines: list[str] = []
 
     def section(title: str, items: Sequence[ItemChange]) -> None:
@@ -182,5 +142,5 @@ def format_plan(diff: ReloadDiff, ops: Sequence[m.Op] = ()) -> list[str]:
     for field in diff.restart_needed:
         lines.append(f"note: {field} changed; it takes effect at the next restart")
     lines.append(f"kernel operations: {len(ops)}")
-    lines.extend(f"  {format_op(op)}" for op in ops)
+    lines.extend(f"  {describe_with_actual(op, actual) if actual is not None else describe(op)}" for op in ops)
     return lines

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from ha.config.diff import Change, diff_configs, format_op, format_plan
+from ha.config.diff import Change, diff_configs, format_plan
 from ha.config.model import (
     ApiConfig,
     CheckConfig,
@@ -111,15 +111,10 @@ def test_format_plan_lists_kernel_operations() -> None:
     ops = [m.EditDest(key, dest)]
     lines = format_plan(diff_configs(make(), make(rs_weights=(10, 5))), ops)
     assert "kernel operations: 1" in lines
-    assert "  -e -t 192.0.2.10:80 -r 10.0.0.2:80 -g -w 5" in lines
+    assert "  ~ dest tcp/192.0.2.10:80 -> 10.0.0.2:80 dr weight 5" in lines, lines
+    actual = m.State({key: m.ServiceState(m.Service(key), {dest.key: m.Destination(dest.key, weight=10)})})
+    assert "  ~ dest tcp/192.0.2.10:80 -> 10.0.0.2:80 weight 10 -> 5" in format_plan(diff_configs(make(), make()), ops,
+                                                                                  actual)
     assert "  changed web 10.0.0.2:80 (weight)" in lines
 
 
-def test_format_op_covers_every_kind() -> None:
-    k6 = m.ServiceKey.vip("udp", "2001:db8::1", 53)
-    svc = m.Service(k6, m.Scheduler.SH, frozenset({m.SchedFlag.SH_PORT}), m.Persistence(300))
-    assert format_op(m.AddService(svc)) == "-A -u [2001:db8::1]:53 -s sh -b sh-port -p 300"
-    assert format_op(m.DelService(m.ServiceKey.mark(10))) == "-D -f 10"
-    assert format_op(m.DelDest(k6, m.DestKey("2001:db8::5", 53))) == "-d -u [2001:db8::1]:53 -r [2001:db8::5]:53"
-    assert format_op(m.SetSysctl("net.ipv4.vs.sloppy_tcp", 1)) == "sysctl net.ipv4.vs.sloppy_tcp=1"
-    assert "--start-daemon master" in format_op(m.StartSyncDaemon(m.SyncDaemon("master", "eth1", 7)))
