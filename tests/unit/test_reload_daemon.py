@@ -91,7 +91,8 @@ async def test_weight_change_is_one_write_and_keeps_health_state(running: tuple[
 
     h.write(w1=5)
     dry = await d.reload(True, "test")
-    assert any("-w 5" in line for line in dry["plan"]) and d.lvs.dataplane.writes == writes
+    assert any("weight 10 -> 5" in line for line in dry["plan"]), dry["plan"]
+    assert d.lvs.dataplane.writes == writes
     assert d.cfg.service("web").realservers[0].weight == 10  # type: ignore[union-attr]
 
     res = await d.reload(False, "test")
