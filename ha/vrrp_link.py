@@ -78,6 +78,7 @@ def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> Ins
         unicast_peers=tuple(inst.unicast.peers) if inst.unicast else (),
         garp_count=inst.garp.count, garp_interval_s=inst.garp.interval_s, garp_refresh_s=inst.garp.refresh_s,
         garp_repeat_delay_s=inst.garp.repeat_delay_s, announce_on_lower=inst.garp.on_lower_priority,
+        advert_on_yield=inst.garp.advert_on_yield,
         track_interfaces=tuple(TrackedInterface(i.name, i.weight) for i in t.interfaces),
         track_scripts=tuple(TrackedScript(s.name, tuple(s.command), s.interval_s, s.timeout_s, s.rise, s.fall,
                                           s.weight) for s in t.scripts),

@@ -70,6 +70,7 @@ class GarpConfig:
     refresh_s: float = 0.0  # > 0: re-announce periodically while master
     repeat_delay_s: float = 5.0  # a second burst this long after becoming master (0: none), as Keepalived
     on_lower_priority: bool = True  # a master that hears a lower-priority advert announces again
+    advert_on_yield: bool = True  # a master yielding to a higher priority sends one advert of its own first
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ VRRP_KEYS = ("instances", "sync_groups", "realtime")
 _INSTANCE_KEYS = ("name", "interface", "vrid", "priority", "version", "advert_interval", "preempt", "preempt_delay",
                   "vips", "unicast", "garp", "track", "auth", "notify", "startup_delay", "handover")
 _NOTIFY_KEYS = ("master", "backup", "fault", "stop", "any")
-_GARP_KEYS = ("count", "interval", "refresh", "repeat_delay", "on_lower_priority")
+_GARP_KEYS = ("count", "interval", "refresh", "repeat_delay", "on_lower_priority", "advert_on_yield")
 _WEIGHT = c_int(-254, 254, "a weight")
 
 
@@ -230,7 +230,8 @@ def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig
                           interval_s=gm.get("interval", c_duration(0, 60), 0.2),
                           refresh_s=gm.get("refresh", c_duration(0, 86400), 0.0),
                           repeat_delay_s=gm.get("repeat_delay", c_duration(0, 3600), 5.0),
-                          on_lower_priority=gm.get("on_lower_priority", c_bool, True))
+                          on_lower_priority=gm.get("on_lower_priority", c_bool, True),
+                          advert_on_yield=gm.get("advert_on_yield", c_bool, True))
     rest = dict(
         priority=m.get("priority", c_int(1, 255, "a priority (255 = address owner)"), 100),
         version=version,

@@ -67,6 +67,9 @@ class Settings:
     garp_refresh_s: float = 0.0  # > 0: Announce("refresh") this often while master
     garp_repeat_delay_s: float = 5.0  # > 0: Announce("repeat") once this long after becoming master
     announce_on_lower: bool = True  # a master hearing a lower priority re-asserts (advert + announce)
+    # a master yielding to a higher priority first sends one advert of its own: after a split (both master) the
+    # winner may never hear the loser otherwise, and never re-announce (Keepalived: higher_prio_send_advert)
+    advert_on_yield: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.takeover, str):
@@ -370,6 +373,9 @@ class VrrpMachine:
         if higher:
             if s.version == 3:
                 self._master_adver_interval_s = advert.max_advert_interval_s
+            if s.advert_on_yield:
+                self.counters["yield_adverts"] += 1
+                self._emit(SendAdvert(self._priority))
             self._become_backup(f"higher priority {advert.priority} from {source}", now, str(source))
             self._master_priority = advert.priority
             return

@@ -1,4 +1,4 @@
-"""From config to VRRP engine settings: the automatic preempt delay."""
+"""From config to VRRP engine settings: the automatic preempt delay, the split-brain repair keys."""
 
 from __future__ import annotations
 
@@ -60,3 +60,10 @@ def test_machine_takes_a_new_preempt_delay_in_place() -> None:
     m = VrrpMachine(Settings(vrid=51, priority=150, preempt_delay_s=0.0))
     m.set_preempt_delay(4.0)
     assert m.settings.preempt_delay_s == 4.0 and m.settings.vrid == 51
+
+
+def test_split_brain_repair_keys_reach_the_engine() -> None:
+    cfg, _ = parse_config_text(BASE % ", garp: {advert_on_yield: false, on_lower_priority: false}")
+    specs = {s.name: s for s in engine_specs(cfg)[0]}
+    assert not specs["VI_FRONT"].advert_on_yield and not specs["VI_FRONT"].announce_on_lower
+    assert specs["VI_OTHER"].advert_on_yield and specs["VI_OTHER"].announce_on_lower  # the defaults: on

@@ -205,7 +205,8 @@ def test_master_step_down_and_tie_break(their_prio: int, source: Any, steps_down
     actions = m.pop_actions()
     if steps_down:
         assert m.role is Role.BACKUP and m.master == str(source)
-        assert non_state(actions) == [ReleaseVips(), CancelAnnounce()]
+        # one advert of its own first (advert_on_yield), so that the winner hears a lower priority and re-announces
+        assert non_state(actions) == [SendAdvert(100), ReleaseVips(), CancelAnnounce()]
         assert actions[-1] == StateChanged(Role.MASTER, Role.BACKUP, f"higher priority {their_prio} from {source}",
                                            str(source))
     else:
@@ -227,6 +228,12 @@ def test_announce_on_lower_off() -> None:
     m = master_at(announce_on_lower=False)
     m.receive(adv(50), LOW, 5.0)
     assert m.pop_actions() == [] and m.role is Role.MASTER
+
+
+def test_advert_on_yield_off_yields_silently() -> None:
+    m = master_at(advert_on_yield=False)
+    m.receive(adv(150), LOW, 5.0)
+    assert non_state(m.pop_actions()) == [ReleaseVips(), CancelAnnounce()] and m.role is Role.BACKUP
 
 
 def test_master_answers_priority_zero() -> None:

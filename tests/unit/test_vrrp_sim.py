@@ -268,6 +268,51 @@ def test_partition_then_heal_reasserts_and_reannounces() -> None:
     assert b_down - heal_t <= 1.5  # within about one advert interval of the heal (simulated time)
 
 
+def _split_then_heal(offset_s: float, advert_on_yield: bool, frozen: bool = False) -> tuple[Sim, float, Node]:
+    """Both directors master (a cut, or the winner frozen), then the link heals ``offset_s`` into an advert period."""
+    sim = Sim(7, max_delay_s=0.002)
+    a = sim.add("a", 150, 1, advert_on_yield=advert_on_yield)
+    sim.add("b", 100, 2, advert_on_yield=advert_on_yield)
+    sim.start_all()
+    sim.run_until(10.0)
+    assert_settled(sim, "a")
+    heal_t = 20.0 + offset_s
+    if frozen:  # a stalls (a paused VM): b takes over, then a resumes with its queued adverts
+        a.frozen_until = heal_t
+    else:
+        sim.partition("a", "b")
+    sim.run_until(heal_t)
+    assert sim.nodes["b"].machine.role is Role.MASTER
+    sim.heal()
+    sim.run_until(heal_t + 5.0)
+    return sim, heal_t, a
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["cut", "frozen"])
+@pytest.mark.parametrize("offset_s", [i / 20 for i in range(20)])
+def test_after_two_masters_the_winner_reannounces_within_one_advert_whatever_arrives_first(
+        offset_s: float, frozen: bool) -> None:
+    """Whichever director's advert crosses first after the heal, the winner announces again within one advert
+    interval: the loser yields with one advert of its own, which the winner hears as a lower priority."""
+    sim, heal_t, a = _split_then_heal(offset_s, advert_on_yield=True, frozen=frozen)
+    assert_settled(sim, "a")
+    again = [t for t, reason in a.announces if t >= heal_t and reason == "lower-priority-advert"]
+    assert again and again[0] - heal_t <= 1.0 + 0.01, (offset_s, a.announces[-3:])
+
+
+def test_without_the_yield_advert_a_heal_can_leave_the_winner_silent() -> None:
+    """The race the yield advert closes: when the winner's advert reaches the loser first, the loser yields and
+    never sends again, so the winner never hears a lower priority and never announces again (clients keep the
+    loser's MAC until their ARP entry expires)."""
+    silent = 0
+    for i in range(20):
+        sim, heal_t, a = _split_then_heal(i / 20, advert_on_yield=False)
+        assert_settled(sim, "a")
+        if not any(t >= heal_t and reason == "lower-priority-advert" for t, reason in a.announces):
+            silent += 1
+    assert silent > 0
+
+
 @pytest.mark.parametrize("takeover", ["skew", "immediate"])
 def test_planned_handover_keeps_the_vip_served(takeover: str) -> None:
     sim = Sim(3, max_delay_s=0.002)
