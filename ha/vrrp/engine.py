@@ -56,6 +56,7 @@ class InstanceSpec:
     garp_refresh_s: float = 0.0
     garp_repeat_delay_s: float = 5.0
     announce_on_lower: bool = True
+    advert_on_yield: bool = True
     track_interfaces: tuple[TrackedInterface, ...] = ()
     track_scripts: tuple[TrackedScript, ...] = ()
     track_files: tuple[TrackedFile, ...] = ()
@@ -330,7 +331,8 @@ class VrrpEngine:
                 advert_interval_s=spec.advert_interval_s, preempt=spec.preempt, preempt_delay_s=spec.preempt_delay_s,
                 primary_address=sock.source, family=spec.family, startup_delay_s=spec.startup_delay_s,
                 takeover=spec.takeover, hold_s=spec.hold_s, garp_refresh_s=spec.garp_refresh_s,
-                garp_repeat_delay_s=spec.garp_repeat_delay_s, announce_on_lower=spec.announce_on_lower)
+                garp_repeat_delay_s=spec.garp_repeat_delay_s, announce_on_lower=spec.announce_on_lower,
+                advert_on_yield=spec.advert_on_yield)
             machine = VrrpMachine(msettings)
         except BaseException:
             sock.close()
