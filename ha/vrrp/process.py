@@ -125,7 +125,7 @@ class ProcessEngine:
         self._alive = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._started: asyncio.Future[None] | None = None  # the current child's start: None or an error
+        self._started: asyncio.Future[str | None] | None = None  # the current child's start: None or an error
         self._wake: asyncio.Event | None = None  # ends a restart backoff early (stop)
 
     @property
