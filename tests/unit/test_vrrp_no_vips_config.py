@@ -27,9 +27,7 @@ def test_vipless_instance_is_a_warning_about_moving_no_address(tmp_path: Path, v
     assert "nothing" not in w and "not work" not in w
     assert ("Keepalived refuses a VRRPv3 instance without VIPs" in w) == (version == 3)
     assert cfg.vrrp.instances[0].vips == ()
-    try:
-        from ha.vrrp_link import engine_specs
-    except ImportError:  # before the VRRP adapter moved
-        from ha.vrrp_setup import engine_specs  # type: ignore[no-redef]
+    from ha.vrrp_link import engine_specs
+
     (spec,), _ = engine_specs(cfg)
     assert spec.vips == () and spec.family == 4
