@@ -1,4 +1,5 @@
-"""A tiny synchronous rtnetlink client for interface addresses: dump, add, delete.
+"""A tiny synchronous rtnetlink client for interface addresses (dump, add, delete) and links (look up by name,
+create a macvlan, set up or down, delete).
 
 Written against the kernel's uapi headers (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h) with ``struct``
 and ``socket`` only, so the VRRP process stays small and can call it straight from its event loop: each call is
@@ -68,11 +69,41 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_TENTATIVE = 0x40
 IFA_F_PERMANENT = 0x80
 
+# -- linux/rtnetlink.h, linux/if_link.h, linux/if.h: links ---------------------------------------------------------
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_LINK = 5
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+IFLA_MACVLAN_MODE = 1
+
+MACVLAN_MODE_PRIVATE = 1
+MACVLAN_MODE_VEPA = 2
+MACVLAN_MODE_BRIDGE = 4
+MACVLAN_MODE_PASSTHRU = 8
+MACVLAN_MODE_SOURCE = 16
+MACVLAN_MODES = {"private": MACVLAN_MODE_PRIVATE, "vepa": MACVLAN_MODE_VEPA, "bridge": MACVLAN_MODE_BRIDGE,
+                 "passthru": MACVLAN_MODE_PASSTHRU, "source": MACVLAN_MODE_SOURCE}
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+IFF_LOWER_UP = 0x10000
+NLA_F_NESTED = 0x8000
+AF_UNSPEC = 0
+IFNAMSIZ = 16
+
 AF_INET = 2
 AF_INET6 = 10
 
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+IFINFOMSG = struct.Struct("=BxHiII")  # family, (pad), type, index, flags, change
 RTATTR = struct.Struct("=HH")  # len, type
 NLMSGERR = struct.Struct("=i")  # error (negative errno, 0 for an ack), then the request's header
 
@@ -93,6 +124,23 @@ class Addr(NamedTuple):
     prefixlen: int
     flags: int
     label: str | None
+
+
+class Link(NamedTuple):
+    """One interface from RTM_NEWLINK. ``parent`` is IFLA_LINK (the lower device of a macvlan or VLAN), ``kind``
+    the IFLA_INFO_KIND ("macvlan", ...; None for a plain device), ``macvlan_mode`` the MACVLAN_MODE_* of a macvlan."""
+
+    index: int
+    name: str
+    flags: int
+    mac: bytes
+    parent: int | None
+    kind: str | None
+    macvlan_mode: int | None
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
 
 
 class Message(NamedTuple):
@@ -173,6 +221,54 @@ def encode_addr_dump(seq: int, family: int | None = None, ifindex: int | None = 
                           IFADDRMSG.pack(family_of(family), 0, 0, 0, ifindex or 0))
 
 
+def _ifname_attr(name: str) -> bytes:
+    raw = name.encode()
+    if not raw or len(raw) >= IFNAMSIZ or b"\0" in raw or b"/" in raw or raw.strip() != raw or b" " in raw:
+        raise ValueError(f"bad interface name {name!r} (1 to {IFNAMSIZ - 1} bytes, no '/', no spaces)")
+    return encode_attr(IFLA_IFNAME, raw + b"\0")
+
+
+def _nested(attr_type: int, value: bytes) -> bytes:
+    return encode_attr(attr_type | NLA_F_NESTED, value)
+
+
+def encode_macvlan_create(seq: int, name: str, parent: int, mac: bytes, mode: int = MACVLAN_MODE_PRIVATE) -> bytes:
+    """An RTM_NEWLINK request (create, exclusive, ack) for a macvlan ``name`` on interface index ``parent`` with
+    hardware address ``mac`` in ``mode`` (MACVLAN_MODE_*). The kernel creates it down."""
+    if parent <= 0:
+        raise ValueError(f"bad parent interface index {parent}")
+    if len(mac) != 6:
+        raise ValueError(f"a MAC address is 6 bytes, not {len(mac)}")
+    if mode not in MACVLAN_MODES.values():
+        raise ValueError(f"bad macvlan mode {mode}")
+    data = encode_attr(IFLA_MACVLAN_MODE, struct.pack("=I", mode))
+    info = encode_attr(IFLA_INFO_KIND, b"macvlan") + _nested(IFLA_INFO_DATA, data)
+    body = (IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + _ifname_attr(name)
+            + encode_attr(IFLA_LINK, struct.pack("=I", parent)) + encode_attr(IFLA_ADDRESS, bytes(mac))
+            + _nested(IFLA_LINKINFO, info))
+    return encode_message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, body)
+
+
+def encode_link_set_up(seq: int, index: int, up: bool) -> bytes:
+    """An RTM_NEWLINK request that changes only IFF_UP of interface ``index``."""
+    if index <= 0:
+        raise ValueError(f"bad interface index {index}")
+    body = IFINFOMSG.pack(AF_UNSPEC, 0, index, IFF_UP if up else 0, IFF_UP)
+    return encode_message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def encode_link_delete(seq: int, index: int) -> bytes:
+    if index <= 0:
+        raise ValueError(f"bad interface index {index}")
+    return encode_message(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq, IFINFOMSG.pack(AF_UNSPEC, 0, index, 0, 0))
+
+
+def encode_link_get(seq: int, name: str) -> bytes:
+    """An RTM_GETLINK request for one interface by name (not a dump): the reply is its RTM_NEWLINK, then the ack."""
+    return encode_message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq,
+                          IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + _ifname_attr(name))
+
+
 # -- pure decoding -----------------------------------------------------------------------------------------------
 def _bad(what: str) -> RtnlError:
     return RtnlError(errno.EBADMSG, f"malformed netlink reply: {what}")
@@ -235,6 +331,34 @@ def decode_addr(payload: bytes) -> Addr | None:
     if IFA_LABEL in attrs:
         label = attrs[IFA_LABEL].split(b"\0", 1)[0].decode(errors="replace")
     return Addr(ifindex, addr, prefixlen, flags, label)
+
+
+def decode_link(payload: bytes) -> Link:
+    """An RTM_NEWLINK payload as a Link; RtnlError(EBADMSG) if it is short or has no name."""
+    if len(payload) < IFINFOMSG.size:
+        raise _bad(f"link message of {len(payload)} bytes")
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
+    attrs = parse_attrs(payload, IFINFOMSG.size)
+    if IFLA_IFNAME not in attrs:
+        raise _bad("link message without a name")
+    name = attrs[IFLA_IFNAME].split(b"\0", 1)[0].decode(errors="replace")
+    parent = None
+    if IFLA_LINK in attrs:
+        if len(attrs[IFLA_LINK]) != 4:
+            raise _bad(f"IFLA_LINK of {len(attrs[IFLA_LINK])} bytes")
+        parent = struct.unpack("=I", attrs[IFLA_LINK])[0]
+    kind = mode = None
+    if IFLA_LINKINFO in attrs:
+        info = parse_attrs(attrs[IFLA_LINKINFO])
+        if IFLA_INFO_KIND in info:
+            kind = info[IFLA_INFO_KIND].split(b"\0", 1)[0].decode(errors="replace")
+        if kind == "macvlan" and IFLA_INFO_DATA in info:
+            raw = parse_attrs(info[IFLA_INFO_DATA]).get(IFLA_MACVLAN_MODE)
+            if raw is not None:
+                if len(raw) != 4:
+                    raise _bad(f"IFLA_MACVLAN_MODE of {len(raw)} bytes")
+                mode = struct.unpack("=I", raw)[0]
+    return Link(index, name, flags, attrs.get(IFLA_ADDRESS, b""), parent, kind, mode)
 
 
 def decode_error(msg: Message) -> tuple[int, str | None]:
@@ -345,6 +469,37 @@ class Rtnl:
         req = encode_addr_change(msg_type, seq, index, address, prefixlen, **kw)  # type: ignore[arg-type]
         verb = "add" if msg_type == RTM_NEWADDR else "delete"
         self._request(req, seq, what=f"{verb} {address}/{prefixlen} on ifindex {index}")
+
+    def link(self, name: str) -> Link | None:
+        """The interface called ``name``, or None if there is none."""
+        seq = self._next_seq()
+        try:
+            replies, _ = self._request(encode_link_get(seq, name), seq, what=f"look up link {name}")
+        except RtnlError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+        for msg in replies:
+            if msg.type == RTM_NEWLINK:
+                return decode_link(msg.payload)
+        raise _bad(f"look up link {name}: no link in the reply")
+
+    def add_macvlan(self, name: str, parent: int | str, mac: bytes, mode: int = MACVLAN_MODE_PRIVATE) -> None:
+        """Create macvlan ``name`` on ``parent`` with ``mac`` (created down); RtnlError(EEXIST) if the name is used."""
+        index = ifindex_of(parent) if isinstance(parent, str) else parent
+        seq = self._next_seq()
+        self._request(encode_macvlan_create(seq, name, index, mac, mode), seq, what=f"create macvlan {name}")
+
+    def set_link_up(self, link: int | str, up: bool = True) -> None:
+        index = ifindex_of(link) if isinstance(link, str) else link
+        seq = self._next_seq()
+        self._request(encode_link_set_up(seq, index, up), seq, what=f"set ifindex {index} {'up' if up else 'down'}")
+
+    def del_link(self, link: int | str) -> None:
+        """Delete an interface; RtnlError(ENODEV) if it is gone."""
+        index = ifindex_of(link) if isinstance(link, str) else link
+        seq = self._next_seq()
+        self._request(encode_link_delete(seq, index), seq, what=f"delete ifindex {index}")
 
     # -- transport -----------------------------------------------------------------------------------------
     def _request(self, req: bytes, seq: int, *, what: str) -> tuple[list[Message], bool]:

@@ -290,3 +290,117 @@ def test_closed_socket_and_unknown_interface_names_are_clear_errors() -> None:
     with pytest.raises(RtnlError, match="no interface 'no-such-if0'") as e:
         rtnl.ifindex_of("no-such-if0")
     assert e.value.errno == errno.ENODEV
+
+
+# -- links: macvlan create, up/down, delete, look up by name ---------------------------------------------------
+MACVLAN_CREATE = bytes.fromhex(
+    "5c000000" "1000" "0506" "09000000" "00000000"  # len 92, RTM_NEWLINK, REQUEST|ACK|EXCL|CREATE, seq 9
+    "00" "00" "0000" "00000000" "00000000" "00000000"  # AF_UNSPEC, pad, type 0, index 0, flags 0, change 0
+    "0c00" "0300" "767272702e353100"  # IFLA_IFNAME "vrrp.51\0"
+    "0800" "0500" "03000000"  # IFLA_LINK 3
+    "0a00" "0100" "00005e000133" "0000"  # IFLA_ADDRESS 00:00:5e:00:01:33, padded
+    "1c00" "1280"  # IFLA_LINKINFO, nested, 28 bytes
+    "0b00" "0100" "6d6163766c616e" "00"  # IFLA_INFO_KIND "macvlan" (11 bytes, padded)
+    "0c00" "0280"  # IFLA_INFO_DATA, nested
+    "0800" "0100" "01000000"  # IFLA_MACVLAN_MODE private
+)
+
+LINK_UP = bytes.fromhex(
+    "20000000" "1000" "0500" "0a000000" "00000000"  # len 32, RTM_NEWLINK, REQUEST|ACK, seq 10
+    "00" "00" "0000" "07000000" "01000000" "01000000"  # index 7, flags IFF_UP, change IFF_UP
+)
+
+LINK_DELETE = bytes.fromhex(
+    "20000000" "1100" "0500" "0b000000" "00000000"  # len 32, RTM_DELLINK, REQUEST|ACK, seq 11
+    "00" "00" "0000" "07000000" "00000000" "00000000"
+)
+
+LINK_GET = bytes.fromhex(
+    "2c000000" "1200" "0500" "0c000000" "00000000"  # len 44, RTM_GETLINK, REQUEST|ACK (not a dump), seq 12
+    "00" "00" "0000" "00000000" "00000000" "00000000"
+    "0c00" "0300" "767272702e353100"  # IFLA_IFNAME "vrrp.51\0"
+)
+
+
+def newlink(seq: int, index: int, flags: int, attrs: bytes) -> bytes:
+    body = struct.pack("<BxHiII", 0, 1, index, flags, 0) + attrs
+    return hdr(16 + len(body), rtnl.RTM_NEWLINK, 0, seq) + body
+
+
+MACVLAN_ATTRS = (attr(rtnl.IFLA_IFNAME, b"vrrp.51\0") + attr(rtnl.IFLA_MTU, struct.pack("<I", 1500))
+                 + attr(rtnl.IFLA_LINK, struct.pack("<I", 3)) + attr(rtnl.IFLA_ADDRESS, bytes.fromhex("00005e000133"))
+                 + attr(rtnl.IFLA_LINKINFO | rtnl.NLA_F_NESTED,
+                        attr(rtnl.IFLA_INFO_KIND, b"macvlan\0")
+                        + attr(rtnl.IFLA_INFO_DATA | rtnl.NLA_F_NESTED,
+                               attr(rtnl.IFLA_MACVLAN_MODE, struct.pack("<I", 1)))))
+
+
+def test_macvlan_create_request_matches_the_hand_built_message() -> None:
+    assert rtnl.encode_macvlan_create(9, "vrrp.51", 3, bytes.fromhex("00005e000133")) == MACVLAN_CREATE
+
+
+def test_link_up_delete_and_get_requests_match_the_hand_built_messages() -> None:
+    assert rtnl.encode_link_set_up(10, 7, True) == LINK_UP
+    down = rtnl.encode_link_set_up(10, 7, False)
+    assert down[:16] == LINK_UP[:16] and struct.unpack_from("<II", down, 24) == (0, rtnl.IFF_UP)
+    assert rtnl.encode_link_delete(11, 7) == LINK_DELETE
+    assert rtnl.encode_link_get(12, "vrrp.51") == LINK_GET
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(name="a" * 16), "bad interface name"),
+    (dict(name="a/b"), "bad interface name"),
+    (dict(name="a b"), "bad interface name"),
+    (dict(name=""), "bad interface name"),
+    (dict(parent=0), "parent interface index"),
+    (dict(mac=b"\0" * 5), "6 bytes"),
+    (dict(mode=3), "macvlan mode"),
+])
+def test_bad_macvlan_requests_are_refused_before_sending(kw: dict, what: str) -> None:
+    args = dict(seq=1, name="vrrp.51", parent=3, mac=b"\0" * 6, mode=rtnl.MACVLAN_MODE_PRIVATE) | kw
+    with pytest.raises(ValueError, match=what):
+        rtnl.encode_macvlan_create(**args)
+
+
+def test_decode_link_reads_name_mac_parent_kind_and_macvlan_mode() -> None:
+    link = rtnl.decode_link(newlink(1, 8, rtnl.IFF_UP | rtnl.IFF_LOWER_UP, MACVLAN_ATTRS)[16:])
+    assert link == rtnl.Link(8, "vrrp.51", rtnl.IFF_UP | rtnl.IFF_LOWER_UP, bytes.fromhex("00005e000133"), 3,
+                             "macvlan", rtnl.MACVLAN_MODE_PRIVATE)
+    assert link.up
+    plain = rtnl.decode_link(newlink(1, 2, 0, attr(rtnl.IFLA_IFNAME, b"eth0\0"))[16:])
+    assert (plain.name, plain.kind, plain.parent, plain.macvlan_mode, plain.up) == ("eth0", None, None, None, False)
+
+
+@pytest.mark.parametrize("payload, what", [
+    (b"\0" * 8, "link message of 8 bytes"),
+    (struct.pack("<BxHiII", 0, 1, 2, 0, 0), "without a name"),
+    (struct.pack("<BxHiII", 0, 1, 2, 0, 0) + attr(rtnl.IFLA_IFNAME, b"x\0") + attr(rtnl.IFLA_LINK, b"\1\0"),
+     "IFLA_LINK of 2 bytes"),
+])
+def test_decode_link_rejects_bad_messages(payload: bytes, what: str) -> None:
+    with pytest.raises(RtnlError, match=what) as e:
+        rtnl.decode_link(payload)
+    assert e.value.errno == errno.EBADMSG
+
+
+def test_link_lookup_returns_the_link_or_none_for_enodev() -> None:
+    r = scripted(lambda seq: [newlink(seq, 8, 0, MACVLAN_ATTRS) + ack(seq)])
+    link = r.link("vrrp.51")
+    assert link is not None and (link.index, link.kind) == (8, "macvlan")
+    assert r.sock.sent[0][4:6] == struct.pack("<H", rtnl.RTM_GETLINK)  # type: ignore[union-attr]
+    assert scripted(lambda seq: [ack(seq, errno.ENODEV)]).link("vrrp.51") is None
+    with pytest.raises(RtnlError) as e:
+        scripted(lambda seq: [ack(seq, errno.EPERM)]).link("vrrp.51")
+    assert e.value.errno == errno.EPERM
+
+
+def test_link_changes_send_their_request_and_raise_the_kernel_errno() -> None:
+    r = scripted(lambda seq: [ack(seq)])
+    r.add_macvlan("vrrp.51", 3, bytes.fromhex("00005e000133"))
+    r.set_link_up(7, False)
+    r.del_link(7)
+    types = [struct.unpack_from("<H", s, 4)[0] for s in r.sock.sent]  # type: ignore[union-attr]
+    assert types == [rtnl.RTM_NEWLINK, rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK]
+    with pytest.raises(RtnlError, match=r"create macvlan vrrp\.51") as e:
+        scripted(lambda seq: [ack(seq, errno.EEXIST)]).add_macvlan("vrrp.51", 3, b"\0" * 6)
+    assert e.value.errno == errno.EEXIST
