@@ -18,6 +18,7 @@ from ha.vrrp.engine import InstanceSpec, SyncGroupSpec
 from ha.vrrp.machine import Takeover
 from ha.vrrp.track import TrackedFile, TrackedInterface, TrackedScript
 from ha.vrrp.vips import Vip
+from ha.vrrp.vmac import VmacSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,25 @@ def auto_preempt_delay_s(config: Config | None, inst: VrrpInstanceConfig) -> flo
     return min(worst, AUTO_PREEMPT_DELAY_MAX_S)
 
 
+def _vips(inst: VrrpInstanceConfig) -> tuple[Vip, ...]:
+    """The VIPs with their interfaces: with a VMAC, those of the instance's family that name no other interface
+    live on the VMAC (as Keepalived's use_vmac places them)."""
+    out = []
+    for v in inst.vips:
+        ifname = v.interface or inst.interface
+        if inst.vmac is not None and ifname == inst.interface and v.address.version == inst.family:
+            ifname = inst.vmac.interface
+        out.append(Vip(v.address, ifname))
+    return tuple(out)
+
+
 def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> InstanceSpec:
     t = inst.track
     preempt_delay_s = inst.preempt_delay_s if inst.preempt_delay_s is not None else auto_preempt_delay_s(config, inst)
     return InstanceSpec(
         name=inst.name, interface=inst.interface, vrid=inst.vrid, priority=inst.priority, version=inst.version,
         advert_interval_s=inst.advert_interval_s, preempt=inst.preempt, preempt_delay_s=preempt_delay_s,
-        vips=tuple(Vip(v.address, v.interface or inst.interface) for v in inst.vips),
+        vips=_vips(inst),
         unicast_source=inst.unicast.source if inst.unicast else None,
         unicast_peers=tuple(inst.unicast.peers) if inst.unicast else (),
         garp_count=inst.garp.count, garp_interval_s=inst.garp.interval_s, garp_refresh_s=inst.garp.refresh_s,
@@ -84,7 +97,8 @@ def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> Ins
                                           s.weight) for s in t.scripts),
         track_files=tuple(TrackedFile(f.path, f.weight) for f in t.files),
         password=_password(inst), notify=_notify_map(inst.notify), startup_delay_s=inst.startup_delay_s,
-        takeover=_takeover(inst), hold_s=inst.handover.hold_s, hmac_keys=_hmac(inst))
+        takeover=_takeover(inst), hold_s=inst.handover.hold_s, hmac_keys=_hmac(inst),
+        vmac=VmacSpec(inst.vmac.interface, inst.vmac.xmit_base) if inst.vmac is not None else None)
 
 
 def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:

@@ -128,6 +128,16 @@ class HandoverConfig:
 
 
 @dataclass(frozen=True)
+class VmacConfig:
+    """``vmac``: the VIPs live on a macvlan with the virtual router MAC (00:00:5e:00:01:VRID, IPv6 :02:VRID), as
+    Keepalived's ``use_vmac``; adverts leave from it (from the parent with ``xmit_base``, Keepalived's
+    ``vmac_xmit_base``, which unicast peers need)."""
+
+    interface: str  # the macvlan's name; default vrrp.VRID (vrrp6.VRID for IPv6)
+    xmit_base: bool = False
+
+
+@dataclass(frozen=True)
 class VrrpInstanceConfig:
     name: str
     interface: str
@@ -145,6 +155,7 @@ class VrrpInstanceConfig:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     startup_delay_s: float = 0.0
     handover: HandoverConfig = field(default_factory=HandoverConfig)
+    vmac: VmacConfig | None = None
 
     @property
     def family(self) -> int:

@@ -20,10 +20,12 @@ from ha.config.model import (
     TrackScript,
     UnicastConfig,
     VipConfig,
+    VmacConfig,
     VrrpConfig,
     VrrpInstanceConfig,
 )
 from ha.config.nodes import (
+    NULL_TAG,
     Ctx,
     Invalid,
     Map,
@@ -42,7 +44,7 @@ from healthchecks.base import format_duration
 
 VRRP_KEYS = ("instances", "sync_groups", "realtime")
 _INSTANCE_KEYS = ("name", "interface", "vrid", "priority", "version", "advert_interval", "preempt", "preempt_delay",
-                  "vips", "unicast", "garp", "track", "auth", "notify", "startup_delay", "handover")
+                  "vips", "unicast", "garp", "track", "auth", "notify", "startup_delay", "handover", "vmac")
 _NOTIFY_KEYS = ("master", "backup", "fault", "stop", "any")
 _GARP_KEYS = ("count", "interval", "refresh", "repeat_delay", "on_lower_priority", "advert_on_yield")
 _WEIGHT = c_int(-254, 254, "a weight")
@@ -200,6 +202,51 @@ def _parse_auth(ctx: Ctx, m: Map | None, version: int) -> AuthConfig:
     return auth
 
 
+_IFNAME_BAD = set("/: \t\n")
+
+
+def _vmac_name(node: Node) -> str:
+    name = c_str(node)
+    if not 1 <= len(name.encode()) <= 15 or any(ch in _IFNAME_BAD for ch in name) or name in (".", ".."):
+        raise Invalid(f"bad interface name {name!r}: 1 to 15 bytes, no '/', ':' or spaces")
+    return name
+
+
+def _parse_vmac(ctx: Ctx, m: Map, vrid: int | None, family: int, interface: str | None,
+                unicast: bool) -> VmacConfig | None:
+    """``vmac: true`` (the macvlan vrrp.VRID, vrrp6.VRID for IPv6) or ``vmac: {interface, xmit_base}``."""
+    from ha.vrrp.vmac import default_name
+
+    node, path = m.value_node("vmac"), m.p("vmac")
+    if node is None or (isinstance(node, ScalarNode) and node.tag == NULL_TAG):
+        return None
+    name: str | None = None
+    xmit_base = False
+    if isinstance(node, MappingNode):
+        vm = Map(ctx, node, path, ("interface", "xmit_base"), "vmac: interface, xmit_base")
+        name = vm.opt("interface", _vmac_name)
+        xmit_base = vm.get("xmit_base", c_bool, False)
+        if not vm.ok:
+            return None
+    else:
+        try:
+            if not c_bool(node):
+                return None
+        except Invalid as e:
+            ctx.error(node, path, f"{e}, or a mapping with interface and xmit_base")
+            return None
+    if vrid is None:
+        return None
+    if name is None:
+        name = default_name(vrid, family)
+    if name == interface:
+        ctx.error(node, path, f"the vmac interface must not be the instance's interface {interface}")
+    if unicast and not xmit_base:
+        ctx.error(node, path, "with unicast peers the adverts must use the parent interface: set vmac: "
+                  "{xmit_base: true} (as Keepalived needs vmac_xmit_base with unicast)")
+    return VmacConfig(name, xmit_base)
+
+
 def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig, Map] | None:
     m = Map(ctx, node, path, _INSTANCE_KEYS, "a VRRP instance")
     if not m.ok:
@@ -248,6 +295,7 @@ def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig
         startup_delay_s=m.get("startup_delay", c_duration(0, 3600), 0.0),
         handover=handover,
     )
+    rest["vmac"] = _parse_vmac(ctx, m, vrid, family, interface, rest["unicast"] is not None)
     if name is None or interface is None or vrid is None:
         return None
     return VrrpInstanceConfig(name=name, interface=interface, vrid=vrid, **rest), m  # type: ignore[arg-type]
@@ -289,6 +337,7 @@ def parse_vrrp(ctx: Ctx, m: Map | None) -> tuple[VrrpConfig, list[tuple[VrrpInst
 def _check_instances(ctx: Ctx, parsed: list[tuple[VrrpInstanceConfig, Map]]) -> None:
     by_name: dict[str, int] = {}
     by_vrid: dict[tuple[str, int, int], list[tuple[VrrpInstanceConfig, Map]]] = {}
+    vmac_owner: dict[str, str] = {}
     vip_owner: dict[Any, str] = {}
     for idx, (inst, m) in enumerate(parsed):
         if inst.name in by_name:
@@ -303,6 +352,11 @@ def _check_instances(ctx: Ctx, parsed: list[tuple[VrrpInstanceConfig, Map]]) -> 
                           f"'{other.name}'; VRIDs must be unique per interface and family unless the unicast "
                           f"peers differ")
         by_vrid.setdefault(key, []).append((inst, m))
+        if inst.vmac is not None:
+            other_name = vmac_owner.setdefault(inst.vmac.interface, inst.name)
+            if other_name != inst.name:
+                ctx.error(m.value_node("vmac"), m.p("vmac"), f"vmac interface {inst.vmac.interface} is also the vmac "
+                          f"of instance '{other_name}'; give one of them another interface name")
         for vip in inst.vips:
             owner = vip_owner.get(vip.address.ip)
             if owner is not None and owner != inst.name:

@@ -30,6 +30,7 @@ from ha.vrrp.notify import Notification, Notifier, commands_for
 from ha.vrrp.syncgroup import SyncGroup
 from ha.vrrp.track import Outcome, TrackedFile, TrackedInterface, TrackedScript, Tracker, TrackState
 from ha.vrrp.vips import Vip, VipSet
+from ha.vrrp.vmac import Vmac, VmacSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class InstanceSpec:
     # HMAC trailer keys (lvs-ha peers only; the first signs, all verify). The engine builds the authenticator and
     # keeps it (with its replay state) across a reconfigure that leaves the keys as they are.
     hmac_keys: tuple[HmacKey, ...] = ()
+    # the virtual MAC (a macvlan on ``interface``): adverts leave from it unless xmit_base; the VIPs are on it
+    vmac: VmacSpec | None = None
 
     @property
     def family(self) -> int:
@@ -108,6 +111,7 @@ class _Instance:
         self.tracker = tracker
         self.fault_reason: str | None = None
         self.group: SyncGroupSpec | None = None
+        self.vmac: Vmac | None = None
 
 
 class VrrpEngine:
@@ -311,17 +315,37 @@ class VrrpEngine:
     async def _close_vips(inst: _Instance) -> None:
         await inst.driver.settle_vips()  # the final release goes first
         inst.driver.vips.close()
+        if inst.vmac is not None:
+            inst.vmac.close()  # after the VIPs: deleted if we created it and no other instance uses it
 
     async def _open(self, spec: InstanceSpec) -> _Instance:
         vip_ips = tuple(v.address.ip for v in spec.vips)
         advert_ips = tuple(ip for ip in vip_ips if ip.version == spec.family)
+        vmac = None
+        sock_if = spec.interface
+        if spec.vmac is not None:  # created before the VIPs' leftovers are looked for on it; up in every role
+            vmac = Vmac(spec.vmac, spec.interface, spec.vrid, spec.family)
+            await self._netlink(vmac.open)
+            sock_if = spec.interface if spec.vmac.xmit_base else vmac.name
+        try:
+            inst = await self._open_on(spec, sock_if, vip_ips, advert_ips)
+        except BaseException:
+            if vmac is not None:
+                vmac.close()
+            raise
+        inst.vmac = vmac
+        return inst
+
+    async def _open_on(self, spec: InstanceSpec, sock_if: str, vip_ips: tuple[IPAddress, ...],
+                       advert_ips: tuple[IPAddress, ...]) -> _Instance:
         vips = VipSet(spec.vips)
         # we start as non-master: VIPs of ours left by a previous run go
         leftover = await self._netlink(vips.release)
         if leftover:
             log.warning("instance=%s removed %d leftover VIP(s) at start: %s", spec.name, len(leftover),
                         ", ".join(map(str, leftover)))
-        sock = VrrpSocket(spec.family, spec.interface, source=spec.unicast_source, peers=spec.unicast_peers)
+        sock = VrrpSocket(spec.family, sock_if, source=spec.unicast_source, peers=spec.unicast_peers,
+                          addr_ifname=spec.interface)
         await self._netlink(sock.open, vip_ips)  # reads the interface's addresses through netlink
         announcer = Announcer([(v.address.ip, v.interface) for v in spec.vips], announce.announcement_frame)
         try:

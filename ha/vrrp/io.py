@@ -105,10 +105,14 @@ def _primary(addrs: Iterable[tuple[IPAddress, int, bool]], family: int,
 
 
 class VrrpSocket:
-    """One raw protocol-112 socket bound to an interface, for multicast (default) or unicast peers."""
+    """One raw protocol-112 socket bound to an interface, for multicast (default) or unicast peers.
+
+    ``addr_ifname`` is the interface whose addresses give the source address and the own-packet filter, when that
+    is not the socket's interface: a VMAC (macvlan, no IPv4 address of its own) sends from its parent's address.
+    """
 
     def __init__(self, family: int, ifname: str, source: IPAddress | None = None,
-                 peers: Sequence[IPAddress] = (), rcvbuf: int = 1 << 20) -> None:
+                 peers: Sequence[IPAddress] = (), rcvbuf: int = 1 << 20, addr_ifname: str | None = None) -> None:
         if family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, not {family}")
         self.family = family
@@ -117,6 +121,7 @@ class VrrpSocket:
         self.unicast = bool(self.peers)
         self.source = source
         self.rcvbuf = rcvbuf
+        self.addr_ifname = addr_ifname or ifname
         self.sock: socket.socket | None = None
         self.ifindex = 0
         self.local: set[IPAddress] = set()
@@ -136,7 +141,7 @@ class VrrpSocket:
 
     def refresh_local(self, exclude: Iterable[IPAddress] = ()) -> None:
         """Re-read the interface's addresses (own-packet filter; the source address if not configured)."""
-        addrs = interface_addresses(self.ifname)  # one dump serves both
+        addrs = interface_addresses(self.addr_ifname)  # one dump serves both
         self.local = {a for a, _p, _s in addrs}
         if self.source is None:
             self.source = _primary(addrs, self.family, exclude)
@@ -148,7 +153,7 @@ class VrrpSocket:
             raise SocketError(f"no interface {self.ifname!r}: {e}") from e
         self.refresh_local(exclude)
         if self.source is None:
-            raise SocketError(f"interface {self.ifname} has no IPv{self.family} address to send adverts from")
+            raise SocketError(f"interface {self.addr_ifname} has no IPv{self.family} address to send adverts from")
         fam = socket.AF_INET if self.family == 4 else socket.AF_INET6
         s = socket.socket(fam, socket.SOCK_RAW, IPPROTO_VRRP)
         try:
