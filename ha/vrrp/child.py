@@ -50,7 +50,8 @@ def _prctl(option: int, arg: int | bytes) -> bool:
 
 
 class Channel:
-    """The writing end, used on the loop only (other threads hand their records over with call_soon_threadsafe)."""
+    """The writing end, used on the loop only. The engine process runs no threads of its own; a record logged from
+    one all the same (a library's) is handed over with call_soon_threadsafe."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer

@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -152,10 +151,6 @@ class VrrpEngine:
         if self.loop is not None:
             raise EngineError("engine already started")
         self.loop = asyncio.get_running_loop()
-        fastest = min((s.advert_interval_s for s in self.specs), default=1.0)
-        if fastest < 0.1 and sys.getswitchinterval() > 0.001:
-            # sub-100 ms adverts: a helper thread (netlink, scripts) must give the loop the interpreter lock fast
-            sys.setswitchinterval(0.001)
         try:
             names = {s.name for s in self.specs}
             if len(names) != len(self.specs):
