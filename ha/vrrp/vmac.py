@@ -13,7 +13,10 @@ it up in every role (the VIPs come and go, the interface stays), and sets the ke
   from a MAC that both directors carry), and for an IPv6 VMAC no generated link-local address (``addr_gen_mode=1``)
   but the parent's link-local address, to send adverts from;
 * on the parent: ``arp_ignore=1`` and ``arp_filter=1`` (otherwise the parent would answer ARP for a VIP with its
-  own MAC), put back as they were when the last VMAC on it closes.
+  own MAC), and ``arp_announce=2``, which Keepalived leaves alone: replies from a VIP may leave through the parent
+  (its subnet route is the older one), and the parent's ARP request for the client would otherwise carry the VIP as
+  sender and so teach the client the parent's MAC for the VIP. Put back as they were when the last VMAC on it
+  closes.
 
 One engine process runs every instance, so a module-level registry counts the users of each VMAC and parent: an
 instance replaced on reload takes over the interface (and its ownership) from the one it replaces.
@@ -88,7 +91,7 @@ class Sysctl:
 
 
 VMAC_IPV4_PARAMS = (("arp_ignore", "1"), ("accept_local", "1"), ("rp_filter", "0"), ("promote_secondaries", "1"))
-PARENT_PARAMS = (("arp_ignore", "1"), ("arp_filter", "1"))
+PARENT_PARAMS = (("arp_ignore", "1"), ("arp_filter", "1"), ("arp_announce", "2"))
 
 # the engine process's VMACs: users per VMAC name, which we created, users and saved parameters per parent
 _users: collections.Counter[str] = collections.Counter()
