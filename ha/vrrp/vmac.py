@@ -173,6 +173,13 @@ class Vmac:
     def _configure(self, r: Any) -> None:
         for key, value in VMAC_IPV4_PARAMS:
             self.sysctl.write(4, self.name, key, value)
+        try:
+            strict = self.sysctl.read(4, "all", "rp_filter") == "1"
+        except OSError:
+            strict = False
+        if strict and self.family == 4 and not self.spec.xmit_base:
+            log.warning("vmac %s: net.ipv4.conf.all.rp_filter is 1 (strict), which overrides the vmac's 0: adverts "
+                        "arriving on %s will be dropped; set it to 0 or 2 (loose)", self.name, self.name)
         if self.family == 4:
             self._v6(lambda: self.sysctl.write(6, self.name, "disable_ipv6", "1"))
         else:
