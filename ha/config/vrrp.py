@@ -295,10 +295,10 @@ def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig
         startup_delay_s=m.get("startup_delay", c_duration(0, 3600), 0.0),
         handover=handover,
     )
-    rest["vmac"] = _parse_vmac(ctx, m, vrid, family, interface, rest["unicast"] is not None)
+    vmac = _parse_vmac(ctx, m, vrid, family, interface, rest["unicast"] is not None)
     if name is None or interface is None or vrid is None:
         return None
-    return VrrpInstanceConfig(name=name, interface=interface, vrid=vrid, **rest), m  # type: ignore[arg-type]
+    return VrrpInstanceConfig(name=name, interface=interface, vrid=vrid, vmac=vmac, **rest), m  # type: ignore[arg-type]
 
 
 def parse_vrrp(ctx: Ctx, m: Map | None) -> tuple[VrrpConfig, list[tuple[VrrpInstanceConfig, Map]]]:

@@ -130,7 +130,7 @@ class Link(NamedTuple):
     """One interface from RTM_NEWLINK. ``parent`` is IFLA_LINK (the lower device of a macvlan or VLAN), ``kind``
     the IFLA_INFO_KIND ("macvlan", ...; None for a plain device), ``macvlan_mode`` the MACVLAN_MODE_* of a macvlan."""
 
-    index: int
+    ifindex: int
     name: str
     flags: int
     mac: bytes

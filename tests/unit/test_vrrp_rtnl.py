@@ -386,7 +386,7 @@ def test_decode_link_rejects_bad_messages(payload: bytes, what: str) -> None:
 def test_link_lookup_returns_the_link_or_none_for_enodev() -> None:
     r = scripted(lambda seq: [newlink(seq, 8, 0, MACVLAN_ATTRS) + ack(seq)])
     link = r.link("vrrp.51")
-    assert link is not None and (link.index, link.kind) == (8, "macvlan")
+    assert link is not None and (link.ifindex, link.kind) == (8, "macvlan")
     assert r.sock.sent[0][4:6] == struct.pack("<H", rtnl.RTM_GETLINK)  # type: ignore[union-attr]
     assert scripted(lambda seq: [ack(seq, errno.ENODEV)]).link("vrrp.51") is None
     with pytest.raises(RtnlError) as e:
