@@ -86,15 +86,16 @@ class Step:
         return f"{self.index}:{self.kind}" + (f"({extra})" if extra else "")
 
 
-def plan(seed: int, steps: int, rs_names: tuple[str, ...] = ("rs1", "rs2", "rs3")) -> list[Step]:
+def plan(seed: int, steps: int, rs_names: tuple[str, ...] = ("rs1", "rs2", "rs3"),
+         kinds: tuple[str, ...] = KINDS) -> list[Step]:
     """The step list of a seed: rounds of every kind in a shuffled order (so 30 steps hold each kind 3 or 4 times),
     with each step's random parameters drawn from the same generator."""
     rng = random.Random(seed)
     out: list[Step] = []
     while len(out) < steps:
-        kinds = list(KINDS)
-        rng.shuffle(kinds)
-        for kind in kinds:
+        order = list(kinds)
+        rng.shuffle(order)
+        for kind in order:
             if len(out) == steps:
                 break
             params: dict[str, Any] = {}
@@ -233,7 +234,7 @@ class ChaosPair(PairLab):
 
     def cut_at_bridge(self, name: str) -> None:
         ports = ", ".join(self.hosts[name].ports.values())
-        self._bridge_nft(f"table bridge chaos_cut {{\n chain fwd {{ type filter hook forward priority -200;\n"
+        self._bridge_nft(f"table bridge chaos_cut {{\n chain chaos {{ type filter hook forward priority -200;\n"
                          f"  iifname {{ {ports} }} drop\n  oifname {{ {ports} }} drop\n }}\n}}\n")
 
     def reconnect_at_bridge(self) -> None:
@@ -242,7 +243,7 @@ class ChaosPair(PairLab):
     def vrrp_partition(self) -> None:
         p1 = ", ".join(self.hosts["dir1"].ports.values())
         p2 = ", ".join(self.hosts["dir2"].ports.values())
-        self._bridge_nft(f"table bridge chaos_vrrp {{\n chain fwd {{ type filter hook forward priority -200;\n"
+        self._bridge_nft(f"table bridge chaos_vrrp {{\n chain chaos {{ type filter hook forward priority -200;\n"
                          f"  iifname {{ {p1} }} oifname {{ {p2} }} ip protocol 112 drop\n"
                          f"  iifname {{ {p2} }} oifname {{ {p1} }} ip protocol 112 drop\n }}\n}}\n")
 
@@ -339,9 +340,12 @@ class Capture:
 class ChaosRun:
     def __init__(self, lab: Lab, workdir: Path, seed: int, steps: int, *, interval_s: float = 0.1,
                  impl: str = "lvs-ha", probe_s: float = 0.01, out: Callable[[str], None] = print,
-                 capture: bool = True, stop_on_failure: bool = True) -> None:
+                 capture: bool = True, stop_on_failure: bool = True, kinds: tuple[str, ...] = KINDS) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"fault kinds must be some of {', '.join(KINDS)}, not {sorted(unknown) or 'none'}")
         self.lab, self.workdir, self.seed, self.impl = lab, workdir, seed, impl
-        self.steps = plan(seed, steps)
+        self.steps = plan(seed, steps, kinds=kinds)
         self.interval_s, self.probe_s, self.out = interval_s, probe_s, out
         self.stop_on_failure = stop_on_failure
         spec = PairSpec(advert_interval_s=interval_s, priorities=(150, 100), probe_interval_s=probe_s)
