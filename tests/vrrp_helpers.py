@@ -254,10 +254,11 @@ class Keepalived:
 
     def __init__(self, lab: Lab, host: Host, workdir: Path, name: str, priority: int, *, vrid: int = 51,
                  interval_s: float = 0.1, version: int = 3, vips: list[str] | None = None, preempt: bool = True,
-                 password: str | None = None, unicast: dict[str, Any] | None = None, interface: str = "eth0") -> None:
+                 password: str | None = None, unicast: dict[str, Any] | None = None, interface: str = "eth0",
+                 extra_lines: tuple[str, ...] = ()) -> None:
         self.lab, self.host, self.name = lab, host, name
         workdir.mkdir(parents=True, exist_ok=True)
-        extra = []
+        extra = [f"    {line}" for line in extra_lines]
         if not preempt:
             extra.append("    nopreempt")
         if password:
