@@ -325,8 +325,11 @@ class VrrpMachine:
             self._become_master(reason, now)
 
     def force_backup(self, reason: str, now: float) -> None:
-        """Sync group: a sibling left MASTER; a master (not resigning) steps down."""
+        """Sync group: a sibling left MASTER; a master (not resigning) steps down, with one advert of its own first
+        (``advert_on_yield``): the other director's instance of this VRID hears a lower priority and re-announces
+        its VIPs, as it does for the sibling that yielded itself."""
         if self._role is Role.MASTER and self._resign is None:
+            self._yield_advert()
             self._become_backup(reason, now)
 
     # -- RFC 5798 §6.4.2 (backup) and §6.4.3 (master) --------------------------------------------------------------
@@ -373,9 +376,7 @@ class VrrpMachine:
         if higher:
             if s.version == 3:
                 self._master_adver_interval_s = advert.max_advert_interval_s
-            if s.advert_on_yield:
-                self.counters["yield_adverts"] += 1
-                self._emit(SendAdvert(self._priority))
+            self._yield_advert()
             self._become_backup(f"higher priority {advert.priority} from {source}", now, str(source))
             self._master_priority = advert.priority
             return
@@ -388,6 +389,11 @@ class VrrpMachine:
         self._emit(SendAdvert(self._priority))
         self._emit(Announce("lower-priority-advert"))
         self._advert_at = now + s.advert_interval_s
+
+    def _yield_advert(self) -> None:
+        if self.settings.advert_on_yield:
+            self.counters["yield_adverts"] += 1
+            self._emit(SendAdvert(self._priority))
 
     def _resigning_receive(self, advert: Advert, source: IPAddress, now: float) -> None:
         if advert.priority == 0:

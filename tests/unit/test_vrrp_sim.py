@@ -385,13 +385,12 @@ def test_fault_on_master_moves_the_vip() -> None:
     assert_settled(sim, "a")
 
 
-def test_sync_groups_move_together() -> None:
-    sim = Sim(8, max_delay_s=0.002)
-    # two instances per director; director 1 prefers both
-    a1, a2 = sim.add("a1", 150, 1), sim.add("a2", 150, 1)
-    b1, b2 = sim.add("b1", 100, 2), sim.add("b2", 100, 2)
-    a2.machine = VrrpMachine(Settings(vrid=52, priority=150, primary_address=a2.addr, garp_repeat_delay_s=0.0))
-    b2.machine = VrrpMachine(Settings(vrid=52, priority=100, primary_address=b2.addr, garp_repeat_delay_s=0.0))
+def _sync_grouped_pair(sim: Sim, **kw: Any) -> tuple[Node, Node, Node, Node]:
+    """Two directors with two instances each (VRIDs 51 and 52) in a sync group; director a prefers both."""
+    a1, a2 = sim.add("a1", 150, 1, **kw), sim.add("a2", 150, 1, **kw)
+    b1, b2 = sim.add("b1", 100, 2, **kw), sim.add("b2", 100, 2, **kw)
+    a2.machine = VrrpMachine(Settings(vrid=52, priority=150, primary_address=a2.addr, garp_repeat_delay_s=0.0, **kw))
+    b2.machine = VrrpMachine(Settings(vrid=52, priority=100, primary_address=b2.addr, garp_repeat_delay_s=0.0, **kw))
     ga = SyncGroup("GA", {"1": a1.machine, "2": a2.machine})
     gb = SyncGroup("GB", {"1": b1.machine, "2": b2.machine})
     original_flush = sim._flush
@@ -406,6 +405,12 @@ def test_sync_groups_move_together() -> None:
         original_flush(node)
 
     sim._flush = flush  # type: ignore[method-assign]
+    return a1, a2, b1, b2
+
+
+def test_sync_groups_move_together() -> None:
+    sim = Sim(8, max_delay_s=0.002)
+    _a1, a2, _b1, _b2 = _sync_grouped_pair(sim)
     sim.start_all()
     sim.run_until(10.0)
     assert sim.masters() == ["a1", "a2"]
@@ -415,3 +420,27 @@ def test_sync_groups_move_together() -> None:
     sim.call("a1", "clear_fault")
     sim.run_until(30.0)
     assert sim.masters() == ["a1", "a2"]
+
+
+@pytest.mark.parametrize("offset_s", [i / 10 for i in range(10)])
+def test_after_two_masters_every_instance_of_a_sync_group_is_reannounced(offset_s: float) -> None:
+    """The loser's instance that hears the higher priority yields with an advert; its sibling, stepped down by the
+    sync group, must send one too, or the winner's sibling never hears a lower priority and never re-announces its
+    VIP (clients or realservers stay on the loser's MAC)."""
+    sim = Sim(9, max_delay_s=0.002)
+    a1, a2, _b1, _b2 = _sync_grouped_pair(sim)
+    sim.start_all()
+    sim.run_until(10.0)
+    assert sim.masters() == ["a1", "a2"]
+    for a in ("a1", "a2"):
+        for b in ("b1", "b2"):
+            sim.partition(a, b)
+    heal_t = 20.0 + offset_s
+    sim.run_until(heal_t)
+    assert sim.masters() == ["a1", "a2", "b1", "b2"]
+    sim.heal()
+    sim.run_until(heal_t + 5.0)
+    assert sim.masters() == ["a1", "a2"]
+    for node in (a1, a2):
+        again = [t for t, reason in node.announces if t >= heal_t and reason == "lower-priority-advert"]
+        assert again and again[0] - heal_t <= 1.0 + 0.01, (node.name, offset_s)
