@@ -111,7 +111,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         config, _warnings = load_checked(args.config)
     except ConfigProblem as e:
         print_problem(args.config, e, "nothing checked")
-        return e.exit_code
+        return EXIT_UNREADABLE  # 1 means a check failed
     service = getattr(args, "service", None)
     if service is not None and config.service(service) is None:
         names = ", ".join(s.name for s in config.services) or "none"

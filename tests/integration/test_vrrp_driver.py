@@ -57,8 +57,14 @@ class FakeLoop:
         return _Done()
 
     def create_task(self, coro: Any) -> Any:
+        """Runs the coroutine's first step now (a VIP change completes in it); one that then waits on the real loop
+        (an announcement burst's pause, a retry's backoff) is dropped there."""
+        try:
+            coro.send(None)
+        except StopIteration:
+            return _Done()
         coro.close()
-        return _Handle(self.t, None, ())
+        return _Done()
 
     def pending(self) -> _Handle:
         live = [h for h in self.timers if not h.cancelled]
