@@ -118,17 +118,25 @@ def _error(status: int, message: str, errors: list[str] | None = None) -> web.Re
 
 
 @web.middleware
-async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                 ) -> web.StreamResponse:
+async def _guard(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     token = request.app[TOKEN]
     if not _is_unix(request):
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
-        ok = token is not None and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
-                                                                                       token.encode())
+        ok = (
+            token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(value.strip().encode(), token.encode())
+        )
         if not ok:
-            log.warning("api: refused %s %s from %s: missing or wrong bearer token", request.method, request.path,
-                        caller(request))
+            log.warning(
+                "api: refused %s %s from %s: missing or wrong bearer token",
+                request.method,
+                request.path,
+                caller(request),
+            )
             return _error(401, "a valid bearer token is required")
     try:
         return await handler(request)

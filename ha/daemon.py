@@ -72,16 +72,18 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
-        self.registry = make_registry(MetricsSources(
-            node=cfg.node.name,
-            instances=lambda: self.vrrp.metrics() if self.vrrp else (),
-            realserver_up=self.health.up_map,
-            actual=lambda: self.lvs.actual if self.lvs else None,
-            service_names=lambda: {s.key_str: s.name for s in self.cfg.services},
-            checker=self.health.checker_stats,
-            half_open=self.health.half_open_stats,
-            daemon=self.counters,
-        ))
+        self.registry = make_registry(
+            MetricsSources(
+                node=cfg.node.name,
+                instances=lambda: self.vrrp.metrics() if self.vrrp else (),
+                realserver_up=self.health.up_map,
+                actual=lambda: self.lvs.actual if self.lvs else None,
+                service_names=lambda: {s.key_str: s.name for s in self.cfg.services},
+                checker=self.health.checker_stats,
+                half_open=self.health.half_open_stats,
+                daemon=self.counters,
+            )
+        )
 
     # -- life cycle ----------------------------------------------------------------------------------------------
 
@@ -141,8 +143,15 @@ class Daemon:
         ct = self.cfg.lvs.conntrack_sync
         if ct is None:
             return
-        settings = CtSyncSettings(ct.interface, str(ct.peer), str(ct.source) if ct.source else None, ct.port,
-                                  ct.protocols, tuple(str(a) for a in ct.ignore), ct.conntrackd)
+        settings = CtSyncSettings(
+            ct.interface,
+            str(ct.peer),
+            str(ct.source) if ct.source else None,
+            ct.port,
+            ct.protocols,
+            tuple(str(a) for a in ct.ignore),
+            ct.conntrackd,
+        )
         self.ctsync = Conntrackd(settings, self.cfg.node.state_dir)
         try:
             await self.ctsync.start()
@@ -150,15 +159,18 @@ class Daemon:
             log.error("lvs.conntrack_sync: %s; retrying in the background", e)
 
     def _summary(self) -> str:
-        return (f"{len(self.cfg.vrrp.instances)} VRRP instance(s), {len(self.cfg.services)} service(s), "
-                f"{sum(len(s.realservers) for s in self.cfg.services)} realserver(s)")
+        return (
+            f"{len(self.cfg.vrrp.instances)} VRRP instance(s), {len(self.cfg.services)} service(s), "
+            f"{sum(len(s.realservers) for s in self.cfg.services)} realserver(s)"
+        )
 
     # -- events ----------------------------------------------------------------------------------------------------
 
     def _desired(self, cfg: Config | None = None) -> Desired:
         """The desired state for the running config (or, for a dry run, ``cfg``; then the quorum memory stays)."""
-        d = compute_desired(cfg or self.cfg, self.health.states(), self.overrides.drained_keys(), self.roles,
-                            self._quorum)
+        d = compute_desired(
+            cfg or self.cfg, self.health.states(), self.overrides.drained_keys(), self.roles, self._quorum
+        )
         if cfg is None:
             self._quorum = d.quorum
         return d
@@ -172,16 +184,27 @@ class Daemon:
         self._push_desired()
 
     def _weight_changed(self, key: tuple[str, str], old: int | None, new: int | None) -> None:
-        log.info("weight svc=%s rs=%s %s -> %s (reported by the check)", key[0], key[1],
-                 "configured" if old is None else old, "configured" if new is None else new)
+        log.info(
+            "weight svc=%s rs=%s %s -> %s (reported by the check)",
+            key[0],
+            key[1],
+            "configured" if old is None else old,
+            "configured" if new is None else new,
+        )
         self._push_desired()
 
     def _role_changed(self, info: dict[str, Any]) -> None:
         name, new = str(info.get("instance")), str(info.get("new"))
         self.roles[name] = new
         inst = self.cfg.instance(name)
-        log.info("instance=%s vrid=%s role %s -> %s (%s)", name, inst.vrid if inst else "?", info.get("old"), new,
-                 info.get("reason"))
+        log.info(
+            "instance=%s vrid=%s role %s -> %s (%s)",
+            name,
+            inst.vrid if inst else "?",
+            info.get("old"),
+            new,
+            info.get("reason"),
+        )
         sd = self.cfg.lvs.sync_daemon
         if sd is not None and sd.instance == name:
             self._push_desired()  # the sync daemon follows this instance: master <-> backup
@@ -205,18 +228,29 @@ class Daemon:
         desired = self.lvs.last_desired if self.lvs is not None else None
         warnings = []
         if self.ctsync is not None and not self.ctsync.running:
-            warnings.append(f"lvs.conntrack_sync: conntrackd is not running ({self.ctsync.last_error or 'stopped'}); "
-                            "a failover now loses the flows in flight")
+            warnings.append(
+                f"lvs.conntrack_sync: conntrackd is not running ({self.ctsync.last_error or 'stopped'}); "
+                "a failover now loses the flows in flight"
+            )
         late = self.health.late_warning()
         if late is not None:
             warnings.append(late)
-        return Views(self.loaded_at, self.last_reload_error, self.vrrp.views() if self.vrrp else (),
-                     self.health.views(), self.overrides.drained_keys(), desired.info if desired else {},
-                     (self.lvs.kernel if self.lvs else None) or {}, warnings)
+        return Views(
+            self.loaded_at,
+            self.last_reload_error,
+            self.vrrp.views() if self.vrrp else (),
+            self.health.views(),
+            self.overrides.drained_keys(),
+            desired.info if desired else {},
+            (self.lvs.kernel if self.lvs else None) or {},
+            warnings,
+        )
 
     def _extra(self) -> dict[str, Any]:
-        return {"dataplane": self.lvs.status() if self.lvs else None,
-                "conntrack_sync": self.ctsync.status() if self.ctsync else None}
+        return {
+            "dataplane": self.lvs.status() if self.lvs else None,
+            "conntrack_sync": self.ctsync.status() if self.ctsync else None,
+        }
 
     async def status(self) -> dict[str, Any]:
         views = await self._views()
@@ -246,8 +280,14 @@ class Daemon:
     async def _override(self, service: str, realserver: str, who: str, drain: bool) -> dict[str, Any]:
         svc, ident = resolve_realserver(self.cfg, service, realserver)
         changed = self.overrides.set(svc.name, ident, drain, who)
-        log.info("%s svc=%s rs=%s by %s%s", "drain" if drain else "enable", svc.name, ident, who,
-                 "" if changed else " (no change)")
+        log.info(
+            "%s svc=%s rs=%s by %s%s",
+            "drain" if drain else "enable",
+            svc.name,
+            ident,
+            who,
+            "" if changed else " (no change)",
+        )
         if self.lvs is not None:
             await self.lvs.sync_now(self._desired())
         out: dict[str, Any] = {"service": svc.name, "realserver": ident, "drained": drain}
@@ -261,8 +301,10 @@ class Daemon:
         if self.vrrp is None:
             raise Conflict("this node runs no VRRP instances")
         if self.ctsync is not None and not self.ctsync.running:
-            log.warning("failover: conntrackd is not running (%s): flows in flight may be lost",
-                        self.ctsync.last_error or "stopped")
+            log.warning(
+                "failover: conntrackd is not running (%s): flows in flight may be lost",
+                self.ctsync.last_error or "stopped",
+            )
         names = await self.vrrp.failover(instance)
         log.info("failover instance=%s by %s: resigning %s", instance or "(all)", who, ", ".join(names) or "none")
         return {"instances": names}
@@ -310,12 +352,18 @@ class Daemon:
         self.counters.observe_reload(True, self.loaded_at)
         counts = diff.counts()
         summary = f"reloaded ({who}): " + "; ".join(
-            f"{what} +{c['added']} -{c['removed']} ~{c['changed']}" for what, c in counts.items())
+            f"{what} +{c['added']} -{c['removed']} ~{c['changed']}" for what, c in counts.items()
+        )
         log.info("%s; %d kernel operation(s)", summary, len(applied))
         freeze_long_lived_objects()
         self.notifier.ready(self._summary())
-        return {"ok": True, "dry_run": False, "plan": format_plan(diff, applied), "summary": summary,
-                "warnings": warnings + notes}
+        return {
+            "ok": True,
+            "dry_run": False,
+            "plan": format_plan(diff, applied),
+            "summary": summary,
+            "warnings": warnings + notes,
+        }
 
     async def _reload_vrrp(self, diff: ReloadDiff, old: Config) -> list[str]:
         """Unchanged instances are not touched (machine, timers, role); the engine applies the rest in place. The

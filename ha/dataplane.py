@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Desired:
     state: State
@@ -34,14 +33,21 @@ class Desired:
     quorum: dict[str, bool] = field(default_factory=dict)  # quorum memory (hysteresis) to pass in next time
 
 
-def compute_desired(cfg: Config, health: Mapping[HealthKey, Any], drained: frozenset[HealthKey],
-                    roles: Mapping[str, str], quorum: Mapping[str, bool] | None = None) -> Desired:
+def compute_desired(
+    cfg: Config,
+    health: Mapping[HealthKey, Any],
+    drained: frozenset[HealthKey],
+    roles: Mapping[str, str],
+    quorum: Mapping[str, bool] | None = None,
+) -> Desired:
     """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info."""
     from ha.desired import desired_state
 
     res = desired_state(cfg, health, drained, quorum=quorum, roles=roles)
-    info = {name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up, {r.ident: r.why for r in sd.realservers})
-            for name, sd in res.services.items()}
+    info = {
+        name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up, {r.ident: r.why for r in sd.realservers})
+        for name, sd in res.services.items()
+    }
     return Desired(res.state, info, dict(res.quorum))
 
 
@@ -91,10 +97,13 @@ class DataplaneDriver:
         cfg = self.cfg
         os.makedirs(cfg.node.state_dir, exist_ok=True)
         self.dataplane = await open_backend(cfg)
-        self.reconciler = Reconciler(self.dataplane, OwnedStore.in_dir(cfg.node.state_dir),
-                                     min_interval_s=cfg.lvs.min_sync_interval_s,
-                                     resync_interval_s=cfg.lvs.resync_interval_s,
-                                     max_remove_share=cfg.lvs.max_remove_share)
+        self.reconciler = Reconciler(
+            self.dataplane,
+            OwnedStore.in_dir(cfg.node.state_dir),
+            min_interval_s=cfg.lvs.min_sync_interval_s,
+            resync_interval_s=cfg.lvs.resync_interval_s,
+            max_remove_share=cfg.lvs.max_remove_share,
+        )
         log.info("data plane: %s", getattr(self.dataplane, "name", type(self.dataplane).__name__))
         await self.sync_now(desired)
         self.reconciler.start()
@@ -126,8 +135,13 @@ class DataplaneDriver:
         from lvs.plan import plan
 
         actual = await self.dataplane.dump()
-        p = plan(desired.state, actual, self.reconciler.owned, max_remove_share=self.cfg.lvs.max_remove_share,
-                 draining=frozenset(desired.state.draining))
+        p = plan(
+            desired.state,
+            actual,
+            self.reconciler.owned,
+            max_remove_share=self.cfg.lvs.max_remove_share,
+            draining=frozenset(desired.state.draining),
+        )
         return list(p.ops)
 
     async def refresh(self) -> None:
@@ -160,9 +174,16 @@ class DataplaneDriver:
 
     def status(self) -> dict[str, Any]:
         st = self.reconciler.stats
-        return {"backend": getattr(self.dataplane, "name", "?"), "in_sync": self.reconciler.in_sync,
-                "syncs": st.syncs, "writes": st.writes, "errors": st.errors, "last_error": st.last_error,
-                "owned_services": len(self.reconciler.owned), "counters_age_s": self.counters_age_s}
+        return {
+            "backend": getattr(self.dataplane, "name", "?"),
+            "in_sync": self.reconciler.in_sync,
+            "syncs": st.syncs,
+            "writes": st.writes,
+            "errors": st.errors,
+            "last_error": st.last_error,
+            "owned_services": len(self.reconciler.owned),
+            "counters_age_s": self.counters_age_s,
+        }
 
     async def stop(self, flush: bool) -> None:
         if self.dataplane is None:
@@ -185,5 +206,3 @@ class DataplaneDriver:
             if not res.ok:
                 log.error("flush on stop failed: %s", res.error)
         await self.dataplane.close()
-
-

@@ -104,16 +104,23 @@ def service_key(svc: ServiceConfig) -> ServiceKey:
 def to_service(svc: ServiceConfig) -> Service:
     p = svc.persistence
     pers = None if p is None else Persistence(round(p.timeout_s), p.netmask, p.prefix_len)
-    return Service(service_key(svc), Scheduler(svc.scheduler), frozenset(SchedFlag(f) for f in svc.scheduler_flags),
-                   pers)
+    return Service(
+        service_key(svc), Scheduler(svc.scheduler), frozenset(SchedFlag(f) for f in svc.scheduler_flags), pers
+    )
 
 
 def to_destination(rs: RealServerConfig, weight: int) -> Destination:
     t = rs.tunnel
     return Destination(
-        DestKey(str(rs.address), rs.port), weight, Forwarding(rs.forwarding), rs.upper_threshold, rs.lower_threshold,
-        TunnelType(t.type) if t else TunnelType.IPIP, t.port if t else 0, frozenset(t.flags) if t else frozenset())
-
+        DestKey(str(rs.address), rs.port),
+        weight,
+        Forwarding(rs.forwarding),
+        rs.upper_threshold,
+        rs.lower_threshold,
+        TunnelType(t.type) if t else TunnelType.IPIP,
+        t.port if t else 0,
+        frozenset(t.flags) if t else frozenset(),
+    )
 
 
 def _health_of(raw: Any) -> RsHealth | None:
@@ -178,8 +185,9 @@ def desired_state(
             if sorry_active:
                 if not is_up and svc.on_failure is OnFailure.REMOVE:
                     state.draining[(key, dkey)] = 0.0
-                infos.append(RealServerInfo(rs.ident, reported, rs.weight, 0, False, is_drained,
-                                            "quorum lost: sorry server"))
+                infos.append(
+                    RealServerInfo(rs.ident, reported, rs.weight, 0, False, is_drained, "quorum lost: sorry server")
+                )
                 continue
             if is_drained:
                 dests.append(to_destination(rs, 0))
@@ -195,8 +203,7 @@ def desired_state(
                 infos.append(RealServerInfo(rs.ident, reported, rs.weight, weight, True, False, why))
             elif svc.on_failure is OnFailure.WEIGHT0:
                 dests.append(to_destination(rs, 0))
-                infos.append(RealServerInfo(rs.ident, reported, rs.weight, 0, True, False,
-                                            "down: on_failure weight0"))
+                infos.append(RealServerInfo(rs.ident, reported, rs.weight, 0, True, False, "down: on_failure weight0"))
             else:
                 state.draining[(key, dkey)] = 0.0
                 why = "down: on_failure remove" if reported == DOWN else f"{reported}: initial state down"

@@ -49,9 +49,11 @@ class LateWindow:
         checks, late = c1 - c0, l1 - l0
         if checks < self.MIN_CHECKS or late <= checks * self.SHARE:
             return None
-        return (f"health checks are running late: {late} of the {checks} checks of the last {t1 - t0:.0f} s "
-                f"({late / checks:.0%}) started more than {late_after_s:g} s after they were due (the checker gets "
-                "less CPU than it needs; results come late)")
+        return (
+            f"health checks are running late: {late} of the {checks} checks of the last {t1 - t0:.0f} s "
+            f"({late / checks:.0%}) started more than {late_after_s:g} s after they were due (the checker gets "
+            "less CPU than it needs; results come late)"
+        )
 
 
 class Health:
@@ -62,8 +64,12 @@ class Health:
     thresholds decide whether the realserver stays up). ``on_change`` is called on every up/down transition,
     ``on_weight(key, old, new)`` when the dynamic weight changes, and only then (the same weight again is no change)."""
 
-    def __init__(self, counters: DaemonMetrics, on_change: Callable[[HealthKey, str, str, str], None],
-                 on_weight: Callable[[HealthKey, int | None, int | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        counters: DaemonMetrics,
+        on_change: Callable[[HealthKey, str, str, str], None],
+        on_weight: Callable[[HealthKey, int | None, int | None], None] | None = None,
+    ) -> None:
         from healthchecks.registry import default_registry
         from healthchecks.runner import Runner
 
@@ -84,8 +90,9 @@ class Health:
 
     def _result(self, key: Any, res: Any) -> None:
         self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
-        self._views[key] = RsHealth(self.runner.state(key).value,
-                                    LastCheck(res.ok, res.reason, res.latency_s, time.time()))
+        self._views[key] = RsHealth(
+            self.runner.state(key).value, LastCheck(res.ok, res.reason, res.latency_s, time.time())
+        )
         if not res.ok:
             return
         weight = res.weight
@@ -133,8 +140,16 @@ class Health:
                     continue
                 addr = chk.connect_address if chk.connect_address is not None else rs.address
                 target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
-                specs[(svc.name, rs.ident)] = CheckSpec(chk.type, chk.spec, target, chk.interval_s, chk.timeout_s,
-                                                        chk.rise, chk.fall, H.parse(chk.initial_state))
+                specs[(svc.name, rs.ident)] = CheckSpec(
+                    chk.type,
+                    chk.spec,
+                    target,
+                    chk.interval_s,
+                    chk.timeout_s,
+                    chk.rise,
+                    chk.fall,
+                    H.parse(chk.initial_state),
+                )
         self.runner.set_checks(specs)
         self.unchecked = unchecked
         self._weights = {k: w for k, w in self._weights.items() if k in specs}
@@ -184,5 +199,3 @@ class Health:
 
     def up_map(self) -> dict[HealthKey, bool | None]:
         return {k: None if v.health == "unknown" else v.health == "up" for k, v in self.states().items()}
-
-

@@ -134,50 +134,67 @@ class LvsHaCollector:
 
         s, d = self.s, self.s.daemon
         yield from self._vrrp()
-        res = CounterMetricFamily("lvs_ha_check_results", "Health check results", labels=["service", "realserver",
-                                                                                           "result"])
+        res = CounterMetricFamily(
+            "lvs_ha_check_results", "Health check results", labels=["service", "realserver", "result"]
+        )
         for (svc, rs, result), n in sorted(d.check_results.items()):
             res.add_metric([svc, rs, result], n)
         yield res
-        yield _hist("lvs_ha_check_latency_seconds", "Health check latency", ["service"],
-                    {(k,): v for k, v in sorted(d.check_latency.items())})
-        up = GaugeMetricFamily("lvs_ha_realserver_up", "1 if the realserver is healthy, 0 if down, -1 if unknown",
-                               labels=["service", "realserver"])
+        yield _hist(
+            "lvs_ha_check_latency_seconds",
+            "Health check latency",
+            ["service"],
+            {(k,): v for k, v in sorted(d.check_latency.items())},
+        )
+        up = GaugeMetricFamily(
+            "lvs_ha_realserver_up",
+            "1 if the realserver is healthy, 0 if down, -1 if unknown",
+            labels=["service", "realserver"],
+        )
         for (svc, rs), ok in sorted(s.realserver_up().items()):
             up.add_metric([svc, rs], -1 if ok is None else int(ok))
         yield up
         yield from self._checker()
         yield from self._ipvs()
         yield _hist("lvs_ha_reconcile_duration_seconds", "Reconcile run duration", [], {(): d.reconcile_duration})
-        yield CounterMetricFamily("lvs_ha_reconcile_writes", "Kernel writes made by the reconciler",
-                                  value=d.reconcile_writes)
+        yield CounterMetricFamily(
+            "lvs_ha_reconcile_writes", "Kernel writes made by the reconciler", value=d.reconcile_writes
+        )
         yield CounterMetricFamily("lvs_ha_reconcile_errors", "Reconcile runs that failed", value=d.reconcile_errors)
         rel = CounterMetricFamily("lvs_ha_config_reloads", "Configuration reloads", labels=["result"])
         for result, n in sorted(d.reloads.items()):
             rel.add_metric([result], n)
         yield rel
-        yield GaugeMetricFamily("lvs_ha_config_last_reload_successful", "1 if the last reload succeeded",
-                                value=int(d.last_reload_ok))
-        yield GaugeMetricFamily("lvs_ha_config_last_reload_timestamp_seconds", "Time of the last reload attempt",
-                                value=d.last_reload_ts)
-        yield GaugeMetricFamily("lvs_ha_config_loaded_timestamp_seconds", "Time the running config was loaded",
-                                value=d.config_loaded_ts)
+        yield GaugeMetricFamily(
+            "lvs_ha_config_last_reload_successful", "1 if the last reload succeeded", value=int(d.last_reload_ok)
+        )
+        yield GaugeMetricFamily(
+            "lvs_ha_config_last_reload_timestamp_seconds", "Time of the last reload attempt", value=d.last_reload_ts
+        )
+        yield GaugeMetricFamily(
+            "lvs_ha_config_loaded_timestamp_seconds", "Time the running config was loaded", value=d.config_loaded_ts
+        )
 
     def _checker(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         st = self.s.checker()
         for key, name, doc in (
-                ("checks", "lvs_ha_checker_checks", "Health checks started"),
-                ("late", "lvs_ha_checker_late_checks", "Checks started late (the checker cannot keep up)"),
-                ("timeouts", "lvs_ha_checker_timeouts", "Checks that hit their timeout"),
-                ("errors", "lvs_ha_checker_errors", "Checks whose checker raised")):
+            ("checks", "lvs_ha_checker_checks", "Health checks started"),
+            ("late", "lvs_ha_checker_late_checks", "Checks started late (the checker cannot keep up)"),
+            ("timeouts", "lvs_ha_checker_timeouts", "Checks that hit their timeout"),
+            ("errors", "lvs_ha_checker_errors", "Checks whose checker raised"),
+        ):
             yield CounterMetricFamily(name, doc, value=st.get(key, 0))
-        seg = CounterMetricFamily("lvs_ha_half_open_segments", "Half-open tcp probes: SYNs sent and resent, send "
-                                  "errors, answers, ICMP errors, and segments dropped as unmatched or malformed",
-                                  labels=["family", "kind"])
-        flight = GaugeMetricFamily("lvs_ha_half_open_in_flight", "Half-open probes waiting for an answer",
-                                   labels=["family"])
+        seg = CounterMetricFamily(
+            "lvs_ha_half_open_segments",
+            "Half-open tcp probes: SYNs sent and resent, send "
+            "errors, answers, ICMP errors, and segments dropped as unmatched or malformed",
+            labels=["family", "kind"],
+        )
+        flight = GaugeMetricFamily(
+            "lvs_ha_half_open_in_flight", "Half-open probes waiting for an answer", labels=["family"]
+        )
         for family, counters in sorted(self.s.half_open().items()):
             for kind, n in sorted(counters.items()):
                 if kind == "in_flight":
@@ -221,8 +238,9 @@ class LvsHaCollector:
         labels = ["service", "vip", "realserver"]
         fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "active_conns": GaugeMetricFamily("lvs_ha_ipvs_active_connections", "Active connections", labels=labels),
-            "inactive_conns": GaugeMetricFamily("lvs_ha_ipvs_inactive_connections", "Inactive connections",
-                                                labels=labels),
+            "inactive_conns": GaugeMetricFamily(
+                "lvs_ha_ipvs_inactive_connections", "Inactive connections", labels=labels
+            ),
             "conns": CounterMetricFamily("lvs_ha_ipvs_connections", "Connections scheduled", labels=labels),
             "packets_in": CounterMetricFamily("lvs_ha_ipvs_packets_in", "Packets in", labels=labels),
             "packets_out": CounterMetricFamily("lvs_ha_ipvs_packets_out", "Packets out", labels=labels),

@@ -121,6 +121,7 @@ def _per_config(fn: Callable[[Config], _T]) -> Callable[[Config], _T]:
             memo.clear()
         memo[id(cfg)] = (cfg, value)
         return value
+
     return cached
 
 
@@ -130,13 +131,21 @@ def _layout(cfg: Config) -> _Layout:
     lay: _Layout = []
     for svc in cfg.services:
         sorry = svc.sorry_server
-        lay.append((svc.name, svc.key_str, svc.scheduler, None if sorry is None else f"{sorry.address}:{sorry.port}",
-                    [(rs.ident, rs.weight, rs.forwarding) for rs in svc.realservers]))
+        lay.append(
+            (
+                svc.name,
+                svc.key_str,
+                svc.scheduler,
+                None if sorry is None else f"{sorry.address}:{sorry.port}",
+                [(rs.ident, rs.weight, rs.forwarding) for rs in svc.realservers],
+            )
+        )
     return lay
 
 
-def _rs_doc(ident: str, weight: int, fwd: str, h: RsHealth, found: tuple[int, int, int] | None, drained: bool,
-            why: str | None) -> dict[str, Any]:
+def _rs_doc(
+    ident: str, weight: int, fwd: str, h: RsHealth, found: tuple[int, int, int] | None, drained: bool, why: str | None
+) -> dict[str, Any]:
     return {
         "realserver": ident,
         "health": h.health,
@@ -152,10 +161,25 @@ def _rs_doc(ident: str, weight: int, fwd: str, h: RsHealth, found: tuple[int, in
     }
 
 
-def _svc_doc(name: str, key: str, scheduler: str, sorry: str | None, info: ServiceInfo, in_kernel: bool,
-             rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": name, "key": key, "scheduler": scheduler, "quorum": info.quorum, "sorry_active": info.sorry_active,
-            "sorry_server": sorry, "in_kernel": in_kernel, "realservers": rows}  # realservers last: see status_json
+def _svc_doc(
+    name: str,
+    key: str,
+    scheduler: str,
+    sorry: str | None,
+    info: ServiceInfo,
+    in_kernel: bool,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "key": key,
+        "scheduler": scheduler,
+        "quorum": info.quorum,
+        "sorry_active": info.sorry_active,
+        "sorry_server": sorry,
+        "in_kernel": in_kernel,
+        "realservers": rows,
+    }  # realservers last: see status_json
 
 
 def _shell(cfg: Config, v: Views) -> dict[str, Any]:
@@ -167,9 +191,19 @@ def _shell(cfg: Config, v: Views) -> dict[str, Any]:
             "file": cfg.source,
             "last_reload_error": list(v.last_reload_error) if v.last_reload_error else None,
         },
-        "instances": [{
-            "name": i.name, "role": i.role, "priority": i.priority, "master": i.master, "since": iso(i.since),
-            "reason": i.reason, "vrid": i.vrid, "vips": list(i.vips)} for i in v.instances],
+        "instances": [
+            {
+                "name": i.name,
+                "role": i.role,
+                "priority": i.priority,
+                "master": i.master,
+                "since": iso(i.since),
+                "reason": i.reason,
+                "vrid": i.vrid,
+                "vips": list(i.vips),
+            }
+            for i in v.instances
+        ],
         "services": [],
         "warnings": list(v.warnings),
     }
@@ -189,9 +223,18 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
     for name, key, scheduler, sorry, rss in _layout(cfg):
         dests = kernel.get(key)
         info = services.get(name, default_info)
-        rows = [_rs_doc(ident, weight, fwd, health.get((name, ident), UNKNOWN),
-                        dests.get(ident) if dests is not None else None, (name, ident) in drained, info.why.get(ident))
-                for ident, weight, fwd in rss]
+        rows = [
+            _rs_doc(
+                ident,
+                weight,
+                fwd,
+                health.get((name, ident), UNKNOWN),
+                dests.get(ident) if dests is not None else None,
+                (name, ident) in drained,
+                info.why.get(ident),
+            )
+            for ident, weight, fwd in rss
+        ]
         out_services.append(_svc_doc(name, key, scheduler, sorry, info, dests is not None, rows))
     if extra:
         doc.update(extra)
@@ -223,8 +266,9 @@ class RowMemo:
         self.heads.clear()
 
 
-def row_unchanged(row: tuple[Any, ...] | None, h: RsHealth, drained: bool,
-                  found: tuple[int, int, int] | None) -> TypeGuard[tuple[Any, ...]]:
+def row_unchanged(
+    row: tuple[Any, ...] | None, h: RsHealth, drained: bool, found: tuple[int, int, int] | None
+) -> TypeGuard[tuple[Any, ...]]:
     """Whether a kept row was made from the same health result (the object: a new result is a new one), drain and
     kernel entry."""
     return row is not None and row[0] is h and row[1] is drained and row[2] == found
@@ -266,12 +310,15 @@ def status_json(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None, m
             reason = why.get(ident)
             row = rows_memo.get(hkey)
             if not (row_unchanged(row, h, is_drained, found) and row[3] == reason):
-                row = rows_memo[hkey] = (h, is_drained, found, reason,
-                                         dumps(_rs_doc(ident, weight, fwd, h, found, is_drained, reason)))
+                row = rows_memo[hkey] = (
+                    h,
+                    is_drained,
+                    found,
+                    reason,
+                    dumps(_rs_doc(ident, weight, fwd, h, found, is_drained, reason)),
+                )
             rows.append(row[4])
         parts.append(f"{cached[2]}{','.join(rows)}]}}")
     shell = dumps({**_shell(cfg, v), **(extra or {})})
     at = shell.index('"services":[]') + len('"services":[')  # the shell's keys come before any extra's
     return f"{shell[:at]}{','.join(parts)}{shell[at:]}"
-
-

@@ -28,13 +28,25 @@ _Prefixed = tuple[str, list[tuple[str, str, str, str | None, list[tuple[tuple[st
 def _prefixes(cfg: Config) -> _Prefixed:
     layout = _layout(cfg)
     w0 = max([len(_HEAD[0])] + [len(name) for name, *_ in layout])
-    w1 = max([len(_HEAD[1])] + [len(f"{key} {sch}") for _, key, sch, *_ in layout]
-             + [len(ident) + 5 for *_, rss in layout for ident, *_ in rss])
+    w1 = max(
+        [len(_HEAD[1])]
+        + [len(f"{key} {sch}") for _, key, sch, *_ in layout]
+        + [len(ident) + 5 for *_, rss in layout for ident, *_ in rss]
+    )
     blank = " " * (w0 + 2)
-    out = (f"{_HEAD[0]:<{w0}}  {_HEAD[1]:<{w1}}  ",
-           [(name, key, f"{name:<{w0}}  {f'{key} {sch}':<{w1}}  ", sorry,
-             [((name, ident), weight, f"{blank}{'  -> ' + ident:<{w1}}  ") for ident, weight, _fwd in rss])
-            for name, key, sch, sorry, rss in layout])
+    out = (
+        f"{_HEAD[0]:<{w0}}  {_HEAD[1]:<{w1}}  ",
+        [
+            (
+                name,
+                key,
+                f"{name:<{w0}}  {f'{key} {sch}':<{w1}}  ",
+                sorry,
+                [((name, ident), weight, f"{blank}{'  -> ' + ident:<{w1}}  ") for ident, weight, _fwd in rss],
+            )
+            for name, key, sch, sorry, rss in layout
+        ],
+    )
     return out
 
 
@@ -82,8 +94,9 @@ def _services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]],
         # a column widened (the memo was cleared): once more, with the wider columns
 
 
-def _try_services_table(cfg: Config, v: Views, drained: Collection[tuple[str, str]],
-                        memo: TableMemo) -> list[str] | None:
+def _try_services_table(
+    cfg: Config, v: Views, drained: Collection[tuple[str, str]], memo: TableMemo
+) -> list[str] | None:
     head, services = _prefixes(cfg)
     health, infos, kernel = v.health, v.services, v.kernel
     first = memo.line(head, _HEAD[2:6], _HEAD[6])  # type: ignore[arg-type]
@@ -121,9 +134,12 @@ def _try_services_table(cfg: Config, v: Views, drained: Collection[tuple[str, st
                 add(row[3])
                 continue
             lc = h.last_check
-            cells = (h.health + " drained" if is_drained else h.health,
-                     f"0/{weight}" if found is None else f"{found[0]}/{weight}",
-                     "0" if found is None else str(found[1]), "0" if found is None else str(found[2]))
+            cells = (
+                h.health + " drained" if is_drained else h.health,
+                f"0/{weight}" if found is None else f"{found[0]}/{weight}",
+                "0" if found is None else str(found[1]),
+                "0" if found is None else str(found[2]),
+            )
             line = memo.line(rs_prefix, cells, "-" if lc is None else lc.text)
             if line is None:
                 return None
@@ -145,8 +161,10 @@ def format_status(cfg: Config, v: Views, memo: TableMemo | None = None) -> str:
     lines.extend(f"WARNING: {w}" for w in v.warnings)
     if instances:
         lines.append("")
-        lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")] + [
-            (i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances])
+        lines += _table(
+            [("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")]
+            + [(i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances]
+        )
     if cfg.services:
         lines.append("")
         lines += _services_table(cfg, v, drained_set, memo if memo is not None else TableMemo())

@@ -84,21 +84,37 @@ def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> Ins
     t = inst.track
     preempt_delay_s = inst.preempt_delay_s if inst.preempt_delay_s is not None else auto_preempt_delay_s(config, inst)
     return InstanceSpec(
-        name=inst.name, interface=inst.interface, vrid=inst.vrid, priority=inst.priority, version=inst.version,
-        advert_interval_s=inst.advert_interval_s, preempt=inst.preempt, preempt_delay_s=preempt_delay_s,
+        name=inst.name,
+        interface=inst.interface,
+        vrid=inst.vrid,
+        priority=inst.priority,
+        version=inst.version,
+        advert_interval_s=inst.advert_interval_s,
+        preempt=inst.preempt,
+        preempt_delay_s=preempt_delay_s,
         vips=_vips(inst),
         unicast_source=inst.unicast.source if inst.unicast else None,
         unicast_peers=tuple(inst.unicast.peers) if inst.unicast else (),
-        garp_count=inst.garp.count, garp_interval_s=inst.garp.interval_s, garp_refresh_s=inst.garp.refresh_s,
-        garp_repeat_delay_s=inst.garp.repeat_delay_s, announce_on_lower=inst.garp.on_lower_priority,
+        garp_count=inst.garp.count,
+        garp_interval_s=inst.garp.interval_s,
+        garp_refresh_s=inst.garp.refresh_s,
+        garp_repeat_delay_s=inst.garp.repeat_delay_s,
+        announce_on_lower=inst.garp.on_lower_priority,
         advert_on_yield=inst.garp.advert_on_yield,
         track_interfaces=tuple(TrackedInterface(i.name, i.weight) for i in t.interfaces),
-        track_scripts=tuple(TrackedScript(s.name, tuple(s.command), s.interval_s, s.timeout_s, s.rise, s.fall,
-                                          s.weight) for s in t.scripts),
+        track_scripts=tuple(
+            TrackedScript(s.name, tuple(s.command), s.interval_s, s.timeout_s, s.rise, s.fall, s.weight)
+            for s in t.scripts
+        ),
         track_files=tuple(TrackedFile(f.path, f.weight) for f in t.files),
-        password=_password(inst), notify=_notify_map(inst.notify), startup_delay_s=inst.startup_delay_s,
-        takeover=_takeover(inst), hold_s=inst.handover.hold_s, hmac_keys=_hmac(inst),
-        vmac=VmacSpec(inst.vmac.interface, inst.vmac.xmit_base) if inst.vmac is not None else None)
+        password=_password(inst),
+        notify=_notify_map(inst.notify),
+        startup_delay_s=inst.startup_delay_s,
+        takeover=_takeover(inst),
+        hold_s=inst.handover.hold_s,
+        hmac_keys=_hmac(inst),
+        vmac=VmacSpec(inst.vmac.interface, inst.vmac.xmit_base) if inst.vmac is not None else None,
+    )
 
 
 def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:
@@ -132,8 +148,9 @@ def respecified_instances(running: Config, new: Config) -> list[str]:
     return changed_specs((old_specs, old_groups), (new_specs, new_groups))
 
 
-def changed_specs(running: tuple[list[InstanceSpec], list[SyncGroupSpec]],
-                  new: tuple[list[InstanceSpec], list[SyncGroupSpec]]) -> list[str]:
+def changed_specs(
+    running: tuple[list[InstanceSpec], list[SyncGroupSpec]], new: tuple[list[InstanceSpec], list[SyncGroupSpec]]
+) -> list[str]:
     """The names of the instances added, removed or changed between two sets of engine specs (pure), then
     "sync_groups" if the groups differ."""
     old_by = {s.name: s for s in running[0]}
@@ -150,6 +167,7 @@ class Vrrp:
 
     def __init__(self, cfg: Config, on_transition: Callable[[dict[str, Any]], None]) -> None:
         from ha.vrrp.process import ProcessEngine
+
         specs, groups = engine_specs(cfg)
         # SCHED_FIFO for the engine process's loop thread when the config asks (``vrrp.realtime``)
         realtime = cfg.vrrp.realtime
@@ -179,9 +197,19 @@ class Vrrp:
         return self.last
 
     def views(self) -> list[InstanceView]:
-        return [InstanceView(str(i["name"]), str(i["role"]), int(i.get("effective_priority", i["priority"])),
-                             i.get("master"), i.get("since"), str(i.get("last_reason") or ""), i.get("vrid"),
-                             tuple(i.get("vips") or ())) for i in self._status()]
+        return [
+            InstanceView(
+                str(i["name"]),
+                str(i["role"]),
+                int(i.get("effective_priority", i["priority"])),
+                i.get("master"),
+                i.get("since"),
+                str(i.get("last_reason") or ""),
+                i.get("vrid"),
+                tuple(i.get("vips") or ()),
+            )
+            for i in self._status()
+        ]
 
     def metrics(self) -> list[InstanceMetrics]:
         out = []
@@ -195,8 +223,17 @@ class Vrrp:
                 hist.counts = [int(v) for v in late["buckets"].values()]
                 hist.sum, hist.count = float(late.get("sum_s", 0.0)), int(late.get("count", 0))
             errors = c.get("errors") or {}
-            out.append(InstanceMetrics(str(i["name"]), int(i.get("vrid") or 0), str(i["role"]),
-                                       int(i.get("effective_priority", i["priority"])), int(c.get("transitions", 0)),
-                                       int(c.get("adverts_sent", 0)), int(c.get("adverts_received", 0)),
-                                       malformed_count(errors) if isinstance(errors, dict) else 0, hist))
+            out.append(
+                InstanceMetrics(
+                    str(i["name"]),
+                    int(i.get("vrid") or 0),
+                    str(i["role"]),
+                    int(i.get("effective_priority", i["priority"])),
+                    int(c.get("transitions", 0)),
+                    int(c.get("adverts_sent", 0)),
+                    int(c.get("adverts_received", 0)),
+                    malformed_count(errors) if isinstance(errors, dict) else 0,
+                    hist,
+                )
+            )
         return out

@@ -44,8 +44,11 @@ async def run_begun(begin: Begin, target: Any, spec: Any, timeout_s: float) -> C
             cancel()
 
 
-def begin_task(coro: Coroutine[Any, Any, CheckResult], done: Done, error: Callable[[BaseException], CheckResult],
-               ) -> Cancel:
+def begin_task(
+    coro: Coroutine[Any, Any, CheckResult],
+    done: Done,
+    error: Callable[[BaseException], CheckResult],
+) -> Cancel:
     """A coroutine check behind the ``begin`` interface: a task whose result goes to ``done``; ``error`` turns an
     exception into the failed result to report. Cancelling the check cancels the task (``done`` is not called)."""
     task = asyncio.ensure_future(coro)

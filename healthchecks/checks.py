@@ -29,8 +29,15 @@ class CheckSpec:
         """What makes two keys' checks the same probe. Besides where the check goes, the realserver's identity is
         part of it (the file checker names files after it); a checker whose result depends on more of the target
         says so with a ``share_key(target)`` method (exec: the service too)."""
-        return (self.type, self.spec, self.target.address, self.target.port, self.interval_s, self.timeout_s,
-                self.target.realserver)
+        return (
+            self.type,
+            self.spec,
+            self.target.address,
+            self.target.port,
+            self.interval_s,
+            self.timeout_s,
+            self.target.realserver,
+        )
 
 
 @dataclass

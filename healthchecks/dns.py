@@ -62,8 +62,9 @@ class DnsChecker:
             dns.rcode.from_text(rcode)
         except dns.exception.DNSException:
             r.error(f"unknown rcode {rcode!r}; e.g. NOERROR, NXDOMAIN, SERVFAIL, REFUSED", "rcode")
-        spec = DnsSpec(name or ".", qtype, r.regex("expect"), r.str_list("expect_values"), rcode,
-                       r.flag("recursion", True))
+        spec = DnsSpec(
+            name or ".", qtype, r.regex("expect"), r.str_list("expect_values"), rcode, r.flag("recursion", True)
+        )
         r.finish()
         return spec
 
@@ -105,8 +106,9 @@ class DnsChecker:
         want = dns.rdatatype.from_text(spec.qtype)
         answers = [rd.to_text() for rrset in resp.answer if rrset.rdtype == want for rd in rrset]
         if spec.expect is not None and not any(spec.expect.search(a) for a in answers):
-            return CheckResult(False, f"no answer matches {spec.expect.pattern!r} (got {answers[:5]})",
-                               loop.time() - t0)
+            return CheckResult(
+                False, f"no answer matches {spec.expect.pattern!r} (got {answers[:5]})", loop.time() - t0
+            )
         missing = {_norm(v) for v in spec.expect_values} - {_norm(a) for a in answers}
         if missing:
             return CheckResult(False, f"missing answers {sorted(missing)} (got {answers[:5]})", loop.time() - t0)

@@ -68,8 +68,7 @@ class ExecChecker:
         r = SpecReader(raw, {"command", "env"}, "exec")
         cmd = r.str_list("command", required=True)
         if r.has("command") and isinstance(r.raw.get("command"), str):
-            r.error("expected a list of arguments (no shell), e.g. ['/usr/lib/check', '--port', '{port}']",
-                    "command")
+            r.error("expected a list of arguments (no shell), e.g. ['/usr/lib/check', '--port', '{port}']", "command")
         elif r.has("command") and not cmd:
             r.error("the command must not be empty", "command")
         env = r.str_map("env")
@@ -79,20 +78,32 @@ class ExecChecker:
     async def check(self, target: Target, spec: ExecSpec, timeout_s: float) -> CheckResult:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        subst = {"address": target.address, "port": "" if target.port is None else str(target.port),
-                 "realserver": target.realserver, "service": target.service}
+        subst = {
+            "address": target.address,
+            "port": "" if target.port is None else str(target.port),
+            "realserver": target.realserver,
+            "service": target.service,
+        }
         try:
             argv = [a.format_map(subst) for a in spec.command]
         except (KeyError, ValueError, IndexError) as e:
             return CheckResult(False, f"bad placeholder in command: {e}", 0.0)
         env = dict(os.environ)
-        env.update(LVS_HA_ADDRESS=target.address, LVS_HA_PORT=subst["port"], LVS_HA_REALSERVER=target.realserver,
-                   LVS_HA_SERVICE=target.service)
+        env.update(
+            LVS_HA_ADDRESS=target.address,
+            LVS_HA_PORT=subst["port"],
+            LVS_HA_REALSERVER=target.realserver,
+            LVS_HA_SERVICE=target.service,
+        )
         env.update(spec.env)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
             )
         except OSError as e:
             return CheckResult(False, f"cannot run {argv[0]}: {e.strerror or e}", loop.time() - t0)

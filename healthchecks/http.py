@@ -94,8 +94,19 @@ class HttpChecker:
         self._client: Client | None = None
 
     def parse_spec(self, raw: Mapping[str, Any]) -> HttpSpec:
-        keys = {"method", "path", "host", "headers", "body", "expect_status", "expect_body", "max_body",
-                "reuse_connection", "keepalive", "client"}
+        keys = {
+            "method",
+            "path",
+            "host",
+            "headers",
+            "body",
+            "expect_status",
+            "expect_body",
+            "max_body",
+            "reuse_connection",
+            "keepalive",
+            "client",
+        }
         if self.scheme == "https":
             keys |= {"verify", "ca_file", "cert_file", "key_file"}
         r = SpecReader(raw, keys, self.name)
@@ -118,9 +129,20 @@ class HttpChecker:
                 r.error("keepalive is the older name of reuse_connection: give one of them", "keepalive")
             reuse = older
         spec = HttpSpec(
-            self.scheme, method, path, host, headers, body, status or ((200, 299),), expect_body, max_body,
-            reuse, r.choice("client", ("auto", "aiohttp"), "auto"), r.flag("verify", True),
-            r.text("ca_file"), r.text("cert_file"),
+            self.scheme,
+            method,
+            path,
+            host,
+            headers,
+            body,
+            status or ((200, 299),),
+            expect_body,
+            max_body,
+            reuse,
+            r.choice("client", ("auto", "aiohttp"), "auto"),
+            r.flag("verify", True),
+            r.text("ca_file"),
+            r.text("cert_file"),
             r.text("key_file"),
         )
         if spec.key_file and not spec.cert_file:
@@ -146,8 +168,12 @@ class HttpChecker:
         if s is None or s.closed:
             kw: dict[str, Any] = {"force_close": True} if key is None else {"keepalive_timeout": IDLE_MAX_S}
             conn = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False, use_dns_cache=False, **kw)
-            s = aiohttp.ClientSession(connector=conn, cookie_jar=aiohttp.DummyCookieJar(),
-                                      headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+            s = aiohttp.ClientSession(
+                connector=conn,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,
+            )
             self._sessions[key] = s
         if key is not None:
             self._session_used[key] = loop.time()
@@ -228,8 +254,9 @@ class HttpChecker:
             await self._purge_sessions(now)
         return res
 
-    async def _aiohttp_request(self, session: aiohttp.ClientSession, target: Target, spec: HttpSpec,
-                               timeout_s: float) -> CheckResult:
+    async def _aiohttp_request(
+        self, session: aiohttp.ClientSession, target: Target, spec: HttpSpec, timeout_s: float
+    ) -> CheckResult:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         headers = dict(spec.headers)
@@ -242,8 +269,13 @@ class HttpChecker:
                 kw["server_hostname"] = spec.host
         try:
             async with session.request(
-                spec.method, _url(spec, target), headers=headers, data=spec.body, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout_s), **kw,
+                spec.method,
+                _url(spec, target),
+                headers=headers,
+                data=spec.body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                **kw,
             ) as resp:
                 status = f"{resp.status} {resp.reason or ''}".strip()
                 if not spec.status_ok(resp.status):
@@ -256,8 +288,9 @@ class HttpChecker:
                             break
                         data += more
                     if not spec.expect_body.search(data):
-                        return CheckResult(False, f"{status}: body does not match {spec.expect_body.pattern!r}",
-                                           loop.time() - t0)
+                        return CheckResult(
+                            False, f"{status}: body does not match {spec.expect_body.pattern!r}", loop.time() - t0
+                        )
                 return CheckResult(True, status, loop.time() - t0)
         except aiohttp.ClientConnectorCertificateError as e:
             return CheckResult(False, f"certificate error: {e.certificate_error}", loop.time() - t0)

@@ -61,7 +61,7 @@ def dechunk(data: bytes) -> tuple[bytes, int | None]:
         out += data[start:pos]
         if n < pos + 2:
             return bytes(out), None
-        if data[pos:pos + 2] != b"\r\n":
+        if data[pos : pos + 2] != b"\r\n":
             return bytes(out), -1
         pos += 2
 

@@ -97,11 +97,39 @@ class Exchange:
     """One plain-http check (see the module docstring). ``start`` returns the cancel function, or None if the
     check already ended."""
 
-    __slots__ = ("body", "buf", "code", "done", "fd", "framing", "key", "known", "loop", "pending", "poller", "pool",
-                 "request", "retried", "reused", "sock", "spec", "status", "t0", "target")
+    __slots__ = (
+        "body",
+        "buf",
+        "code",
+        "done",
+        "fd",
+        "framing",
+        "key",
+        "known",
+        "loop",
+        "pending",
+        "poller",
+        "pool",
+        "request",
+        "retried",
+        "reused",
+        "sock",
+        "spec",
+        "status",
+        "t0",
+        "target",
+    )
 
-    def __init__(self, spec: Any, target: Target, request: bytes, pool: Pool | None,
-                 loop: asyncio.AbstractEventLoop, poller: sockio.Poller, done: Callable[[CheckResult], None]) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        target: Target,
+        request: bytes,
+        pool: Pool | None,
+        loop: asyncio.AbstractEventLoop,
+        poller: sockio.Poller,
+        done: Callable[[CheckResult], None],
+    ) -> None:
         self.spec = spec
         self.target = target
         self.request = request
@@ -260,7 +288,7 @@ class Exchange:
 
     def _head(self, end: int) -> bool:
         """Parse the status line and headers; False if the check ended here."""
-        head, self.body = self.buf[:end], self.buf[end + 4:]
+        head, self.body = self.buf[:end], self.buf[end + 4 :]
         parsed = _heads.get(head)
         if parsed is None:
             parsed = parse_head(head)
@@ -299,12 +327,18 @@ class Exchange:
         else:
             complete, exact = eof, False
         # the connection can be kept if the answer is framed and short enough to read to its end
-        can_keep = (self.pool is not None and f.keep and not eof and (f.chunked or length is not None)
-                    and (length or 0) <= MAX_DRAIN and len(body) <= MAX_DRAIN)
+        can_keep = (
+            self.pool is not None
+            and f.keep
+            and not eof
+            and (f.chunked or length is not None)
+            and (length or 0) <= MAX_DRAIN
+            and len(body) <= MAX_DRAIN
+        )
         pattern = self.spec.expect_body
         if pattern is not None:
             data = decoded if f.chunked else body if length is None else body[:length]
-            if not pattern.search(data[:self.spec.max_body]):
+            if not pattern.search(data[: self.spec.max_body]):
                 if not (complete or eof or len(data) >= self.spec.max_body):
                     self._wait(sockio.IN, self._readable)
                 elif eof and length is not None and len(body) < length:
@@ -326,8 +360,9 @@ class Client:
         self.poller = poller
         self.pool = Pool()
 
-    def begin(self, spec: Any, target: Target, request: bytes, reuse: bool,
-              done: Callable[[CheckResult], None]) -> Callable[[], None] | None:
+    def begin(
+        self, spec: Any, target: Target, request: bytes, reuse: bool, done: Callable[[CheckResult], None]
+    ) -> Callable[[], None] | None:
         return Exchange(spec, target, request, self.pool if reuse else None, self.loop, self.poller, done).start()
 
     def close(self) -> None:

@@ -51,7 +51,7 @@ def parse_reply(family: int, data: bytes, raw: bool) -> tuple[int, int, int] | N
     if raw and family == socket.AF_INET:
         if len(data) < 20:
             return None
-        data = data[(data[0] & 0x0F) * 4:]
+        data = data[(data[0] & 0x0F) * 4 :]
     if len(data) < 8:
         return None
     typ, _code, _sum, ident, seq = struct.unpack("!BBHHH", data[:8])

@@ -55,12 +55,39 @@ class _End(Enum):
 
 
 class _Probe:
-    __slots__ = ("begin", "cancel", "checker", "deadline_slot", "due", "gen", "interval_s", "keys", "last_result",
-                 "pid", "removed", "running", "spec", "start_slot", "started", "target", "task", "timeout_reason",
-                 "timeout_s", "type")
+    __slots__ = (
+        "begin",
+        "cancel",
+        "checker",
+        "deadline_slot",
+        "due",
+        "gen",
+        "interval_s",
+        "keys",
+        "last_result",
+        "pid",
+        "removed",
+        "running",
+        "spec",
+        "start_slot",
+        "started",
+        "target",
+        "task",
+        "timeout_reason",
+        "timeout_s",
+        "type",
+    )
 
-    def __init__(self, pid: tuple[Any, ...], checker: Checker, type_: str, spec: Any, target: Target,
-                 interval_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        pid: tuple[Any, ...],
+        checker: Checker,
+        type_: str,
+        spec: Any,
+        target: Target,
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
         self.pid = pid
         self.checker = checker
         self.begin: Callable[..., Any] | None = getattr(checker, "begin", None)
@@ -84,9 +111,16 @@ class _Probe:
 
 
 class Runner:
-    def __init__(self, registry: Any, concurrency: int = 1000, clock: Callable[[], float] | None = None,
-                 jitter: float = 0.05, late_after_s: float = 0.5, rng: random.Random | None = None,
-                 sweep_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        concurrency: int = 1000,
+        clock: Callable[[], float] | None = None,
+        jitter: float = 0.05,
+        late_after_s: float = 0.5,
+        rng: random.Random | None = None,
+        sweep_s: float = 0.01,
+    ) -> None:
         """``sweep_s`` is the resolution of the timer wheel: checks start and time out up to that much late."""
         self.registry = registry
         self.concurrency = concurrency
@@ -310,6 +344,7 @@ class Runner:
         probe.deadline_slot = self._push(now + probe.timeout_s, probe)
         begin = probe.begin
         if begin is not None:
+
             def done(res: CheckResult) -> None:
                 self._finish(probe, gen, res)
 
@@ -323,9 +358,16 @@ class Runner:
             return
         if probe.task is not None:  # the previous check ignored its cancellation and still runs
             probe.task.cancel()
-            self._finish(probe, gen, CheckResult(
-                False, f"{probe.timeout_reason}: the previous check still runs (the checker ignores cancellation)",
-                0.0), _End.TIMEOUT)
+            self._finish(
+                probe,
+                gen,
+                CheckResult(
+                    False,
+                    f"{probe.timeout_reason}: the previous check still runs (the checker ignores cancellation)",
+                    0.0,
+                ),
+                _End.TIMEOUT,
+            )
             return
         try:
             coro = probe.checker.check(probe.target, probe.spec, probe.timeout_s)
@@ -433,9 +475,18 @@ class Runner:
     def status(self, key: Hashable) -> CheckStatus:
         h = self._hyst[key]
         probe = self._probes.get(self._key_probe.get(key, ()))
-        return CheckStatus(h.state, probe.last_result if probe else None, h.last_success_s, h.last_failure_s,
-                           h.last_change_s, h.successes, h.failures, h.total_successes, h.total_failures,
-                           h.transitions)
+        return CheckStatus(
+            h.state,
+            probe.last_result if probe else None,
+            h.last_success_s,
+            h.last_failure_s,
+            h.last_change_s,
+            h.successes,
+            h.failures,
+            h.total_successes,
+            h.total_failures,
+            h.transitions,
+        )
 
     def statuses(self) -> dict[Hashable, CheckStatus]:
         return {key: self.status(key) for key in self._specs}

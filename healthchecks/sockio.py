@@ -213,8 +213,11 @@ async def sendall(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
-_ERRORS: dict[int, type[OSError]] = {errno.ECONNREFUSED: ConnectionRefusedError, errno.ECONNRESET: ConnectionResetError,
-                                     errno.EPIPE: BrokenPipeError}
+_ERRORS: dict[int, type[OSError]] = {
+    errno.ECONNREFUSED: ConnectionRefusedError,
+    errno.ECONNRESET: ConnectionResetError,
+    errno.EPIPE: BrokenPipeError,
+}
 
 
 def oserror(err: int) -> OSError:
@@ -236,4 +239,3 @@ def family_of(address: str) -> socket.AddressFamily:
 
 def sockaddr(address: str, port: int) -> tuple[Any, ...]:
     return (address, port, 0, 0) if ":" in address else (address, port)
-

@@ -53,8 +53,9 @@ class SpecReader:
             return default
         return str(v)
 
-    def integer(self, key: str, default: int | None = None, lo: int | None = None, hi: int | None = None,
-            required: bool = False) -> Any:
+    def integer(
+        self, key: str, default: int | None = None, lo: int | None = None, hi: int | None = None, required: bool = False
+    ) -> Any:
         v = self._get(key, required)
         if v is _MISSING:
             return default
@@ -114,9 +115,7 @@ class SpecReader:
             return default
         if isinstance(v, str | int) and not isinstance(v, bool):
             return (str(v),)
-        if isinstance(v, list | tuple) and all(
-            isinstance(x, str | int | float) and not isinstance(x, bool) for x in v
-        ):
+        if isinstance(v, list | tuple) and all(isinstance(x, str | int | float) and not isinstance(x, bool) for x in v):
             return tuple(str(x) for x in v)
         self.error(f"expected a string or a list of strings, got {v!r}", key)
         return default

@@ -16,7 +16,6 @@ SNAP = 128  # bytes kept of a segment: the largest IPv4 header (60) and the TCP 
 _HDR = struct.Struct("!HHIIHHHH4s")
 
 
-
 def build_syn(sport: int, dport: int, seq: int, checksum: int = 0) -> bytes:
     """A SYN segment with an MSS option (24 bytes)."""
     return _HDR.pack(sport, dport, seq, 0, (SYN_LEN // 4) << 12 | SYN, WINDOW, checksum, 0, MSS_OPTION)
@@ -63,8 +62,12 @@ def parse_ipv4(data: bytes) -> tuple[bytes, int, int, int] | None:
     ihl = (data[0] & 0x0F) * 4
     if ihl < 20 or len(data) < ihl + 14:
         return None
-    return (data[12:16] + data[ihl:ihl + 2], data[ihl + 2] << 8 | data[ihl + 3], data[ihl + 13],
-            int.from_bytes(data[ihl + 8:ihl + 12], "big"))
+    return (
+        data[12:16] + data[ihl : ihl + 2],
+        data[ihl + 2] << 8 | data[ihl + 3],
+        data[ihl + 13],
+        int.from_bytes(data[ihl + 8 : ihl + 12], "big"),
+    )
 
 
 def parse_tcp(data: bytes) -> tuple[int, int, int, int] | None:

@@ -215,10 +215,16 @@ class Prober:
         self._finalizer()  # closes the sockets now rather than when the loop is collected
 
     def stats(self) -> dict[str, int]:
-        return {"sent": self.sent, "resent": self.resent, "send_errors": self.send_errors,
-                "answered": self.answered, "icmp_errors": self.icmp_errors, "unmatched": self.unmatched,
-                "malformed": self.malformed,
-                "in_flight": len(self.inflight)}
+        return {
+            "sent": self.sent,
+            "resent": self.resent,
+            "send_errors": self.send_errors,
+            "answered": self.answered,
+            "icmp_errors": self.icmp_errors,
+            "unmatched": self.unmatched,
+            "malformed": self.malformed,
+            "in_flight": len(self.inflight),
+        }
 
     def _dest(self, address: str, port: int) -> _Dest:
         """Learn how to probe a target (raises OSError, e.g. no route or a bad address)."""
@@ -234,8 +240,7 @@ class Prober:
                 src = socket.inet_aton(u.getsockname()[0])
             base = syn_base(src, packed, self.port, port)
         sockaddr = (sockaddr[0], 0, *sockaddr[2:])
-        d = self.dests[(address, port)] = _Dest((address, port), packed + port.to_bytes(2, "big"), sockaddr, port,
-                                                base)
+        d = self.dests[(address, port)] = _Dest((address, port), packed + port.to_bytes(2, "big"), sockaddr, port, base)
         return d
 
     def begin(self, address: str, port: int, done: Done) -> Callable[[], None] | None:
@@ -433,8 +438,10 @@ def close(loop: asyncio.AbstractEventLoop) -> None:
 
 def loop_stats(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, int]]:
     """The counters of the loop's probers by family ("ipv4", "ipv6"); empty when no half-open probe ran."""
-    return {("ipv6" if family == socket.AF_INET6 else "ipv4"): p.stats()
-            for family, p in sorted(_probers.get(loop, {}).items())}
+    return {
+        ("ipv6" if family == socket.AF_INET6 else "ipv4"): p.stats()
+        for family, p in sorted(_probers.get(loop, {}).items())
+    }
 
 
 def begin(address: str, port: int, timeout_s: float, done: Done) -> Callable[[], None] | None:

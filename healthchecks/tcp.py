@@ -37,8 +37,9 @@ class TcpSpec:
     half_open: bool = False
 
 
-async def read_until(sock: socket.socket, pattern: re.Pattern[bytes] | None,
-                     prefix: bytes | None, limit: int) -> tuple[bool, bytes]:
+async def read_until(
+    sock: socket.socket, pattern: re.Pattern[bytes] | None, prefix: bytes | None, limit: int
+) -> tuple[bool, bytes]:
     """Read until the pattern matches / prefix is complete, EOF, or ``limit`` bytes. Returns (matched, data)."""
     buf = b""
     while len(buf) < limit:
@@ -148,8 +149,10 @@ class TcpChecker:
         if half_open:
             conflicts = [k for k in ("send", "send_hex", "expect", "expect_hex", "max_reply") if r.has(k)]
             if conflicts:
-                r.error(f"a half-open probe sends and reads no data: remove {', '.join(conflicts)} "
-                        "or half_open", "half_open")
+                r.error(
+                    f"a half-open probe sends and reads no data: remove {', '.join(conflicts)} or half_open",
+                    "half_open",
+                )
         send = r.payload("send", "send_hex")
         expect = r.regex("expect", binary=True)
         prefix = r.hex("expect_hex")

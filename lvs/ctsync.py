@@ -87,8 +87,12 @@ class Paths:
     @staticmethod
     def in_dir(directory: str) -> Paths:
         j = os.path.join
-        return Paths(j(directory, "conntrackd.conf"), j(directory, "conntrackd.ctl"), j(directory, "conntrackd.lock"),
-                     j(directory, "conntrackd.log"))
+        return Paths(
+            j(directory, "conntrackd.conf"),
+            j(directory, "conntrackd.ctl"),
+            j(directory, "conntrackd.lock"),
+            j(directory, "conntrackd.log"),
+        )
 
 
 def render_config(s: CtSyncSettings, source: str, paths: Paths) -> str:
@@ -166,7 +170,7 @@ def parse_stats(text: str) -> dict[str, int]:
         parts = line.replace(",", " ").split()
         for i, p in enumerate(parts):
             if p.isdigit() and i + 1 < len(parts):
-                out[" ".join(parts[i + 1:]).lower()] = int(p)
+                out[" ".join(parts[i + 1 :]).lower()] = int(p)
                 break
     return out
 
@@ -174,8 +178,9 @@ def parse_stats(text: str) -> dict[str, int]:
 async def interface_address(interface: str, family: int, command_prefix: Sequence[str] = ()) -> str | None:
     """The interface's first primary (not secondary: VIPs are added as secondaries) address of ``family``."""
     try:
-        done = await subproc.run([*command_prefix, "ip", "-j", f"-{family}", "addr", "show", "dev", interface],
-                                 None, 10.0)
+        done = await subproc.run(
+            [*command_prefix, "ip", "-j", f"-{family}", "addr", "show", "dev", interface], None, 10.0
+        )
         doc = json.loads(done[1] or "[]") if done is not None else []
     except (OSError, ValueError):
         return None
@@ -194,8 +199,14 @@ class Conntrackd:
     backoff (1 s doubling to 30 s) if it dies or does not start, stopped (SIGTERM, then SIGKILL) with the daemon,
     and killed by the kernel if the daemon dies (``PR_SET_PDEATHSIG``)."""
 
-    def __init__(self, settings: CtSyncSettings, directory: str, command_prefix: Sequence[str] = (),
-                 set_be_liberal: bool = True, restart_backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: CtSyncSettings,
+        directory: str,
+        command_prefix: Sequence[str] = (),
+        set_be_liberal: bool = True,
+        restart_backoff_s: float = 1.0,
+    ) -> None:
         self.settings = settings
         self.set_be_liberal = set_be_liberal
         self.restart_backoff_s = restart_backoff_s
@@ -218,11 +229,13 @@ class Conntrackd:
 
     async def _write_config(self) -> None:
         s = self.settings
-        source = s.source or await interface_address(s.interface, ipaddress.ip_address(s.peer).version,
-                                                     self.command_prefix)
+        source = s.source or await interface_address(
+            s.interface, ipaddress.ip_address(s.peer).version, self.command_prefix
+        )
         if source is None:
-            raise CtSyncError(f"interface {s.interface} has no address of the peer {s.peer}'s family; "
-                              f"set lvs.conntrack_sync.source")
+            raise CtSyncError(
+                f"interface {s.interface} has no address of the peer {s.peer}'s family; set lvs.conntrack_sync.source"
+            )
         try:
             os.makedirs(os.path.dirname(self.paths.config), exist_ok=True)
             tmp = self.paths.config + ".tmp"
@@ -257,8 +270,15 @@ class Conntrackd:
         try:
             with open(self.paths.log + ".out", "ab") as log_f:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *self.command_prefix, self.settings.conntrackd, "-C", self.paths.config,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=log_f, stderr=log_f, preexec_fn=_die_with_parent)
+                    *self.command_prefix,
+                    self.settings.conntrackd,
+                    "-C",
+                    self.paths.config,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_f,
+                    stderr=log_f,
+                    preexec_fn=_die_with_parent,
+                )
         except OSError as e:
             raise CtSyncError(f"cannot run {self.settings.conntrackd}: {e}") from e
         deadline = time.monotonic() + timeout_s
@@ -268,8 +288,12 @@ class Conntrackd:
             rc, _out, _err = await self.command("-s", "queue", timeout_s=2.0)
             if rc == 0:
                 self.started_at = time.time()
-                log.info("conntrackd pid=%d syncing with peer=%s over %s", self.proc.pid, self.settings.peer,
-                         self.settings.interface)
+                log.info(
+                    "conntrackd pid=%d syncing with peer=%s over %s",
+                    self.proc.pid,
+                    self.settings.peer,
+                    self.settings.interface,
+                )
                 return
             await asyncio.sleep(0.05)
         tail = _tail(self.paths.log)
@@ -304,8 +328,7 @@ class Conntrackd:
                 if self._stopping:
                     return
                 self.last_error = f"conntrackd exited with status {rc}: {_tail(self.paths.log)}"
-            log.error("%s; restarting in %.1f s (connection state is not synced meanwhile)", self.last_error,
-                      backoff)
+            log.error("%s; restarting in %.1f s (connection state is not synced meanwhile)", self.last_error, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             try:
@@ -318,8 +341,9 @@ class Conntrackd:
     async def command(self, *args: str, timeout_s: float = 5.0) -> tuple[int, str, str]:
         """``conntrackd -C CONFIG ARGS`` (a client command to the running daemon)."""
         try:
-            done = await subproc.run([*self.command_prefix, self.settings.conntrackd, "-C", self.paths.config, *args],
-                                     None, timeout_s)
+            done = await subproc.run(
+                [*self.command_prefix, self.settings.conntrackd, "-C", self.paths.config, *args], None, timeout_s
+            )
         except OSError as e:
             return 127, "", str(e)
         if done is None:
@@ -332,9 +356,15 @@ class Conntrackd:
         return parse_stats(out) if rc == 0 else {}
 
     def status(self) -> dict[str, object]:
-        return {"running": self.running, "pid": self.proc.pid if self.running and self.proc else None,
-                "peer": self.settings.peer, "interface": self.settings.interface, "restarts": self.restarts,
-                "started_at": self.started_at, "last_error": self.last_error}
+        return {
+            "running": self.running,
+            "pid": self.proc.pid if self.running and self.proc else None,
+            "peer": self.settings.peer,
+            "interface": self.settings.interface,
+            "restarts": self.restarts,
+            "started_at": self.started_at,
+            "last_error": self.last_error,
+        }
 
     async def _kill(self) -> None:
         p = self.proc

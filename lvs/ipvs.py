@@ -62,8 +62,12 @@ log = logging.getLogger(__name__)
 _PROTO_NUM = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP, Protocol.SCTP: 132}
 _PROTO_BY_NUM = {v: k for k, v in _PROTO_NUM.items()}
 _FWD_NUM = {Forwarding.NAT: g.FWD_MASQ, Forwarding.DR: g.FWD_DROUTE, Forwarding.TUN: g.FWD_TUNNEL}
-_FWD_BY_NUM = {g.FWD_MASQ: Forwarding.NAT, g.FWD_DROUTE: Forwarding.DR, g.FWD_TUNNEL: Forwarding.TUN,
-               g.FWD_LOCALNODE: Forwarding.DR}
+_FWD_BY_NUM = {
+    g.FWD_MASQ: Forwarding.NAT,
+    g.FWD_DROUTE: Forwarding.DR,
+    g.FWD_TUNNEL: Forwarding.TUN,
+    g.FWD_LOCALNODE: Forwarding.DR,
+}
 _TUN_NUM = {TunnelType.IPIP: g.TUN_IPIP, TunnelType.GUE: g.TUN_GUE, TunnelType.GRE: g.TUN_GRE}
 _TUN_BY_NUM = {v: k for k, v in _TUN_NUM.items()}
 _TUN_FLAG_NUM = {"csum": g.TUN_F_CSUM, "remcsum": g.TUN_F_REMCSUM}
@@ -164,8 +168,9 @@ def parse_service(a: dict[str, Any]) -> Service:
         proto_num = int(a.get("IPVS_SVC_ATTR_PROTOCOL", 0))
         if proto_num not in _PROTO_BY_NUM:
             raise ValueError(f"unknown IP protocol {proto_num}")
-        key = ServiceKey(family, _PROTO_BY_NUM[proto_num], g.unpack_addr(a["IPVS_SVC_ATTR_ADDR"], af),
-                         int(a["IPVS_SVC_ATTR_PORT"]))
+        key = ServiceKey(
+            family, _PROTO_BY_NUM[proto_num], g.unpack_addr(a["IPVS_SVC_ATTR_ADDR"], af), int(a["IPVS_SVC_ATTR_PORT"])
+        )
     scheduler = Scheduler(a.get("IPVS_SVC_ATTR_SCHED_NAME", "wlc"))
     raw_flags = int((a.get("IPVS_SVC_ATTR_FLAGS") or {}).get("flags", 0)) & ~g.SVC_F_HASHED
     flags: set[SchedFlag] = set()
@@ -181,11 +186,13 @@ def parse_service(a: dict[str, Any]) -> Service:
         raw_mask = int(a.get("IPVS_SVC_ATTR_NETMASK", 0))
         if family == 4:
             mask = g.netmask_v4_text(raw_mask)
-            persistence = Persistence(int(a.get("IPVS_SVC_ATTR_TIMEOUT", 0)),
-                                      netmask=None if mask == _FULL_V4_MASK else mask)
+            persistence = Persistence(
+                int(a.get("IPVS_SVC_ATTR_TIMEOUT", 0)), netmask=None if mask == _FULL_V4_MASK else mask
+            )
         else:
-            persistence = Persistence(int(a.get("IPVS_SVC_ATTR_TIMEOUT", 0)),
-                                      prefix_len=None if raw_mask in (0, 128) else raw_mask)
+            persistence = Persistence(
+                int(a.get("IPVS_SVC_ATTR_TIMEOUT", 0)), prefix_len=None if raw_mask in (0, 128) else raw_mask
+            )
     return Service(key, scheduler, frozenset(flags), persistence)
 
 
@@ -332,8 +339,9 @@ class IpvsDataplane:
                 continue
             af = int(raw.get("IPVS_SVC_ATTR_AF", socket.AF_INET))
             dests = {}
-            for d_reply in self._sock.dump(g.CMD_GET_DEST, [("IPVS_CMD_ATTR_SERVICE",
-                                                             {"attrs": service_key_attrs(svc.key)})]):
+            for d_reply in self._sock.dump(
+                g.CMD_GET_DEST, [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_key_attrs(svc.key)})]
+            ):
                 d_raw = g.nested(d_reply.get("IPVS_CMD_ATTR_DEST"))
                 dest, counters = parse_dest(d_raw, af)
                 dests[dest.key] = dest
@@ -402,7 +410,7 @@ class IpvsDataplane:
         if failed_at is None:
             return True
         code = codes[failed_at]
-        later = sum(1 for c in codes[failed_at + 1:] if not c)
+        later = sum(1 for c in codes[failed_at + 1 :] if not c)
         extra = f"; {later} later op(s) of the same batch were applied anyway" if later else ""
         self._fail(report, batch[failed_at], g.error_text(g.NetlinkError(code))[1], code, extra)
         return False
@@ -445,6 +453,12 @@ def _netlink_request(op: Op) -> tuple[int, list[tuple[str, Any]], int] | None:
             return g.CMD_NEW_DEST, [svc, dest], g.CREATE_FLAGS
         return g.CMD_SET_DEST, [svc, dest], g.WRITE_FLAGS
     if isinstance(op, DelDest):
-        return g.CMD_DEL_DEST, [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_key_attrs(op.service)}),
-                                ("IPVS_CMD_ATTR_DEST", {"attrs": dest_key_attrs(op.dest)})], g.WRITE_FLAGS
+        return (
+            g.CMD_DEL_DEST,
+            [
+                ("IPVS_CMD_ATTR_SERVICE", {"attrs": service_key_attrs(op.service)}),
+                ("IPVS_CMD_ATTR_DEST", {"attrs": dest_key_attrs(op.dest)}),
+            ],
+            g.WRITE_FLAGS,
+        )
     return None

@@ -84,7 +84,7 @@ SYSCTL_DIR = "/proc/sys/net/ipv4/vs"
 
 def sysctl_path(name: str) -> str:
     """The /proc path of an IPVS sysctl ("net.ipv4.vs.sloppy_tcp" or just "sloppy_tcp"); rejects anything else."""
-    short = name[len(SYSCTL_PREFIX):] if name.startswith(SYSCTL_PREFIX) else name
+    short = name[len(SYSCTL_PREFIX) :] if name.startswith(SYSCTL_PREFIX) else name
     if not short or "/" in short or "." in short or short.startswith("_"):
         raise ValueError(f"not an IPVS sysctl: {name!r}")
     return os.path.join(SYSCTL_DIR, short)

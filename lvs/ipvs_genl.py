@@ -303,7 +303,7 @@ class IpvsSocket:
                 length, mtype, _mflags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
                 if length < _NLMSGHDR.size:
                     raise OSError(errno.EBADMSG, "malformed netlink message length")
-                chunk = data[offset:offset + length]
+                chunk = data[offset : offset + length]
                 offset += (length + 3) & ~3
                 if mseq != seq:
                     continue  # a stale reply to an earlier, abandoned request

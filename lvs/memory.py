@@ -46,7 +46,10 @@ from lvs.model import (
 )
 
 MEMORY_CAPABILITIES = Capabilities(
-    schedulers=frozenset(Scheduler), forwarding=frozenset(Forwarding), sync_daemon=True, timeouts=True,
+    schedulers=frozenset(Scheduler),
+    forwarding=frozenset(Forwarding),
+    sync_daemon=True,
+    timeouts=True,
     notes=("in-memory: nothing reaches the kernel",),
 )
 
@@ -150,8 +153,14 @@ class MemoryDataplane:
 
     # -- test controls ----------------------------------------------------------------------------------------------
 
-    def fail(self, *, nth: int | None = None, match: Callable[[Op], bool] | None = None, times: int | None = 1,
-             message: str = "injected failure") -> FailureRule:
+    def fail(
+        self,
+        *,
+        nth: int | None = None,
+        match: Callable[[Op], bool] | None = None,
+        times: int | None = 1,
+        message: str = "injected failure",
+    ) -> FailureRule:
         """Make ops fail: the ``nth`` from now, or those matching ``match``; ``times=None`` for permanent."""
         rule = FailureRule(match=match, nth=nth, times=times, message=message)
         self.rules.append(rule)
@@ -213,8 +222,11 @@ class MemoryDataplane:
 
 
 def service_to_json(s: Service) -> dict[str, Any]:
-    out: dict[str, Any] = {"key": key_to_json(s.key), "scheduler": s.scheduler.value,
-                           "flags": sorted(f.value for f in s.flags)}
+    out: dict[str, Any] = {
+        "key": key_to_json(s.key),
+        "scheduler": s.scheduler.value,
+        "flags": sorted(f.value for f in s.flags),
+    }
     if s.persistence is not None:
         p = s.persistence
         out["persistence"] = {"timeout_s": p.timeout_s, "netmask": p.netmask, "prefix_len": p.prefix_len}
@@ -224,19 +236,36 @@ def service_to_json(s: Service) -> dict[str, Any]:
 def service_from_json(o: dict[str, Any]) -> Service:
     p = o.get("persistence")
     pers = Persistence(p["timeout_s"], p.get("netmask"), p.get("prefix_len")) if p else None
-    return Service(key_from_json(o["key"]), Scheduler(o["scheduler"]), frozenset(SchedFlag(f) for f in o["flags"]),
-                   pers)
+    return Service(
+        key_from_json(o["key"]), Scheduler(o["scheduler"]), frozenset(SchedFlag(f) for f in o["flags"]), pers
+    )
 
 
 def dest_to_json(d: Destination) -> dict[str, Any]:
-    return {"address": d.key.address, "port": d.key.port, "weight": d.weight, "forwarding": d.forwarding.value,
-            "u_threshold": d.u_threshold, "l_threshold": d.l_threshold, "tun_type": d.tun_type.value,
-            "tun_port": d.tun_port, "tun_flags": sorted(d.tun_flags)}
+    return {
+        "address": d.key.address,
+        "port": d.key.port,
+        "weight": d.weight,
+        "forwarding": d.forwarding.value,
+        "u_threshold": d.u_threshold,
+        "l_threshold": d.l_threshold,
+        "tun_type": d.tun_type.value,
+        "tun_port": d.tun_port,
+        "tun_flags": sorted(d.tun_flags),
+    }
 
 
 def dest_from_json(o: dict[str, Any]) -> Destination:
-    return Destination(DestKey(o["address"], o["port"]), o["weight"], Forwarding(o["forwarding"]), o["u_threshold"],
-                       o["l_threshold"], TunnelType(o["tun_type"]), o["tun_port"], frozenset(o["tun_flags"]))
+    return Destination(
+        DestKey(o["address"], o["port"]),
+        o["weight"],
+        Forwarding(o["forwarding"]),
+        o["u_threshold"],
+        o["l_threshold"],
+        TunnelType(o["tun_type"]),
+        o["tun_port"],
+        frozenset(o["tun_flags"]),
+    )
 
 
 def _conns_json(state: State, key: ServiceKey, d: Destination) -> dict[str, Any]:
@@ -249,14 +278,21 @@ def _conns_json(state: State, key: ServiceKey, d: Destination) -> dict[str, Any]
 def state_to_json(state: State) -> dict[str, Any]:
     t = state.timeouts
     return {
-        "services": [{"service": service_to_json(s.service),
-                      "destinations": [dest_to_json(d) | _conns_json(state, s.service.key, d)
-                                       for _, d in sorted(s.destinations.items())]}
-                     for s in sorted(state.services.values(), key=lambda s: s.service.key.sort_key())],
+        "services": [
+            {
+                "service": service_to_json(s.service),
+                "destinations": [
+                    dest_to_json(d) | _conns_json(state, s.service.key, d) for _, d in sorted(s.destinations.items())
+                ],
+            }
+            for s in sorted(state.services.values(), key=lambda s: s.service.key.sort_key())
+        ],
         "sysctls": dict(sorted(state.sysctls.items())),
         "timeouts": None if t is None else {"tcp_s": t.tcp_s, "tcp_fin_s": t.tcp_fin_s, "udp_s": t.udp_s},
-        "sync_daemons": [{"state": d.state, "interface": d.interface, "sync_id": d.sync_id}
-                         for d in sorted(state.sync_daemons, key=repr)],
+        "sync_daemons": [
+            {"state": d.state, "interface": d.interface, "sync_id": d.sync_id}
+            for d in sorted(state.sync_daemons, key=repr)
+        ],
     }
 
 
@@ -267,7 +303,8 @@ def state_from_json(o: dict[str, Any]) -> State:
         state.add(service, *(dest_from_json(d) for d in s["destinations"]))
         for d in s["destinations"]:  # every destination has counters, as in a kernel (zero unless recorded)
             state.stats[(service.key, DestKey(d["address"], d["port"]))] = DestStats(
-                active_conns=int(d.get("active_conns", 0)), inactive_conns=int(d.get("inactive_conns", 0)))
+                active_conns=int(d.get("active_conns", 0)), inactive_conns=int(d.get("inactive_conns", 0))
+            )
     state.sysctls = {k: int(v) for k, v in o.get("sysctls", {}).items()}
     t = o.get("timeouts")
     state.timeouts = Timeouts(**t) if t else None
@@ -295,4 +332,3 @@ def op_to_json(op: Op) -> dict[str, Any]:
     else:
         out.update(state=op.daemon.state, interface=op.daemon.interface, sync_id=op.daemon.sync_id)
     return out
-

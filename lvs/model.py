@@ -233,8 +233,15 @@ class State:
 
     def copy(self) -> State:
         """A copy that shares the (immutable) services but none of the containers."""
-        return State(dict(self.services), dict(self.stats), dict(self.sysctls), self.timeouts,
-                     frozenset(self.sync_daemons), dict(self.draining), dict(self.drain_timeouts))
+        return State(
+            dict(self.services),
+            dict(self.stats),
+            dict(self.sysctls),
+            self.timeouts,
+            frozenset(self.sync_daemons),
+            dict(self.draining),
+            dict(self.drain_timeouts),
+        )
 
 
 def key_to_json(key: ServiceKey) -> dict[str, object]:
@@ -317,6 +324,14 @@ class StopSyncDaemon:
 
 
 Op = (
-    AddService | EditService | DelService | AddDest | EditDest | DelDest | SetSysctl | SetTimeouts
-    | StartSyncDaemon | StopSyncDaemon
+    AddService
+    | EditService
+    | DelService
+    | AddDest
+    | EditDest
+    | DelDest
+    | SetSysctl
+    | SetTimeouts
+    | StartSyncDaemon
+    | StopSyncDaemon
 )

@@ -163,8 +163,15 @@ class NftDataplane:
 
     name = "nftables"
 
-    def __init__(self, table: str = TABLE, masquerade: bool = False, nft: str = "nft",
-                 command_prefix: Sequence[str] = (), timeout_s: float = 30.0, require_state: bool = False) -> None:
+    def __init__(
+        self,
+        table: str = TABLE,
+        masquerade: bool = False,
+        nft: str = "nft",
+        command_prefix: Sequence[str] = (),
+        timeout_s: float = 30.0,
+        require_state: bool = False,
+    ) -> None:
         if not table.replace("_", "").isalnum():
             raise ValueError(f"bad table name {table!r}")
         self.table = table
@@ -281,8 +288,7 @@ class NftDataplane:
             try:
                 if attempt:
                     await self._refresh()
-                text = render_transaction(services, self._existing, self.table, self.masquerade,
-                                          self.require_state)
+                text = render_transaction(services, self._existing, self.table, self.masquerade, self.require_state)
                 report.writes += 1
                 rc, _out, err = await self._run(["-f", "-"], stdin=text)
             except DataplaneError as e:

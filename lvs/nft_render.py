@@ -130,9 +130,11 @@ def _mask(p: Persistence, family: int) -> str | None:
 
 def check_service(svc: Service) -> None:
     if svc.scheduler not in SUPPORTED_SCHEDULERS:
-        raise Unsupported(f"svc={svc.key}: scheduler {svc.scheduler.value} is not supported by the nftables data "
-                          f"plane (it needs connection counts); use one of "
-                          f"{', '.join(sorted(s.value for s in SUPPORTED_SCHEDULERS))}")
+        raise Unsupported(
+            f"svc={svc.key}: scheduler {svc.scheduler.value} is not supported by the nftables data "
+            f"plane (it needs connection counts); use one of "
+            f"{', '.join(sorted(s.value for s in SUPPORTED_SCHEDULERS))}"
+        )
     if SchedFlag.ONE_PACKET in svc.flags:
         raise Unsupported(f"svc={svc.key}: one-packet scheduling (ops) is not supported by the nftables data plane")
     p = svc.persistence
@@ -147,9 +149,11 @@ def check_service(svc: Service) -> None:
 
 def check_dest(key: ServiceKey, d: Destination) -> None:
     if d.forwarding is not Forwarding.NAT:
-        raise Unsupported(f"svc={key} rs={d.key}: forwarding {d.forwarding.value} is not supported by the nftables "
-                          "data plane (only nat: DR would need stateless MAC rewriting at netdev ingress, which "
-                          "cannot keep established flows on a drained realserver; TUN needs encapsulation)")
+        raise Unsupported(
+            f"svc={key} rs={d.key}: forwarding {d.forwarding.value} is not supported by the nftables "
+            "data plane (only nat: DR would need stateless MAC rewriting at netdev ingress, which "
+            "cannot keep established flows on a drained realserver; TUN needs encapsulation)"
+        )
     if d.u_threshold or d.l_threshold:
         raise Unsupported(f"svc={key} rs={d.key}: connection thresholds are not supported by the nftables data plane")
     if d.key.family != key.family:
@@ -191,8 +195,11 @@ def apply_op(services: dict[ServiceKey, ServiceState], op: Op) -> None:
             raise DataplaneError(f"svc={op.service} rs={op.dest}: no such destination", op)
         services[op.service] = ServiceState(cur.service, {k: v for k, v in cur.destinations.items() if k != op.dest})
     else:
-        raise Unsupported(f"{type(op).__name__} is not supported by the nftables data plane (no IPVS sysctls, "
-                          "connection timeouts or sync daemon; use conntrackd to share connection state)", op)
+        raise Unsupported(
+            f"{type(op).__name__} is not supported by the nftables data plane (no IPVS sysctls, "
+            "connection timeouts or sync daemon; use conntrackd to share connection state)",
+            op,
+        )
 
 
 # -- rendering ----------------------------------------------------------------------------------------------------
@@ -257,8 +264,10 @@ def _service_lines(ss: ServiceState) -> tuple[list[str], list[str], list[str]]:
         rules = [f'counter name "{counter}"']
         if p is not None:
             pset = f"pers_{h}_{g}_{persistence_token(p, key.family)}"
-            sets.append(f"\tset {pset} {{\n\t\ttype {'ipv4_addr' if key.family == 4 else 'ipv6_addr'}\n"
-                        f"\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout {p.timeout_s}s\n\t}}")
+            sets.append(
+                f"\tset {pset} {{\n\t\ttype {'ipv4_addr' if key.family == 4 else 'ipv6_addr'}\n"
+                f"\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout {p.timeout_s}s\n\t}}"
+            )
             rules.append(f"update @{pset} {{ {client} }}")
             if d.weight > 0:
                 body.append(f"{client} @{pset} goto {chain}")
@@ -350,14 +359,22 @@ def _state_chains(services: Mapping[ServiceKey, ServiceState]) -> list[str]:
         if hosts[fam]:
             addrs = ", ".join(sorted(hosts[fam], key=ipaddress.ip_address))
             rules.append(f"{nfp} meta l4proto tcp {ipk} saddr {{ {addrs} }} jump unknown")
-    unknown = ["ct state invalid counter drop",
-               "ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn counter drop"]
-    return [_chain("stateful", rules, f"type filter hook prerouting priority {STATE_PRIORITY}; policy accept;"),
-            _chain("unknown", unknown)]
+    unknown = [
+        "ct state invalid counter drop",
+        "ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn counter drop",
+    ]
+    return [
+        _chain("stateful", rules, f"type filter hook prerouting priority {STATE_PRIORITY}; policy accept;"),
+        _chain("unknown", unknown),
+    ]
 
 
-def render_table(services: Mapping[ServiceKey, ServiceState], table: str = TABLE, masquerade: bool = False,
-                 require_state: bool = False) -> str:
+def render_table(
+    services: Mapping[ServiceKey, ServiceState],
+    table: str = TABLE,
+    masquerade: bool = False,
+    require_state: bool = False,
+) -> str:
     """The whole table definition (``table inet NAME { ... }``) for ``services``; ``require_state`` adds the
     chains that drop packets of our services without a (valid) conntrack entry (see :func:`_state_chains`)."""
     chains: list[str] = []
@@ -384,7 +401,8 @@ def render_table(services: Mapping[ServiceKey, ServiceState], table: str = TABLE
         else:
             assert key.protocol is not None
             disp.setdefault(("vip", key.family), []).append(
-                f"{key.protocol.value} . {key.address} . {key.port} : goto svc_{h}")
+                f"{key.protocol.value} . {key.address} . {key.port} : goto svc_{h}"
+            )
     dispatch = []
     for kind, fam in (("mark", 4), ("mark", 6), ("vip", 4), ("vip", 6)):
         elems = disp.get((kind, fam))
@@ -427,8 +445,13 @@ def object_names(services: Mapping[ServiceKey, ServiceState], require_state: boo
     return out
 
 
-def render_transaction(services: Mapping[ServiceKey, ServiceState], existing: Existing | None = None,
-                       table: str = TABLE, masquerade: bool = False, require_state: bool = False) -> str:
+def render_transaction(
+    services: Mapping[ServiceKey, ServiceState],
+    existing: Existing | None = None,
+    table: str = TABLE,
+    masquerade: bool = False,
+    require_state: bool = False,
+) -> str:
     """One ``nft -f`` transaction replacing our table's contents with ``services``.
 
     Rules are flushed and rewritten; chains, sets and counters that are no longer wanted are deleted. Counters and

@@ -85,7 +85,7 @@ def decode_attrs(data: bytes | memoryview, schema: _Schema) -> dict[str, Any]:
         entry = schema.by_type.get(atype & NLA_TYPE_MASK)
         if entry is not None:
             name, kind, sub = entry
-            payload = data[offset + 4:offset + length]
+            payload = data[offset + 4 : offset + length]
             try:
                 if kind == "nested":
                     assert sub is not None

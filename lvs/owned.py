@@ -73,9 +73,9 @@ class OwnedStore:
         if new == self._last:
             return False
         directory = os.path.dirname(self.path) or "."
-        body = json.dumps({"version": VERSION,
-                           "services": [key_to_json(k) for k in sorted(new, key=ServiceKey.sort_key)]},
-                          indent=1)
+        body = json.dumps(
+            {"version": VERSION, "services": [key_to_json(k) for k in sorted(new, key=ServiceKey.sort_key)]}, indent=1
+        )
         tmp = f"{self.path}.tmp.{os.getpid()}"
         try:
             os.makedirs(directory, exist_ok=True)

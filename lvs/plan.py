@@ -88,8 +88,9 @@ def canonical_dest(d: Destination) -> Destination:
 
 def _timeouts_differ(want: Timeouts, have: Timeouts | None) -> bool:
     have = have or Timeouts()
-    return any(w and w != h for w, h in ((want.tcp_s, have.tcp_s), (want.tcp_fin_s, have.tcp_fin_s),
-                                         (want.udp_s, have.udp_s)))
+    return any(
+        w and w != h for w, h in ((want.tcp_s, have.tcp_s), (want.tcp_fin_s, have.tcp_fin_s), (want.udp_s, have.udp_s))
+    )
 
 
 def plan(
@@ -137,23 +138,27 @@ def plan(
             edit_svc.append(EditService(want.service))
         _diff_dests(key, want, have, drain_set, add_dest, edit_dest, del_dest)
 
-    removed = [k for k in sorted(owned_set, key=ServiceKey.sort_key)
-               if k in actual.services and k not in desired.services]
+    removed = [
+        k for k in sorted(owned_set, key=ServiceKey.sort_key) if k in actual.services and k not in desired.services
+    ]
     for key in removed:
         del_svc.append(DelService(key))
     out.removed_services = removed
 
     present_owned = [k for k in owned_set if k in actual.services]
     if removed and not force and len(removed) > max_remove_share * len(present_owned):
-        out.refused = (f"would remove {len(removed)} of {len(present_owned)} owned services "
-                       f"(more than {max_remove_share:.0%}); use force to allow it")
+        out.refused = (
+            f"would remove {len(removed)} of {len(present_owned)} owned services "
+            f"(more than {max_remove_share:.0%}); use force to allow it"
+        )
         out.owned_after = owned_set | frozenset(desired.services)
         out.removed_services = []
         return out
     out.ops = settings + add_svc + edit_svc + add_dest + edit_dest + del_dest + del_svc
     # owned keys gone from the kernel and not desired are forgotten
     out.owned_after = frozenset(desired.services) | frozenset(
-        k for k in owned_set if k in actual.services and k not in removed)
+        k for k in owned_set if k in actual.services and k not in removed
+    )
     return out
 
 
@@ -161,9 +166,15 @@ def _drained(d: Destination, key: ServiceKey, drain_set: frozenset[tuple[Service
     return replace(d, weight=0) if (key, d.key) in drain_set and d.weight != 0 else d
 
 
-def _diff_dests(key: ServiceKey, want: ServiceState, have: ServiceState,
-                drain_set: frozenset[tuple[ServiceKey, DestKey]],
-                add_dest: list[Op], edit_dest: list[Op], del_dest: list[Op]) -> None:
+def _diff_dests(
+    key: ServiceKey,
+    want: ServiceState,
+    have: ServiceState,
+    drain_set: frozenset[tuple[ServiceKey, DestKey]],
+    add_dest: list[Op],
+    edit_dest: list[Op],
+    del_dest: list[Op],
+) -> None:
     for dkey in sorted(want.destinations):
         w = _drained(want.destinations[dkey], key, drain_set)
         h = have.destinations.get(dkey)
@@ -224,9 +235,15 @@ def describe_with_actual(op: Op, actual: State) -> str:
     return describe(op)
 
 
-_DEST_FIELDS = (("weight", "weight"), ("forwarding", "forwarding"), ("u_threshold", "upper"),
-                ("l_threshold", "lower"), ("tun_type", "tunnel"), ("tun_port", "tunnel-port"),
-                ("tun_flags", "tunnel-flags"))
+_DEST_FIELDS = (
+    ("weight", "weight"),
+    ("forwarding", "forwarding"),
+    ("u_threshold", "upper"),
+    ("l_threshold", "lower"),
+    ("tun_type", "tunnel"),
+    ("tun_port", "tunnel-port"),
+    ("tun_flags", "tunnel-flags"),
+)
 _SVC_FIELDS = (("scheduler", "scheduler"), ("flags", "flags"), ("persistence", "persistence"))
 
 
@@ -241,8 +258,11 @@ def _fmt(value: object) -> str:
 
 
 def _changes(old: object, new: object, fields: Iterable[tuple[str, str]]) -> str:
-    parts = [f"{label} {_fmt(getattr(old, f))} -> {_fmt(getattr(new, f))}"
-             for f, label in fields if getattr(old, f) != getattr(new, f)]
+    parts = [
+        f"{label} {_fmt(getattr(old, f))} -> {_fmt(getattr(new, f))}"
+        for f, label in fields
+        if getattr(old, f) != getattr(new, f)
+    ]
     return ", ".join(parts) or "(no change)"
 
 

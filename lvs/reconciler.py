@@ -41,7 +41,7 @@ class Backoff:
     next_at: float = 0.0
 
     def failure(self, now: float) -> float:
-        delay = min(self.max_s, self.initial_s * self.factor ** self.failures)
+        delay = min(self.max_s, self.initial_s * self.factor**self.failures)
         self.failures += 1
         self.next_at = now + delay
         return self.next_at
@@ -111,7 +111,8 @@ class DrainTracker:
             for key in {k for k, _ in masked}:
                 ss = desired.services[key]
                 effective.services[key] = ServiceState(
-                    ss.service, {d: v for d, v in ss.destinations.items() if (key, d) not in masked})
+                    ss.service, {d: v for d, v in ss.destinations.items() if (key, d) not in masked}
+                )
         return DrainDecision(effective, frozenset(draining), deadline, finished_now)
 
 
@@ -166,8 +167,11 @@ class ReconcilerStats:
     def as_dict(self) -> dict[str, object]:
         out = {k: v for k, v in self.__dict__.items() if k != "last_plan"}
         p = self.last_plan
-        out["last_plan"] = None if p is None else {"ops": [describe(op) for op in p.ops], "refused": p.refused,
-                                                   "adopted": [str(k) for k in p.adopted]}
+        out["last_plan"] = (
+            None
+            if p is None
+            else {"ops": [describe(op) for op in p.ops], "refused": p.refused, "adopted": [str(k) for k in p.adopted]}
+        )
         return out
 
 
@@ -180,9 +184,19 @@ class SyncResult:
 
 
 class Reconciler:
-    def __init__(self, dataplane: Dataplane, owned_store: OwnedStore, *, clock: Callable[[], float] | None = None,
-                 min_interval_s: float = 0.05, resync_interval_s: float = 30.0, max_remove_share: float = 0.5,
-                 verify: bool = True, backoff: Backoff | None = None, drain_poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        dataplane: Dataplane,
+        owned_store: OwnedStore,
+        *,
+        clock: Callable[[], float] | None = None,
+        min_interval_s: float = 0.05,
+        resync_interval_s: float = 30.0,
+        max_remove_share: float = 0.5,
+        verify: bool = True,
+        backoff: Backoff | None = None,
+        drain_poll_s: float = 1.0,
+    ) -> None:
         self.dataplane = dataplane
         self.owned_store = owned_store
         self._clock = clock
@@ -257,8 +271,14 @@ class Reconciler:
             log.info("drain finished svc=%s rs=%s", svc, dkey)
         self._next_drain = decision.next_deadline
         force = self._force_generation == generation
-        p = plan(decision.effective, actual, self.owned, max_remove_share=self.max_remove_share, force=force,
-                 draining=decision.draining)
+        p = plan(
+            decision.effective,
+            actual,
+            self.owned,
+            max_remove_share=self.max_remove_share,
+            force=force,
+            draining=decision.draining,
+        )
         st.last_plan = p
         if p.refused:
             st.refused += 1
@@ -291,12 +311,17 @@ class Reconciler:
                 again = await self.dataplane.dump()
             except Exception as e:
                 return self._failed(now, f"verify dump failed: {e}", plan_=p, writes=writes)
-            check = plan(decision.effective, again, self.owned, max_remove_share=1.0, force=True,
-                         draining=decision.draining)
+            check = plan(
+                decision.effective, again, self.owned, max_remove_share=1.0, force=True, draining=decision.draining
+            )
             if check.ops:
                 st.verify_failures += 1
-                return self._failed(now, f"verify: {len(check.ops)} differences remain, first: "
-                                    f"{describe(check.ops[0])}", plan_=p, writes=writes)
+                return self._failed(
+                    now,
+                    f"verify: {len(check.ops)} differences remain, first: {describe(check.ops[0])}",
+                    plan_=p,
+                    writes=writes,
+                )
         self.backoff.success()
         st.consecutive_failures = 0
         st.last_ok_at = now
@@ -310,12 +335,14 @@ class Reconciler:
         for what in dropped:
             if what not in self._warned_unsupported:
                 self._warned_unsupported.add(what)
-                log.warning("the %s data plane has no %s: that part of the config is not applied",
-                            self.dataplane.name, what)
+                log.warning(
+                    "the %s data plane has no %s: that part of the config is not applied", self.dataplane.name, what
+                )
         return state
 
-    def _failed(self, now: float, error: str, *, backoff: bool = True, plan_: Plan | None = None,
-                writes: int = 0) -> SyncResult:
+    def _failed(
+        self, now: float, error: str, *, backoff: bool = True, plan_: Plan | None = None, writes: int = 0
+    ) -> SyncResult:
         st = self.stats
         st.errors += 1
         st.consecutive_failures += 1

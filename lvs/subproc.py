@@ -12,8 +12,11 @@ async def run(argv: Sequence[str], stdin: bytes | None, timeout_s: float) -> tup
     """(exit status, stdout, stderr), or None when it ran out of time (it was killed). Raises OSError when the
     command cannot be started."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
     except TimeoutError:

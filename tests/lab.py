@@ -34,8 +34,9 @@ def lvs_ha_command() -> str:
     virtualenv): tests run the product as an operator does, never ``python -m`` with a path added."""
     exe = Path(sys.executable).parent / "lvs-ha"
     if not exe.exists():
-        raise RuntimeError(f"no lvs-ha console script beside {sys.executable}: install the project "
-                           "(make deps creates .venv with it)")
+        raise RuntimeError(
+            f"no lvs-ha console script beside {sys.executable}: install the project (make deps creates .venv with it)"
+        )
     return str(exe)
 
 
@@ -64,12 +65,17 @@ def conntrack_tools_missing() -> str | None:
     """Why connection-state sync cannot be tested here (conntrackd or conntrack not installed), or None."""
     from lvs.ctsync import Conntrackd
 
-    missing = [name for name, ok in (("conntrackd", Conntrackd.available()),
-                                     ("conntrack", shutil.which("conntrack") is not None)) if not ok]
+    missing = [
+        name
+        for name, ok in (("conntrackd", Conntrackd.available()), ("conntrack", shutil.which("conntrack") is not None))
+        if not ok
+    ]
     if not missing:
         return None
-    return (f"{' and '.join(missing)} not installed (Debian packages conntrackd and conntrack; "
-            "deploy/install-deps.sh installs them)")
+    return (
+        f"{' and '.join(missing)} not installed (Debian packages conntrackd and conntrack; "
+        "deploy/install-deps.sh installs them)"
+    )
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
@@ -84,8 +90,9 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         time.sleep(interval)
 
 
-async def await_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
-                    what: str = "condition") -> Any:
+async def await_for(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
+) -> Any:
     """``wait_for`` for coroutines: poll ``cond`` without blocking the event loop; TimeoutError after ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -164,14 +171,20 @@ class Lab:
         """Create a bridge (in the lab's bridge namespace, made on first use). Hosts join ``br0`` by default."""
         if self.br_ns is None:
             self.br_ns = self._netns("br")
-        sh(["ip", "-n", self.br_ns, "link", "add", name, "type", "bridge", "forward_delay", "0",
-            "mcast_snooping", "0"])
+        sh(["ip", "-n", self.br_ns, "link", "add", name, "type", "bridge", "forward_delay", "0", "mcast_snooping", "0"])
         sh(["ip", "-n", self.br_ns, "link", "set", name, "up"])
         self.bridges.add(name)
         return self.br_ns
 
-    def host(self, name: str, addresses: Sequence[str] = (), mac: str | None = None, ifname: str = "eth0",
-             sysctls: Sequence[str] = (), bridge: str = "br0") -> Host:
+    def host(
+        self,
+        name: str,
+        addresses: Sequence[str] = (),
+        mac: str | None = None,
+        ifname: str = "eth0",
+        sysctls: Sequence[str] = (),
+        bridge: str = "br0",
+    ) -> Host:
         """A namespace with one interface ``ifname`` on ``bridge``, carrying ``addresses``."""
         ns = self._netns(name)
         h = Host(self, name, ns)
@@ -181,8 +194,14 @@ class Lab:
         self.attach(h, addresses, mac=mac, ifname=ifname, bridge=bridge)
         return h
 
-    def attach(self, host: Host, addresses: Sequence[str] = (), mac: str | None = None, ifname: str = "eth0",
-               bridge: str = "br0") -> str:
+    def attach(
+        self,
+        host: Host,
+        addresses: Sequence[str] = (),
+        mac: str | None = None,
+        ifname: str = "eth0",
+        bridge: str = "br0",
+    ) -> str:
         """Give ``host`` another interface on ``bridge``; returns the bridge port's name."""
         if bridge not in self.bridges:
             self.bridge(bridge)

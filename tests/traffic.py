@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 
 # -- server -----------------------------------------------------------------------------------------
-async def _serve(port: int, name: str, fail_file: str | None, hang_file: str | None, slow_file: str | None,
-                 host: str | None) -> None:
+async def _serve(
+    port: int, name: str, fail_file: str | None, hang_file: str | None, slow_file: str | None, host: str | None
+) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             first = await reader.readline()
@@ -43,8 +44,11 @@ async def _serve(port: int, name: str, fail_file: str | None, hang_file: str | N
                 failing = fail_file is not None and os.path.exists(fail_file)
                 status = "503 Service Unavailable" if failing and path.startswith("/healthz") else "200 OK"
                 body = (("fail" if failing else "ok") if path.startswith("/healthz") else name).encode() + b"\n"
-                writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
-                             f"X-Server: {name}\r\n\r\n".encode() + body)
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+                    f"X-Server: {name}\r\n\r\n".encode()
+                    + body
+                )
                 await writer.drain()
             else:
                 line = first
@@ -80,11 +84,21 @@ async def _one(host: str, port: int, timeout: float, path: str) -> dict[str, obj
                 writer.close()
         head, _, body = data.partition(b"\r\n\r\n")
         ok = head.startswith(b"HTTP/1.1 200")
-        return {"t": t0, "ok": ok, "rs": body.decode(errors="replace").strip(),
-                "ms": round((time.monotonic() - m0) * 1000, 2), "err": None if ok else head[:40].decode()}
+        return {
+            "t": t0,
+            "ok": ok,
+            "rs": body.decode(errors="replace").strip(),
+            "ms": round((time.monotonic() - m0) * 1000, 2),
+            "err": None if ok else head[:40].decode(),
+        }
     except (OSError, TimeoutError) as e:
-        return {"t": t0, "ok": False, "rs": None, "ms": round((time.monotonic() - m0) * 1000, 2),
-                "err": type(e).__name__ + (f" {e.errno}" if isinstance(e, OSError) and e.errno else "")}
+        return {
+            "t": t0,
+            "ok": False,
+            "rs": None,
+            "ms": round((time.monotonic() - m0) * 1000, 2),
+            "err": type(e).__name__ + (f" {e.errno}" if isinstance(e, OSError) and e.errno else ""),
+        }
 
 
 async def _probe(host: str, port: int, interval: float, duration: float | None, timeout: float, path: str) -> None:
@@ -133,8 +147,12 @@ async def _hold(host: str, port: int, conns: int, duration: float | None, period
                 await asyncio.sleep(period)
             print(json.dumps({"conn": i, "event": "done", "rs": first_rs, "pings": n, "t": time.time()}), flush=True)
         except (OSError, TimeoutError) as e:
-            print(json.dumps({"conn": i, "event": "broken", "rs": first_rs, "pings": n, "err": repr(e),
-                              "t": time.time()}), flush=True)
+            print(
+                json.dumps(
+                    {"conn": i, "event": "broken", "rs": first_rs, "pings": n, "err": repr(e), "t": time.time()}
+                ),
+                flush=True,
+            )
         finally:
             writer.close()
 
@@ -170,8 +188,15 @@ def summarize(records: Iterable[dict[str, object]], since: float | None = None, 
     """Totals and client-visible gaps: a gap runs from the last success before a run of failures to the first
     success after it (measured on request start times)."""
     s = Summary()
-    recs = sorted((r for r in records if (since is None or float(r["t"]) >= since)  # type: ignore[arg-type]
-                   and (until is None or float(r["t"]) <= until)), key=lambda r: float(r["t"]))  # type: ignore[arg-type]
+    recs = sorted(
+        (
+            r
+            for r in records
+            if (since is None or float(r["t"]) >= since)  # type: ignore[arg-type]
+            and (until is None or float(r["t"]) <= until)
+        ),
+        key=lambda r: float(r["t"]),
+    )  # type: ignore[arg-type]
     last_ok: float | None = None
     in_gap = False
     for r in recs:

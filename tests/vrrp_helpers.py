@@ -30,8 +30,10 @@ def lvs_ha_executable() -> Path:
     """The ``lvs-ha`` console script of the running install (next to ``sys.executable``)."""
     exe = Path(sys.executable).parent / "lvs-ha"
     if not os.access(exe, os.X_OK):
-        raise RuntimeError(f"no lvs-ha console script at {exe}: install the project into {sys.executable}'s "
-                           "environment first (deploy/install-deps.sh runs `pip install -e .[test]`)")
+        raise RuntimeError(
+            f"no lvs-ha console script at {exe}: install the project into {sys.executable}'s "
+            "environment first (deploy/install-deps.sh runs `pip install -e .[test]`)"
+        )
     return exe
 
 
@@ -44,12 +46,15 @@ class ApiError(Exception):
     """The daemon's control API did not answer, or answered with an error status."""
 
 
-def api_request(sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None,
-                timeout: float = 5.0) -> tuple[int, bytes]:
+def api_request(
+    sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
     """One HTTP/1.0 exchange with the daemon's control socket: (status, body). Raises ApiError if nobody answers."""
     data = json.dumps(body).encode() if body is not None else b""
-    head = (f"{method} {url} HTTP/1.0\r\nHost: lvs-ha\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    head = (
+        f"{method} {url} HTTP/1.0\r\nHost: lvs-ha\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
@@ -68,19 +73,22 @@ def api_request(sock: str | Path, method: str, url: str, body: dict[str, Any] | 
     return int(parts[1]), payload
 
 
-def api_json(sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None,
-             timeout: float = 5.0) -> Any:
+def api_json(sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
     status, payload = api_request(sock, method, url, body, timeout)
     if status >= 300:
         raise ApiError(f"{method} {url}: HTTP {status}: {payload.decode(errors='replace').strip()}")
     return json.loads(payload)
 
 
-_SAMPLE = re.compile(r'^(lvs_ha_vrrp_\w+?)(?:_total)?\{([^}]*)\}\s+(\S+)$')
+_SAMPLE = re.compile(r"^(lvs_ha_vrrp_\w+?)(?:_total)?\{([^}]*)\}\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 # metric -> the counter's name in LvsHa.status()
-COUNTERS = {"lvs_ha_vrrp_adverts_sent": "adverts_sent", "lvs_ha_vrrp_adverts_received": "adverts_received",
-            "lvs_ha_vrrp_transitions": "transitions", "lvs_ha_vrrp_malformed_packets": "malformed"}
+COUNTERS = {
+    "lvs_ha_vrrp_adverts_sent": "adverts_sent",
+    "lvs_ha_vrrp_adverts_received": "adverts_received",
+    "lvs_ha_vrrp_transitions": "transitions",
+    "lvs_ha_vrrp_malformed_packets": "malformed",
+}
 
 
 def vrrp_counters(metrics_text: str) -> dict[str, dict[str, int]]:
@@ -95,23 +103,46 @@ def vrrp_counters(metrics_text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def lvsha_config(path: Path, name: str, priority: int, *, vrid: int = 51, interval_s: float = 0.1, version: int = 3,
-                 vips: list[Any] | None = None, preempt: bool = True, unicast: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None, hold_s: float = 2.0, takeover: str = "auto",
-                 interface: str = "eth0", state_dir: Path | None = None, socket_path: Path | None = None) -> Path:
+def lvsha_config(
+    path: Path,
+    name: str,
+    priority: int,
+    *,
+    vrid: int = 51,
+    interval_s: float = 0.1,
+    version: int = 3,
+    vips: list[Any] | None = None,
+    preempt: bool = True,
+    unicast: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    hold_s: float = 2.0,
+    takeover: str = "auto",
+    interface: str = "eth0",
+    state_dir: Path | None = None,
+    socket_path: Path | None = None,
+) -> Path:
     """A VRRP-only config (one instance ``VI_1``, no services): valid for ``lvs-ha run``."""
     inst: dict[str, Any] = {
-        "name": "VI_1", "interface": interface, "vrid": vrid, "priority": priority, "version": version,
-        "advert_interval": interval_s, "preempt": preempt, "vips": vips or [f"{VIP}/24"],
+        "name": "VI_1",
+        "interface": interface,
+        "vrid": vrid,
+        "priority": priority,
+        "version": version,
+        "advert_interval": interval_s,
+        "preempt": preempt,
+        "vips": vips or [f"{VIP}/24"],
         "garp": {"count": 3, "interval": 0.0},
         "handover": {"takeover": takeover, "hold": hold_s},
     }
     if unicast:
         inst["unicast"] = unicast
     inst.update(extra or {})
-    node: dict[str, Any] = {"name": name, "state_dir": str(state_dir or path.parent / name / "state"),
-                            "log_level": "debug",
-                            "api": {"socket": str(socket_path or path.parent / name / "api.sock")}}
+    node: dict[str, Any] = {
+        "name": name,
+        "state_dir": str(state_dir or path.parent / name / "state"),
+        "log_level": "debug",
+        "api": {"socket": str(socket_path or path.parent / name / "api.sock")},
+    }
     doc = {"node": node, "vrrp": {"instances": [inst]}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -121,8 +152,17 @@ class LvsHa:
     """An lvs-ha director (``lvs-ha run -c FILE``, the console script of the running install, or ``lvs_ha``) running
     in a lab host, observed and driven through its control API."""
 
-    def __init__(self, lab: Lab, host: Host, workdir: Path, name: str, priority: int, *,
-                 lvs_ha: str | Path | None = None, **cfg: Any) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        host: Host,
+        workdir: Path,
+        name: str,
+        priority: int,
+        *,
+        lvs_ha: str | Path | None = None,
+        **cfg: Any,
+    ) -> None:
         self.lab, self.host, self.name = lab, host, name
         self.exe = Path(lvs_ha) if lvs_ha is not None else lvs_ha_executable()
         if not os.access(self.exe, os.X_OK):
@@ -130,15 +170,22 @@ class LvsHa:
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "api.sock"
-        self.config = lvsha_config(workdir / f"{name}.yaml", name, priority, state_dir=self.dir / "state",
-                                   socket_path=self.socket, **cfg)
+        self.config = lvsha_config(
+            workdir / f"{name}.yaml", name, priority, state_dir=self.dir / "state", socket_path=self.socket, **cfg
+        )
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> LvsHa:
         with open(self.log_path, "ab") as log:
-            self.proc = self.lab.spawn(self.host, [str(self.exe), "run", "-c", str(self.config)], stdout=log,
-                                       stderr=subprocess.STDOUT, env=operator_env(), cwd=self.dir)
+            self.proc = self.lab.spawn(
+                self.host,
+                [str(self.exe), "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=operator_env(),
+                cwd=self.dir,
+            )
         return self
 
     def wait_api(self, timeout: float = 30.0) -> LvsHa:
@@ -214,8 +261,13 @@ class LvsHa:
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """``lvs-ha COMMAND --socket S ARGS...`` (status, failover, reload, ...)."""
-        return subprocess.run([str(self.exe), args[0], "--socket", str(self.socket), *args[1:]], capture_output=True,
-                              text=True, timeout=timeout, env=operator_env())
+        return subprocess.run(
+            [str(self.exe), args[0], "--socket", str(self.socket), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=operator_env(),
+        )
 
     def reload(self) -> subprocess.CompletedProcess[str]:
         """``lvs-ha reload`` (re-read the config through the API; exit 1 and the errors if it is invalid)."""
@@ -252,10 +304,24 @@ class Keepalived:
 
     BIN = "/usr/sbin/keepalived"
 
-    def __init__(self, lab: Lab, host: Host, workdir: Path, name: str, priority: int, *, vrid: int = 51,
-                 interval_s: float = 0.1, version: int = 3, vips: list[str] | None = None, preempt: bool = True,
-                 password: str | None = None, unicast: dict[str, Any] | None = None, interface: str = "eth0",
-                 extra_lines: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        host: Host,
+        workdir: Path,
+        name: str,
+        priority: int,
+        *,
+        vrid: int = 51,
+        interval_s: float = 0.1,
+        version: int = 3,
+        vips: list[str] | None = None,
+        preempt: bool = True,
+        password: str | None = None,
+        unicast: dict[str, Any] | None = None,
+        interface: str = "eth0",
+        extra_lines: tuple[str, ...] = (),
+    ) -> None:
         self.lab, self.host, self.name = lab, host, name
         workdir.mkdir(parents=True, exist_ok=True)
         extra = [f"    {line}" for line in extra_lines]
@@ -268,9 +334,18 @@ class Keepalived:
             extra.append("    unicast_peer {\n" + "".join(f"        {p}\n" for p in unicast["peers"]) + "    }")
         interval = f"{interval_s:g}"
         self.config = workdir / f"{name}.conf"
-        self.config.write_text(KA_TEMPLATE.format(
-            name=name, version=version, interface=interface, vrid=vrid, priority=priority, interval=interval,
-            extra="\n".join(extra), vips="".join(f"        {v}\n" for v in (vips or [f"{VIP}/24"]))))
+        self.config.write_text(
+            KA_TEMPLATE.format(
+                name=name,
+                version=version,
+                interface=interface,
+                vrid=vrid,
+                priority=priority,
+                interval=interval,
+                extra="\n".join(extra),
+                vips="".join(f"        {v}\n" for v in (vips or [f"{VIP}/24"])),
+            )
+        )
         self.pid = workdir / f"{name}.pid"
         self.vrrp_pid = workdir / f"{name}.vrrp.pid"
         self.log_path = workdir / f"{name}.log"
@@ -278,9 +353,12 @@ class Keepalived:
 
     def start(self) -> Keepalived:
         log = open(self.log_path, "ab")
-        self.proc = self.lab.spawn(self.host, [self.BIN, "-n", "-l", "-D", "-P", "-f", str(self.config),
-                                               "-p", str(self.pid), "-r", str(self.vrrp_pid)],
-                                   stdout=log, stderr=log)
+        self.proc = self.lab.spawn(
+            self.host,
+            [self.BIN, "-n", "-l", "-D", "-P", "-f", str(self.config), "-p", str(self.pid), "-r", str(self.vrrp_pid)],
+            stdout=log,
+            stderr=log,
+        )
         log.close()
         return self
 
@@ -306,10 +384,15 @@ class VrrpCapture:
             raise RuntimeError("tcpdump is not installed (Debian package tcpdump; deploy/install-deps.sh installs it)")
         self.lab, self.path = lab, path
         with open(path, "wb") as out:
-            self.proc = lab.spawn(host, ["tcpdump", "-i", ifname, "-n", "-l", "-p", "ip proto 112 or ip6 proto 112"],
-                                  stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: "listening on" in self.text() or self.proc.poll() is not None, 10, 0.02,
-                 f"tcpdump on {host.name}")
+            self.proc = lab.spawn(
+                host,
+                ["tcpdump", "-i", ifname, "-n", "-l", "-p", "ip proto 112 or ip6 proto 112"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(
+            lambda: "listening on" in self.text() or self.proc.poll() is not None, 10, 0.02, f"tcpdump on {host.name}"
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"tcpdump on {host.name} exited: {self.text()}")
 
@@ -324,8 +407,11 @@ class VrrpCapture:
         n = 0
         for m in self.LINE.finditer(self.text()):
             src, _ver, vr, prio = m.groups()
-            if ((source is None or src == source) and (priority is None or int(prio) == priority)
-                    and (vrid is None or int(vr) == vrid)):
+            if (
+                (source is None or src == source)
+                and (priority is None or int(prio) == priority)
+                and (vrid is None or int(vr) == vrid)
+            ):
                 n += 1
         return n
 
@@ -349,8 +435,7 @@ def holders(hosts: list[Host], vip: str = VIP) -> list[str]:
 
 def ping_ok(client: Host, vip: str = VIP, timeout_s: float = 1.0) -> bool:
     fam = "-6" if ":" in vip else "-4"
-    r = client.run("ping", fam, "-c", "1", "-W", str(max(1, int(timeout_s))), vip, check=False,
-                   timeout=timeout_s + 5)
+    r = client.run("ping", fam, "-c", "1", "-W", str(max(1, int(timeout_s))), vip, check=False, timeout=timeout_s + 5)
     return r.returncode == 0
 
 

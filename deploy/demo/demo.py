@@ -46,7 +46,9 @@ def director_config(name: str, priority: int, workdir: Path, dataplane: str, adv
     peer = DIRECTORS["dir2" if name == "dir1" else "dir1"][1]
     # NAT state (conntrack) synced between the directors over the back link, so a planned failover loses nothing
     lvs = f"lvs:\n  conntrack_sync: {{ interface: eth1, peer: {peer} }}\n" if ctsync else ""
-    return lvs + f"""\
+    return (
+        lvs
+        + f"""\
 node:
   name: {name}
   state_dir: {workdir}/{name}/state
@@ -85,6 +87,7 @@ services:
     realservers:
 {rs}
 """
+    )
 
 
 class Demo:
@@ -145,21 +148,28 @@ class Demo:
             self.start_daemon(name)
 
     def start_server(self, name: str) -> None:
-        self.servers[name] = self.lab.spawn(self.hosts[name], [PY, "-m", "tests.traffic", "serve", "--port", "80",
-                                                                "--name", name], cwd=ROOT,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.servers[name] = self.lab.spawn(
+            self.hosts[name],
+            [PY, "-m", "tests.traffic", "serve", "--port", "80", "--name", name],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def start_daemon(self, name: str) -> None:
         d = self.workdir / name
         with open(d / "daemon.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            self.daemons[name] = self.lab.spawn(self.hosts[name], [LVS_HA, "run", "-c",
-                                                                   str(d / "lvs-ha.yaml")],
-                                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.daemons[name] = self.lab.spawn(
+                self.hosts[name],
+                [LVS_HA, "run", "-c", str(d / "lvs-ha.yaml")],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def ctl(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         sock = str(self.workdir / name / "api.sock")
-        r = subprocess.run([LVS_HA, *args, "--socket", sock], capture_output=True, text=True, cwd=ROOT,
-                           timeout=20)
+        r = subprocess.run([LVS_HA, *args, "--socket", sock], capture_output=True, text=True, cwd=ROOT, timeout=20)
         if check and r.returncode != 0:
             raise RuntimeError(f"lvs-ha {' '.join(args)} on {name}: {r.stderr.strip() or r.stdout.strip()}")
         return r

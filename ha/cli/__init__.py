@@ -21,17 +21,26 @@ EXIT_NOT_IMPLEMENTED = 3
 DEFAULT_CONFIG = "/etc/lvs-ha/lvs-ha.yaml"
 
 
-
 def _add_config(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("-c", "--config", metavar="FILE", required=required,
-                   default=None if required else DEFAULT_CONFIG,
-                   help="the configuration file" + ("" if required else f" (default {DEFAULT_CONFIG})"))
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        required=required,
+        default=None if required else DEFAULT_CONFIG,
+        help="the configuration file" + ("" if required else f" (default {DEFAULT_CONFIG})"),
+    )
 
 
 def _add_daemon_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", metavar="PATH", help="the daemon's control socket (default: from the config file)")
-    p.add_argument("-c", "--config", metavar="FILE", default=None,
-                   help=f"the configuration file, to find the socket (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"the configuration file, to find the socket (default {DEFAULT_CONFIG})",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon (default 10)")
 
 
@@ -41,24 +50,32 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", metavar="FILE", action="append", default=None,
-                   help=f"the configuration file (default {DEFAULT_CONFIG}); give -c twice to check a director "
-                   "pair's two files together")
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        action="append",
+        default=None,
+        help=f"the configuration file (default {DEFAULT_CONFIG}); give -c twice to check a director "
+        "pair's two files together",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or summary")
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
     _add_config(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
-                   help="override node.dataplane")
+    p.add_argument(
+        "--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None, help="override node.dataplane"
+    )
 
 
 def _apply_args(p: argparse.ArgumentParser) -> None:
     _add_config(p)
     p.add_argument("--force", action="store_true", help="allow removing more than the configured share of services")
-    p.add_argument("--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None,
-                   help="override node.dataplane")
+    p.add_argument(
+        "--dataplane", choices=["auto", "ipvs", "nftables", "memory"], default=None, help="override node.dataplane"
+    )
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
@@ -92,14 +109,26 @@ def _reload_args(p: argparse.ArgumentParser) -> None:
 # in the order ``lvs-ha --help`` lists them
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
     "run": ("run the daemon in the foreground (systemd Type=notify)", _run_args, "ha.cli.run:cmd_run"),
-    "check-config": ("validate a configuration file; exit 0 if valid, 1 if not", _check_config_args,
-                     "ha.cli.check_config:cmd_check_config"),
-    "plan": ("show the kernel changes the config would make now, without making them", _plan_args,
-             "ha.cli.lvs:cmd_plan"),
-    "apply": ("program the kernel from the config once (every realserver up) and exit", _apply_args,
-              "ha.cli.lvs:cmd_apply"),
-    "probe": ("run every configured health check once now and print the results", _probe_args,
-              "ha.cli.probe:cmd_probe"),
+    "check-config": (
+        "validate a configuration file; exit 0 if valid, 1 if not",
+        _check_config_args,
+        "ha.cli.check_config:cmd_check_config",
+    ),
+    "plan": (
+        "show the kernel changes the config would make now, without making them",
+        _plan_args,
+        "ha.cli.lvs:cmd_plan",
+    ),
+    "apply": (
+        "program the kernel from the config once (every realserver up) and exit",
+        _apply_args,
+        "ha.cli.lvs:cmd_apply",
+    ),
+    "probe": (
+        "run every configured health check once now and print the results",
+        _probe_args,
+        "ha.cli.probe:cmd_probe",
+    ),
     "status": ("instances, services and realservers of the running daemon", _status_args, "ha.cli.ctl:cmd_status"),
     "drain": ("take a realserver out gracefully", _rs_args, "ha.cli.ctl:cmd_drain"),
     "enable": ("put a drained realserver back", _rs_args, "ha.cli.ctl:cmd_enable"),
@@ -136,7 +165,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` just that command's part (what ``main`` builds when the command is
     known: ten sub-parsers cost more than the rest of ``lvs-ha status``'s own start)."""
     parser = argparse.ArgumentParser(
-        prog="lvs-ha", formatter_class=_Formatter,
+        prog="lvs-ha",
+        formatter_class=_Formatter,
         description="VRRP failover, IPVS programming and realserver health checks for LVS director pairs.",
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
@@ -151,8 +181,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 class _VersionAction(argparse.Action):
     """Like action="version", but looks the version up only when asked (the lookup costs tens of ms per start)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         print(f"{parser.prog} {_version()}")
         parser.exit()
 

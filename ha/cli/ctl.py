@@ -106,8 +106,14 @@ def _exchange(path_sock: str, message: bytes, timeout: float) -> bytes:
         s.close()
 
 
-def request(path_sock: str, method: str, url: str, body: dict[str, Any] | None = None,
-            timeout: float = 10.0, raw_text: bool = False) -> Any:
+def request(
+    path_sock: str,
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 10.0,
+    raw_text: bool = False,
+) -> Any:
     """One request; the decoded JSON object (or, with ``raw_text``, the body as text). Raises DaemonUnreachable
     or Refused."""
     if body is not None:
@@ -116,8 +122,10 @@ def request(path_sock: str, method: str, url: str, body: dict[str, Any] | None =
         data = json.dumps(body).encode()
     else:
         data = b""
-    head = (f"{method} {url} HTTP/1.0\r\nHost: lvs-ha\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    head = (
+        f"{method} {url} HTTP/1.0\r\nHost: lvs-ha\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
     try:
         raw = _exchange(path_sock, head + data, timeout)
     except FileNotFoundError as e:
@@ -154,8 +162,9 @@ def request(path_sock: str, method: str, url: str, body: dict[str, Any] | None =
     return doc
 
 
-def _run(args: argparse.Namespace, method: str, url: str, body: dict[str, Any] | None = None,
-         raw_text: bool = False) -> tuple[int, Any]:
+def _run(
+    args: argparse.Namespace, method: str, url: str, body: dict[str, Any] | None = None, raw_text: bool = False
+) -> tuple[int, Any]:
     timeout = float(getattr(args, "timeout", 10.0) or 10.0)
     try:
         sock = None
@@ -197,8 +206,10 @@ def _rs_action(args: argparse.Namespace, what: str) -> int:
     code, doc = _run(args, "POST", f"/v1/{what}", {"service": args.service, "realserver": args.realserver})
     if code == EXIT_OK:
         done = "drained" if what == "drain" else "enabled"
-        print(f"{done} {doc.get('service', args.service)} {doc.get('realserver', args.realserver)}"
-              + (f" ({doc['note']})" if doc.get("note") else ""))
+        print(
+            f"{done} {doc.get('service', args.service)} {doc.get('realserver', args.realserver)}"
+            + (f" ({doc['note']})" if doc.get("note") else "")
+        )
     return code
 
 

@@ -56,20 +56,28 @@ def _foreign(actual: State, owned: frozenset[ServiceKey], desired: State) -> lis
     return sorted((k for k in actual.services if k not in owned and k not in desired.services), key=ServiceKey.sort_key)
 
 
-def _print_plan(p: Plan, actual: State, backend: str, owned: frozenset[ServiceKey], desired: State,
-                as_json: bool, header: str) -> None:
+def _print_plan(
+    p: Plan, actual: State, backend: str, owned: frozenset[ServiceKey], desired: State, as_json: bool, header: str
+) -> None:
     foreign = _foreign(actual, owned, desired)
     lines = [describe_with_actual(op, actual) for op in p.ops]
     if as_json:
         doc: dict[str, Any] = {
-            "backend": backend, "ops": [op_to_json(op) for op in p.ops], "lines": lines, "refused": p.refused,
-            "adopted": [str(k) for k in p.adopted], "removed_services": [str(k) for k in p.removed_services],
-            "foreign": [str(k) for k in foreign], "counts": p.counts(),
+            "backend": backend,
+            "ops": [op_to_json(op) for op in p.ops],
+            "lines": lines,
+            "refused": p.refused,
+            "adopted": [str(k) for k in p.adopted],
+            "removed_services": [str(k) for k in p.removed_services],
+            "foreign": [str(k) for k in foreign],
+            "counts": p.counts(),
         }
         print(json.dumps(doc, indent=2))
         return
-    print(f"{header}: backend {backend}; kernel has {len(actual.services)} service(s), "
-          f"{len(foreign)} foreign (left alone)")
+    print(
+        f"{header}: backend {backend}; kernel has {len(actual.services)} service(s), "
+        f"{len(foreign)} foreign (left alone)"
+    )
     for key in p.adopted:
         print(f"! adopting {key}: it exists but was not ours; the config declares it")
     for line in lines:
@@ -107,8 +115,9 @@ async def _plan(args: argparse.Namespace) -> int:
             return EXIT_UNAVAILABLE
         desired, dropped = within_capabilities(_desired(config), dp.capabilities)
         for what in dropped:
-            print(f"note: the {dp.name} data plane has no {what}: that part of the config is not applied",
-                  file=sys.stderr)
+            print(
+                f"note: the {dp.name} data plane has no {what}: that part of the config is not applied", file=sys.stderr
+            )
         owned = _owned(config)
         p = plan(desired, actual, owned, max_remove_share=config.lvs.max_remove_share)
         _print_plan(p, actual, dp.name, owned, desired, bool(getattr(args, "json", False)), "plan")

@@ -41,8 +41,9 @@ def _hostport(t: Target) -> str:
     return host if t.port is None else f"{host}:{t.port}"
 
 
-async def probe_config(config: Config, registry: Any, service: str | None = None,
-                       concurrency: int = MAX_CONCURRENCY) -> list[ProbeRow]:
+async def probe_config(
+    config: Config, registry: Any, service: str | None = None, concurrency: int = MAX_CONCURRENCY
+) -> list[ProbeRow]:
     """Run each distinct check of the config (or of one service) once, concurrently; rows in config order."""
     from healthchecks.runner import run_check
 
@@ -98,9 +99,19 @@ def format_table(rows: list[ProbeRow]) -> str:
 
 
 def to_json(rows: list[ProbeRow]) -> list[dict[str, Any]]:
-    return [{"service": r.service, "realserver": r.realserver, "check": r.check or None,
-             "target": r.target or None, "ok": r.result.ok, "latency_s": round(r.result.latency_s, 6),
-             "reason": r.result.reason, "weight": r.result.weight} for r in rows]
+    return [
+        {
+            "service": r.service,
+            "realserver": r.realserver,
+            "check": r.check or None,
+            "target": r.target or None,
+            "ok": r.result.ok,
+            "latency_s": round(r.result.latency_s, 6),
+            "reason": r.result.reason,
+            "weight": r.result.weight,
+        }
+        for r in rows
+    ]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

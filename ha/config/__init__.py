@@ -12,10 +12,18 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "load_config": "load", "parse_config_text": "load", "load_checked": "load", "ConfigProblem": "load",
-    "default_node_name": "load", "MAX_CONFIG_BYTES": "load",
-    "ConfigError": "issues", "ConfigErrors": "issues", "ConfigIssue": "issues", "ConfigUnreadable": "issues",
-    "Severity": "issues", "check_pair": "pair",
+    "load_config": "load",
+    "parse_config_text": "load",
+    "load_checked": "load",
+    "ConfigProblem": "load",
+    "default_node_name": "load",
+    "MAX_CONFIG_BYTES": "load",
+    "ConfigError": "issues",
+    "ConfigErrors": "issues",
+    "ConfigIssue": "issues",
+    "ConfigUnreadable": "issues",
+    "Severity": "issues",
+    "check_pair": "pair",
 }
 
 

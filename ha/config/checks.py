@@ -65,8 +65,11 @@ def _parse_check(ctx: Ctx, node: Node, path: str, name: str | None = None) -> Ch
     registry = ctx.registry
     if ctype not in registry:
         why = getattr(registry, "load_errors", {}).get(ctype)
-        msg = (f"the '{ctype}' checker plugin could not be loaded: {why}" if why else
-               f"unknown check type '{ctype}'{suggest(ctype, registry.types())}; known: {', '.join(registry.types())}")
+        msg = (
+            f"the '{ctype}' checker plugin could not be loaded: {why}"
+            if why
+            else f"unknown check type '{ctype}'{suggest(ctype, registry.types())}; known: {', '.join(registry.types())}"
+        )
         ctx.error(m.value_node("type"), m.p("type"), msg)
         return None
     raw: dict[str, Any] = {}
@@ -87,8 +90,9 @@ def _parse_check(ctx: Ctx, node: Node, path: str, name: str | None = None) -> Ch
         _spec_error(ctx, m, se)
         return None
     except Exception as e:  # a plugin bug must not hide the other errors
-        ctx.error(m.value_node("type"), m.p("type"), f"the '{ctype}' checker failed on this check: "
-                  f"{type(e).__name__}: {e}")
+        ctx.error(
+            m.value_node("type"), m.p("type"), f"the '{ctype}' checker failed on this check: {type(e).__name__}: {e}"
+        )
         return None
     return CheckConfig(type=ctype, spec=spec, name=name, **common)  # type: ignore[arg-type]
 

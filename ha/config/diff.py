@@ -87,7 +87,6 @@ def _diff_keyed(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable
     return out
 
 
-
 def check_table(cfg: Config) -> dict[str, tuple[CheckConfig | None, str, int]]:
     """``"SERVICE REALSERVER"`` -> (check, address, port): everything that makes a check what it is."""
     out: dict[str, tuple[CheckConfig | None, str, int]] = {}

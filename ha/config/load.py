@@ -86,8 +86,12 @@ def _parse_node(ctx: Ctx, m: Map | None) -> NodeConfig:
             token_file=am.opt("token_file", c_str),
         )
         if api.listen and not api.token_file:
-            ctx.error(am.value_node("listen"), am.p("listen"), "a TCP listener needs api.token_file "
-                      "(every request must carry the token); set token_file or remove listen")
+            ctx.error(
+                am.value_node("listen"),
+                am.p("listen"),
+                "a TCP listener needs api.token_file "
+                "(every request must carry the token); set token_file or remove listen",
+            )
     name = m.opt("name", c_str) or default_node_name()
     return NodeConfig(
         name=name,
@@ -109,12 +113,21 @@ def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
     node = _parse_node(ctx, m.sub("node", _NODE_KEYS, "node settings"))
     vrrp, _parsed = parse_vrrp(ctx, m.sub("vrrp", VRRP_KEYS, "vrrp: instances, sync_groups"))
     named = parse_checks(ctx, m) if m.sub("checks", None, "named checks") is not None else {}
-    svcs = [s for path, snode in m.seq("services", "of virtual services")
-            if (s := parse_service(ctx, snode, path, named)) is not None]
+    svcs = [
+        s
+        for path, snode in m.seq("services", "of virtual services")
+        if (s := parse_service(ctx, snode, path, named)) is not None
+    ]
     check_services(ctx, svcs, vrrp.instances)
     lvs = parse_lvs(ctx, m.sub("lvs", LVS_KEYS, "lvs data-plane settings"), vrrp.instances)
-    return Config(node=node, vrrp=vrrp, checks=tuple((k, v) for k, v in named.items() if v is not None),
-                  services=tuple(s.cfg for s in svcs), lvs=lvs, source=filename)
+    return Config(
+        node=node,
+        vrrp=vrrp,
+        checks=tuple((k, v) for k, v in named.items() if v is not None),
+        services=tuple(s.cfg for s in svcs),
+        lvs=lvs,
+        source=filename,
+    )
 
 
 # -- public API ------------------------------------------------------------------------------------------------------
@@ -165,8 +178,17 @@ def parse_config_text(text: str, filename: str = "<string>", registry: Any = Non
     except yaml.YAMLError as e:
         raise ConfigErrors([ConfigIssue(filename, 1, 1, "", f"YAML syntax error: {e}")]) from None
     if root is None:
-        raise ConfigErrors([ConfigIssue(filename, 1, 1, "", "the file is empty; expected a mapping with node, vrrp, "
-                                        "checks, services and lvs sections")])
+        raise ConfigErrors(
+            [
+                ConfigIssue(
+                    filename,
+                    1,
+                    1,
+                    "",
+                    "the file is empty; expected a mapping with node, vrrp, checks, services and lvs sections",
+                )
+            ]
+        )
     scan_duplicates(ctx, root, "", set())
     config = _parse_root(ctx, root, filename)
     if ctx.errors or config is None:

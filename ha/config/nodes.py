@@ -66,8 +66,9 @@ def join_path(path: str, key: str) -> str:
 
 NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_SAFE_TAGS = frozenset("tag:yaml.org,2002:" + t for t in ("null", "bool", "int", "float", "str", "timestamp", "seq",
-                                                               "map", "merge"))
+_SAFE_TAGS = frozenset(
+    "tag:yaml.org,2002:" + t for t in ("null", "bool", "int", "float", "str", "timestamp", "seq", "map", "merge")
+)
 
 
 def describe(node: Node | None) -> str:
@@ -279,8 +280,11 @@ class Map:
             if k.tag == _MERGE_TAG or name in self.items:
                 continue  # reported by scan_duplicates
             if allowed is not None and name not in allowed:
-                ctx.error(k, join_path(path, name), f"unknown key '{name}'{suggest(name, allowed)} "
-                          f"(valid here: {', '.join(sorted(allowed))})")
+                ctx.error(
+                    k,
+                    join_path(path, name),
+                    f"unknown key '{name}'{suggest(name, allowed)} (valid here: {', '.join(sorted(allowed))})",
+                )
                 continue
             self.items[name] = (k, v)
 

@@ -31,16 +31,24 @@ def _check_pair(a: Config, b: Config) -> list[ConfigIssue]:
             warn(f"{path}.vrid", f"VRID {inst.vrid} on {inst.interface} has no counterpart in {a.source}")
             continue
         if other.priority == inst.priority:
-            warn(f"{path}.priority", f"both directors have priority {inst.priority} for VRID {inst.vrid}: the "
-                 "master is chosen by the higher primary address; give them different priorities")
+            warn(
+                f"{path}.priority",
+                f"both directors have priority {inst.priority} for VRID {inst.vrid}: the "
+                "master is chosen by the higher primary address; give them different priorities",
+            )
         if other.version != inst.version or other.advert_interval_s != inst.advert_interval_s:
-            warn(f"{path}.advert_interval", "the two directors differ in version or advert_interval; adverts are "
-                 "rejected or masters flap")
+            warn(
+                f"{path}.advert_interval",
+                "the two directors differ in version or advert_interval; adverts are rejected or masters flap",
+            )
         if {v.address for v in other.vips} != {v.address for v in inst.vips}:
             warn(f"{path}.vips", f"VRID {inst.vrid} has different VIPs in {a.source} and {b.source}")
         if other.preempt != inst.preempt:
-            warn(f"{path}.preempt", "preempt differs between the two directors; nopreempt works only if the "
-                 "higher-priority director has preempt: false")
+            warn(
+                f"{path}.preempt",
+                "preempt differs between the two directors; nopreempt works only if the "
+                "higher-priority director has preempt: false",
+            )
         if other.auth != inst.auth:
             warn(f"{path}.auth", "auth differs between the two directors; their adverts will be rejected")
     if {s.key_str for s in a.services} != {s.key_str for s in b.services}:

@@ -48,8 +48,13 @@ def garp_frame(vip: ipaddress.IPv4Address, mac: str | bytes) -> bytes:
     return build_frame(BROADCAST_MAC, mac, ETH_P_ARP, arp_payload(vip, mac))
 
 
-def na_message(vip: ipaddress.IPv6Address, mac: str | bytes, *, dst: ipaddress.IPv6Address = ALL_NODES,
-               flags: int = NA_FLAG_OVERRIDE) -> bytes:
+def na_message(
+    vip: ipaddress.IPv6Address,
+    mac: str | bytes,
+    *,
+    dst: ipaddress.IPv6Address = ALL_NODES,
+    flags: int = NA_FLAG_OVERRIDE,
+) -> bytes:
     """The ICMPv6 neighbour advertisement (32 bytes) with its checksum for src=``vip``, dst=``dst``.
 
     A raw ICMPv6 socket recomputes the checksum itself; a packet socket needs it as here.
@@ -62,8 +67,7 @@ def na_message(vip: ipaddress.IPv6Address, mac: str | bytes, *, dst: ipaddress.I
 
 def na_frame(vip: ipaddress.IPv6Address, mac: str | bytes, *, flow_label: int = 0) -> bytes:
     """A whole unsolicited NA frame: Ethernet to 33:33:00:00:00:01, IPv6 from the VIP to ff02::1, hop limit 255."""
-    packet = build_ip(vip, ALL_NODES, na_message(vip, mac), proto=ICMPV6_PROTO, ttl=255, tos=0,
-                      flow_label=flow_label)
+    packet = build_ip(vip, ALL_NODES, na_message(vip, mac), proto=ICMPV6_PROTO, ttl=255, tos=0, flow_label=flow_label)
     return build_frame(multicast_mac(ALL_NODES), mac, ETH_P_IPV6, packet)
 
 

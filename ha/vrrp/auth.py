@@ -122,7 +122,7 @@ class Verifier:
         """Return the VRRP message of an authentic, fresh ``payload``; raise ``BadAuth`` / ``Replay`` otherwise
         (or another ``VrrpProtocolError`` if the header is too broken to find the trailer)."""
         mlen = message_length(payload, src.version)
-        trailer = payload[mlen:mlen + TRAILER_LEN]
+        trailer = payload[mlen : mlen + TRAILER_LEN]
         if len(trailer) < TRAILER_LEN:
             raise BadAuth("no lvs-ha HMAC trailer (is the peer configured with the same key file?)")
         magic, version, key_id, _reserved, counter = TRAILER_HEAD.unpack_from(trailer)
@@ -132,8 +132,8 @@ class Verifier:
         if key is None:
             raise BadAuth(f"unknown key id {key_id}")
         message = payload[:mlen]
-        expected = _mac(key, src, dst, message, trailer[:TRAILER_HEAD.size])
-        if not hmac.compare_digest(expected, trailer[TRAILER_HEAD.size:]):
+        expected = _mac(key, src, dst, message, trailer[: TRAILER_HEAD.size])
+        if not hmac.compare_digest(expected, trailer[TRAILER_HEAD.size :]):
             raise BadAuth("HMAC does not verify")
         last = self.last_counter.get(src)
         if last is not None and counter <= last:

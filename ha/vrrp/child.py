@@ -117,8 +117,7 @@ def _realtime() -> None:
     """SCHED_FIFO priority 1 for this (the loop's) thread; SCHED_RESET_ON_FORK: scripts it forks (notify, track)
     and threads it starts later run with normal scheduling."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0x40000000),
-                              os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0x40000000), os.sched_param(1))
         log.info("VRRP engine process runs SCHED_FIFO priority 1")
     except OSError as e:
         log.warning("SCHED_FIFO for the VRRP engine process refused: %s", e)

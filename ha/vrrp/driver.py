@@ -80,8 +80,12 @@ class Lateness:
         self.buckets[-1] += 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "sum_s": self.sum_s, "max_s": self.max_s,
-                "buckets": dict(zip([*map(str, LATENESS_BUCKETS_S), "+Inf"], self.buckets, strict=True))}
+        return {
+            "count": self.count,
+            "sum_s": self.sum_s,
+            "max_s": self.max_s,
+            "buckets": dict(zip([*map(str, LATENESS_BUCKETS_S), "+Inf"], self.buckets, strict=True)),
+        }
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,16 @@ def malformed_count(errors: dict[str, int]) -> int:
 
 
 class InstanceDriver:
-    def __init__(self, settings: DriverSettings, machine: Machine, sock: VrrpSocket, vips: VipSet,
-                 announcer: Announcer | None,
-                 on_transition: Callable[[InstanceDriver, StateChanged], None] | None = None,
-                 auth: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        settings: DriverSettings,
+        machine: Machine,
+        sock: VrrpSocket,
+        vips: VipSet,
+        announcer: Announcer | None,
+        on_transition: Callable[[InstanceDriver, StateChanged], None] | None = None,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.s = settings
         self.machine = machine
         self.sock = sock
@@ -309,11 +319,17 @@ class InstanceDriver:
         src = self.sock.source
         assert src is not None
         if self.s.version == 2 and self.s.password:
-            adv = packet.Advert(2, self.s.vrid, priority, self.s.advert_interval_s, self.s.vip_addresses,
-                                packet.AuthType.PASSWORD, self.s.password[:8])
+            adv = packet.Advert(
+                2,
+                self.s.vrid,
+                priority,
+                self.s.advert_interval_s,
+                self.s.vip_addresses,
+                packet.AuthType.PASSWORD,
+                self.s.password[:8],
+            )
         else:
-            adv = packet.Advert(self.s.version, self.s.vrid, priority, self.s.advert_interval_s,
-                                self.s.vip_addresses)
+            adv = packet.Advert(self.s.version, self.s.vrid, priority, self.s.advert_interval_s, self.s.vip_addresses)
         for dst in self.sock.destinations:
             msg = packet.encode(adv, src, dst)
             if self.auth is not None:
@@ -341,8 +357,13 @@ class InstanceDriver:
                 return
             except VipError as e:
                 self.errors["vip_acquire" if acquire else "vip_release"] += 1
-                log.warning("instance=%s VIP %s failed (attempt %d): %s", self.s.name,
-                            "add" if acquire else "remove", attempt + 1, e)
+                log.warning(
+                    "instance=%s VIP %s failed (attempt %d): %s",
+                    self.s.name,
+                    "add" if acquire else "remove",
+                    attempt + 1,
+                    e,
+                )
                 await asyncio.sleep(0.05 * (attempt + 1))
 
     async def settle_vips(self) -> None:
@@ -401,8 +422,13 @@ class InstanceDriver:
 
     # -- status ---------------------------------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
-        return {"adverts_sent": self.adverts_sent, "adverts_received": self.adverts_received,
-                "errors": dict(self.errors), "socket_drops": dict(self.sock.drops),
-                "send_errors": dict(self.sock.send_errors), "transitions": self.transitions,
-                "timer_lateness": self.lateness.as_dict(),
-                "announce_sent": self.announcer.sent if self.announcer else 0}
+        return {
+            "adverts_sent": self.adverts_sent,
+            "adverts_received": self.adverts_received,
+            "errors": dict(self.errors),
+            "socket_drops": dict(self.sock.drops),
+            "send_errors": dict(self.sock.send_errors),
+            "transitions": self.transitions,
+            "timer_lateness": self.lateness.as_dict(),
+            "announce_sent": self.announcer.sent if self.announcer else 0,
+        }

@@ -88,8 +88,15 @@ class EngineError(RuntimeError):
     pass
 
 
-LIVE_FIELDS = ("notify", "track_interfaces", "track_scripts", "track_files", "track_own_interface", "hmac_keys",
-               "preempt_delay_s")
+LIVE_FIELDS = (
+    "notify",
+    "track_interfaces",
+    "track_scripts",
+    "track_files",
+    "track_own_interface",
+    "hmac_keys",
+    "preempt_delay_s",
+)
 
 
 def _live_change(old: InstanceSpec, new: InstanceSpec) -> bool:
@@ -118,9 +125,15 @@ class VrrpEngine:
     ``await stop(handover)`` and ``await reconfigure(...)``; ``status()`` and ``failover()`` are plain calls on the
     loop. Transitions go to ``on_transition(info)`` (called on the loop)."""
 
-    def __init__(self, instances: list[InstanceSpec], sync_groups: list[SyncGroupSpec] | None = None,
-                 on_transition: Callable[[dict[str, Any]], None] | None = None, notify_timeout_s: float = 10.0,
-                 track_poll_s: float = 0.05, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        instances: list[InstanceSpec],
+        sync_groups: list[SyncGroupSpec] | None = None,
+        on_transition: Callable[[dict[str, Any]], None] | None = None,
+        notify_timeout_s: float = 10.0,
+        track_poll_s: float = 0.05,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
         self.on_transition = on_transition
@@ -237,8 +250,9 @@ class VrrpEngine:
         inst.tracker.start()
 
     # -- reload ---------------------------------------------------------------------------------------------
-    async def reconfigure(self, specs: list[InstanceSpec],
-                          groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
+    async def reconfigure(
+        self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None
+    ) -> dict[str, list[str]]:
         """Apply a new set of instances without a restart: unchanged instances carry on untouched; changes to
         tracking, notify, authentication or priority apply in place (role kept); new instances start; removed ones
         stop (priority-0 advert, VIPs released); any other change replaces the instance (a master hands over)."""
@@ -331,36 +345,62 @@ class VrrpEngine:
         inst.vmac = vmac
         return inst
 
-    async def _open_on(self, spec: InstanceSpec, sock_if: str, vip_ips: tuple[IPAddress, ...],
-                       advert_ips: tuple[IPAddress, ...]) -> _Instance:
+    async def _open_on(
+        self, spec: InstanceSpec, sock_if: str, vip_ips: tuple[IPAddress, ...], advert_ips: tuple[IPAddress, ...]
+    ) -> _Instance:
         vips = VipSet(spec.vips)
         # we start as non-master: VIPs of ours left by a previous run go
         leftover = await self._netlink(vips.release)
         if leftover:
-            log.warning("instance=%s removed %d leftover VIP(s) at start: %s", spec.name, len(leftover),
-                        ", ".join(map(str, leftover)))
-        sock = VrrpSocket(spec.family, sock_if, source=spec.unicast_source, peers=spec.unicast_peers,
-                          addr_ifname=spec.interface)
+            log.warning(
+                "instance=%s removed %d leftover VIP(s) at start: %s",
+                spec.name,
+                len(leftover),
+                ", ".join(map(str, leftover)),
+            )
+        sock = VrrpSocket(
+            spec.family, sock_if, source=spec.unicast_source, peers=spec.unicast_peers, addr_ifname=spec.interface
+        )
         await self._netlink(sock.open, vip_ips)  # reads the interface's addresses through netlink
         announcer = Announcer([(v.address.ip, v.interface) for v in spec.vips], announce.announcement_frame)
         try:
             announcer.open()
             msettings = Settings(
-                vrid=spec.vrid, priority=spec.priority, version=spec.version,
-                advert_interval_s=spec.advert_interval_s, preempt=spec.preempt, preempt_delay_s=spec.preempt_delay_s,
-                primary_address=sock.source, family=spec.family, startup_delay_s=spec.startup_delay_s,
-                takeover=spec.takeover, hold_s=spec.hold_s, garp_refresh_s=spec.garp_refresh_s,
-                garp_repeat_delay_s=spec.garp_repeat_delay_s, announce_on_lower=spec.announce_on_lower,
-                advert_on_yield=spec.advert_on_yield)
+                vrid=spec.vrid,
+                priority=spec.priority,
+                version=spec.version,
+                advert_interval_s=spec.advert_interval_s,
+                preempt=spec.preempt,
+                preempt_delay_s=spec.preempt_delay_s,
+                primary_address=sock.source,
+                family=spec.family,
+                startup_delay_s=spec.startup_delay_s,
+                takeover=spec.takeover,
+                hold_s=spec.hold_s,
+                garp_refresh_s=spec.garp_refresh_s,
+                garp_repeat_delay_s=spec.garp_repeat_delay_s,
+                announce_on_lower=spec.announce_on_lower,
+                advert_on_yield=spec.advert_on_yield,
+            )
             machine = VrrpMachine(msettings)
         except BaseException:
             sock.close()
             announcer.close()
             raise
-        dsettings = DriverSettings(spec.name, spec.vrid, spec.version, spec.family, spec.advert_interval_s,
-                                   advert_ips, spec.garp_count, spec.garp_interval_s, spec.password)
-        driver = InstanceDriver(dsettings, machine, sock, vips, announcer, self._transition,
-                                auth=self._authenticator(spec))
+        dsettings = DriverSettings(
+            spec.name,
+            spec.vrid,
+            spec.version,
+            spec.family,
+            spec.advert_interval_s,
+            advert_ips,
+            spec.garp_count,
+            spec.garp_interval_s,
+            spec.password,
+        )
+        driver = InstanceDriver(
+            dsettings, machine, sock, vips, announcer, self._transition, auth=self._authenticator(spec)
+        )
         return _Instance(spec, driver, machine, self._tracker(spec))
 
     def _tracker(self, spec: InstanceSpec) -> Tracker:
@@ -413,8 +453,15 @@ class VrrpEngine:
         if not self._stopping and inst.group is not None:
             self._sync(inst, change)
         if self.on_transition is not None:
-            info = {"instance": inst.spec.name, "old": change.old.value, "new": new.value, "reason": change.reason,
-                    "master": change.master, "priority": prio, "time": time.time()}
+            info = {
+                "instance": inst.spec.name,
+                "old": change.old.value,
+                "new": new.value,
+                "reason": change.reason,
+                "master": change.master,
+                "priority": prio,
+                "time": time.time(),
+            }
             try:
                 self.on_transition(info)
             except Exception:
@@ -430,8 +477,11 @@ class VrrpEngine:
                 self._instances[name].driver._run_actions()
         if change.new is Role.MASTER or change.old is Role.MASTER:
             for argv in commands_for(inst.group.notify, change.new.value):
-                self.notifier.notify(Notification(argv, inst.group.name, change.new.value, inst.machine.priority,
-                                                  (("GROUP", inst.group.name),)))
+                self.notifier.notify(
+                    Notification(
+                        argv, inst.group.name, change.new.value, inst.machine.priority, (("GROUP", inst.group.name),)
+                    )
+                )
 
     def status(self) -> list[dict[str, Any]]:
         self._check_running()
@@ -441,12 +491,20 @@ class VrrpEngine:
         for name, inst in self._instances.items():
             m, d = inst.machine, inst.driver
             since = m.since
-            out.append({
-                "name": name, "role": m.role.value, "priority": inst.spec.priority,
-                "effective_priority": m.priority, "master": m.master,
-                "since": None if since is None else now_wall - (now_loop - since),
-                "last_reason": m.reason, "faults": list(m.faults), "vrid": inst.spec.vrid,
-                "interface": inst.spec.interface, "vips": [str(v.address) for v in inst.spec.vips],
-                "counters": {**d.counters(), "machine": dict(m.counters)},
-            })
+            out.append(
+                {
+                    "name": name,
+                    "role": m.role.value,
+                    "priority": inst.spec.priority,
+                    "effective_priority": m.priority,
+                    "master": m.master,
+                    "since": None if since is None else now_wall - (now_loop - since),
+                    "last_reason": m.reason,
+                    "faults": list(m.faults),
+                    "vrid": inst.spec.vrid,
+                    "interface": inst.spec.interface,
+                    "vips": [str(v.address) for v in inst.spec.vips],
+                    "counters": {**d.counters(), "machine": dict(m.counters)},
+                }
+            )
         return out

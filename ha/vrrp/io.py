@@ -85,14 +85,16 @@ def interface_addresses(ifname: str, rtnl: Rtnl | None = None) -> list[tuple[IPA
     return [(a.address, a.prefixlen, bool(a.flags & IFA_F_SECONDARY)) for a in addrs]
 
 
-def primary_address(ifname: str, family: int, exclude: Iterable[IPAddress] = (),
-                    rtnl: Rtnl | None = None) -> IPAddress | None:
+def primary_address(
+    ifname: str, family: int, exclude: Iterable[IPAddress] = (), rtnl: Rtnl | None = None
+) -> IPAddress | None:
     """The address adverts leave from: IPv4 the first primary address, IPv6 the link-local address."""
     return _primary(interface_addresses(ifname, rtnl), family, exclude)
 
 
-def _primary(addrs: Iterable[tuple[IPAddress, int, bool]], family: int,
-             exclude: Iterable[IPAddress] = ()) -> IPAddress | None:
+def _primary(
+    addrs: Iterable[tuple[IPAddress, int, bool]], family: int, exclude: Iterable[IPAddress] = ()
+) -> IPAddress | None:
     skip = set(exclude)
     for addr, _plen, secondary in addrs:
         if addr in skip or addr.version != family:
@@ -111,8 +113,15 @@ class VrrpSocket:
     is not the socket's interface: a VMAC (macvlan, no IPv4 address of its own) sends from its parent's address.
     """
 
-    def __init__(self, family: int, ifname: str, source: IPAddress | None = None,
-                 peers: Sequence[IPAddress] = (), rcvbuf: int = 1 << 20, addr_ifname: str | None = None) -> None:
+    def __init__(
+        self,
+        family: int,
+        ifname: str,
+        source: IPAddress | None = None,
+        peers: Sequence[IPAddress] = (),
+        rcvbuf: int = 1 << 20,
+        addr_ifname: str | None = None,
+    ) -> None:
         if family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, not {family}")
         self.family = family
@@ -204,8 +213,9 @@ class VrrpSocket:
                 self.sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, (str(dest), 0))
             else:
                 info = struct.pack("=16sI", self.source.packed, self.ifindex)
-                self.sock.sendmsg([payload], [(socket.IPPROTO_IPV6, IPV6_PKTINFO, info)], 0,
-                                  (str(dest), 0, 0, self.ifindex))
+                self.sock.sendmsg(
+                    [payload], [(socket.IPPROTO_IPV6, IPV6_PKTINFO, info)], 0, (str(dest), 0, 0, self.ifindex)
+                )
         except OSError as e:
             name = errno_name(e)
             if not self.send_errors[name]:
@@ -274,7 +284,7 @@ class VrrpSocket:
         if why is not None:
             self._drop(why)
             return None
-        return Received(bytes(data[ihl:min(total, len(data))]), src, dst, data[8])
+        return Received(bytes(data[ihl : min(total, len(data))]), src, dst, data[8])
 
     def _parse_v6(self, data: bytes, anc: list[tuple[int, int, bytes]], addr: tuple) -> Received | None:
         hops: int | None = None
@@ -342,13 +352,11 @@ def errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e.errno)) if e.errno else type(e).__name__
 
 
-
 class Announcer:
     """Announcements for a set of VIPs, each sent on the interface the VIP lives on (a gateway VIP on the inside
     network must be announced there, not on the VRRP interface), from that interface's MAC."""
 
-    def __init__(self, vips: Sequence[tuple[IPAddress, str]],
-                 frame: Callable[[IPAddress, bytes], bytes]) -> None:
+    def __init__(self, vips: Sequence[tuple[IPAddress, str]], frame: Callable[[IPAddress, bytes], bytes]) -> None:
         self.vips = list(vips)
         self.frame = frame
         self.sockets = {ifname: AnnounceSocket(ifname) for _, ifname in self.vips}

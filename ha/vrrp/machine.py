@@ -240,7 +240,8 @@ class VrrpMachine:
             return
         if self._resign is not None:
             if (self._release_at is not None and now >= self._release_at) or (
-                    self._hold_until is not None and now >= self._hold_until):
+                self._hold_until is not None and now >= self._hold_until
+            ):
                 self._finish_resign(now)
             elif self._release_at is None and self._advert_at is not None and now >= self._advert_at:
                 self._emit(SendAdvert(0))  # repeat the resignation in case the first one was lost
@@ -372,7 +373,8 @@ class VrrpMachine:
             self._advert_at = now + s.advert_interval_s
             return
         higher = advert.priority > self._priority or (
-            advert.priority == self._priority and _addr_int(source) > _addr_int(s.primary_address))
+            advert.priority == self._priority and _addr_int(source) > _addr_int(s.primary_address)
+        )
         if higher:
             if s.version == 3:
                 self._master_adver_interval_s = advert.max_advert_interval_s

@@ -150,8 +150,9 @@ class Notifier:
             raise
         if rc is None:
             self.timed_out += 1
-            log.warning("instance=%s notify %s (%s) timed out after %gs; killed", n.instance, n.argv[0], n.state,
-                        self.timeout_s)
+            log.warning(
+                "instance=%s notify %s (%s) timed out after %gs; killed", n.instance, n.argv[0], n.state, self.timeout_s
+            )
             child.kill()
             await child.wait()
             return

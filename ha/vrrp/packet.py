@@ -202,8 +202,9 @@ def encode(advert: Advert, src: IPAddress, dst: IPAddress, *, old_unicast_checks
         head = struct.pack("!BBBBHH", ver_type, advert.vrid, advert.priority, count, wire_int, 0)
         tail = b""
     else:
-        head = struct.pack("!BBBBBBH", ver_type, advert.vrid, advert.priority, count, int(advert.auth_type),
-                           wire_int, 0)
+        head = struct.pack(
+            "!BBBBBBH", ver_type, advert.vrid, advert.priority, count, int(advert.auth_type), wire_int, 0
+        )
         tail = advert.auth_data.ljust(V2_AUTH_LEN, b"\0")
     body = head + b"".join(a.packed for a in advert.addresses) + tail
     if advert.version == 3:
@@ -234,8 +235,14 @@ def _group(addr: IPAddress) -> IPAddress:
     return MCAST_V4 if addr.version == 4 else MCAST_V6
 
 
-def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: bool = True,
-           accept_old_unicast_checksum: bool = True) -> Advert:
+def decode(
+    payload: bytes,
+    src: IPAddress,
+    dst: IPAddress,
+    *,
+    verify_checksum: bool = True,
+    accept_old_unicast_checksum: bool = True,
+) -> Advert:
     """Parse and validate a VRRP message received from ``src`` to ``dst``. Trailing bytes are ignored.
 
     A v3 unicast advert whose checksum only verifies with the multicast group in the pseudo-header (Keepalived
@@ -271,12 +278,13 @@ def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: b
             (got,) = struct.unpack_from("!H", msg, 6)
             raise BadChecksum(f"checksum 0x{got:04x} does not verify (v{version})")
     alen = _addr_len(family)
-    addr_bytes = msg[HEADER_LEN:HEADER_LEN + count * alen]
+    addr_bytes = msg[HEADER_LEN : HEADER_LEN + count * alen]
     if family == 4:
         addrs: tuple[IPAddress, ...] = tuple(
-            ipaddress.IPv4Address(addr_bytes[i:i + 4]) for i in range(0, len(addr_bytes), 4))
+            ipaddress.IPv4Address(addr_bytes[i : i + 4]) for i in range(0, len(addr_bytes), 4)
+        )
     else:
-        addrs = tuple(ipaddress.IPv6Address(addr_bytes[i:i + 16]) for i in range(0, len(addr_bytes), 16))
+        addrs = tuple(ipaddress.IPv6Address(addr_bytes[i : i + 16]) for i in range(0, len(addr_bytes), 16))
     if version == 3:
         (word,) = struct.unpack_from("!H", msg, 4)
         cs = word & 0x0FFF  # the top 4 bits are reserved: ignored on receive
@@ -290,7 +298,7 @@ def decode(payload: bytes, src: IPAddress, dst: IPAddress, *, verify_checksum: b
         auth_type = AuthType(auth_type_raw)
     except ValueError:
         raise BadAuth(f"unknown auth type {auth_type_raw}") from None
-    auth_data = msg[length - V2_AUTH_LEN:length]
+    auth_data = msg[length - V2_AUTH_LEN : length]
     return _advert(2, vrid, priority, float(secs), addrs, auth_type, auth_data)
 
 
@@ -325,15 +333,23 @@ class IpHeader:
     header_ok: bool = True  # IPv4 header checksum verified
 
 
-def build_ip(src: IPAddress, dst: IPAddress, payload: bytes, *, proto: int = VRRP_PROTO, ttl: int = VRRP_TTL,
-             tos: int = VRRP_TOS, ident: int = 0, flow_label: int = 0) -> bytes:
+def build_ip(
+    src: IPAddress,
+    dst: IPAddress,
+    payload: bytes,
+    *,
+    proto: int = VRRP_PROTO,
+    ttl: int = VRRP_TTL,
+    tos: int = VRRP_TOS,
+    ident: int = 0,
+    flow_label: int = 0,
+) -> bytes:
     """An IPv4 (no options, DF clear) or IPv6 (no extension headers) packet around ``payload``."""
     if src.version != dst.version:
         raise VrrpLocalError(f"source {src} and destination {dst} are of different families")
     if src.version == 4:
         total = 20 + len(payload)
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident & 0xFFFF, 0, ttl, proto, 0, src.packed,
-                          dst.packed)
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident & 0xFFFF, 0, ttl, proto, 0, src.packed, dst.packed)
         return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + payload
     first = (6 << 28) | ((tos & 0xFF) << 20) | (flow_label & 0xFFFFF)
     return struct.pack("!IHBB", first, len(payload), proto, ttl) + src.packed + dst.packed + payload
@@ -356,8 +372,17 @@ def parse_ip(packet: bytes) -> tuple[IpHeader, bytes]:
             raise LengthMismatch(f"IPv4 total length {total} with {len(packet)} bytes present")
         if frag & 0x3FFF:
             raise NotVrrp("IPv4 fragment")
-        hdr = IpHeader(4, ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20]), ttl, proto,
-                       tos, ident, 0, checksum(packet[:ihl]) == 0)
+        hdr = IpHeader(
+            4,
+            ipaddress.IPv4Address(packet[12:16]),
+            ipaddress.IPv4Address(packet[16:20]),
+            ttl,
+            proto,
+            tos,
+            ident,
+            0,
+            checksum(packet[:ihl]) == 0,
+        )
         return hdr, packet[ihl:total]
     if version == 6:
         if len(packet) < 40:
@@ -365,9 +390,17 @@ def parse_ip(packet: bytes) -> tuple[IpHeader, bytes]:
         first, plen, nxt, hops = struct.unpack_from("!IHBB", packet, 0)
         if 40 + plen > len(packet):
             raise LengthMismatch(f"IPv6 payload length {plen} with {len(packet) - 40} bytes present")
-        hdr = IpHeader(6, ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40]), hops, nxt,
-                       (first >> 20) & 0xFF, 0, first & 0xFFFFF)
-        return hdr, packet[40:40 + plen]
+        hdr = IpHeader(
+            6,
+            ipaddress.IPv6Address(packet[8:24]),
+            ipaddress.IPv6Address(packet[24:40]),
+            hops,
+            nxt,
+            (first >> 20) & 0xFF,
+            0,
+            first & 0xFFFFF,
+        )
+        return hdr, packet[40 : 40 + plen]
     raise NotVrrp(f"IP version {version}")
 
 
@@ -382,8 +415,15 @@ def decode_ip(packet: bytes, *, verify_checksum: bool = True) -> tuple[IpHeader,
     return hdr, decode(payload, hdr.src, hdr.dst, verify_checksum=verify_checksum)
 
 
-def encode_ip(advert: Advert, src: IPAddress, dst: IPAddress | None = None, *, ident: int = 0,
-              flow_label: int = 0, trailer: bytes = b"") -> bytes:
+def encode_ip(
+    advert: Advert,
+    src: IPAddress,
+    dst: IPAddress | None = None,
+    *,
+    ident: int = 0,
+    flow_label: int = 0,
+    trailer: bytes = b"",
+) -> bytes:
     """A whole IP packet with this advert as Keepalived sends it (TOS 0xc0, TTL 255, no DF)."""
     dst = dst if dst is not None else (MCAST_V4 if src.version == 4 else MCAST_V6)
     return build_ip(src, dst, encode(advert, src, dst) + trailer, ident=ident, flow_label=flow_label)
@@ -393,7 +433,7 @@ def encode_ip(advert: Advert, src: IPAddress, dst: IPAddress | None = None, *, i
 
 
 def mac_bytes(mac: str | bytes) -> bytes:
-    """"02:77:00:00:00:0b" (or 6 raw bytes) -> 6 bytes."""
+    """ "02:77:00:00:00:0b" (or 6 raw bytes) -> 6 bytes."""
     if isinstance(mac, bytes):
         raw = mac
     else:
@@ -435,8 +475,16 @@ def parse_frame(frame: bytes) -> tuple[bytes, bytes, int, bytes]:
     return frame[0:6], frame[6:12], ethertype, frame[14:]
 
 
-def encode_frame(advert: Advert, src: IPAddress, src_mac: str | bytes, dst: IPAddress | None = None,
-                 dst_mac: str | bytes | None = None, *, ident: int = 0, flow_label: int = 0) -> bytes:
+def encode_frame(
+    advert: Advert,
+    src: IPAddress,
+    src_mac: str | bytes,
+    dst: IPAddress | None = None,
+    dst_mac: str | bytes | None = None,
+    *,
+    ident: int = 0,
+    flow_label: int = 0,
+) -> bytes:
     """A whole Ethernet frame with this advert (multicast destination MAC unless ``dst_mac`` is given)."""
     dst = dst if dst is not None else (MCAST_V4 if src.version == 4 else MCAST_V6)
     if dst_mac is None:

@@ -108,9 +108,16 @@ def recv_msg(sock: socket.socket) -> tuple[Any, ...]:
 class ProcessEngine:
     """``VrrpEngine``'s interface, with the engine in a child process; every method runs on the caller's loop."""
 
-    def __init__(self, instances: list[InstanceSpec], sync_groups: list[SyncGroupSpec] | None = None,
-                 on_transition: Callable[[dict[str, Any]], None] | None = None, *, realtime: bool = False,
-                 python: str = sys.executable, title: str = TITLE) -> None:
+    def __init__(
+        self,
+        instances: list[InstanceSpec],
+        sync_groups: list[SyncGroupSpec] | None = None,
+        on_transition: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        realtime: bool = False,
+        python: str = sys.executable,
+        title: str = TITLE,
+    ) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
         self.on_transition = on_transition
@@ -181,8 +188,9 @@ class ProcessEngine:
     async def status(self) -> list[dict[str, Any]]:
         return list(await self._call("status", ()))
 
-    async def reconfigure(self, specs: list[InstanceSpec],
-                          groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
+    async def reconfigure(
+        self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None
+    ) -> dict[str, list[str]]:
         if len({s.name for s in specs}) != len(specs):
             raise EngineError("instance names must be unique")
         out = dict(await self._call("reconfigure", (list(specs), list(groups or ())), timeout_s=60.0))
@@ -241,8 +249,9 @@ class ProcessEngine:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             fd = theirs.fileno()
-            self.proc = await asyncio.create_subprocess_exec(*self.argv(fd), pass_fds=(fd,),
-                                                             stdin=asyncio.subprocess.DEVNULL)
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(fd), pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL
+            )
         except BaseException:
             mine.close()
             raise
@@ -259,9 +268,20 @@ class ProcessEngine:
             reader = await self._spawn()
             assert self._writer is not None
             self._alive = True
-            self._writer.write(frame(("init", {
-                "specs": self.specs, "groups": self.groups, "realtime": self.realtime,
-                "log_level": logging.getLogger().getEffectiveLevel(), "title": self.title})))
+            self._writer.write(
+                frame(
+                    (
+                        "init",
+                        {
+                            "specs": self.specs,
+                            "groups": self.groups,
+                            "realtime": self.realtime,
+                            "log_level": logging.getLogger().getEffectiveLevel(),
+                            "title": self.title,
+                        },
+                    )
+                )
+            )
         except Exception as e:
             self._start_done(f"VRRP engine process could not be started: {e}")
             await self._close_channel()
@@ -294,8 +314,7 @@ class ProcessEngine:
             if self.proc is not None:
                 with contextlib.suppress(TimeoutError):
                     code = await asyncio.wait_for(self.proc.wait(), 5)
-            log.critical("VRRP engine process exited unexpectedly (exit status %s)%s", code,
-                         f": {why}" if why else "")
+            log.critical("VRRP engine process exited unexpectedly (exit status %s)%s", code, f": {why}" if why else "")
         elif self.proc is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 5)

@@ -88,8 +88,13 @@ MACVLAN_MODE_VEPA = 2
 MACVLAN_MODE_BRIDGE = 4
 MACVLAN_MODE_PASSTHRU = 8
 MACVLAN_MODE_SOURCE = 16
-MACVLAN_MODES = {"private": MACVLAN_MODE_PRIVATE, "vepa": MACVLAN_MODE_VEPA, "bridge": MACVLAN_MODE_BRIDGE,
-                 "passthru": MACVLAN_MODE_PASSTHRU, "source": MACVLAN_MODE_SOURCE}
+MACVLAN_MODES = {
+    "private": MACVLAN_MODE_PRIVATE,
+    "vepa": MACVLAN_MODE_VEPA,
+    "bridge": MACVLAN_MODE_BRIDGE,
+    "passthru": MACVLAN_MODE_PASSTHRU,
+    "source": MACVLAN_MODE_SOURCE,
+}
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -178,8 +183,16 @@ def family_of(family: int | None) -> int:
     raise ValueError(f"family must be 4, 6, AF_INET, AF_INET6 or None, not {family!r}")
 
 
-def encode_addr_change(msg_type: int, seq: int, ifindex: int, address: str | IPAddress, prefixlen: int,
-                       *, nodad: bool = False, label: str | None = None) -> bytes:
+def encode_addr_change(
+    msg_type: int,
+    seq: int,
+    ifindex: int,
+    address: str | IPAddress,
+    prefixlen: int,
+    *,
+    nodad: bool = False,
+    label: str | None = None,
+) -> bytes:
     """An RTM_NEWADDR (create, exclusive) or RTM_DELADDR request, asking for an ack.
 
     IPv4 carries the address as IFA_LOCAL and IFA_ADDRESS (not point-to-point), IPv6 as IFA_ADDRESS. ``nodad``
@@ -217,8 +230,9 @@ def encode_addr_change(msg_type: int, seq: int, ifindex: int, address: str | IPA
 
 def encode_addr_dump(seq: int, family: int | None = None, ifindex: int | None = None) -> bytes:
     """An RTM_GETADDR dump request (a kernel with strict checking filters by ``ifindex`` itself)."""
-    return encode_message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                          IFADDRMSG.pack(family_of(family), 0, 0, 0, ifindex or 0))
+    return encode_message(
+        RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, IFADDRMSG.pack(family_of(family), 0, 0, 0, ifindex or 0)
+    )
 
 
 def _ifname_attr(name: str) -> bytes:
@@ -243,9 +257,13 @@ def encode_macvlan_create(seq: int, name: str, parent: int, mac: bytes, mode: in
         raise ValueError(f"bad macvlan mode {mode}")
     data = encode_attr(IFLA_MACVLAN_MODE, struct.pack("=I", mode))
     info = encode_attr(IFLA_INFO_KIND, b"macvlan") + _nested(IFLA_INFO_DATA, data)
-    body = (IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + _ifname_attr(name)
-            + encode_attr(IFLA_LINK, struct.pack("=I", parent)) + encode_attr(IFLA_ADDRESS, bytes(mac))
-            + _nested(IFLA_LINKINFO, info))
+    body = (
+        IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0)
+        + _ifname_attr(name)
+        + encode_attr(IFLA_LINK, struct.pack("=I", parent))
+        + encode_attr(IFLA_ADDRESS, bytes(mac))
+        + _nested(IFLA_LINKINFO, info)
+    )
     return encode_message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, body)
 
 
@@ -265,8 +283,9 @@ def encode_link_delete(seq: int, index: int) -> bytes:
 
 def encode_link_get(seq: int, name: str) -> bytes:
     """An RTM_GETLINK request for one interface by name (not a dump): the reply is its RTM_NEWLINK, then the ack."""
-    return encode_message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq,
-                          IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + _ifname_attr(name))
+    return encode_message(
+        RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + _ifname_attr(name)
+    )
 
 
 # -- pure decoding -----------------------------------------------------------------------------------------------
@@ -285,7 +304,7 @@ def parse_messages(data: bytes) -> list[Message]:
         length, msg_type, flags, seq, pid = NLMSGHDR.unpack_from(data, off)
         if length < NLMSGHDR.size or length > len(data) - off:
             raise _bad(f"message length {length} at offset {off} of a {len(data)}-byte datagram")
-        out.append(Message(msg_type, flags, seq, pid, bytes(view[off + NLMSGHDR.size:off + length])))
+        out.append(Message(msg_type, flags, seq, pid, bytes(view[off + NLMSGHDR.size : off + length])))
         off += align(length)
     return out
 
@@ -303,7 +322,7 @@ def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
         length, attr_type = RTATTR.unpack_from(data, off)
         if length < RTATTR.size or length > len(data) - off:
             raise _bad(f"attribute length {length} at offset {off} of {len(data)}")
-        out[attr_type & NLA_TYPE_MASK] = data[off + RTATTR.size:off + length]
+        out[attr_type & NLA_TYPE_MASK] = data[off + RTATTR.size : off + length]
         off += align(length)
     return out
 
@@ -401,8 +420,9 @@ class Rtnl:
     def __init__(self, timeout: float = 2.0) -> None:
         self.timeout = timeout
         self._seq = int(time.monotonic() * 1000) & 0x7FFFFFFF  # not 0: stale replies of an earlier socket differ
-        self.sock: socket.socket | None = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                                         NETLINK_ROUTE)
+        self.sock: socket.socket | None = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
+        )
         try:
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
                 try:
@@ -437,8 +457,7 @@ class Rtnl:
         fam = family_of(family)
         for _attempt in range(3):  # a dump interrupted by a concurrent change is retried
             seq = self._next_seq()
-            replies, interrupted = self._request(encode_addr_dump(seq, fam, index), seq,
-                                                 what="address dump")
+            replies, interrupted = self._request(encode_addr_dump(seq, fam, index), seq, what="address dump")
             if not interrupted:
                 break
         out = []
@@ -453,8 +472,15 @@ class Rtnl:
             out.append(a)
         return out
 
-    def add_address(self, ifindex: int | str, address: str | IPAddress, prefixlen: int, *, nodad: bool = False,
-                    label: str | None = None) -> None:
+    def add_address(
+        self,
+        ifindex: int | str,
+        address: str | IPAddress,
+        prefixlen: int,
+        *,
+        nodad: bool = False,
+        label: str | None = None,
+    ) -> None:
         """Add an address; RtnlError(EEXIST) if the interface already has it."""
         self._change(RTM_NEWADDR, ifindex, address, prefixlen, nodad=nodad, label=label)
 
@@ -462,8 +488,9 @@ class Rtnl:
         """Remove an address; RtnlError(EADDRNOTAVAIL) if the interface does not have it."""
         self._change(RTM_DELADDR, ifindex, address, prefixlen)
 
-    def _change(self, msg_type: int, ifindex: int | str, address: str | IPAddress, prefixlen: int,
-                **kw: object) -> None:
+    def _change(
+        self, msg_type: int, ifindex: int | str, address: str | IPAddress, prefixlen: int, **kw: object
+    ) -> None:
         index = ifindex_of(ifindex) if isinstance(ifindex, str) else ifindex
         seq = self._next_seq()
         req = encode_addr_change(msg_type, seq, index, address, prefixlen, **kw)  # type: ignore[arg-type]

@@ -98,14 +98,23 @@ class Child:
 def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
     """Start ``argv`` now (on the running loop); raises OSError (or ValueError for a bad argv) if it cannot start."""
     loop = asyncio.get_running_loop()
-    proc = subprocess.Popen(list(argv), env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-                            start_new_session=True, restore_signals=True, preexec_fn=_child_setup)
+    proc = subprocess.Popen(
+        list(argv),
+        env=None if env is None else dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,
+        restore_signals=True,
+        preexec_fn=_child_setup,
+    )
     return Child(proc, loop)
 
 
-async def run(argv: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None,
-              running: set[Child] | None = None) -> int | None:
+async def run(
+    argv: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None, running: set[Child] | None = None
+) -> int | None:
     """Run ``argv`` to its end: its exit status, or None if it ran past ``timeout_s`` (its process group was killed
     and it was reaped). Raises OSError if it cannot start. Cancelled, it kills the command (the loop reaps it).
     ``running`` holds the child until it is reaped (so that an owner can kill, then await, what still runs)."""

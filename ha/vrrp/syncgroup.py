@@ -43,10 +43,8 @@ class SyncGroup:
             for m in self.members.values():
                 if self.fault_reason in m.faults:
                     m.clear_fault(now, self.fault_reason)
-            left_master = [n for n, m in self.members.items()
-                           if before[n] is Role.MASTER and m.role is Role.BACKUP]
-            went_master = [n for n, m in self.members.items()
-                           if before[n] is not Role.MASTER and m.role is Role.MASTER]
+            left_master = [n for n, m in self.members.items() if before[n] is Role.MASTER and m.role is Role.BACKUP]
+            went_master = [n for n, m in self.members.items() if before[n] is not Role.MASTER and m.role is Role.MASTER]
             if left_master:
                 cause = left_master[0]
                 for n, m in self.members.items():

@@ -157,8 +157,13 @@ class Tracker:
     on every change. ``start()`` and ``stop()`` are called on the loop; ``stop()`` cancels the polls and the script
     tasks and kills running scripts; ``await wait_closed()`` returns once those are reaped."""
 
-    def __init__(self, state: TrackState, on_change: Callable[[Outcome], None], poll_s: float = 0.05,
-                 read_link: Callable[[str], bool] = read_operstate) -> None:
+    def __init__(
+        self,
+        state: TrackState,
+        on_change: Callable[[Outcome], None],
+        poll_s: float = 0.05,
+        read_link: Callable[[str], bool] = read_operstate,
+    ) -> None:
         self.state = state
         self.on_change = on_change
         self.poll_s = poll_s

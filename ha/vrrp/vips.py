@@ -101,8 +101,7 @@ class VipSet:
 
     def _add(self, v: Vip) -> bool:
         try:
-            self._ip().add_address(v.interface, v.address.ip, v.address.network.prefixlen,
-                                   nodad=v.address.version == 6)
+            self._ip().add_address(v.interface, v.address.ip, v.address.network.prefixlen, nodad=v.address.version == 6)
         except OSError as e:
             if e.errno == errno.EEXIST:
                 return False

@@ -103,8 +103,9 @@ _parent_saved: dict[str, list[tuple[str, str]]] = {}
 class Vmac:
     """The VMAC of one instance (``open()`` / ``close()``). ``rtnl`` and ``sysctl`` are for tests."""
 
-    def __init__(self, spec: VmacSpec, parent: str, vrid: int, family: int, rtnl: Any = None,
-                 sysctl: Sysctl | None = None) -> None:
+    def __init__(
+        self, spec: VmacSpec, parent: str, vrid: int, family: int, rtnl: Any = None, sysctl: Sysctl | None = None
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.parent = parent
@@ -146,21 +147,27 @@ class Vmac:
         created = False
         if link is not None:
             if link.kind != "macvlan":
-                raise VmacError(errno.EEXIST, f"interface {self.name} exists and is not a macvlan "
-                                f"({link.kind or 'a plain device'}); choose another vmac interface name")
+                raise VmacError(
+                    errno.EEXIST,
+                    f"interface {self.name} exists and is not a macvlan "
+                    f"({link.kind or 'a plain device'}); choose another vmac interface name",
+                )
             if link.parent != parent_index or link.mac != self.mac:
-                raise VmacError(errno.EEXIST, f"macvlan {self.name} exists on another parent or with another MAC "
-                                f"({format_mac(link.mac)}, not {format_mac(self.mac)} on {self.parent}); "
-                                "delete it or choose another vmac interface name")
+                raise VmacError(
+                    errno.EEXIST,
+                    f"macvlan {self.name} exists on another parent or with another MAC "
+                    f"({format_mac(link.mac)}, not {format_mac(self.mac)} on {self.parent}); "
+                    "delete it or choose another vmac interface name",
+                )
             if self.name not in _users:
-                log.info("vmac %s (%s) already exists: used as it is, left in place at stop", self.name,
-                         format_mac(self.mac))
+                log.info(
+                    "vmac %s (%s) already exists: used as it is, left in place at stop", self.name, format_mac(self.mac)
+                )
         else:
             r.add_macvlan(self.name, parent_index, self.mac, MACVLAN_MODE_PRIVATE)
             _owned.add(self.name)
             created = True
-            log.info("vmac %s created on %s with %s (macvlan, private)", self.name, self.parent,
-                     format_mac(self.mac))
+            log.info("vmac %s created on %s with %s (macvlan, private)", self.name, self.parent, format_mac(self.mac))
         try:
             self._configure(r)
             self._hold_parent()
@@ -178,8 +185,12 @@ class Vmac:
         except OSError:
             strict = False
         if strict and self.family == 4 and not self.spec.xmit_base:
-            log.warning("vmac %s: net.ipv4.conf.all.rp_filter is 1 (strict), which overrides the vmac's 0: adverts "
-                        "arriving on %s will be dropped; set it to 0 or 2 (loose)", self.name, self.name)
+            log.warning(
+                "vmac %s: net.ipv4.conf.all.rp_filter is 1 (strict), which overrides the vmac's 0: adverts "
+                "arriving on %s will be dropped; set it to 0 or 2 (loose)",
+                self.name,
+                self.name,
+            )
         if self.family == 4:
             self._v6(lambda: self.sysctl.write(6, self.name, "disable_ipv6", "1"))
         else:

@@ -86,8 +86,9 @@ class Step:
         return f"{self.index}:{self.kind}" + (f"({extra})" if extra else "")
 
 
-def plan(seed: int, steps: int, rs_names: tuple[str, ...] = ("rs1", "rs2", "rs3"),
-         kinds: tuple[str, ...] = KINDS) -> list[Step]:
+def plan(
+    seed: int, steps: int, rs_names: tuple[str, ...] = ("rs1", "rs2", "rs3"), kinds: tuple[str, ...] = KINDS
+) -> list[Step]:
     """The step list of a seed: rounds of every kind in a shuffled order (so 30 steps hold each kind 3 or 4 times),
     with each step's random parameters drawn from the same generator."""
     rng = random.Random(seed)
@@ -227,15 +228,18 @@ class ChaosPair(PairLab):
 
     # -- faults at the bridge (nft in the bridge namespace) -----------------------------------------------------
     def _bridge_nft(self, script: str) -> None:
-        r = subprocess.run(["ip", "netns", "exec", str(self.lab.br_ns), "nft", "-f", "-"], input=script, text=True,
-                           capture_output=True)
+        r = subprocess.run(
+            ["ip", "netns", "exec", str(self.lab.br_ns), "nft", "-f", "-"], input=script, text=True, capture_output=True
+        )
         if r.returncode != 0:
             raise RuntimeError(f"nft in the bridge namespace failed: {r.stderr.strip()}\n{script}")
 
     def cut_at_bridge(self, name: str) -> None:
         ports = ", ".join(self.hosts[name].ports.values())
-        self._bridge_nft(f"table bridge chaos_cut {{\n chain chaos {{ type filter hook forward priority -200;\n"
-                         f"  iifname {{ {ports} }} drop\n  oifname {{ {ports} }} drop\n }}\n}}\n")
+        self._bridge_nft(
+            f"table bridge chaos_cut {{\n chain chaos {{ type filter hook forward priority -200;\n"
+            f"  iifname {{ {ports} }} drop\n  oifname {{ {ports} }} drop\n }}\n}}\n"
+        )
 
     def reconnect_at_bridge(self) -> None:
         self._bridge_nft("delete table bridge chaos_cut\n")
@@ -243,9 +247,11 @@ class ChaosPair(PairLab):
     def vrrp_partition(self) -> None:
         p1 = ", ".join(self.hosts["dir1"].ports.values())
         p2 = ", ".join(self.hosts["dir2"].ports.values())
-        self._bridge_nft(f"table bridge chaos_vrrp {{\n chain chaos {{ type filter hook forward priority -200;\n"
-                         f"  iifname {{ {p1} }} oifname {{ {p2} }} ip protocol 112 drop\n"
-                         f"  iifname {{ {p2} }} oifname {{ {p1} }} ip protocol 112 drop\n }}\n}}\n")
+        self._bridge_nft(
+            f"table bridge chaos_vrrp {{\n chain chaos {{ type filter hook forward priority -200;\n"
+            f"  iifname {{ {p1} }} oifname {{ {p2} }} ip protocol 112 drop\n"
+            f"  iifname {{ {p2} }} oifname {{ {p1} }} ip protocol 112 drop\n }}\n}}\n"
+        )
 
     def heal_vrrp_partition(self) -> None:
         self._bridge_nft("delete table bridge chaos_vrrp\n")
@@ -264,9 +270,14 @@ class ChaosPair(PairLab):
         if self.impl == "lvs-ha":
             for d in DIRECTORS:
                 doc = self.status(d) or {}
-                st[d] = {"roles": [str(i["role"]) for i in doc.get("instances", [])],
-                         "health": sorted(f"{r['realserver']}={r['health']}" for s in doc.get("services", [])
-                                          for r in s.get("realservers", []))}
+                st[d] = {
+                    "roles": [str(i["role"]) for i in doc.get("instances", [])],
+                    "health": sorted(
+                        f"{r['realserver']}={r['health']}"
+                        for s in doc.get("services", [])
+                        for r in s.get("realservers", [])
+                    ),
+                }
         return st
 
     def consistent(self, st: dict[str, Any]) -> str | None:
@@ -314,9 +325,14 @@ class Capture:
         for bridge in sorted(pair.lab.bridges):
             path = workdir / f"capture-{bridge}.txt"
             out = open(path, "wb")
-            self.procs.append(pair.lab.spawn(None, ["ip", "netns", "exec", br, "tcpdump", "-i", bridge, "-n", "-l",
-                                                    "-tt", "-e", "vrrp or arp"], stdout=out,
-                                             stderr=subprocess.DEVNULL))
+            self.procs.append(
+                pair.lab.spawn(
+                    None,
+                    ["ip", "netns", "exec", br, "tcpdump", "-i", bridge, "-n", "-l", "-tt", "-e", "vrrp or arp"],
+                    stdout=out,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             out.close()
             self.files[bridge] = path
 
@@ -328,8 +344,9 @@ class Capture:
                 with contextlib.suppress(ValueError, IndexError):
                     if start <= float(line.split()[0]) <= end:
                         lines.append(line)
-            out.append(f"--- tcpdump on bridge {bridge} ({len(lines)} lines, first {limit})\n" +
-                       "\n".join(lines[:limit]))
+            out.append(
+                f"--- tcpdump on bridge {bridge} ({len(lines)} lines, first {limit})\n" + "\n".join(lines[:limit])
+            )
         return "\n".join(out)
 
     def stop(self) -> None:
@@ -338,9 +355,21 @@ class Capture:
 
 
 class ChaosRun:
-    def __init__(self, lab: Lab, workdir: Path, seed: int, steps: int, *, interval_s: float = 0.1,
-                 impl: str = "lvs-ha", probe_s: float = 0.01, out: Callable[[str], None] = print,
-                 capture: bool = True, stop_on_failure: bool = True, kinds: tuple[str, ...] = KINDS) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        seed: int,
+        steps: int,
+        *,
+        interval_s: float = 0.1,
+        impl: str = "lvs-ha",
+        probe_s: float = 0.01,
+        out: Callable[[str], None] = print,
+        capture: bool = True,
+        stop_on_failure: bool = True,
+        kinds: tuple[str, ...] = KINDS,
+    ) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown or not kinds:
             raise ValueError(f"fault kinds must be some of {', '.join(KINDS)}, not {sorted(unknown) or 'none'}")
@@ -370,10 +399,12 @@ class ChaosRun:
         self.probe = pair.probe(interval_s=self.probe_s)
         self.master = self._settle(time.time())
         self.probe.wait_ok_streak(50)
-        self.out(f"chaos: seed {self.seed}, {len(self.steps)} steps, {self.impl}, "
-                 f"advert {self.interval_s * 1000:g} ms, "
-                 f"probe every {self.probe_s * 1000:g} ms; crash bound {self.bounds.master_down_s * 1000:.0f} ms "
-                 f"(master down) + {self.interval_s * 1000:g} + slack, heal bound {self.bounds.heal() * 1000:.0f} ms")
+        self.out(
+            f"chaos: seed {self.seed}, {len(self.steps)} steps, {self.impl}, "
+            f"advert {self.interval_s * 1000:g} ms, "
+            f"probe every {self.probe_s * 1000:g} ms; crash bound {self.bounds.master_down_s * 1000:.0f} ms "
+            f"(master down) + {self.interval_s * 1000:g} + slack, heal bound {self.bounds.heal() * 1000:.0f} ms"
+        )
         self.out("chaos: steps " + " ".join(str(s) for s in self.steps))
 
     def close(self) -> None:
@@ -399,8 +430,12 @@ class ChaosRun:
     def _wait_answers(self, n: int = 5, timeout: float = 10.0) -> None:
         """Until ``n`` requests answered after now (the client is served again)."""
         since = time.time()
-        wait_for(lambda: sum(1 for r in self._records() if r["ok"] and r["t"] >= since) >= n, timeout, 0.01,
-                 f"{n} answers through the VIP")
+        wait_for(
+            lambda: sum(1 for r in self._records() if r["ok"] and r["t"] >= since) >= n,
+            timeout,
+            0.01,
+            f"{n} answers through the VIP",
+        )
 
     def _wait_takeover(self, name: str, timeout: float = 10.0) -> None:
         """Until ``name`` holds every VIP (and, lvs-ha, says MASTER), then until the client is answered again."""
@@ -410,6 +445,7 @@ class ChaosRun:
             if not all(pair.holds_vip(name, v) for v in pair.vips()):
                 return False
             return self.impl != "lvs-ha" or pair.is_master(name)
+
         wait_for(taken, timeout, 0.01, f"{name} to take over")
         self._wait_answers()
 
@@ -458,8 +494,9 @@ class ChaosRun:
         if self.impl == "keepalived" or how == "sighup":
             os.kill(pair.daemon_pid(name), signal.SIGHUP)
             return
-        r = subprocess.run([LVS_HA, "reload", "--socket", pair.socket(name)], capture_output=True, text=True,
-                           timeout=30)
+        r = subprocess.run(
+            [LVS_HA, "reload", "--socket", pair.socket(name)], capture_output=True, text=True, timeout=30
+        )
         if r.returncode != 0:
             raise RuntimeError(f"lvs-ha reload on {name} failed: {r.stderr.strip() or r.stdout.strip()}")
 
@@ -528,8 +565,7 @@ class ChaosRun:
         if kind in CRASH_KINDS:
             res.phases.append(self._phase(step, "fault", t0, t1, crash))
         elif t1 > t0:
-            res.phases.append(self._phase(step, "fault", t0, t1, None if kind in ("partition", "freeze")
-                                          else b.heal()))
+            res.phases.append(self._phase(step, "fault", t0, t1, None if kind in ("partition", "freeze") else b.heal()))
         return t1
 
     def run_step(self, step: Step) -> StepResult:
@@ -555,20 +591,27 @@ class ChaosRun:
                 res.problems.append(f"after restarting {step.p('rs')}: {e}")
         for ph in res.phases:
             if ph.stranded:
-                res.problems.append(f"{ph.name}: a client unanswered for {ph.gap_s * 1000:.1f} ms from "
-                                    f"{ph.gap_at:.3f} (> bound {ph.bound_s * 1000:.0f} ms)")  # type: ignore[operator]
+                res.problems.append(
+                    f"{ph.name}: a client unanswered for {ph.gap_s * 1000:.1f} ms from "
+                    f"{ph.gap_at:.3f} (> bound {ph.bound_s * 1000:.0f} ms)"
+                )  # type: ignore[operator]
         res.duration_s = time.time() - t_start
         for ph in res.phases:
             self.out(f"  {ph.describe()}")
-        self.out(f"  settled: master {res.master_after} ({res.duration_s:.1f} s)" if not res.problems
-                 else "  PROBLEMS: " + "; ".join(res.problems))
+        self.out(
+            f"  settled: master {res.master_after} ({res.duration_s:.1f} s)"
+            if not res.problems
+            else "  PROBLEMS: " + "; ".join(res.problems)
+        )
         return res
 
     def failure_message(self, res: StepResult) -> str:
-        lines = [f"chaos run failed at step {res.step} (seed {self.seed}; replay with LVS_HA_CHAOS_SEED={self.seed} "
-                 f"or bench/chaos --seed {self.seed} --steps {len(self.steps)})",
-                 "steps: " + " ".join(str(s) for s in self.steps),
-                 "problems: " + "; ".join(res.problems)]
+        lines = [
+            f"chaos run failed at step {res.step} (seed {self.seed}; replay with LVS_HA_CHAOS_SEED={self.seed} "
+            f"or bench/chaos --seed {self.seed} --steps {len(self.steps)})",
+            "steps: " + " ".join(str(s) for s in self.steps),
+            "problems: " + "; ".join(res.problems),
+        ]
         for ph in res.phases:
             lines.append(f"  {ph.describe()} ref {ph.t_ref:.3f}, gap from {ph.gap_at:.3f}")
         if self.probe is not None and res.phases:
@@ -616,8 +659,10 @@ def distribution(results: list[StepResult]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for res in results:
         for ph in res.phases:
-            row = out.setdefault(f"{res.step.kind}:{ph.name}", {"gaps_ms": [], "stranded": 0, "double": 0,
-                                                                 "failed": 0, "bounded": ph.bound_s is not None})
+            row = out.setdefault(
+                f"{res.step.kind}:{ph.name}",
+                {"gaps_ms": [], "stranded": 0, "double": 0, "failed": 0, "bounded": ph.bound_s is not None},
+            )
             row["gaps_ms"].append(round(ph.gap_s * 1000, 1))
             row["stranded"] += int(ph.stranded)
         if res.double_master:

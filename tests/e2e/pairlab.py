@@ -72,9 +72,17 @@ class PairSpec:
     port: int = 80
     advert_interval_s: float = 0.1
     priorities: tuple[int, int] = (150, 100)
-    check: dict[str, Any] | None = field(default_factory=lambda: {
-        "type": "http", "path": "/healthz", "expect_status": ["200"], "interval": 0.3, "timeout": 0.25,
-        "rise": 2, "fall": 2})
+    check: dict[str, Any] | None = field(
+        default_factory=lambda: {
+            "type": "http",
+            "path": "/healthz",
+            "expect_status": ["200"],
+            "interval": 0.3,
+            "timeout": 0.25,
+            "rise": 2,
+            "fall": 2,
+        }
+    )
     quorum: dict[str, Any] | None = None  # e.g. {"min_up": 2}
     sorry_server: bool = False  # a sorry server at 10.77.0.29 (NAT) answering as "sorry"
     drain_timeout_s: float = 30.0
@@ -96,8 +104,10 @@ class PairSpec:
         if self.ctsync and self.forwarding != "nat":
             raise ValueError(f"PairSpec.ctsync needs forwarding='nat', not {self.forwarding!r}")
         if self.ctsync and self.dataplane != "nftables":
-            raise ValueError(f"PairSpec.ctsync needs dataplane='nftables' (conntrack holds its flows, not IPVS's), "
-                             f"not {self.dataplane!r}")
+            raise ValueError(
+                f"PairSpec.ctsync needs dataplane='nftables' (conntrack holds its flows, not IPVS's), "
+                f"not {self.dataplane!r}"
+            )
 
     @property
     def rs_net(self) -> str:
@@ -139,14 +149,17 @@ class PairLab:
         v6 = spec.ipv6 and nat
         if v6:
             fwd.append("net.ipv6.conf.all.forwarding=1")
-        self.hosts["client"] = lab.host("client", [f"{CLIENT}/24"] + ([f"{FRONT6}:50/64"] if v6 else []),
-                                        bridge="front")
+        self.hosts["client"] = lab.host(
+            "client", [f"{CLIENT}/24"] + ([f"{FRONT6}:50/64"] if v6 else []), bridge="front"
+        )
         for name, octet in DIRECTORS.items():
-            h = lab.host(name, [f"{FRONT}.{octet}/24"] + ([f"{FRONT6}:{octet}/64"] if v6 else []), bridge="front",
-                         sysctls=fwd)
+            h = lab.host(
+                name, [f"{FRONT}.{octet}/24"] + ([f"{FRONT6}:{octet}/64"] if v6 else []), bridge="front", sysctls=fwd
+            )
             if nat:
-                lab.attach(h, [f"{BACK}.{octet}/24"] + ([f"{BACK6}:{octet}/64"] if v6 else []), ifname="eth1",
-                           bridge="back")
+                lab.attach(
+                    h, [f"{BACK}.{octet}/24"] + ([f"{BACK6}:{octet}/64"] if v6 else []), ifname="eth1", bridge="back"
+                )
             self.hosts[name] = h
             (self.workdir / name / "state").mkdir(parents=True, exist_ok=True)
         rs_hosts = [(n, rs_address(spec, i), rs_address6(i)) for i, n in enumerate(self.rs_names, 1)]
@@ -159,8 +172,12 @@ class PairLab:
                 if v6:
                     h.ip("-6", "route", "add", "default", "via", GATEWAY6)
             else:
-                h = lab.host(name, [f"{addr}/24"], bridge="front",
-                             sysctls=["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])
+                h = lab.host(
+                    name,
+                    [f"{addr}/24"],
+                    bridge="front",
+                    sysctls=["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"],
+                )
                 h.ip("addr", "add", f"{VIP}/32", "dev", "lo")
             self.hosts[name] = h
             self.start_server(name)
@@ -178,9 +195,14 @@ class PairLab:
         spec = self.spec
         prio = spec.priorities[0 if name == "dir1" else 1]
         front: dict[str, Any] = {
-            "name": "VI_FRONT", "interface": "eth0", "vrid": 77, "priority": prio,
-            "advert_interval": spec.advert_interval_s, "vips": [f"{VIP}/24"],
-            "garp": {"count": 3, "interval": 0.05}, "handover": {"hold": spec.hold_s},
+            "name": "VI_FRONT",
+            "interface": "eth0",
+            "vrid": 77,
+            "priority": prio,
+            "advert_interval": spec.advert_interval_s,
+            "vips": [f"{VIP}/24"],
+            "garp": {"count": 3, "interval": 0.05},
+            "handover": {"hold": spec.hold_s},
         }
         if spec.preempt_delay_s is not None:
             front["preempt_delay"] = spec.preempt_delay_s
@@ -195,12 +217,24 @@ class PairLab:
                 if v6:
                     front["vips"].append({"address": f"{GATEWAY6}/64", "interface": "eth1"})
             else:
-                instances.append({**front, "name": "VI_BACK", "interface": "eth1", "vrid": 78,
-                                  "vips": [f"{GATEWAY}/24"] + ([f"{GATEWAY6}/64"] if v6 else [])})
+                instances.append(
+                    {
+                        **front,
+                        "name": "VI_BACK",
+                        "interface": "eth1",
+                        "vrid": 78,
+                        "vips": [f"{GATEWAY}/24"] + ([f"{GATEWAY6}/64"] if v6 else []),
+                    }
+                )
                 vrrp["sync_groups"] = [{"name": "G_DIRECTOR", "instances": ["VI_FRONT", "VI_BACK"]}]
         doc: dict[str, Any] = {
-            "node": {"name": name, "state_dir": str(self.workdir / name / "state"), "dataplane": spec.dataplane,
-                     "api": {"socket": self.socket(name)}, "log_level": "info"},
+            "node": {
+                "name": name,
+                "state_dir": str(self.workdir / name / "state"),
+                "dataplane": spec.dataplane,
+                "api": {"socket": self.socket(name)},
+                "log_level": "info",
+            },
             "vrrp": vrrp,
             "services": services if services is not None else self.services(),
         }
@@ -216,10 +250,17 @@ class PairLab:
     def service(self, name: str, port: int) -> dict[str, Any]:
         spec = self.spec
         svc: dict[str, Any] = {
-            "name": name, "vip": VIP, "port": port, "protocol": "tcp", "scheduler": spec.scheduler,
-            "forwarding": spec.forwarding, "drain_timeout": spec.drain_timeout_s, "on_failure": spec.on_failure,
-            "realservers": [{"address": rs_address(spec, i), "port": port, "weight": 1}
-                            for i in range(1, spec.realservers + 1)],
+            "name": name,
+            "vip": VIP,
+            "port": port,
+            "protocol": "tcp",
+            "scheduler": spec.scheduler,
+            "forwarding": spec.forwarding,
+            "drain_timeout": spec.drain_timeout_s,
+            "on_failure": spec.on_failure,
+            "realservers": [
+                {"address": rs_address(spec, i), "port": port, "weight": 1} for i in range(1, spec.realservers + 1)
+            ],
         }
         if spec.scheduler_flags:
             svc["scheduler_flags"] = list(spec.scheduler_flags)
@@ -236,8 +277,10 @@ class PairLab:
         if self.spec.ipv6 and self.spec.forwarding == "nat":
             svc = self.service("web6", self.spec.port)
             svc["vip"] = VIP6
-            svc["realservers"] = [{"address": rs_address6(i), "port": self.spec.port, "weight": 1}
-                                  for i in range(1, self.spec.realservers + 1)]
+            svc["realservers"] = [
+                {"address": rs_address6(i), "port": self.spec.port, "weight": 1}
+                for i in range(1, self.spec.realservers + 1)
+            ]
             svc.pop("sorry_server", None)
             out.append(svc)
         return [*out, *self.spec.extra_services]
@@ -262,8 +305,12 @@ class PairLab:
         p = self.lab.spawn(self.hosts[name], argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.servers.setdefault(name, []).append(p)
-        wait_for(lambda: "serving" in (self.workdir / f"{label}.log").read_text(errors="replace")
-                 or p.poll() is not None, 20, 0.02, f"{label} to listen")
+        wait_for(
+            lambda: "serving" in (self.workdir / f"{label}.log").read_text(errors="replace") or p.poll() is not None,
+            20,
+            0.02,
+            f"{label} to listen",
+        )
         return p
 
     def kill_server(self, name: str) -> None:
@@ -280,8 +327,13 @@ class PairLab:
 
     def start_daemon(self, name: str) -> subprocess.Popen[Any]:
         log = open(self.workdir / name / "daemon.log", "ab")
-        p = self.lab.spawn(self.hosts[name], [LVS_HA, "run", "-c", str(self.config_path(name))],
-                           cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        p = self.lab.spawn(
+            self.hosts[name],
+            [LVS_HA, "run", "-c", str(self.config_path(name))],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.daemons[name] = p
         return p
@@ -294,9 +346,11 @@ class PairLab:
 
         def instance(iname: str, ifname: str, vrid: int, vips: list[str]) -> str:
             addrs = "".join(f"        {v}\n" for v in vips)  # each "ADDRESS/PLEN dev IFNAME"
-            return (f"vrrp_instance {iname} {{\n    state BACKUP\n    interface {ifname}\n"
-                    f"    virtual_router_id {vrid}\n    priority {prio}\n    advert_int {spec.advert_interval_s:g}\n"
-                    f"    virtual_ipaddress {{\n{addrs}    }}\n}}\n")
+            return (
+                f"vrrp_instance {iname} {{\n    state BACKUP\n    interface {ifname}\n"
+                f"    virtual_router_id {vrid}\n    priority {prio}\n    advert_int {spec.advert_interval_s:g}\n"
+                f"    virtual_ipaddress {{\n{addrs}    }}\n}}\n"
+            )
 
         out = f"global_defs {{\n    router_id {name}\n    vrrp_version 3\n    max_auto_priority -1\n}}\n"
         nat = spec.forwarding == "nat"
@@ -313,16 +367,30 @@ class PairLab:
         """keepalived (VRRP only) as this director; its data plane is programmed once with ``ha apply``."""
         d = self.workdir / name
         # the same services, through the same data plane, programmed once (every realserver taken as up)
-        r = self.hosts[name].run(LVS_HA, "apply", "-c", str(self.config_path(name)), check=False,
-                                 timeout=60)
+        r = self.hosts[name].run(LVS_HA, "apply", "-c", str(self.config_path(name)), check=False, timeout=60)
         if r.returncode != 0:
             raise RuntimeError(f"ha apply on {name} failed: {r.stderr.strip() or r.stdout.strip()}")
         conf = d / "keepalived.conf"
         conf.write_text(self.keepalived_conf(name))
         log = open(d / "daemon.log", "ab")
-        p = self.lab.spawn(self.hosts[name], [KEEPALIVED, "-n", "-l", "-D", "-P", "-f", str(conf),
-                                              "-p", str(d / "keepalived.pid"), "-r", str(d / "vrrp.pid")],
-                           stdout=log, stderr=subprocess.STDOUT)
+        p = self.lab.spawn(
+            self.hosts[name],
+            [
+                KEEPALIVED,
+                "-n",
+                "-l",
+                "-D",
+                "-P",
+                "-f",
+                str(conf),
+                "-p",
+                str(d / "keepalived.pid"),
+                "-r",
+                str(d / "vrrp.pid"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.daemons[name] = p
         return p
@@ -349,14 +417,22 @@ class PairLab:
         for name in DIRECTORS:
             self.hosts[name].run("nft", "delete table inet e2e_partition")
 
-    def probe(self, port: int | None = None, interval_s: float | None = None, timeout_s: float = 1.0,
-              vip: str = VIP) -> Probe:
-        return Probe(self.lab, self.hosts["client"], vip, self.spec.port if port is None else port,
-                     self.spec.probe_interval_s if interval_s is None else interval_s, timeout_s)
+    def probe(
+        self, port: int | None = None, interval_s: float | None = None, timeout_s: float = 1.0, vip: str = VIP
+    ) -> Probe:
+        return Probe(
+            self.lab,
+            self.hosts["client"],
+            vip,
+            self.spec.port if port is None else port,
+            self.spec.probe_interval_s if interval_s is None else interval_s,
+            timeout_s,
+        )
 
     def hold(self, conns: int, duration_s: float, port: int | None = None, period_s: float = 0.05) -> Hold:
-        return Hold(self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, conns,
-                    duration_s, period_s)
+        return Hold(
+            self.lab, self.hosts["client"], VIP, self.spec.port if port is None else port, conns, duration_s, period_s
+        )
 
     def kill_all(self) -> None:
         """End of test: SIGKILL the directors and servers at once (an orderly stop would wait for its peer)."""
@@ -391,12 +467,20 @@ class PairLab:
         return any(tok.split("/")[0] == vip for tok in r.stdout.split())
 
     def wait_master(self, name: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.is_master(name) and self.holds_vip(name), timeout, 0.05,
-                 f"{name} to become MASTER (daemon logs follow the test)")
+        wait_for(
+            lambda: self.is_master(name) and self.holds_vip(name),
+            timeout,
+            0.05,
+            f"{name} to become MASTER (daemon logs follow the test)",
+        )
 
     def wait_backup(self, name: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.is_backup(name) and not self.holds_vip(name), timeout, 0.05,
-                 f"{name} to be BACKUP (daemon logs follow the test)")
+        wait_for(
+            lambda: self.is_backup(name) and not self.holds_vip(name),
+            timeout,
+            0.05,
+            f"{name} to be BACKUP (daemon logs follow the test)",
+        )
 
     def realserver(self, name: str, rs: str, service: str = "web") -> dict[str, Any] | None:
         idx = self.rs_names.index(rs) + 1 if rs in self.rs_names else None
@@ -414,19 +498,25 @@ class PairLab:
         return None if r is None else str(r["health"])
 
     def wait_health(self, rs: str, health: str, directors: tuple[str, ...] = ("dir1",), timeout: float = 30.0) -> None:
-        wait_for(lambda: all(self.health(d, rs) == health for d in directors), timeout, 0.05,
-                 f"{rs} {health} on {directors}")
+        wait_for(
+            lambda: all(self.health(d, rs) == health for d in directors), timeout, 0.05, f"{rs} {health} on {directors}"
+        )
 
     def in_selection(self, name: str, rs: str, service: str = "web") -> bool | None:
         """Whether the director's kernel (its last dump) schedules new connections to ``rs``."""
         r = self.realserver(name, rs, service)
         return None if r is None else bool(r.get("in_kernel")) and int(r.get("weight") or 0) > 0
 
-    def wait_selection(self, rs: str, selected: bool, directors: tuple[str, ...] = ("dir1",),
-                       timeout: float = 30.0) -> float:
+    def wait_selection(
+        self, rs: str, selected: bool, directors: tuple[str, ...] = ("dir1",), timeout: float = 30.0
+    ) -> float:
         """Until ``rs`` is (or is no longer) selected in the directors' kernels; returns the time it was seen."""
-        wait_for(lambda: all(self.in_selection(d, rs) is selected for d in directors), timeout, 0.05,
-                 f"{rs} {'in' if selected else 'out of'} the pool on {directors}")
+        wait_for(
+            lambda: all(self.in_selection(d, rs) is selected for d in directors),
+            timeout,
+            0.05,
+            f"{rs} {'in' if selected else 'out of'} the pool on {directors}",
+        )
         return time.time()
 
     def service_status(self, name: str, service: str = "web") -> dict[str, Any] | None:
@@ -450,8 +540,9 @@ class PairLab:
         if how == "sighup":
             os.kill(self.daemons[name].pid, signal.SIGHUP)
             return
-        r = subprocess.run([LVS_HA, "reload", "--socket", self.socket(name)], capture_output=True,
-                           text=True, cwd=ROOT, timeout=30)
+        r = subprocess.run(
+            [LVS_HA, "reload", "--socket", self.socket(name)], capture_output=True, text=True, cwd=ROOT, timeout=30
+        )
         if r.returncode != 0:
             raise RuntimeError(f"reload on {name} failed: {r.stderr.strip() or r.stdout.strip()}")
 

@@ -190,10 +190,20 @@ def parse_runbook(path: Path) -> Runbook:
             if "run" in pending:
                 if not line.strip().startswith("```sh"):
                     raise ValueError(f"{path.name}:{fence_line}: a `run:` block must be a ```sh block")
-                blocks.append(Block(fence_line, "\n".join(body), pending["run"], pending.get("lab"),
-                                    pending.get("expect", []), pending.get("expect-not", []),
-                                    int(pending.get("exit", 0)), float(pending.get("retry", 0)), actions,
-                                    pending.get("lab-replace", [])))
+                blocks.append(
+                    Block(
+                        fence_line,
+                        "\n".join(body),
+                        pending["run"],
+                        pending.get("lab"),
+                        pending.get("expect", []),
+                        pending.get("expect-not", []),
+                        int(pending.get("exit", 0)),
+                        float(pending.get("retry", 0)),
+                        actions,
+                        pending.get("lab-replace", []),
+                    )
+                )
                 actions = []
             elif pending:
                 raise ValueError(f"{path.name}:{fence_line}: directives {sorted(pending)} without `run:`")
@@ -208,9 +218,20 @@ def mount_namespace_unavailable(workdir: Path) -> str | None:
     stub = workdir / "probe-stub"
     (stub / "lvs-ha-probe").mkdir(parents=True, exist_ok=True)
     try:
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                            f"mount -t overlay probe -o lowerdir={shlex.quote(str(stub))}:/etc /etc && "
-                            "test -d /etc/lvs-ha-probe"], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"mount -t overlay probe -o lowerdir={shlex.quote(str(stub))}:/etc /etc && test -d /etc/lvs-ha-probe",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"cannot run unshare: {e}"
     if r.returncode != 0:
@@ -260,8 +281,7 @@ class RunbookLab:
             wait_for(lambda: self.role("dir1") == "MASTER", 60, 0.1, "dir1 to become MASTER")
             wait_for(lambda: self.role("dir2") == "BACKUP", 60, 0.1, "dir2 to be BACKUP")
             # the runbooks start from a healthy pair, whose backup has heard the master's adverts
-            wait_for(lambda: self.master_seen("dir2") == DIRECTORS["dir1"][0], 60, 0.1,
-                     "dir2 to hear dir1's adverts")
+            wait_for(lambda: self.master_seen("dir2") == DIRECTORS["dir1"][0], 60, 0.1, "dir2 to hear dir1's adverts")
             wait_for(lambda: self.all_up("dir1"), 60, 0.1, "every realserver up on dir1")
         elif setup == "keepalived":
             for name, (_f, _b, prio) in DIRECTORS.items():
@@ -269,8 +289,12 @@ class RunbookLab:
                 r = self.shell(name, "lab-service start keepalived")
                 if r.returncode != 0:
                     raise RuntimeError(f"keepalived did not start on {name}: {r.stdout}{r.stderr}")
-            wait_for(lambda: VIP in self.shell("dir1", "ip -br addr show eth0").stdout, 60, 0.1,
-                     "Keepalived on dir1 to hold the VIP")
+            wait_for(
+                lambda: VIP in self.shell("dir1", "ip -br addr show eth0").stdout,
+                60,
+                0.1,
+                "Keepalived on dir1 to hold the VIP",
+            )
         elif setup != "bare":
             raise ValueError(f"unknown lab-setup {setup!r}")
 
@@ -293,10 +317,10 @@ class RunbookLab:
             set -e
             mount -t overlay lab-etc -o lowerdir={q(str(self.stub_etc))}:/etc /etc
             mount -t overlay lab-varlib -o lowerdir={q(str(self.stub_varlib))}:/var/lib /var/lib
-            mount --bind {q(str(d / 'etc-lvs-ha'))} /etc/lvs-ha
-            mount --bind {q(str(d / 'etc-keepalived'))} /etc/keepalived
-            mount --bind {q(str(d / 'state'))} /var/lib/lvs-ha
-            mount --bind {q(str(d / 'run'))} /run
+            mount --bind {q(str(d / "etc-lvs-ha"))} /etc/lvs-ha
+            mount --bind {q(str(d / "etc-keepalived"))} /etc/keepalived
+            mount --bind {q(str(d / "state"))} /var/lib/lvs-ha
+            mount --bind {q(str(d / "run"))} /run
             export PATH={q(str(self.bindir))}:$PATH
             cd /root 2>/dev/null || cd /
             set +e
@@ -310,14 +334,23 @@ class RunbookLab:
 
     def shell(self, name: str, script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         h = self.hosts[name]
-        return subprocess.run(["ip", "netns", "exec", h.ns, *self.argv(name, script)], capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["ip", "netns", "exec", h.ns, *self.argv(name, script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def start_server(self, name: str) -> None:
         fail = self.workdir / name / "fail"
-        self.servers[name] = self.lab.spawn(self.hosts[name], [PY, "-m", "tests.traffic", "serve", "--port", "80",
-                                                                "--name", name, "--fail-file", str(fail)],
-                                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.servers[name] = self.lab.spawn(
+            self.hosts[name],
+            [PY, "-m", "tests.traffic", "serve", "--port", "80", "--name", name, "--fail-file", str(fail)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def start_daemon(self, name: str) -> None:
         r = self.shell(name, "lab-service start lvs-ha")
@@ -374,9 +407,12 @@ class RunbookLab:
             fn(self.hosts[args[0]], args[1] if len(args) > 1 else None)
             return
         if verb == "drop-vrrp":  # drop-vrrp HOST: a firewall on HOST drops incoming VRRP (links stay up)
-            self.hosts[args[0]].run("nft", "add table inet firewall\n"
-                                    "add chain inet firewall input { type filter hook input priority 0; }\n"
-                                    "add rule inet firewall input ip protocol vrrp counter drop")
+            self.hosts[args[0]].run(
+                "nft",
+                "add table inet firewall\n"
+                "add chain inet firewall input { type filter hook input priority 0; }\n"
+                "add rule inet firewall input ip protocol vrrp counter drop",
+            )
             return
         if verb == "copy-config":  # copy-config SRC DST: what scp of /etc/lvs-ha/lvs-ha.yaml does
             src, dst = (self.workdir / n / "etc-lvs-ha" / "lvs-ha.yaml" for n in args)

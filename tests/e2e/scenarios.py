@@ -10,8 +10,15 @@ from tests.lab import wait_for
 # the VM (User-Mode-Linux, one slow CPU): a lighter client and checks that tolerate a busy machine
 VM_SPEC: dict[str, object] = {
     "probe_interval_s": 0.05,
-    "check": {"type": "http", "path": "/healthz", "expect_status": ["200"], "interval": 0.5, "timeout": 1.5,
-              "rise": 2, "fall": 2},
+    "check": {
+        "type": "http",
+        "path": "/healthz",
+        "expect_status": ["200"],
+        "interval": 0.5,
+        "timeout": 1.5,
+        "rise": 2,
+        "fall": 2,
+    },
 }
 
 
@@ -44,8 +51,11 @@ def realserver_crash(pair: PairLab) -> None:
     detect = probe.failures(t_crash, t_out)
     assert detect, probe.describe(t_crash, t_out)
     # refused at once (reset if it was in the middle of one); where the machine is slow (the VM) a few time out
-    assert {str(r["err"]) for r in detect} <= {"ConnectionRefusedError 111", "ConnectionResetError 104",
-                                               "TimeoutError"}, probe.describe(t_crash, t_out)
+    assert {str(r["err"]) for r in detect} <= {
+        "ConnectionRefusedError 111",
+        "ConnectionResetError 104",
+        "TimeoutError",
+    }, probe.describe(t_crash, t_out)
     assert "ConnectionRefusedError 111" in {str(r["err"]) for r in detect}, probe.describe(t_crash, t_out)
     assert len(detect) <= probe.summary(t_crash, t_out).total // 2, probe.describe(t_crash, t_out)
     # once rs2 is out: no failure at all, and rs2 gets nothing until it is back; its recovery costs nothing

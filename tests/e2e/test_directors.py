@@ -83,8 +83,12 @@ def test_planned_failover(make_pair: Callable[..., PairLab], ctsync: bool) -> No
         probe.wait_answers(50, since=time.time())
     probe.settle()
     s = probe.summary(t0)
-    print(f"figures: planned failover and back ({'conntrack_sync' if ctsync else 'no sync'}):", probe.describe(t0),
-          "slowest ms", max(float(r["ms"]) for r in probe.snapshot() if r["t"] >= t0))
+    print(
+        f"figures: planned failover and back ({'conntrack_sync' if ctsync else 'no sync'}):",
+        probe.describe(t0),
+        "slowest ms",
+        max(float(r["ms"]) for r in probe.snapshot() if r["t"] >= t0),
+    )
     if ctsync:
         assert s.failed == 0, probe.describe(t0)
     else:
@@ -222,8 +226,7 @@ def test_master_cut_off_and_back(make_pair: Callable[..., PairLab], preempt_dela
         # it came back with a full pool: nothing refused; only a request in flight at the switch may be lost
         # (NAT without connection sync: its next packets reach the other director)
         errors = {str(r["err"]) for r in probe.failures(t_heal)}
-        assert "ConnectionRefusedError 111" not in errors and probe.summary(t_heal).failed <= 2, \
-            probe.describe(t_heal)
+        assert "ConnectionRefusedError 111" not in errors and probe.summary(t_heal).failed <= 2, probe.describe(t_heal)
     assert probe.summary(t_back).failed == 0, probe.describe(t_back)
 
 
@@ -264,16 +267,24 @@ def test_reload_adds_and_removes_a_service(make_pair: Callable[..., PairLab]) ->
     extra = pair.service("web8080", 8080)
     for d in ("dir1", "dir2"):
         pair.reload(d, pair.director_config(d, [*pair.services(), extra]), "api")
-    wait_for(lambda: all((pair.service_status(d, "web8080") or {}).get("in_kernel") for d in ("dir1", "dir2")),
-             30, 0.05, "web8080 programmed")
+    wait_for(
+        lambda: all((pair.service_status(d, "web8080") or {}).get("in_kernel") for d in ("dir1", "dir2")),
+        30,
+        0.05,
+        "web8080 programmed",
+    )
     probe2 = pair.probe(port=8080)
     t_add = probe2.wait_ok_streak(30)
     assert set(probe2.summary(t_add).by_rs) == {"rs1-8080", "rs2-8080", "rs3-8080"}, probe2.describe(t_add)
     probe2.stop()
     for d in ("dir1", "dir2"):
         pair.reload(d, pair.director_config(d, pair.services()), "sighup")
-    wait_for(lambda: all(pair.status(d) and pair.service_status(d, "web8080") is None for d in ("dir1", "dir2")),
-             30, 0.05, "web8080 removed")
+    wait_for(
+        lambda: all(pair.status(d) and pair.service_status(d, "web8080") is None for d in ("dir1", "dir2")),
+        30,
+        0.05,
+        "web8080 removed",
+    )
     probe3 = pair.probe(port=8080, timeout_s=0.5)
     probe3.wait_answers(20)
     probe3.settle()
@@ -303,8 +314,12 @@ def test_dual_stack_planned_failover(make_pair: Callable[..., PairLab]) -> None:
     """IPv4 and IPv6 VIPs in the same instances (front and gateway), a service on each family: a planned failover
     (and back) costs either client no more than the requests in flight."""
     pair = _ready(make_pair, ipv6=True)
-    wait_for(lambda: all((pair.service_status(d, "web6") or {}).get("in_kernel") for d in ("dir1", "dir2")), 30,
-             0.05, "web6 programmed on both directors")
+    wait_for(
+        lambda: all((pair.service_status(d, "web6") or {}).get("in_kernel") for d in ("dir1", "dir2")),
+        30,
+        0.05,
+        "web6 programmed on both directors",
+    )
     probe4 = pair.probe(timeout_s=PATIENT_S)
     probe6 = pair.probe(timeout_s=PATIENT_S, vip=VIP6)
     t0 = max(probe4.wait_ok_streak(30), probe6.wait_ok_streak(30))
@@ -313,8 +328,12 @@ def test_dual_stack_planned_failover(make_pair: Callable[..., PairLab]) -> None:
     pair.wait_master("dir2")
     pair.wait_backup("dir1")
     assert pair.holds_vip("dir2", VIP6) and pair.holds_vip("dir2", GATEWAY6)
-    wait_for(lambda: not pair.holds_vip("dir1", VIP6) and not pair.holds_vip("dir1", GATEWAY6), 20, 0.05,
-             "dir1 to release the IPv6 VIPs")
+    wait_for(
+        lambda: not pair.holds_vip("dir1", VIP6) and not pair.holds_vip("dir1", GATEWAY6),
+        20,
+        0.05,
+        "dir1 to release the IPv6 VIPs",
+    )
     probe6.wait_answers(50, since=time.time())
     pair.api("dir2", "POST", "/v1/failover", {})
     pair.wait_master("dir1")

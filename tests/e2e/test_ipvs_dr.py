@@ -14,8 +14,9 @@ import pytest
 from tests.e2e.pairlab import PairLab
 from tests.e2e.scenarios import VM_SPEC, ready
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/ip_vs"),
-                                reason="needs a kernel with IPVS (run in the VM)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/proc/net/ip_vs"), reason="needs a kernel with IPVS (run in the VM)"
+)
 
 CONNS = 8
 UNPLANNED_MAX_FAILED = 100  # requests every 50 ms here; see test_directors.py
@@ -23,8 +24,15 @@ UNPLANNED_MAX_FAILED = 100  # requests every 50 ms here; see test_directors.py
 
 @pytest.mark.slow
 def test_ipvs_dr_mh_established_flows_survive_failovers(make_pair: Callable[..., PairLab]) -> None:
-    pair = ready(make_pair, forwarding="dr", dataplane="ipvs", scheduler="mh", scheduler_flags=("mh-port",),
-                 lvs={"sysctls": {"net.ipv4.vs.sloppy_tcp": 1}}, **VM_SPEC)
+    pair = ready(
+        make_pair,
+        forwarding="dr",
+        dataplane="ipvs",
+        scheduler="mh",
+        scheduler_flags=("mh-port",),
+        lvs={"sysctls": {"net.ipv4.vs.sloppy_tcp": 1}},
+        **VM_SPEC,
+    )
     for d in ("dir1", "dir2"):
         assert pair.hosts[d].run("cat", "/proc/sys/net/ipv4/vs/sloppy_tcp").stdout.strip() == "1"
         assert "Route" in pair.hosts[d].run("cat", "/proc/net/ip_vs").stdout  # DR
@@ -46,8 +54,14 @@ def test_ipvs_dr_mh_established_flows_survive_failovers(make_pair: Callable[...,
     t_ok = probe.wait_ok_streak(20)
     done, broken = hold.wait_finished(timeout=90)
     probe.settle()
-    print("figures: DR flows:", {e["conn"]: (e["rs"], e["pings"]) for e in done}, "broken", len(broken),
-          "/ client:", probe.describe(t0))
+    print(
+        "figures: DR flows:",
+        {e["conn"]: (e["rs"], e["pings"]) for e in done},
+        "broken",
+        len(broken),
+        "/ client:",
+        probe.describe(t0),
+    )
     # every established flow continued through both failovers, on the realserver it started on
     assert not broken, broken
     assert len(done) == CONNS, done

@@ -11,8 +11,9 @@ import pytest
 from tests.e2e.pairlab import PairLab
 from tests.e2e.scenarios import VM_SPEC, ready, realserver_crash
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/ip_vs"),
-                                reason="needs a kernel with IPVS (run in the VM)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/proc/net/ip_vs"), reason="needs a kernel with IPVS (run in the VM)"
+)
 
 
 @pytest.mark.slow

@@ -29,8 +29,12 @@ def test_lvsha_master_keepalived_backup(make_pair: Callable[..., PairLab]) -> No
     pair.start("dir1")
     pair.wait_master("dir1")
     pair.start("dir2")
-    wait_for(lambda: _log(pair, "dir2").count("Entering BACKUP STATE") >= 2, 20, 0.05,
-             "keepalived BACKUP\n" + _log(pair, "dir2")[-2000:])
+    wait_for(
+        lambda: _log(pair, "dir2").count("Entering BACKUP STATE") >= 2,
+        20,
+        0.05,
+        "keepalived BACKUP\n" + _log(pair, "dir2")[-2000:],
+    )
     probe = pair.probe()
     t0 = probe.wait_ok_streak(50)
     # keepalived accepts our adverts for both instances: it stays backup, and the client loses nothing
@@ -39,8 +43,12 @@ def test_lvsha_master_keepalived_backup(make_pair: Callable[..., PairLab]) -> No
     assert not pair.holds_vip("dir2") and pair.holds_vip("dir1")
     t_stop = time.time()
     assert pair.stop_director("dir1", signal.SIGTERM) == 0  # priority 0: keepalived takes over
-    wait_for(lambda: pair.holds_vip("dir2") and pair.holds_vip("dir2", "10.77.0.1"), 20, 0.05,
-             "keepalived takes both VIPs\n" + _log(pair, "dir2")[-2000:])
+    wait_for(
+        lambda: pair.holds_vip("dir2") and pair.holds_vip("dir2", "10.77.0.1"),
+        20,
+        0.05,
+        "keepalived takes both VIPs\n" + _log(pair, "dir2")[-2000:],
+    )
     t_ok = probe.wait_ok_streak(50)
     probe.wait_answers(50, since=t_ok)
     probe.settle()
@@ -56,16 +64,26 @@ def test_lvsha_master_keepalived_backup(make_pair: Callable[..., PairLab]) -> No
 def test_keepalived_master_lvsha_backup(make_pair: Callable[..., PairLab]) -> None:
     pair = make_pair(keepalived="dir1")
     pair.start("dir1")
-    wait_for(lambda: pair.holds_vip("dir1") and pair.holds_vip("dir1", "10.77.0.1"), 20, 0.05,
-             "keepalived MASTER\n" + _log(pair, "dir1")[-2000:])
+    wait_for(
+        lambda: pair.holds_vip("dir1") and pair.holds_vip("dir1", "10.77.0.1"),
+        20,
+        0.05,
+        "keepalived MASTER\n" + _log(pair, "dir1")[-2000:],
+    )
     pair.start("dir2")
     pair.wait_backup("dir2")
     for rs in pair.rs_names:
         pair.wait_selection(rs, True, ("dir2",))
     # BACKUP is also where it starts: wait until it has heard keepalived on both instances
-    wait_for(lambda: all(str(i["master"]).startswith(("192.168.77.11", "10.77.0.11"))
-                         for i in (pair.status("dir2") or {}).get("instances", [{"master": None}])), 20, 0.05,
-             "lvs-ha to hear keepalived as master of both instances")
+    wait_for(
+        lambda: all(
+            str(i["master"]).startswith(("192.168.77.11", "10.77.0.11"))
+            for i in (pair.status("dir2") or {}).get("instances", [{"master": None}])
+        ),
+        20,
+        0.05,
+        "lvs-ha to hear keepalived as master of both instances",
+    )
     probe = pair.probe()
     t0 = probe.wait_ok_streak(50)
     probe.wait_answers(100, since=time.time())

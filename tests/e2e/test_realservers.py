@@ -86,8 +86,15 @@ def _toggle(pair: PairLab, rs: str, on_s: float, off_s: float, times: int, start
 def test_flapping_check_is_held_by_rise_and_fall(make_pair: Callable[..., PairLab]) -> None:
     """rise 3 / fall 3 with a 300 ms interval: single failed checks keep an up realserver in the pool, and single
     passed checks keep a down one out of it."""
-    check = {"type": "http", "path": "/healthz", "expect_status": ["200"], "interval": 0.3, "timeout": 0.25,
-             "rise": 3, "fall": 3}
+    check = {
+        "type": "http",
+        "path": "/healthz",
+        "expect_status": ["200"],
+        "interval": 0.3,
+        "timeout": 0.25,
+        "rise": 3,
+        "fall": 3,
+    }
     pair = _ready(make_pair, check=check)
     probe = pair.probe()
     probe.wait_ok_streak(30)
@@ -142,15 +149,23 @@ def test_sorry_server_on_quorum_loss(make_pair: Callable[..., PairLab]) -> None:
     assert "sorry" not in probe.summary(t0).by_rs
     for rs in pair.rs_names:
         pair.flag(rs, "fail").touch()
-    wait_for(lambda: all((pair.service_status(d) or {}).get("sorry_active") for d in ("dir1", "dir2")), 30, 0.05,
-             "sorry server active")
+    wait_for(
+        lambda: all((pair.service_status(d) or {}).get("sorry_active") for d in ("dir1", "dir2")),
+        30,
+        0.05,
+        "sorry server active",
+    )
     t_sorry = max(pair.wait_selection(rs, False, ("dir1", "dir2")) for rs in pair.rs_names)
     probe.wait_answers(50, since=t_sorry)
     t_restore = time.time()
     for rs in pair.rs_names:
         pair.flag(rs, "fail").unlink()
-    wait_for(lambda: not any((pair.service_status(d) or {}).get("sorry_active") for d in ("dir1", "dir2")), 30,
-             0.05, "sorry server inactive")
+    wait_for(
+        lambda: not any((pair.service_status(d) or {}).get("sorry_active") for d in ("dir1", "dir2")),
+        30,
+        0.05,
+        "sorry server inactive",
+    )
     t_back = max(pair.wait_selection(rs, True, ("dir1", "dir2")) for rs in pair.rs_names)
     probe.wait_answers(50, since=t_back)
     probe.settle()

@@ -17,8 +17,17 @@ from tests.e2e.runbook_lab import ROOT, Block, RunbookLab, mount_namespace_unava
 from tests.lab import Lab
 
 RUNBOOKS = sorted((ROOT / "deploy" / "runbooks").glob("*.md"))
-EXPECTED = {"install-and-first-pair", "add-remove-realserver", "drain-for-maintenance", "planned-failover-and-reboot",
-            "rolling-upgrade", "migrate-from-keepalived", "split-brain", "realserver-down-why", "reading-metrics"}
+EXPECTED = {
+    "install-and-first-pair",
+    "add-remove-realserver",
+    "drain-for-maintenance",
+    "planned-failover-and-reboot",
+    "rolling-upgrade",
+    "migrate-from-keepalived",
+    "split-brain",
+    "realserver-down-why",
+    "reading-metrics",
+}
 
 
 def test_every_runbook_is_present_and_executable() -> None:
@@ -67,12 +76,15 @@ def test_parser_reads_directives(tmp_path: Path) -> None:
     assert Block(1, "x", "dir1", lab_cmd="y").command == "y"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("<!-- expect: x -->\n```sh\nls\n```\n", "without `run:`"),
-    ("<!-- bogus: x -->\n", "unknown directive"),
-    ("<!-- run: dir1 -->\n```\nls\n```\n", "must be a ```sh block"),
-    ("<!-- lab-replace: a -> b -->\n", "OLD => NEW"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("<!-- expect: x -->\n```sh\nls\n```\n", "without `run:`"),
+        ("<!-- bogus: x -->\n", "unknown directive"),
+        ("<!-- run: dir1 -->\n```\nls\n```\n", "must be a ```sh block"),
+        ("<!-- lab-replace: a -> b -->\n", "OLD => NEW"),
+    ],
+)
 def test_parser_rejects_mistakes(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "rb.md"
     f.write_text(text)
@@ -108,7 +120,9 @@ def test_runbook(lab: Lab, path: Path) -> None:
                     pytest.fail(
                         f"{path.name}: block {n} (line {block.line}) on {block.host}: {outcome.why}\n"
                         f"--- commands ---\n{block.command}\n--- output (exit {outcome.rc}) ---\n{outcome.output}\n"
-                        f"{_logs(workdir)}", pytrace=False)
+                        f"{_logs(workdir)}",
+                        pytrace=False,
+                    )
             for verb, target in rb.trailing_actions:
                 rlab.do(verb, target)
         finally:

@@ -15,8 +15,26 @@ _MISSING = conntrack_tools_missing()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 
 # a flow to the VIP 192.0.2.100:80 DNATed to the realserver 198.51.100.21:80, as the nftables plane makes them
-ENTRY = ["-p", "tcp", "-s", "192.0.2.50", "-d", "192.0.2.100", "--sport", "40000", "--dport", "80",
-         "--dst-nat", "198.51.100.21:80", "--state", "ESTABLISHED", "-t", "120", "-u", "SEEN_REPLY,ASSURED"]
+ENTRY = [
+    "-p",
+    "tcp",
+    "-s",
+    "192.0.2.50",
+    "-d",
+    "192.0.2.100",
+    "--sport",
+    "40000",
+    "--dport",
+    "80",
+    "--dst-nat",
+    "198.51.100.21:80",
+    "--state",
+    "ESTABLISHED",
+    "-t",
+    "120",
+    "-u",
+    "SEEN_REPLY,ASSURED",
+]
 
 
 def _entries(h: Host) -> str:
@@ -29,8 +47,12 @@ async def test_an_entry_made_on_one_director_is_in_the_other_kernel(lab: Lab, tm
     sup: list[Conntrackd] = []
     try:
         for h, peer in ((a, "10.99.0.12"), (b, "10.99.0.11")):
-            ct = Conntrackd(CtSyncSettings("eth0", peer, port=3790), str(tmp_path / h.name),
-                            command_prefix=("ip", "netns", "exec", h.ns), restart_backoff_s=0.2)
+            ct = Conntrackd(
+                CtSyncSettings("eth0", peer, port=3790),
+                str(tmp_path / h.name),
+                command_prefix=("ip", "netns", "exec", h.ns),
+                restart_backoff_s=0.2,
+            )
             sup.append(ct)  # before start(): a failed start leaves a supervisor that stop() must end
             await ct.start()
         assert all(c.running for c in sup)
@@ -46,8 +68,26 @@ async def test_an_entry_made_on_one_director_is_in_the_other_kernel(lab: Lab, tm
         a.run("conntrack", "-D", "-p", "tcp", "--dport", "80", "-s", "192.0.2.50")
         await await_for(lambda: "198.51.100.21" not in _entries(b), 20, interval=0.1)
         # flows of the directors' own addresses (health checks) are not replicated
-        a.run("conntrack", "-I", "-p", "tcp", "-s", "10.99.0.11", "-d", "198.51.100.22", "--sport", "41000",
-              "--dport", "80", "--state", "ESTABLISHED", "-t", "120", "-u", "SEEN_REPLY")
+        a.run(
+            "conntrack",
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "10.99.0.11",
+            "-d",
+            "198.51.100.22",
+            "--sport",
+            "41000",
+            "--dport",
+            "80",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "120",
+            "-u",
+            "SEEN_REPLY",
+        )
         a.run("conntrack", "-I", *[x if x != "40000" else "40001" for x in ENTRY])
         await await_for(lambda: "dport=40001" in _entries(b), 20, interval=0.1)
         assert "198.51.100.22" not in _entries(b)

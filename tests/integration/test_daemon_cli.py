@@ -56,16 +56,18 @@ class Env:
     listener: socket.socket | None = None  # the up realserver's listening socket
 
     def write(self, w1: int = 10, text: str | None = None) -> None:
-        body = text if text is not None else CONFIG.format(tmp=self.tmp, up_port=self.up_port,
-                                                          down_port=self.down_port, w1=w1)
+        body = (
+            text
+            if text is not None
+            else CONFIG.format(tmp=self.tmp, up_port=self.up_port, down_port=self.down_port, w1=w1)
+        )
         tmp = self.config.with_suffix(".new")
         tmp.write_text(body)
         os.replace(tmp, self.config)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd, rest = args[0], args[1:]
-        return subprocess.run([LVS_HA, cmd, "--socket", self.sock, *rest],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([LVS_HA, cmd, "--socket", self.sock, *rest], capture_output=True, text=True, timeout=60)
 
     def status(self) -> dict[str, Any]:
         r = self.cli("status", "--json")
@@ -78,12 +80,20 @@ class Env:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         log = open(self.tmp / "daemon.log", "ab")
-        self.proc = subprocess.Popen([LVS_HA, "run", "-c", str(self.config)], stdout=log,
-                                     stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [LVS_HA, "run", "-c", str(self.config)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         log.close()
-        wait_for(lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
-                 timeout=60, what="the daemon's API")
+        wait_for(
+            lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
+            timeout=60,
+            what="the daemon's API",
+        )
         assert self.proc.poll() is None, self.log()
 
     def stop(self) -> int | None:
@@ -127,8 +137,14 @@ def env(tmp_path: Path) -> Iterator[Env]:
     listener.listen(64)
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    e = Env(tmp_path, tmp_path / "lvs-ha.yaml", str(tmp_path / "run" / "api.sock"), listener.getsockname()[1],
-            dead.getsockname()[1], listener=listener)
+    e = Env(
+        tmp_path,
+        tmp_path / "lvs-ha.yaml",
+        str(tmp_path / "run" / "api.sock"),
+        listener.getsockname()[1],
+        dead.getsockname()[1],
+        listener=listener,
+    )
     e.write()
     try:
         yield e
@@ -140,8 +156,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def test_status_drain_enable_reload_through_the_cli(env: Env) -> None:
     env.start()
-    wait_for(lambda: env.rs(env.up_port)["health"] == "up" and env.rs(env.down_port)["health"] == "down",
-             timeout=30, what="health results")
+    wait_for(
+        lambda: env.rs(env.up_port)["health"] == "up" and env.rs(env.down_port)["health"] == "down",
+        timeout=30,
+        what="health results",
+    )
     up = env.rs(env.up_port)
     assert (up["weight"], up["in_kernel"], up["last_check"]["ok"]) == (10, True, True)
     assert env.rs(env.down_port)["in_kernel"] is False  # on_failure: remove
@@ -222,11 +241,11 @@ def test_no_daemon_and_bad_config(env: Env, tmp_path: Path) -> None:
     assert r.returncode == 2 and "no daemon is running" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("node: {name: x}\nservices: [{name: web, vip: 192.0.2.1, port: 99999}]\n")
-    r = subprocess.run([LVS_HA, "run", "-c", str(bad)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run([LVS_HA, "run", "-c", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "bad.yaml:" in r.stderr
-    r = subprocess.run([LVS_HA, "run", "-c", str(tmp_path / "missing.yaml")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [LVS_HA, "run", "-c", str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "missing.yaml" in r.stderr
 
 
@@ -265,11 +284,17 @@ def test_half_open_checks_in_the_daemon(env: Env) -> None:
     a connection, and the half-open prober's counters reach /metrics."""
     if os.geteuid() != 0:
         pytest.skip("half-open probes need CAP_NET_RAW (run as root)")
-    env.write(text=CONFIG.format(tmp=env.tmp, up_port=env.up_port, down_port=env.down_port, w1=10)
-              .replace("    type: tcp\n", "    type: tcp\n    half_open: true\n"))
+    env.write(
+        text=CONFIG.format(tmp=env.tmp, up_port=env.up_port, down_port=env.down_port, w1=10).replace(
+            "    type: tcp\n", "    type: tcp\n    half_open: true\n"
+        )
+    )
     env.start()
-    wait_for(lambda: env.rs(env.up_port)["health"] == "up" and env.rs(env.down_port)["health"] == "down",
-             timeout=30, what="half-open results")
+    wait_for(
+        lambda: env.rs(env.up_port)["health"] == "up" and env.rs(env.down_port)["health"] == "down",
+        timeout=30,
+        what="half-open results",
+    )
     assert env.rs(env.up_port)["last_check"]["reason"] == "SYN-ACK"
     assert env.rs(env.down_port)["last_check"]["reason"] == "connection refused"
     assert env.listener is not None

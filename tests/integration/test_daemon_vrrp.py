@@ -19,14 +19,35 @@ from tests.vrrp_helpers import NET, VIP, api_request, has_vip, lvs_ha_executable
 def write_config(tmp: Path, name: str, priority: int) -> Path:
     """One instance (nopreempt, 100 ms adverts) and one service on its VIP; in-memory data plane."""
     doc = {
-        "node": {"name": name, "state_dir": str(tmp / name / "state"), "dataplane": "memory",
-                 "api": {"socket": str(tmp / name / "api.sock")}},
-        "vrrp": {"instances": [{
-            "name": "VI_1", "interface": "eth0", "vrid": 61, "priority": priority, "advert_interval": 0.1,
-            "preempt": False, "vips": [f"{VIP}/24"], "garp": {"count": 2, "interval": 0.0},
-        }]},
-        "services": [{"name": "web", "vip": VIP, "port": 80, "forwarding": "dr",
-                      "realservers": [{"address": f"{NET}.31", "port": 80, "weight": 3}]}],
+        "node": {
+            "name": name,
+            "state_dir": str(tmp / name / "state"),
+            "dataplane": "memory",
+            "api": {"socket": str(tmp / name / "api.sock")},
+        },
+        "vrrp": {
+            "instances": [
+                {
+                    "name": "VI_1",
+                    "interface": "eth0",
+                    "vrid": 61,
+                    "priority": priority,
+                    "advert_interval": 0.1,
+                    "preempt": False,
+                    "vips": [f"{VIP}/24"],
+                    "garp": {"count": 2, "interval": 0.0},
+                }
+            ]
+        },
+        "services": [
+            {
+                "name": "web",
+                "vip": VIP,
+                "port": 80,
+                "forwarding": "dr",
+                "realservers": [{"address": f"{NET}.31", "port": 80, "weight": 3}],
+            }
+        ],
     }
     path = tmp / f"{name}.yaml"
     (tmp / name).mkdir(parents=True, exist_ok=True)
@@ -45,15 +66,29 @@ class Director:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = self.lab.spawn(self.host, [str(self.exe), "run", "-c", str(self.config)], stdout=log,
-                                       stderr=log, env=operator_env(), cwd=self.config.parent)
-        wait_for(lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
-                 timeout=60, what=f"{self.name}'s API")
+            self.proc = self.lab.spawn(
+                self.host,
+                [str(self.exe), "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env=operator_env(),
+                cwd=self.config.parent,
+            )
+        wait_for(
+            lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
+            timeout=60,
+            what=f"{self.name}'s API",
+        )
         assert self.proc.poll() is None, self.log()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.exe), args[0], "--socket", self.sock, *args[1:]],
-                              capture_output=True, text=True, timeout=60, env=operator_env())
+        return subprocess.run(
+            [str(self.exe), args[0], "--socket", self.sock, *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=operator_env(),
+        )
 
     def status(self) -> dict[str, Any]:
         r = self.cli("status", "--json")
@@ -88,8 +123,11 @@ def test_two_directors_election_failover_and_stop(lab: Lab, tmp_path: Path) -> N
     code, body = api_request(d1.sock, "GET", "/metrics")
     assert code == 200, body
     text = body.decode()
-    samples = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-               for fam in text_string_to_metric_families(text) for smp in fam.samples}
+    samples = {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+    }
     assert samples[("lvs_ha_vrrp_role", (("instance", "VI_1"), ("role", "MASTER"), ("vrid", "61")))] == 1
     assert samples[("lvs_ha_vrrp_advert_timer_lateness_seconds_count", (("instance", "VI_1"), ("vrid", "61")))] > 0
     assert samples[("lvs_ha_vrrp_adverts_sent_total", (("instance", "VI_1"), ("vrid", "61")))] > 0
@@ -108,8 +146,11 @@ def test_two_directors_election_failover_and_stop(lab: Lab, tmp_path: Path) -> N
     # planned failover through the CLI: d2 takes over (nopreempt keeps it there)
     r = d1.cli("failover", "VI_1")
     assert r.returncode == 0 and "VI_1" in r.stdout, r.stderr
-    wait_for(lambda: d2.role() == "MASTER" and has_vip(h2) and not has_vip(h1), timeout=30,
-             what="d2 master after the failover")
+    wait_for(
+        lambda: d2.role() == "MASTER" and has_vip(h2) and not has_vip(h1),
+        timeout=30,
+        what="d2 master after the failover",
+    )
     assert d1.role() == "BACKUP"
     r = d1.cli("failover", "VI_NOPE")
     assert r.returncode == 1 and "VI_NOPE" in r.stderr

@@ -98,8 +98,7 @@ async def test_a_server_that_closes_after_each_answer_still_passes(checker: tupl
         assert srv.accepts == 4
 
 
-async def test_a_server_that_closes_idle_connections_silently_still_passes(
-        checker: tuple[HttpChecker, str]) -> None:
+async def test_a_server_that_closes_idle_connections_silently_still_passes(checker: tuple[HttpChecker, str]) -> None:
     """HTTP/1.1 keep-alive answers, but the server drops the connection right after answering (an idle timeout of
     zero): the next check notices the closed connection and makes a new one, without failing."""
     c, client = checker
@@ -145,8 +144,10 @@ async def test_a_reset_on_a_reused_connection_is_retried_once() -> None:
         srv = Server(reset_all)
         async with tcp_server(srv.handle) as port:
             res = await check(c, port)  # a new connection that fails is not retried
-            assert not res.ok and res.reason in ("connection reset", "server closed the connection without a "
-                                                 "response"), res.reason
+            assert not res.ok and res.reason in (
+                "connection reset",
+                "server closed the connection without a response",
+            ), res.reason
             assert srv.accepts == 1
     finally:
         await c.aclose()
@@ -229,8 +230,20 @@ async def test_the_runner_reuses_one_connection_per_target() -> None:
     srv = Server()
     async with tcp_server(srv.handle, "127.0.0.11") as port:
         spec = c.parse_spec({"path": "/ok"})
-        runner.set_checks({"rs": CheckSpec("http", spec, Target("127.0.0.11", port, f"127.0.0.11:{port}"), 0.02, 1.0,
-                                           rise=1, fall=1, initial_state=Health.UNKNOWN)})
+        runner.set_checks(
+            {
+                "rs": CheckSpec(
+                    "http",
+                    spec,
+                    Target("127.0.0.11", port, f"127.0.0.11:{port}"),
+                    0.02,
+                    1.0,
+                    rise=1,
+                    fall=1,
+                    initial_state=Health.UNKNOWN,
+                )
+            }
+        )
         await runner.start()
         try:
             await await_for(lambda: runner.stats.checks >= 10, 15, what="ten checks")

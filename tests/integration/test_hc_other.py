@@ -104,8 +104,9 @@ async def test_exec_exit_status_weight_and_env(tmp_path: Path) -> None:
     t = Target("127.0.0.7", 8080, "127.0.0.7:8080", "web")
     ok = await check("exec", t, command=["/bin/sh", "-c", 'echo weight=7; test "$LVS_HA_PORT" = 8080', "x"])
     assert ok.ok and ok.weight == 7
-    subst = await check("exec", t, command=["/bin/sh", "-c", 'test "$1" = 127.0.0.7 && test "$X" = y', "x",
-                                             "{address}"], env={"X": "y"})
+    subst = await check(
+        "exec", t, command=["/bin/sh", "-c", 'test "$1" = 127.0.0.7 && test "$X" = y', "x", "{address}"], env={"X": "y"}
+    )
     assert subst.ok, subst.reason
     bad = await check("exec", t, command=["/bin/sh", "-c", "echo 'db down' >&2; exit 3"])
     assert not bad.ok and bad.reason == "exit 3: db down"

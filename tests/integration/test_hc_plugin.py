@@ -71,9 +71,12 @@ async def test_example_plugin_through_the_registry(installed: Path) -> None:
         runner = Runner(reg)
         changes: list[tuple[str, str]] = []
         runner.subscribe(lambda k, o, n, r: changes.append((k, n.value)))
-        runner.set_checks({"up": CheckSpec("redis", checker.parse_spec({}), t, 0.05, 1.0, 1, 1),
-                           "down": CheckSpec("redis", checker.parse_spec({}), Target("127.0.0.1", closed_port()),
-                                             0.05, 1.0, 1, 1)})
+        runner.set_checks(
+            {
+                "up": CheckSpec("redis", checker.parse_spec({}), t, 0.05, 1.0, 1, 1),
+                "down": CheckSpec("redis", checker.parse_spec({}), Target("127.0.0.1", closed_port()), 0.05, 1.0, 1, 1),
+            }
+        )
         await runner.start()
         try:
             loop = asyncio.get_running_loop()

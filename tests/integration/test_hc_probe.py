@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def lvs_ha(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        LVS_HA, *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        LVS_HA,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -55,8 +58,12 @@ async def test_probe_table_json_and_exit_codes(tmp_path: Path) -> None:
         rc, out, err = await lvs_ha("probe", "-c", str(cfg), "--json")
         assert rc == 1, err
         rows = {(r["service"], r["realserver"]): r for r in json.loads(out)}
-        assert set(rows) == {("web", f"127.0.0.1:{port}"), ("web", "127.0.0.2:80"),
-                             ("db", f"127.0.0.1:{dead_port}"), ("db", "127.0.0.3:5432")}
+        assert set(rows) == {
+            ("web", f"127.0.0.1:{port}"),
+            ("web", "127.0.0.2:80"),
+            ("db", f"127.0.0.1:{dead_port}"),
+            ("db", "127.0.0.3:5432"),
+        }
         assert rows[("web", "127.0.0.2:80")]["ok"] is True
         assert rows[("web", "127.0.0.2:80")]["target"] == f"127.0.0.1:{port}"
         dead = rows[("db", f"127.0.0.1:{dead_port}")]

@@ -22,8 +22,9 @@ def reset(writer: asyncio.StreamWriter) -> None:
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(handler: Handler, host: str = "127.0.0.1",
-                     ssl_ctx: ssl.SSLContext | None = None, port: int = 0) -> AsyncIterator[int]:
+async def tcp_server(
+    handler: Handler, host: str = "127.0.0.1", ssl_ctx: ssl.SSLContext | None = None, port: int = 0
+) -> AsyncIterator[int]:
     tasks: set[asyncio.Task[None]] = set()
 
     async def wrapped(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -131,8 +132,9 @@ async def http_app(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     path = line.split(" ")[1]
 
     def respond(status: int, body: bytes = b"ok", extra: str = "") -> None:
-        w.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n".encode()
-                + body)
+        w.write(
+            f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n".encode() + body
+        )
 
     if path == "/ok":
         respond(200)

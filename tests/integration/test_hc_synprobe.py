@@ -115,8 +115,15 @@ async def test_unanswered_probe_times_out_and_leaves_nothing_in_flight() -> None
 
 def forge(src_port: int, dst_port: int, flags: int, ack: int) -> None:
     """Send a TCP segment from 127.0.0.1:src_port to 127.0.0.1:dst_port from a raw socket of our own."""
-    seg = bytearray(src_port.to_bytes(2, "big") + dst_port.to_bytes(2, "big") + (1234).to_bytes(4, "big")
-                    + ack.to_bytes(4, "big") + bytes([5 << 4, flags]) + (1000).to_bytes(2, "big") + b"\0\0\0\0")
+    seg = bytearray(
+        src_port.to_bytes(2, "big")
+        + dst_port.to_bytes(2, "big")
+        + (1234).to_bytes(4, "big")
+        + ack.to_bytes(4, "big")
+        + bytes([5 << 4, flags])
+        + (1000).to_bytes(2, "big")
+        + b"\0\0\0\0"
+    )
     lo = socket.inet_aton("127.0.0.1")
     seg[16:18] = tcp_checksum(lo, lo, bytes(seg)).to_bytes(2, "big")
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as s:
@@ -198,8 +205,12 @@ async def test_runner_with_half_open_checks() -> None:
         runner = Runner(default_registry())
         seen: dict[object, list[str]] = {k: [] for k in targets}
         runner.subscribe_results(lambda key, res: seen[key].append(res.reason))
-        runner.set_checks({k: CheckSpec("tcp", HALF_OPEN, Target(h, p), 0.3, 0.2 if k == "hung" else 10.0)
-                           for k, (h, p) in targets.items()})
+        runner.set_checks(
+            {
+                k: CheckSpec("tcp", HALF_OPEN, Target(h, p), 0.3, 0.2 if k == "hung" else 10.0)
+                for k, (h, p) in targets.items()
+            }
+        )
         await runner.start()
         try:
             await await_for(lambda: all(len(v) >= 3 for v in seen.values()), timeout=20, what="three results each")
@@ -298,21 +309,37 @@ def test_lab_up_timeout_refused_and_checksum(lab: Lab) -> None:
     assert srv.stdout is not None
     with srv.stdout:  # the server writes nothing after "ready": close our end of its pipe at once
         assert srv.stdout.readline().strip() == "ready"
-    server.run("nft", "add table inet t; add chain inet t in { type filter hook input priority 0; }; "
-               "add rule inet t in tcp dport 8081 drop; "
-               "add rule inet t in tcp dport 8083 reject with icmp type port-unreachable; "
-               "add rule inet t in tcp dport 8084 reject with icmp type host-unreachable")
-    wait_for(lambda: client.run("ping", "-c1", "-W1", "10.201.0.2", check=False).returncode == 0, timeout=20,
-             what="the lab link")
-    probes = [["up", "10.201.0.2", 8080, 10], ["dropped", "10.201.0.2", 8081, 1],
-              ["refused", "10.201.0.2", 8082, 10], ["icmp port unreachable", "10.201.0.2", 8083, 10],
-              ["icmp host unreachable", "10.201.0.2", 8084, 10], ["no host", "10.201.0.99", 8080, 1]]
-    r = client.run(sys.executable, "-c", LAB_PROBES, json.dumps(probes), json.dumps(["10.201.0.2", 8080]),
-                   timeout=60)
+    server.run(
+        "nft",
+        "add table inet t; add chain inet t in { type filter hook input priority 0; }; "
+        "add rule inet t in tcp dport 8081 drop; "
+        "add rule inet t in tcp dport 8083 reject with icmp type port-unreachable; "
+        "add rule inet t in tcp dport 8084 reject with icmp type host-unreachable",
+    )
+    wait_for(
+        lambda: client.run("ping", "-c1", "-W1", "10.201.0.2", check=False).returncode == 0,
+        timeout=20,
+        what="the lab link",
+    )
+    probes = [
+        ["up", "10.201.0.2", 8080, 10],
+        ["dropped", "10.201.0.2", 8081, 1],
+        ["refused", "10.201.0.2", 8082, 10],
+        ["icmp port unreachable", "10.201.0.2", 8083, 10],
+        ["icmp host unreachable", "10.201.0.2", 8084, 10],
+        ["no host", "10.201.0.99", 8080, 1],
+    ]
+    r = client.run(sys.executable, "-c", LAB_PROBES, json.dumps(probes), json.dumps(["10.201.0.2", 8080]), timeout=60)
     out = json.loads(r.stdout)
-    assert out == {"up": "SYN-ACK", "dropped": "timeout after 1s", "refused": "connection refused",
-                   "icmp port unreachable": "connection refused", "icmp host unreachable": "No route to host",
-                   "no host": "timeout after 1s", "bad checksum": "timeout after 1s"}
+    assert out == {
+        "up": "SYN-ACK",
+        "dropped": "timeout after 1s",
+        "refused": "connection refused",
+        "icmp port unreachable": "connection refused",
+        "icmp host unreachable": "No route to host",
+        "no host": "timeout after 1s",
+        "bad checksum": "timeout after 1s",
+    }
 
 
 class _FullSendBuffer:
@@ -323,7 +350,8 @@ class _FullSendBuffer:
 
 
 async def test_a_syn_the_send_buffer_refused_counts_as_a_send_error_not_as_sent(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     p = synprobe.prober(asyncio.get_running_loop(), socket.AF_INET)
     sent, errors = p.sent, p.send_errors
     monkeypatch.setattr(p, "sock", _FullSendBuffer())

@@ -113,8 +113,10 @@ class ClientChecker(HttpChecker):
         return super().parse_spec({"client": self.client, "reuse_connection": self.reuse, **raw})
 
 
-@pytest.fixture(params=[("auto", True), ("auto", False), ("aiohttp", True), ("aiohttp", False)],
-                ids=["auto-reuse", "auto-fresh", "aiohttp-reuse", "aiohttp-fresh"])
+@pytest.fixture(
+    params=[("auto", True), ("auto", False), ("aiohttp", True), ("aiohttp", False)],
+    ids=["auto-reuse", "auto-fresh", "aiohttp-reuse", "aiohttp-fresh"],
+)
 async def http_checker(request: pytest.FixtureRequest) -> AsyncIterator[HttpChecker]:
     c = ClientChecker()
     c.client, c.reuse = request.param
@@ -203,6 +205,7 @@ async def test_https_verification(pki: dict[str, Any]) -> None:
     d: Path = pki["dir"]
     try:
         async with tcp_server(http_app, ssl_ctx=server_ctx(pki)) as port:
+
             async def https(**raw: Any) -> CheckResult:
                 return await run_check(c, Target("127.0.0.1", port), c.parse_spec(raw), 2.0)
 
@@ -259,8 +262,20 @@ async def test_runner_takes_a_failed_server_out_and_puts_it_back() -> None:
 
     async with tcp_server(http_app, "127.0.0.9") as port:
         spec = reg.get("http").parse_spec({"path": "/ok"})
-        runner.set_checks({"rs": CheckSpec("http", spec, Target("127.0.0.9", port, f"127.0.0.9:{port}"), 0.05, 1.0,
-                                           rise=2, fall=2, initial_state=Health.DOWN)})
+        runner.set_checks(
+            {
+                "rs": CheckSpec(
+                    "http",
+                    spec,
+                    Target("127.0.0.9", port, f"127.0.0.9:{port}"),
+                    0.05,
+                    1.0,
+                    rise=2,
+                    fall=2,
+                    initial_state=Health.DOWN,
+                )
+            }
+        )
         await runner.start()
         try:
             await until(lambda: runner.state("rs") is Health.UP)

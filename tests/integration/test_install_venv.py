@@ -57,12 +57,29 @@ def make_venv(tmp: Path, editable: bool) -> Path:
         source = ROOT
     else:
         source = tmp / "src"
-        shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache",
-            ".ruff_cache", "out", ".deps-stamp"))
+        shutil.copytree(
+            ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git",
+                ".venv",
+                "build",
+                "dist",
+                "*.egg-info",
+                "__pycache__",
+                ".pytest_cache",
+                ".mypy_cache",
+                ".ruff_cache",
+                "out",
+                ".deps-stamp",
+            ),
+        )
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    _run([*pip, *(["-e"] if editable else []), str(source)], PIP_TIMEOUT_S,
-         f"pip install {'-e ' if editable else ''}{source}")
+    _run(
+        [*pip, *(["-e"] if editable else []), str(source)],
+        PIP_TIMEOUT_S,
+        f"pip install {'-e ' if editable else ''}{source}",
+    )
     # the venv's interpreter imports lvs-ha from where this kind of install puts it
     r = _run([str(venv / "bin" / "python"), "-c", "import ha; print(ha.__file__)"], 30, "import ha in the venv")
     where = Path(r.stdout.strip()).resolve()
@@ -87,8 +104,9 @@ def _wait(cond: Callable[[], object], timeout: float, what: str, *daemons: LvsHa
     def check() -> object:
         for d in daemons:
             if d.proc is not None and d.proc.poll() is not None:
-                raise AssertionError(f"{d.name}'s lvs-ha exited ({d.proc.returncode}) while waiting for {what}\n"
-                                     + _diag(*daemons))
+                raise AssertionError(
+                    f"{d.name}'s lvs-ha exited ({d.proc.returncode}) while waiting for {what}\n" + _diag(*daemons)
+                )
         return cond()
 
     try:

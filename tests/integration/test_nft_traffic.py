@@ -134,19 +134,32 @@ def net(lab: Lab) -> Iterator[Net]:
         pytest.skip("nft is not installed")
     lab.bridge()
     client = lab.host("client", [f"{a}/24" for a in CLIENT_SOURCES] + ["fd00:50::2/64"])
-    director = lab.host("dir", ["192.168.50.1/24", f"{VIP4}/24", "10.77.0.1/24", "fd00:50::1/64",
-                                f"{VIP6}/64", "fd00:77::1/64"],
-                        sysctls=["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                                 "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"])
+    director = lab.host(
+        "dir",
+        ["192.168.50.1/24", f"{VIP4}/24", "10.77.0.1/24", "fd00:50::1/64", f"{VIP6}/64", "fd00:77::1/64"],
+        sysctls=[
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+        ],
+    )
     rs = []
     for i in range(3):
-        h = lab.host(f"rs{i + 1}", [f"10.77.0.1{i + 1}/24", f"fd00:77::1{i + 1}/64"],
-                     sysctls=["net.ipv4.conf.all.accept_redirects=0", "net.ipv6.conf.all.accept_redirects=0",
-                              "net.ipv6.conf.default.accept_redirects=0"])
+        h = lab.host(
+            f"rs{i + 1}",
+            [f"10.77.0.1{i + 1}/24", f"fd00:77::1{i + 1}/64"],
+            sysctls=[
+                "net.ipv4.conf.all.accept_redirects=0",
+                "net.ipv6.conf.all.accept_redirects=0",
+                "net.ipv6.conf.default.accept_redirects=0",
+            ],
+        )
         h.ip("route", "add", "default", "via", "10.77.0.1")
         h.ip("-6", "route", "add", "default", "via", "fd00:77::1")
         lab.spawn(h, ["python3", "-c", SERVER, f"rs{i + 1}", "80"])
         rs.append(h)
+
     def listening(h: Host) -> bool:
         return bool(h.run("ss", "-Hltn", "sport = :80").stdout.strip())
 
@@ -182,10 +195,12 @@ def test_wrr_spreads_by_weight_and_dump_equals_desired(net: Net) -> None:
 
 def test_weight_zero_keeps_established_connection_and_takes_no_new_ones(net: Net) -> None:
     key = ServiceKey.vip("tcp", VIP4, 80)
-    net.apply(AddService(Service(key, Scheduler.WLC)), AddDest(key, nat(net.rs4(0), 1)),
-              AddDest(key, nat(net.rs4(1), 0)))
-    proc = net.lab.spawn(net.client, ["python3", "-c", KEEPALIVE, VIP4, "80"], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    net.apply(
+        AddService(Service(key, Scheduler.WLC)), AddDest(key, nat(net.rs4(0), 1)), AddDest(key, nat(net.rs4(1), 0))
+    )
+    proc = net.lab.spawn(
+        net.client, ["python3", "-c", KEEPALIVE, VIP4, "80"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline().strip() == "rs1"  # the client has its own 10 s socket timeout
     net.apply(EditDest(key, nat(net.rs4(0), 0)), EditDest(key, nat(net.rs4(1), 1)))
@@ -316,8 +331,12 @@ def test_masquerade_for_realservers_that_do_not_route_back(net: Net) -> None:
 
 def test_table_deleted_behind_our_back_is_rebuilt(net: Net) -> None:
     web, other = ServiceKey.vip("tcp", VIP4, 80), ServiceKey.vip("tcp", VIP4, 8080)
-    net.apply(AddService(Service(web, Scheduler.WRR)), AddDest(web, nat(net.rs4(0))),
-              AddService(Service(other, Scheduler.WRR)), AddDest(other, nat(net.rs4(1))))
+    net.apply(
+        AddService(Service(web, Scheduler.WRR)),
+        AddDest(web, nat(net.rs4(0))),
+        AddService(Service(other, Scheduler.WRR)),
+        AddDest(other, nat(net.rs4(1))),
+    )
     net.nft("delete", "table", "inet", "lvs_ha")
     assert names(net.get(VIP4, 1)) != {"rs1": 1}
     # the instance still knows its objects; deleting them fails, so it lists the table again and retries once

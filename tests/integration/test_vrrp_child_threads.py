@@ -27,24 +27,49 @@ HUNG_REPORT = (
     "f=lambda k: next(l.split()[1] for l in st if l.startswith(k+':')); "
     "rep={'pid': os.getpid(), 'nice': os.nice(0), 'sigign': f('SigIgn'), 'policy': os.sched_getscheduler(0), "
     "'state': os.environ['STATE'], 'instance': os.environ['INSTANCE']}; "
-    "json.dump(rep, open(sys.argv[1]+'.tmp','w')); os.rename(sys.argv[1]+'.tmp', sys.argv[1]); time.sleep(60)")
+    "json.dump(rep, open(sys.argv[1]+'.tmp','w')); os.rename(sys.argv[1]+'.tmp', sys.argv[1]); time.sleep(60)"
+)
 WRITE_STATE = "import os,sys; open(sys.argv[1],'a').write(os.environ['STATE']+chr(10))"
 SLOW_CHECK = "import time; time.sleep(0.3)"
 
 
 def write_config(tmp: Path) -> Path:
     doc = {
-        "node": {"name": "d1", "state_dir": str(tmp / "state"), "dataplane": "memory",
-                 "api": {"socket": str(tmp / "api.sock")}},
-        "vrrp": {"instances": [{
-            "name": "VI_1", "interface": "eth0", "vrid": 71, "priority": 150, "advert_interval": 0.1,
-            "vips": [f"{VIP}/24"], "garp": {"count": 1, "interval": 0.0},
-            # nearly always running: 0.3 s runs every 0.05 s
-            "track": {"scripts": [{"name": "slow", "command": [sys.executable, "-c", SLOW_CHECK],
-                                   "interval": "50ms", "timeout": "5s", "weight": -10}]},
-            "notify": {"master": [sys.executable, "-c", HUNG_REPORT, str(tmp / "master.json")],
-                       "stop": [sys.executable, "-c", WRITE_STATE, str(tmp / "stop.log")]},
-        }]},
+        "node": {
+            "name": "d1",
+            "state_dir": str(tmp / "state"),
+            "dataplane": "memory",
+            "api": {"socket": str(tmp / "api.sock")},
+        },
+        "vrrp": {
+            "instances": [
+                {
+                    "name": "VI_1",
+                    "interface": "eth0",
+                    "vrid": 71,
+                    "priority": 150,
+                    "advert_interval": 0.1,
+                    "vips": [f"{VIP}/24"],
+                    "garp": {"count": 1, "interval": 0.0},
+                    # nearly always running: 0.3 s runs every 0.05 s
+                    "track": {
+                        "scripts": [
+                            {
+                                "name": "slow",
+                                "command": [sys.executable, "-c", SLOW_CHECK],
+                                "interval": "50ms",
+                                "timeout": "5s",
+                                "weight": -10,
+                            }
+                        ]
+                    },
+                    "notify": {
+                        "master": [sys.executable, "-c", HUNG_REPORT, str(tmp / "master.json")],
+                        "stop": [sys.executable, "-c", WRITE_STATE, str(tmp / "stop.log")],
+                    },
+                }
+            ]
+        },
         "services": [],
     }
     path = tmp / "d1.yaml"
@@ -58,8 +83,8 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    fields = text[text.rindex(")") + 2:].split()
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None
     return comm, int(fields[1]), int(fields[19])
@@ -98,8 +123,9 @@ def test_engine_process_has_no_thread_while_scripts_and_notify_commands_run(lab:
     config = write_config(tmp_path)
     log_path = tmp_path / "d1.log"
     with open(log_path, "ab") as log:
-        proc = lab.spawn(host, [LVS_HA, "run", "-c", str(config)], stdout=log, stderr=log, env=operator_env(),
-                         cwd=tmp_path)
+        proc = lab.spawn(
+            host, [LVS_HA, "run", "-c", str(config)], stdout=log, stderr=log, env=operator_env(), cwd=tmp_path
+        )
 
     def daemon_log() -> str:
         return log_path.read_text(errors="replace")[-4000:]

@@ -115,8 +115,13 @@ def _advert(prio: int, vrid: int = 51) -> Received:
 def _driver() -> tuple[InstanceDriver, FakeLoop, FakeSocket, FakeVips]:
     loop, sock, vips = FakeLoop(), FakeSocket(), FakeVips()
     machine = VrrpMachine(Settings(vrid=51, priority=100, advert_interval_s=0.1, primary_address=ME))
-    d = InstanceDriver(DriverSettings("VI_1", 51, 3, 4, 0.1, (VIP,)), machine, sock, vips,  # type: ignore[arg-type]
-                       None)
+    d = InstanceDriver(
+        DriverSettings("VI_1", 51, 3, 4, 0.1, (VIP,)),
+        machine,
+        sock,
+        vips,  # type: ignore[arg-type]
+        None,
+    )
     d.start(loop)  # type: ignore[arg-type]
     return d, loop, sock, vips
 

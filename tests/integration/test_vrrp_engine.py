@@ -43,13 +43,15 @@ BUSY_MASTER = textwrap.dedent("""
 def test_busy_caller_does_not_delay_adverts(lab: Lab, tmp_path: Path) -> None:
     d1 = lab.host("d1", [f"{NET}.11/24"])
     d2 = lab.host("d2", [f"{NET}.12/24"])
-    p = lab.spawn(d1, [sys.executable, "-c", BUSY_MASTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                  text=True)
+    p = lab.spawn(d1, [sys.executable, "-c", BUSY_MASTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdin is not None
     assert p.stdout.readline().strip() == "master"
     b = LvsHa(lab, d2, tmp_path, "d2", 100, interval_s=0.05).start()
-    wait_for(lambda: b.status() and b.status()[0]["role"] == "BACKUP"
-             and b.status()[0]["master"] == f"{NET}.11", 20, what="d2 backup of d1")
+    wait_for(
+        lambda: b.status() and b.status()[0]["role"] == "BACKUP" and b.status()[0]["master"] == f"{NET}.11",
+        20,
+        what="d2 backup of d1",
+    )
     before = b.status()[0]["counters"]["transitions"]
     p.stdin.write("go\n")
     p.stdin.flush()

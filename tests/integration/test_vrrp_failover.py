@@ -13,8 +13,9 @@ from tests.vrrp_helpers import NET, LvsHa, VrrpCapture, dropped_kinds, has_vip, 
 D1, D2, CL = f"{NET}.11/24", f"{NET}.12/24", f"{NET}.50/24"
 
 
-def _pair(lab: Lab, tmp_path: Path, p1: int = 150, p2: int = 100, **cfg: object) -> tuple[Host, Host, Host, LvsHa,
-                                                                                          LvsHa]:
+def _pair(
+    lab: Lab, tmp_path: Path, p1: int = 150, p2: int = 100, **cfg: object
+) -> tuple[Host, Host, Host, LvsHa, LvsHa]:
     d1 = lab.host("d1", [D1])
     d2 = lab.host("d2", [D2])
     cl = lab.host("cl", [CL])
@@ -51,8 +52,7 @@ def test_election_then_crash_then_preempt_back(lab: Lab, tmp_path: Path) -> None
 
     lab.heal(d1)  # d1 (priority 150, preempt) takes the VIP back; exactly one holder
     wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 10, what="d1 master again\n" + _diag(a, b))
-    wait_for(lambda: neigh_mac(cl) == d1.mac or (ping_ok(cl) and neigh_mac(cl) == d1.mac), 10,
-             what="client follows d1")
+    wait_for(lambda: neigh_mac(cl) == d1.mac or (ping_ok(cl) and neigh_mac(cl) == d1.mac), 10, what="client follows d1")
 
 
 def test_clean_stop_hands_over_and_releases(lab: Lab, tmp_path: Path) -> None:
@@ -139,8 +139,11 @@ def test_partition_both_master_then_heal_one_master(lab: Lab, tmp_path: Path) ->
     _heal_partition(d2)
     wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 10, what="one master after heal\n" + _diag(a, b))
     # the surviving master re-announced itself, so the client's neighbour entry points at it
-    wait_for(lambda: neigh_mac(cl) in (None, d1.mac) and ping_ok(cl) and neigh_mac(cl) == d1.mac, 10,
-             what="client follows d1 after heal")
+    wait_for(
+        lambda: neigh_mac(cl) in (None, d1.mac) and ping_ok(cl) and neigh_mac(cl) == d1.mac,
+        10,
+        what="client follows d1 after heal",
+    )
 
 
 def test_unicast_peers(lab: Lab, tmp_path: Path) -> None:
@@ -167,18 +170,26 @@ def test_ipv6_vips(lab: Lab, tmp_path: Path) -> None:
     b = LvsHa(lab, d2, tmp_path, "d2", 100, vips=vips)
     b.start()
     a.start()
-    wait_for(lambda: holders([d1, d2], "fd77::100") == ["d1"] and b.role() == "BACKUP", 20,
-             what="d1 holds the IPv6 VIP\n" + _diag(a, b))
+    wait_for(
+        lambda: holders([d1, d2], "fd77::100") == ["d1"] and b.role() == "BACKUP",
+        20,
+        what="d1 holds the IPv6 VIP\n" + _diag(a, b),
+    )
     assert a.status()[0]["master"].startswith("fe80::")
     wait_for(lambda: ping_ok(cl, "fd77::100"), 10, what="client reaches the IPv6 VIP")
     lab.cut(d1)
     wait_for(lambda: holders([d2], "fd77::100") == ["d2"], 10, what="d2 takes the IPv6 VIP")
-    wait_for(lambda: ping_ok(cl, "fd77::100") and neigh_mac(cl, "fd77::100") == d2.mac, 10,
-             what="client follows d2 (unsolicited NA)")
+    wait_for(
+        lambda: ping_ok(cl, "fd77::100") and neigh_mac(cl, "fd77::100") == d2.mac,
+        10,
+        what="client follows d2 (unsolicited NA)",
+    )
 
 
-NOTIFY = ("import os,sys; open(sys.argv[1],'a').write(os.environ['INSTANCE']+' '+os.environ['STATE']+' '"
-          "+os.environ['PRIORITY']+'\\n')")
+NOTIFY = (
+    "import os,sys; open(sys.argv[1],'a').write(os.environ['INSTANCE']+' '+os.environ['STATE']+' '"
+    "+os.environ['PRIORITY']+'\\n')"
+)
 
 
 def test_tracked_file_lowers_priority_and_notify_runs(lab: Lab, tmp_path: Path) -> None:
@@ -190,10 +201,20 @@ def test_tracked_file_lowers_priority_and_notify_runs(lab: Lab, tmp_path: Path) 
     d1 = lab.host("d1", [D1])
     d2 = lab.host("d2", [D2])
     a = LvsHa(lab, d1, tmp_path, "d1", 150, extra={"track": {"files": [{"path": str(adjust), "weight": -1}]}})
-    b = LvsHa(lab, d2, tmp_path, "d2", 100,
-              extra={"notify": {"master": [sys.executable, "-c", NOTIFY, str(events)],
-                                "backup": [sys.executable, "-c", NOTIFY, str(events)],
-                                "stop": [sys.executable, "-c", NOTIFY, str(events)]}})
+    b = LvsHa(
+        lab,
+        d2,
+        tmp_path,
+        "d2",
+        100,
+        extra={
+            "notify": {
+                "master": [sys.executable, "-c", NOTIFY, str(events)],
+                "backup": [sys.executable, "-c", NOTIFY, str(events)],
+                "stop": [sys.executable, "-c", NOTIFY, str(events)],
+            }
+        },
+    )
     b.start()
     a.start()
     wait_for(lambda: _settled(a, b, [d1, d2], "d1"), 20, what="d1 master\n" + _diag(a, b))
@@ -249,8 +270,11 @@ def test_reload_changes_priority_in_place_and_adds_an_instance(lab: Lab, tmp_pat
     r = a.reload()  # `lvs-ha reload`: rejected with the reason; the running instances carry on
     assert r.returncode == 1 and "invalid" in r.stderr, (r.stdout, r.stderr)
     a.signal(signal.SIGHUP)  # the same through the signal
-    wait_for(lambda: a.log().count("rejected, the running configuration stays") >= 2, 10,
-             what="bad reload rejected\n" + _diag(a))
+    wait_for(
+        lambda: a.log().count("rejected, the running configuration stays") >= 2,
+        10,
+        what="bad reload rejected\n" + _diag(a),
+    )
     assert a.proc is not None and a.proc.poll() is None
     assert has_vip(d1, f"{NET}.101") and holders([d1, d2]) == ["d2"]
 
@@ -263,9 +287,13 @@ def test_sync_group_faults_together(lab: Lab, tmp_path: Path) -> None:
     healthy = tmp_path / "healthy"
     healthy.write_text("")
     d1, d2, _cl, a, b = _pair(lab, tmp_path)
-    check = {"name": "healthy", "command": [sys.executable, "-c", f"import os,sys; sys.exit(0 if os.path.exists("
-                                                                 f"{str(healthy)!r}) else 1)"],
-             "interval": 0.1, "timeout": 2, "weight": 0}
+    check = {
+        "name": "healthy",
+        "command": [sys.executable, "-c", f"import os,sys; sys.exit(0 if os.path.exists({str(healthy)!r}) else 1)"],
+        "interval": 0.1,
+        "timeout": 2,
+        "weight": 0,
+    }
     for d, track in ((a, {"scripts": [check]}), (b, None)):
         doc = yaml.safe_load(d.config.read_text())
         second = dict(doc["vrrp"]["instances"][0], name="VI_2", vrid=52, vips=[f"{NET}.101/24"])

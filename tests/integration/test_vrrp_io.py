@@ -42,6 +42,7 @@ SENDER = textwrap.dedent("""
 
 def _receiver(lab: Lab, host, fam: int, n: int, peers=()):  # type: ignore[no-untyped-def]
     import subprocess
+
     p = lab.spawn(host, [sys.executable, "-c", RECEIVER, str(fam), str(n), *peers], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"

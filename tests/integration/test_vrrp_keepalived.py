@@ -26,6 +26,7 @@ def _hosts(lab: Lab, vip: str):  # type: ignore[no-untyped-def]
             wait_for(lambda h=h: "fe80" in h.ip("-6", "addr", "show", "dev", "eth0").stdout, 10, what="link-local")
     return d1, d2, cl, vip.split("/")[0]
 
+
 pytestmark = pytest.mark.skipif(not os.path.exists(Keepalived.BIN), reason="keepalived is not installed")
 
 CASES = [
@@ -40,17 +41,20 @@ def _diag(*procs: object) -> str:
 
 
 @pytest.mark.parametrize("version,interval,password,vip", CASES)
-def test_lvsha_master_keepalived_backup(lab: Lab, tmp_path: Path, version: int, interval: float,
-                                        password: str | None, vip: str) -> None:
+def test_lvsha_master_keepalived_backup(
+    lab: Lab, tmp_path: Path, version: int, interval: float, password: str | None, vip: str
+) -> None:
     d1, d2, cl, addr = _hosts(lab, vip)
     extra = {"auth": {"password": password}} if password else {}
     ours = LvsHa(lab, d1, tmp_path, "d1", 150, version=version, interval_s=interval, extra=extra, vips=[vip])
-    ka = Keepalived(lab, d2, tmp_path, "ka2", 100, version=version, interval_s=interval, password=password,
-                    vips=[vip])
+    ka = Keepalived(lab, d2, tmp_path, "ka2", 100, version=version, interval_s=interval, password=password, vips=[vip])
     ours.start()
     limit = 10 + 6 * interval
-    wait_for(lambda: holders([d1, d2], addr) == ["d1"] and ours.role() == "MASTER", limit,
-             what="lvs-ha master\n" + _diag(ours))
+    wait_for(
+        lambda: holders([d1, d2], addr) == ["d1"] and ours.role() == "MASTER",
+        limit,
+        what="lvs-ha master\n" + _diag(ours),
+    )
     ka.start()
     wait_for(lambda: "Entering BACKUP STATE" in ka.log(), limit, what="keepalived backup\n" + _diag(ka))
     # keepalived accepts our adverts: it stays backup over several of its master-down intervals
@@ -65,20 +69,26 @@ def test_lvsha_master_keepalived_backup(lab: Lab, tmp_path: Path, version: int, 
 
 
 @pytest.mark.parametrize("version,interval,password,vip", CASES)
-def test_keepalived_master_lvsha_backup(lab: Lab, tmp_path: Path, version: int, interval: float,
-                                        password: str | None, vip: str) -> None:
+def test_keepalived_master_lvsha_backup(
+    lab: Lab, tmp_path: Path, version: int, interval: float, password: str | None, vip: str
+) -> None:
     d1, d2, cl, addr = _hosts(lab, vip)
     extra = {"auth": {"password": password}} if password else {}
-    ka = Keepalived(lab, d1, tmp_path, "ka1", 150, version=version, interval_s=interval, password=password,
-                    vips=[vip])
+    ka = Keepalived(lab, d1, tmp_path, "ka1", 150, version=version, interval_s=interval, password=password, vips=[vip])
     ours = LvsHa(lab, d2, tmp_path, "d2", 100, version=version, interval_s=interval, extra=extra, vips=[vip])
     ours.start()
     ka.start()
     limit = 10 + 6 * interval
     master = "fe80" if ":" in addr else f"{NET}.11"
-    wait_for(lambda: holders([d1, d2], addr) == ["d1"] and ours.role() == "BACKUP"
-             and (ours.status()[0]["master"] or "").startswith(master), limit,
-             what="keepalived master\n" + _diag(ours, ka))
+    wait_for(
+        lambda: (
+            holders([d1, d2], addr) == ["d1"]
+            and ours.role() == "BACKUP"
+            and (ours.status()[0]["master"] or "").startswith(master)
+        ),
+        limit,
+        what="keepalived master\n" + _diag(ours, ka),
+    )
     wait_for(lambda: ours.status()[0]["counters"]["adverts_received"] > 8, limit, what="adverts from keepalived")
     st = ours.status()[0]
     # every advert from keepalived accepted: none counted as malformed or rejected, no drop logged
@@ -88,8 +98,11 @@ def test_keepalived_master_lvsha_backup(lab: Lab, tmp_path: Path, version: int, 
     cap = VrrpCapture(lab, d2, tmp_path / "d2.pcap.txt")
     wait_for(lambda: cap.adverts(priority=150) > 0, limit, what="keepalived's adverts seen at d2")
     ka.stop(signal.SIGTERM)
-    wait_for(lambda: holders([d1, d2], addr) == ["d2"] and ours.role() == "MASTER", limit,
-             what="lvs-ha takes over\n" + _diag(ours))
+    wait_for(
+        lambda: holders([d1, d2], addr) == ["d2"] and ours.role() == "MASTER",
+        limit,
+        what="lvs-ha takes over\n" + _diag(ours),
+    )
     # keepalived resigned with a priority-0 advert (on SIGTERM), which reached us
     wait_for(lambda: cap.adverts(priority=0) > 0, 5, what="keepalived's priority-0 advert\n" + cap.text()[-2000:])
     wait_for(lambda: ping_ok(cl, addr), limit, what="client answered by lvs-ha")

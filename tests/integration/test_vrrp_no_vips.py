@@ -67,14 +67,23 @@ def test_lvsha_and_keepalived_without_vips_elect_one_master(lab: Lab, tmp_path: 
     ka.start()
     limit = 20.0
     if ours_first:
-        wait_for(lambda: ours.role() == "MASTER" and "Entering BACKUP STATE" in ka.log(), limit,
-                 what="lvs-ha master, keepalived backup\n" + _diag(ours, ka))
+        wait_for(
+            lambda: ours.role() == "MASTER" and "Entering BACKUP STATE" in ka.log(),
+            limit,
+            what="lvs-ha master, keepalived backup\n" + _diag(ours, ka),
+        )
     else:
-        wait_for(lambda: ours.role() == "BACKUP" and "Entering MASTER STATE" in ka.log(), limit,
-                 what="keepalived master, lvs-ha backup\n" + _diag(ours, ka))
+        wait_for(
+            lambda: ours.role() == "BACKUP" and "Entering MASTER STATE" in ka.log(),
+            limit,
+            what="keepalived master, lvs-ha backup\n" + _diag(ours, ka),
+        )
     got = _counters(ours).get("adverts_received", 0) + _counters(ours).get("adverts_sent", 0)
-    wait_for(lambda: _counters(ours).get("adverts_received", 0) + _counters(ours).get("adverts_sent", 0) > got + 10,
-             limit, what="adverts\n" + _diag(ours, ka))
+    wait_for(
+        lambda: _counters(ours).get("adverts_received", 0) + _counters(ours).get("adverts_sent", 0) > got + 10,
+        limit,
+        what="adverts\n" + _diag(ours, ka),
+    )
     if ours_first:
         assert ours.role() == "MASTER" and "Entering MASTER STATE" not in ka.log(), _diag(ours, ka)
     else:

@@ -38,7 +38,10 @@ PRELUDE = textwrap.dedent(f"""
             await asyncio.sleep(0.01)
 """)
 
-LIFECYCLE = PRELUDE + textwrap.indent(textwrap.dedent("""
+LIFECYCLE = (
+    PRELUDE
+    + textwrap.indent(
+        textwrap.dedent("""
     out(pid=eng.pid, status=await eng.status(), events=list(events))
     await line()
     try:
@@ -52,12 +55,23 @@ LIFECYCLE = PRELUDE + textwrap.indent(textwrap.dedent("""
     await line()
     await eng.stop(handover=True)
     out(returncode=eng.proc.returncode, events=list(events))
-"""), "    ") + "asyncio.run(main())\n"
+"""),
+        "    ",
+    )
+    + "asyncio.run(main())\n"
+)
 
-ORPHAN = PRELUDE + textwrap.indent(textwrap.dedent("""
+ORPHAN = (
+    PRELUDE
+    + textwrap.indent(
+        textwrap.dedent("""
     out(pid=eng.pid, status=await eng.status())
     await line()
-"""), "    ") + "asyncio.run(main())\n"
+"""),
+        "    ",
+    )
+    + "asyncio.run(main())\n"
+)
 
 
 # how long the engine owner may take to print its next record (it waits up to 20 s for MASTER itself)
@@ -88,8 +102,9 @@ def _record(p: subprocess.Popen[str], log: Path, timeout_s: float = RECORD_TIMEO
 def _spawn(lab: Lab, host: Any, script: str, log: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Run ``script`` (an engine owner) in ``host``; returns the process and the first record it prints."""
     with open(log, "ab") as err:
-        p = lab.spawn(host, [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=err, text=True)
+        p = lab.spawn(
+            host, [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+        )
     assert p.stdout is not None and p.stdin is not None
     first = _record(p, log)
     assert first, log.read_text()
@@ -113,8 +128,11 @@ def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     assert pid != p.pid
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "lvs-ha: vrrp"
     # argv[0] is the interpreter itself (a virtualenv's child finds its packages); the name comes from PR_SET_NAME
-    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [sys.executable.encode(), b"-m",
-                                                                           b"ha.vrrp.child"]
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [
+        sys.executable.encode(),
+        b"-m",
+        b"ha.vrrp.child",
+    ]
     assert first["status"][0]["role"] == "MASTER"
     wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
     p.stdin.write("go\n")
@@ -152,7 +170,10 @@ def test_orphaned_engine_process_releases_vips_and_exits(lab: Lab, tmp_path: Pat
     assert not has_vip(d1)
 
 
-RESTART = PRELUDE + textwrap.indent(textwrap.dedent("""
+RESTART = (
+    PRELUDE
+    + textwrap.indent(
+        textwrap.dedent("""
     out(pid=eng.pid)
     await line()  # the test kills the engine process now
     deadline = time.monotonic() + 30
@@ -168,7 +189,11 @@ RESTART = PRELUDE + textwrap.indent(textwrap.dedent("""
     out(pid=eng.pid, role=role, restarts=eng.restarts)
     await eng.stop(handover=True)
     out(returncode=eng.proc.returncode)
-"""), "    ") + "asyncio.run(main())\n"
+"""),
+        "    ",
+    )
+    + "asyncio.run(main())\n"
+)
 
 
 def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> None:

@@ -83,8 +83,11 @@ def ip_addrs(host: Host, ifname: str = "eth0") -> dict[str, dict]:
 def test_add_dump_delete_agree_with_iproute2(lab: Lab) -> None:
     h = lab.host("h", [])
     ifindex = int(h.run("cat", "/sys/class/net/eth0/ifindex").stdout)
-    added = [["add", "eth0", "192.0.2.10", 24, {}], ["add", "eth0", "198.51.100.7", 32, {"label": "eth0:vip"}],
-             ["add", "eth0", "fd00:77::10", 64, {"nodad": True}]]
+    added = [
+        ["add", "eth0", "192.0.2.10", 24, {}],
+        ["add", "eth0", "198.51.100.7", 32, {"label": "eth0:vip"}],
+        ["add", "eth0", "fd00:77::10", 64, {"nodad": True}],
+    ]
     assert ops(h, *added) == ["ok", "ok", "ok"]
     seen = ip_addrs(h)
     assert {"192.0.2.10/24", "198.51.100.7/32", "fd00:77::10/64"} <= set(seen)
@@ -118,8 +121,12 @@ def test_add_dump_delete_agree_with_iproute2(lab: Lab) -> None:
 def test_nodad_skips_duplicate_address_detection(lab: Lab) -> None:
     h = lab.host("h", [])
     h.run("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=1", "net.ipv6.conf.eth0.dad_transmits=3")
-    res = ops(h, ["add", "eth0", "fd00:77::5", 64, {"nodad": True}], ["add", "eth0", "fd00:77::6", 64, {}],
-              ["dump", "eth0", 6])
+    res = ops(
+        h,
+        ["add", "eth0", "fd00:77::5", 64, {"nodad": True}],
+        ["add", "eth0", "fd00:77::6", 64, {}],
+        ["dump", "eth0", 6],
+    )
     flags = {a: f for _i, a, _p, f, _l in res[2]["rows"]}
     assert not flags["fd00:77::5"] & 0x40  # IFA_F_TENTATIVE
     assert flags["fd00:77::6"] & 0x40  # without nodad the kernel is still probing (3 probes take 3 s)

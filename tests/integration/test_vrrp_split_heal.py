@@ -59,8 +59,9 @@ def _director(kind: str, lab: Lab, host: Host, tmp: Path, name: str, prio: int) 
     return Keepalived(lab, host, tmp, name, prio, interval_s=INTERVAL_S, extra_lines=("higher_prio_send_advert",))
 
 
-@pytest.mark.parametrize(("winner", "loser"), [("lvs-ha", "lvs-ha"), ("lvs-ha", "keepalived"),
-                                               ("keepalived", "lvs-ha")])
+@pytest.mark.parametrize(
+    ("winner", "loser"), [("lvs-ha", "lvs-ha"), ("lvs-ha", "keepalived"), ("keepalived", "lvs-ha")]
+)
 def test_winner_reannounces_after_every_heal(lab: Lab, tmp_path: Path, winner: str, loser: str) -> None:
     if "keepalived" in (winner, loser) and not os.path.exists(Keepalived.BIN):
         pytest.skip("keepalived is not installed")
@@ -78,8 +79,12 @@ def test_winner_reannounces_after_every_heal(lab: Lab, tmp_path: Path, winner: s
     late: list[float] = []
     for cycle in range(CYCLES):
         _cut(lab)
-        wait_for(lambda: holders([d1, d2]) == ["d1", "d2"] and neigh_mac(cl) == d2.mac, 10, 0.01,
-                 what=f"cycle {cycle}: both master, the client on d2's MAC\n{diag()}")
+        wait_for(
+            lambda: holders([d1, d2]) == ["d1", "d2"] and neigh_mac(cl) == d2.mac,
+            10,
+            0.01,
+            what=f"cycle {cycle}: both master, the client on d2's MAC\n{diag()}",
+        )
         time.sleep(1.2 + 0.013 * cycle)  # past the neighbour lock time; a different advert phase each cycle
         _heal(lab)
         healed = time.monotonic()

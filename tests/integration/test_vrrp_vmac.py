@@ -55,8 +55,9 @@ def _ping(client: Host) -> bool:
 
 def _client(lab: Lab) -> Host:
     # arp_accept=0 (the default, set anyway): the client's ARP cache ignores gratuitous ARP
-    client = lab.host("cl", [f"{CLIENT}/24"], sysctls=("net.ipv4.conf.all.arp_accept=0",
-                                                        "net.ipv4.conf.default.arp_accept=0"))
+    client = lab.host(
+        "cl", [f"{CLIENT}/24"], sysctls=("net.ipv4.conf.all.arp_accept=0", "net.ipv4.conf.default.arp_accept=0")
+    )
     client.run("sysctl", "-qw", "net.ipv4.conf.eth0.arp_accept=0")
     return client
 
@@ -173,17 +174,24 @@ def test_interop_with_keepalived_use_vmac(lab: Lab, tmp_path: Path, ours_first: 
     ka.start()
     master, backup = (d1, d2) if ours_first else (d2, d1)
     if ours_first:
-        wait_for(lambda: ours.role() == "MASTER" and "Entering BACKUP STATE" in ka.log(), 30,
-                 what="lvs-ha master, keepalived backup\n" + _diag(ours, ka))
+        wait_for(
+            lambda: ours.role() == "MASTER" and "Entering BACKUP STATE" in ka.log(),
+            30,
+            what="lvs-ha master, keepalived backup\n" + _diag(ours, ka),
+        )
     else:
-        wait_for(lambda: ours.role() == "BACKUP" and "Entering MASTER STATE" in ka.log(), 30,
-                 what="keepalived master, lvs-ha backup\n" + _diag(ours, ka))
+        wait_for(
+            lambda: ours.role() == "BACKUP" and "Entering MASTER STATE" in ka.log(),
+            30,
+            what="keepalived master, lvs-ha backup\n" + _diag(ours, ka),
+        )
     wait_for(lambda: VIP in _addrs(master, VMAC_IF), 10, what="VIP on the master's vmac\n" + _diag(ours, ka))
     # the roles last over several master-down intervals (each side hears the other's adverts on its VMAC)
     got = ours.status()[0]["counters"]
     key = "adverts_sent" if ours_first else "adverts_received"
-    wait_for(lambda: ours.status()[0]["counters"].get(key, 0) >= got.get(key, 0) + 4, 15,
-             what="adverts\n" + _diag(ours, ka))
+    wait_for(
+        lambda: ours.status()[0]["counters"].get(key, 0) >= got.get(key, 0) + 4, 15, what="adverts\n" + _diag(ours, ka)
+    )
     assert ours.role() == ("MASTER" if ours_first else "BACKUP"), _diag(ours, ka)
     assert VIP not in _addrs(backup, VMAC_IF) | _addrs(backup, "eth0")
     assert _advert_source_mac(client) == VMAC

@@ -31,8 +31,12 @@ def pyroute2_bytes(attrs: list) -> bytes:
 
 
 def test_codec_matches_pyroute2_and_round_trips() -> None:
-    svc = Service(ServiceKey.vip("tcp", "fd00::1", 443), Scheduler.MH, frozenset({SchedFlag.MH_PORT}),
-                  Persistence(60, prefix_len=64))
+    svc = Service(
+        ServiceKey.vip("tcp", "fd00::1", 443),
+        Scheduler.MH,
+        frozenset({SchedFlag.MH_PORT}),
+        Persistence(60, prefix_len=64),
+    )
     dest = Destination(DestKey("10.0.0.9", 80), 3, Forwarding.TUN, 10, 2, TunnelType.GUE, 6080, frozenset({"csum"}))
     attrs = [("IPVS_CMD_ATTR_SERVICE", service_attrs(svc)), ("IPVS_CMD_ATTR_DEST", dest_attrs(dest))]
     ours = c.encode_attrs(attrs, c.schema_of(g.ipvs_msg))

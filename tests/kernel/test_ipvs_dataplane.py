@@ -91,8 +91,7 @@ FORWARDINGS = [
     d("10.9.1.2", forwarding=Forwarding.DR),
     d("10.9.1.3", forwarding=Forwarding.TUN),  # ipip
     d("10.9.1.4", forwarding=Forwarding.TUN, tun_type=TunnelType.GUE, tun_port=6080, tun_flags=frozenset({"csum"})),
-    d("10.9.1.5", forwarding=Forwarding.TUN, tun_type=TunnelType.GUE, tun_port=5555,
-      tun_flags=frozenset({"remcsum"})),
+    d("10.9.1.5", forwarding=Forwarding.TUN, tun_type=TunnelType.GUE, tun_port=5555, tun_flags=frozenset({"remcsum"})),
     d("10.9.1.6", forwarding=Forwarding.TUN, tun_type=TunnelType.GRE, tun_flags=frozenset({"csum"})),
     d("10.9.1.7", forwarding=Forwarding.TUN, tun_type=TunnelType.GRE),
 ]
@@ -116,15 +115,28 @@ async def test_forwarding_methods_round_trip_and_ipvsadm_agrees(dp: IpvsDataplan
 async def test_fwmark_ipv6_persistence_flags_thresholds_round_trip(dp: IpvsDataplane) -> None:
     want = State()
     want.add(Service(ServiceKey.mark(7), Scheduler.WRR), d("10.9.2.1", 0, weight=3))
-    want.add(Service(ServiceKey.mark(8, family=6), Scheduler.SH,
-                     frozenset({SchedFlag.SH_FALLBACK, SchedFlag.SH_PORT})), d("fd00:9::2", 0))
-    want.add(Service(ServiceKey.vip(Protocol.TCP, "fd00:9::1", 443), Scheduler.MH,
-                     frozenset({SchedFlag.MH_FALLBACK, SchedFlag.MH_PORT}), Persistence(600, prefix_len=64)),
-             d("fd00:9::10", 443, weight=7, u_threshold=100, l_threshold=10, forwarding=Forwarding.NAT))
-    want.add(Service(ServiceKey.vip(Protocol.UDP, "10.9.0.3", 53), Scheduler.RR, frozenset({SchedFlag.ONE_PACKET})),
-             d("10.9.2.3", 53, weight=0), d("10.9.2.4", 5353, weight=65535))
-    want.add(Service(tcp("10.9.0.4", 8443), Scheduler.LC, persistence=Persistence(300, netmask="255.255.255.0")),
-             d("10.9.2.5", 8443, u_threshold=5, l_threshold=1))
+    want.add(
+        Service(ServiceKey.mark(8, family=6), Scheduler.SH, frozenset({SchedFlag.SH_FALLBACK, SchedFlag.SH_PORT})),
+        d("fd00:9::2", 0),
+    )
+    want.add(
+        Service(
+            ServiceKey.vip(Protocol.TCP, "fd00:9::1", 443),
+            Scheduler.MH,
+            frozenset({SchedFlag.MH_FALLBACK, SchedFlag.MH_PORT}),
+            Persistence(600, prefix_len=64),
+        ),
+        d("fd00:9::10", 443, weight=7, u_threshold=100, l_threshold=10, forwarding=Forwarding.NAT),
+    )
+    want.add(
+        Service(ServiceKey.vip(Protocol.UDP, "10.9.0.3", 53), Scheduler.RR, frozenset({SchedFlag.ONE_PACKET})),
+        d("10.9.2.3", 53, weight=0),
+        d("10.9.2.4", 5353, weight=65535),
+    )
+    want.add(
+        Service(tcp("10.9.0.4", 8443), Scheduler.LC, persistence=Persistence(300, netmask="255.255.255.0")),
+        d("10.9.2.5", 8443, u_threshold=5, l_threshold=1),
+    )
     want.add(Service(tcp("10.9.0.5", 22), persistence=Persistence(60)))
     want.add(Service(ServiceKey.vip(Protocol.SCTP, "10.9.0.6", 3868), Scheduler.SED), d("10.9.2.6", 3868))
     report = await dp.apply(ops_for(want))
@@ -185,13 +197,15 @@ async def test_foreign_services_are_left_alone(dp: IpvsDataplane) -> None:
 
 
 async def test_timeouts_sysctls_and_sync_daemons(dp: IpvsDataplane) -> None:
-    report = await dp.apply([
-        SetTimeouts(Timeouts(tcp_s=1200, tcp_fin_s=30, udp_s=45)),
-        SetSysctl("net.ipv4.vs.sloppy_tcp", 1),
-        SetSysctl("expire_nodest_conn", 1),
-        StartSyncDaemon(SyncDaemon("master", "lo", 42)),
-        StartSyncDaemon(SyncDaemon("backup", "lo", 42)),
-    ])
+    report = await dp.apply(
+        [
+            SetTimeouts(Timeouts(tcp_s=1200, tcp_fin_s=30, udp_s=45)),
+            SetSysctl("net.ipv4.vs.sloppy_tcp", 1),
+            SetSysctl("expire_nodest_conn", 1),
+            StartSyncDaemon(SyncDaemon("master", "lo", 42)),
+            StartSyncDaemon(SyncDaemon("backup", "lo", 42)),
+        ]
+    )
     assert report.ok and report.writes == 5, report.error
     got = await dp.dump()
     assert got.timeouts == Timeouts(1200, 30, 45)
@@ -201,8 +215,7 @@ async def test_timeouts_sysctls_and_sync_daemons(dp: IpvsDataplane) -> None:
     # zero leaves a timeout unchanged
     assert (await dp.apply([SetTimeouts(Timeouts(tcp_s=0, tcp_fin_s=0, udp_s=60))])).ok
     assert (await dp.dump()).timeouts == Timeouts(1200, 30, 60)
-    report = await dp.apply([StopSyncDaemon(SyncDaemon("master", "lo", 42)),
-                             SetSysctl("net.ipv4.vs.sloppy_tcp", 0)])
+    report = await dp.apply([StopSyncDaemon(SyncDaemon("master", "lo", 42)), SetSysctl("net.ipv4.vs.sloppy_tcp", 0)])
     assert report.ok, report.error
     got = await dp.dump()
     assert got.sync_daemons == {SyncDaemon("backup", "lo", 42)} and got.sysctls["net.ipv4.vs.sloppy_tcp"] == 0
@@ -216,10 +229,25 @@ async def test_many_services_round_trip(dp: IpvsDataplane) -> None:
     scheds = [s for s in Scheduler if have_scheduler(s)]
     fwds = [Forwarding.NAT, Forwarding.DR, Forwarding.TUN]
     for i in range(200):
-        svc = Service(tcp(f"10.10.{i // 250}.{i % 250 + 1}", 80 + i % 3), scheds[i % len(scheds)],
-                      persistence=Persistence(30 + i) if i % 4 == 0 else None)
-        want.add(svc, *(d(f"10.11.{i % 250}.{j + 1}", 8000 + j, weight=(i + j) % 50, forwarding=fwds[j % 3],
-                          u_threshold=j * 10, l_threshold=j) for j in range(5)))
+        svc = Service(
+            tcp(f"10.10.{i // 250}.{i % 250 + 1}", 80 + i % 3),
+            scheds[i % len(scheds)],
+            persistence=Persistence(30 + i) if i % 4 == 0 else None,
+        )
+        want.add(
+            svc,
+            *(
+                d(
+                    f"10.11.{i % 250}.{j + 1}",
+                    8000 + j,
+                    weight=(i + j) % 50,
+                    forwarding=fwds[j % 3],
+                    u_threshold=j * 10,
+                    l_threshold=j,
+                )
+                for j in range(5)
+            ),
+        )
     report = await dp.apply(ops_for(want))
     assert report.ok and report.writes == 1200, report.error
     got = await dp.dump()

@@ -25,9 +25,13 @@ def desired() -> State:
     st = State()
     for i in range(3):
         key = ServiceKey.vip("tcp", f"10.30.0.{i + 1}", 80)
-        st.add(Service(key, Scheduler.WLC, persistence=Persistence(120) if i == 0 else None),
-               *(Destination(DestKey(f"10.31.{i}.{j + 1}", 8080), weight=j + 1, forwarding=Forwarding.NAT)
-                 for j in range(2)))
+        st.add(
+            Service(key, Scheduler.WLC, persistence=Persistence(120) if i == 0 else None),
+            *(
+                Destination(DestKey(f"10.31.{i}.{j + 1}", 8080), weight=j + 1, forwarding=Forwarding.NAT)
+                for j in range(2)
+            ),
+        )
     return st
 
 
@@ -59,8 +63,9 @@ async def test_drift_is_repaired_and_foreign_services_stay(dp: IpvsDataplane, tm
     fixed = await rec.sync()
     assert fixed.ok and fixed.writes == 2, fixed.error  # one DelDest, one EditDest
     after = await dp.dump()
-    assert ours(after) == want.services | {ServiceKey.vip("tcp", "10.30.9.9", 443):
-                                           after.services[ServiceKey.vip("tcp", "10.30.9.9", 443)]}
+    assert ours(after) == want.services | {
+        ServiceKey.vip("tcp", "10.30.9.9", 443): after.services[ServiceKey.vip("tcp", "10.30.9.9", 443)]
+    }
     assert DestKey("10.31.9.1", 443) in after.services[ServiceKey.vip("tcp", "10.30.9.9", 443)].destinations
     nothing = await rec.sync()
     assert nothing.ok and nothing.writes == 0

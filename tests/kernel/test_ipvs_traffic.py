@@ -72,8 +72,9 @@ def start_server(lab: Lab, host: Host, name: str, port: int) -> None:
     wait_for(lambda: ask(host, "127.0.0.1", port, 1.0) == name, timeout=60, what=f"server {name} on :{port}")
 
 
-async def settled_stats(plane: IpvsDataplane, key: ServiceKey, dests: list[Destination],
-                        conns: list[int], timeout: float = 30.0) -> list[DestStats]:
+async def settled_stats(
+    plane: IpvsDataplane, key: ServiceKey, dests: list[Destination], conns: list[int], timeout: float = 30.0
+) -> list[DestStats]:
     deadline = time.monotonic() + timeout
     while True:
         state = await plane.dump()
@@ -125,8 +126,11 @@ async def test_direct_routing(director: tuple[Lab, Host, IpvsDataplane]) -> None
     client = lab.host("cli", ["10.20.0.50/24"])
     reals = []
     for i in (1, 2):
-        rs = lab.host(f"dr{i}", [f"10.20.0.2{i}/24"],
-                      sysctls=["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])
+        rs = lab.host(
+            f"dr{i}",
+            [f"10.20.0.2{i}/24"],
+            sysctls=["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"],
+        )
         rs.ip("addr", "add", f"{VIP}/32", "dev", "lo")
         start_server(lab, rs, f"dr{i}", 80)
         reals.append(rs)

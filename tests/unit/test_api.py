@@ -23,9 +23,14 @@ class FakeController:
         self.drained: set[tuple[str, str]] = set()
 
     def status(self) -> dict[str, Any]:
-        return {"node": "dir1", "config": {"loaded_at": None, "file": "x.yaml", "last_reload_error": None},
-                "instances": [], "services": [{"name": "web", "key": "tcp/192.0.2.10:80", "quorum": True,
-                                               "sorry_active": False, "realservers": []}]}
+        return {
+            "node": "dir1",
+            "config": {"loaded_at": None, "file": "x.yaml", "last_reload_error": None},
+            "instances": [],
+            "services": [
+                {"name": "web", "key": "tcp/192.0.2.10:80", "quorum": True, "sorry_active": False, "realservers": []}
+            ],
+        }
 
     def status_json(self) -> str:
         return json.dumps(self.status())

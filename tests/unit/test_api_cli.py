@@ -32,8 +32,16 @@ async def server(tmp_path: Path) -> Any:
 
 async def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     args = build_parser().parse_args(argv)
-    handler = getattr(cmd_ctl, {"status": "cmd_status", "drain": "cmd_drain", "enable": "cmd_enable",
-                                "failover": "cmd_failover", "reload": "cmd_reload"}[args.command])
+    handler = getattr(
+        cmd_ctl,
+        {
+            "status": "cmd_status",
+            "drain": "cmd_drain",
+            "enable": "cmd_enable",
+            "failover": "cmd_failover",
+            "reload": "cmd_reload",
+        }[args.command],
+    )
     code = await asyncio.to_thread(handler, args)
     out, err = capsys.readouterr()
     return code, out, err
@@ -47,8 +55,9 @@ async def test_status_json_and_table(server: tuple[str, FakeController], capsys:
     assert code == 0 and out.startswith("node dir1") and "tcp/192.0.2.10:80" in out
 
 
-async def test_drain_enable_failover_reload(server: tuple[str, FakeController],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+async def test_drain_enable_failover_reload(
+    server: tuple[str, FakeController], capsys: pytest.CaptureFixture[str]
+) -> None:
     path, ctl = server
     code, out, _ = await run_cli(["drain", "--socket", path, "web", "10.0.0.1:80"], capsys)
     assert (code, out.strip()) == (0, "drained web 10.0.0.1:80")
@@ -70,8 +79,9 @@ async def test_unknown_names_exit_1(server: tuple[str, FakeController], capsys: 
     assert code == 1 and "VI_X" in err
 
 
-async def test_reload_errors_are_printed_exit_1(server: tuple[str, FakeController], capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_reload_errors_are_printed_exit_1(
+    server: tuple[str, FakeController], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = server
     monkeypatch.setenv("X_FAIL_RELOAD", "1")
     code, _, err = await run_cli(["reload", "--socket", path], capsys)
@@ -133,8 +143,11 @@ def test_socket_from_config(tmp_path: Path) -> None:
 
 
 async def test_socket_from_the_config_when_the_default_does_not_answer(
-        server: tuple[str, FakeController], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    server: tuple[str, FakeController],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Without --socket: the default socket first; when nobody answers there, node.api.socket of the default config
     (read for its node: section only, even after a thousand services)."""
     path, _ = server
@@ -166,8 +179,9 @@ def test_socket_from_a_config_whose_node_section_uses_an_outside_anchor(tmp_path
     assert cmd_ctl.find_socket(argparse.Namespace(socket=None, config=str(cfg))) == "/tmp/anchored.sock"
 
 
-def test_a_request_that_timed_out_is_not_sent_to_another_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_request_that_timed_out_is_not_sent_to_another_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The default socket accepts but never answers: the drain may have been carried out, so the client reports the
     timeout and does not send it again to the config's socket."""
     import socket as socket_mod
@@ -183,8 +197,12 @@ def test_a_request_that_timed_out_is_not_sent_to_another_socket(tmp_path: Path, 
     monkeypatch.setattr(cmd_ctl, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
     monkeypatch.setattr(cmd_ctl, "DEFAULT_CONFIG", str(cfg))
     try:
-        code = cmd_ctl._run(argparse.Namespace(command="drain", socket=None, config=None, timeout=0.3), "POST",
-                            "/v1/drain", {"service": "web", "realserver": "10.0.0.1:80"})[0]
+        code = cmd_ctl._run(
+            argparse.Namespace(command="drain", socket=None, config=None, timeout=0.3),
+            "POST",
+            "/v1/drain",
+            {"service": "web", "realserver": "10.0.0.1:80"},
+        )[0]
         assert code == 2 and "did not answer" in capsys.readouterr().err
         other.setblocking(False)
         with pytest.raises(BlockingIOError):

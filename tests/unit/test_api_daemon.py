@@ -24,8 +24,12 @@ def cfg() -> Config:
     def rs(a: str, port: int) -> RealServerConfig:
         return RealServerConfig(ipaddress.ip_address(a), port)
 
-    web = ServiceConfig("web", ipaddress.ip_address("192.0.2.10"), 80,
-                        realservers=(rs("10.0.0.1", 80), rs("10.0.0.1", 8080), rs("10.0.0.2", 80)))
+    web = ServiceConfig(
+        "web",
+        ipaddress.ip_address("192.0.2.10"),
+        80,
+        realservers=(rs("10.0.0.1", 80), rs("10.0.0.1", 8080), rs("10.0.0.2", 80)),
+    )
     v6 = ServiceConfig("v6", ipaddress.ip_address("2001:db8::1"), 80, family=6, realservers=(rs("2001:db8::5", 80),))
     return Config(NodeConfig("dir1"), services=(web, v6))
 
@@ -133,8 +137,11 @@ async def test_tcp_listener_with_token_and_socket_mode(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("0123456789abcdef0123\n")
     path = tmp_path / "c.yaml"
-    path.write_text(CONFIG.format(tmp=tmp_path, flush="false").replace(
-        "api: {", f"api: {{listen: '127.0.0.1:{port}', token_file: {token}, socket_mode: 0660, "))
+    path.write_text(
+        CONFIG.format(tmp=tmp_path, flush="false").replace(
+            "api: {", f"api: {{listen: '127.0.0.1:{port}', token_file: {token}, socket_mode: 0660, "
+        )
+    )
     c, _ = load(str(path))
     d = Daemon(str(path), c, notifier=Notifier(env={}))
     await d.start()
@@ -146,8 +153,9 @@ async def test_tcp_listener_with_token_and_socket_mode(tmp_path: Path) -> None:
             hdr = {"Authorization": "Bearer 0123456789abcdef0123"}
             async with s.get(f"http://127.0.0.1:{port}/v1/status", headers=hdr) as r:
                 assert r.status == 200 and (await r.json())["node"] == "dir1"
-            async with s.post(f"http://127.0.0.1:{port}/v1/drain", headers=hdr,
-                              json={"service": "web", "realserver": "10.0.0.1"}) as r:
+            async with s.post(
+                f"http://127.0.0.1:{port}/v1/drain", headers=hdr, json={"service": "web", "realserver": "10.0.0.1"}
+            ) as r:
                 assert r.status == 200
         assert d.overrides.drained[("web", "10.0.0.1:80")]["by"].startswith("remote=127.0.0.1")
     finally:
@@ -158,7 +166,8 @@ def test_sync_daemon_follows_the_instance_role(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     text = CONFIG.format(tmp=tmp_path, flush="false") + (
         "vrrp:\n  instances:\n    - {name: VI_1, interface: eth0, vrid: 51, priority: 100, vips: [192.0.2.10/24]}\n"
-        "lvs:\n  sync_daemon: {interface: eth0, sync_id: 7, instance: VI_1}\n")
+        "lvs:\n  sync_daemon: {interface: eth0, sync_id: 7, instance: VI_1}\n"
+    )
     path.write_text(text)
     c, _ = load(str(path))
     d = Daemon(str(path), c, notifier=Notifier(env={}))

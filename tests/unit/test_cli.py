@@ -68,8 +68,9 @@ def test_check_config_takes_one_or_two_files() -> None:
     assert parser.parse_args(["check-config", "-c", "a", "--config", "b", "-q"]).config == ["a", "b"]
 
 
-def test_valid_exits_0_and_prints_warnings_on_stderr(tmp_path: Path, real_checkers: None,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_valid_exits_0_and_prints_warnings_on_stderr(
+    tmp_path: Path, real_checkers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     f = write(tmp_path, "ok.yaml", VALID_WITH_WARNING)
     assert cli.main(["check-config", "-c", str(f)]) == 0
     out, err = capsys.readouterr()
@@ -78,15 +79,17 @@ def test_valid_exits_0_and_prints_warnings_on_stderr(tmp_path: Path, real_checke
     assert f"{f}: OK (1 warning(s))" in err
 
 
-def test_quiet_prints_nothing_when_valid(tmp_path: Path, real_checkers: None,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_quiet_prints_nothing_when_valid(
+    tmp_path: Path, real_checkers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     f = write(tmp_path, "ok.yaml", VALID_WITH_WARNING)
     assert cli.main(["check-config", "-q", "-c", str(f)]) == 0
     assert capsys.readouterr() == ("", "")
 
 
-def test_invalid_exits_1_with_one_line_per_error_on_stdout(tmp_path: Path, real_checkers: None,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_exits_1_with_one_line_per_error_on_stdout(
+    tmp_path: Path, real_checkers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     f = write(tmp_path, "bad.yaml", INVALID)
     assert cli.main(["check-config", "-c", str(f)]) == 1
     out, err = capsys.readouterr()
@@ -114,8 +117,9 @@ def test_yaml_syntax_error_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture
     assert out.startswith(f"{f}:2:") and "YAML syntax error" in out
 
 
-def test_worst_result_wins_across_files(tmp_path: Path, real_checkers: None,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_worst_result_wins_across_files(
+    tmp_path: Path, real_checkers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = write(tmp_path, "bad.yaml", INVALID)
     assert cli.main(["check-config", "-c", str(DR1), "-c", str(bad)]) == 1
     assert cli.main(["check-config", "-c", str(bad), "-c", str(tmp_path / "none.yaml")]) == 2
@@ -142,6 +146,5 @@ def test_installed_console_script(tmp_path: Path, real_checkers: None) -> None:
         r = subprocess.run([exe, "check-config", "-c", *args], capture_output=True, text=True, timeout=60)
         codes.append(r.returncode)
     assert codes == [0, 1, 2]
-    r = subprocess.run([LVS_HA, "check-config", "-q", "-c", str(bad)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([LVS_HA, "check-config", "-q", "-c", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and len(r.stdout.splitlines()) == 2 and r.stderr == ""

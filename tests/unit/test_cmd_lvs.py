@@ -165,8 +165,7 @@ async def test_select_memory_and_unknown() -> None:
 
 def test_cli_entry_point_runs(tmp_path) -> None:
     cfg = write(tmp_path)
-    r = subprocess.run([LVS_HA, "plan", "-c", cfg], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([LVS_HA, "plan", "-c", cfg], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert textwrap.dedent("+ service udp/192.168.10.100:53 rr") in r.stdout
 
@@ -176,8 +175,11 @@ def test_plan_leaves_out_settings_the_backend_lacks() -> None:
     from lvs.model import Scheduler, State, SyncDaemon, Timeouts
     from lvs.reconciler import within_capabilities
 
-    want = State(sysctls={"net.ipv4.vs.sloppy_tcp": 1}, timeouts=Timeouts(900, 120, 300),
-                 sync_daemons=frozenset({SyncDaemon("master", "eth1")}))
+    want = State(
+        sysctls={"net.ipv4.vs.sloppy_tcp": 1},
+        timeouts=Timeouts(900, 120, 300),
+        sync_daemons=frozenset({SyncDaemon("master", "eth1")}),
+    )
     caps = Capabilities(schedulers=frozenset(Scheduler), forwarding=frozenset(), sysctls=False)
     state, dropped = within_capabilities(want, caps)
     assert dropped == ["sysctls", "timeouts", "sync daemon"]

@@ -85,13 +85,14 @@ def test_example_pairs_are_consistent(pair: Path) -> None:
     assert check_pair(a, b) == []
     assert a.vrrp.instances[0].priority > b.vrrp.instances[0].priority
     same = check_pair(a, a)
-    assert {w.path for w in same} == {"node.name"} | {f"vrrp.instances[{i}].priority"
-                                                      for i in range(len(a.vrrp.instances))}
+    assert {w.path for w in same} == {"node.name"} | {
+        f"vrrp.instances[{i}].priority" for i in range(len(a.vrrp.instances))
+    }
     assert all(w.severity is Severity.WARNING for w in same)
     text = (d / "dir1.yaml").read_text().splitlines()
     for w in same:  # located in the file: the line holds the key the path ends with
         key = w.path.rsplit(".", 1)[-1]
-        assert text[w.line - 1][w.col - 1:].startswith(key) or key + ":" in text[w.line - 1], str(w)
+        assert text[w.line - 1][w.col - 1 :].startswith(key) or key + ":" in text[w.line - 1], str(w)
 
 
 def test_minimal_defaults() -> None:
@@ -114,21 +115,41 @@ def test_full_file_every_key() -> None:
     config, warnings = load_config(FIXTURES / "valid" / "full.yaml", registry=REG)
     assert warnings == []
     n = config.node
-    assert (n.name, n.state_dir, n.dataplane, n.log_level, n.flush_on_stop) == \
-        ("dir1", "/srv/lvs-ha", DataplaneKind.MEMORY, "debug", True)
-    assert (n.api.socket, n.api.socket_mode, n.api.listen, n.api.token_file) == \
-        ("/run/x/api.sock", 0o660, "[::1]:9180", "/etc/lvs-ha/token")
+    assert (n.name, n.state_dir, n.dataplane, n.log_level, n.flush_on_stop) == (
+        "dir1",
+        "/srv/lvs-ha",
+        DataplaneKind.MEMORY,
+        "debug",
+        True,
+    )
+    assert (n.api.socket, n.api.socket_mode, n.api.listen, n.api.token_file) == (
+        "/run/x/api.sock",
+        0o660,
+        "[::1]:9180",
+        "/etc/lvs-ha/token",
+    )
     web, v6 = config.vrrp.instances
     assert (web.vrid, web.priority, web.version, web.advert_interval_s, web.preempt_delay_s) == (51, 150, 2, 2.0, 60.0)
     assert [str(v.address) for v in web.vips] == ["192.168.10.100/24", "192.168.20.100/32"]
     assert web.vips[1].interface == "eth1" and web.vips[0].interface is None
     assert web.unicast is not None and web.unicast.peers == (ipaddress.ip_address("192.168.10.3"),)
-    assert (web.garp.count, web.garp.interval_s, web.garp.refresh_s, web.garp.repeat_delay_s,
-            web.garp.on_lower_priority) == (3, 0.1, 30.0, 0.0, False)
+    assert (
+        web.garp.count,
+        web.garp.interval_s,
+        web.garp.refresh_s,
+        web.garp.repeat_delay_s,
+        web.garp.on_lower_priority,
+    ) == (3, 0.1, 30.0, 0.0, False)
     assert [(t.name, t.weight) for t in web.track.interfaces] == [("eth1", 0), ("eth2", -20)]
     script = web.track.scripts[0]
-    assert (script.command, script.interval_s, script.timeout_s, script.rise, script.fall, script.weight) == \
-        (("/usr/bin/pgrep", "-x", "nginx"), 2.0, 1.0, 2, 3, -60)
+    assert (script.command, script.interval_s, script.timeout_s, script.rise, script.fall, script.weight) == (
+        ("/usr/bin/pgrep", "-x", "nginx"),
+        2.0,
+        1.0,
+        2,
+        3,
+        -60,
+    )
     assert web.track.files[0].weight == 2 and web.auth.password == "s3cret"
     assert web.notify.master == ("/usr/local/bin/on-master", "--now") and web.notify.fault == ()
     assert web.startup_delay_s == 5.0 and (web.handover.takeover, web.handover.hold_s) == ("immediate", 1.5)
@@ -157,8 +178,11 @@ def test_full_file_every_key() -> None:
     assert dict(config.lvs.sysctls) == {"net.ipv4.vs.sloppy_tcp": 1, "net.ipv4.ip_forward": 1}
     assert config.lvs.timeouts == (900.0, 120.0, 300.0)
     assert config.lvs.sync_daemon is not None and config.lvs.sync_daemon.instance == "VI_WEB"
-    assert (config.lvs.resync_interval_s, config.lvs.min_sync_interval_s, config.lvs.max_remove_share) == \
-        (10.0, 0.1, 0.25)
+    assert (config.lvs.resync_interval_s, config.lvs.min_sync_interval_s, config.lvs.max_remove_share) == (
+        10.0,
+        0.1,
+        0.25,
+    )
 
 
 def test_trap_warnings() -> None:
@@ -198,8 +222,10 @@ def test_address_spellings_round_trip(ip: ipaddress.IPv4Address | ipaddress.IPv6
     spellings = [str(ip), ip.exploded] if ip.version == 6 else [str(ip)]
     for spelled in spellings:
         bare = spelled if not (spelled.startswith(":") or spelled.endswith(":")) else f"'{spelled}'"
-        text = (f"vrrp:\n  instances:\n    - {{name: VI, interface: eth0, vrid: 1, vips: ['{spelled}/{prefix}']}}\n"
-                f"services:\n  - vip: {bare}\n    port: 443\n    realservers: [{{address: '{spelled}'}}]\n")
+        text = (
+            f"vrrp:\n  instances:\n    - {{name: VI, interface: eth0, vrid: 1, vips: ['{spelled}/{prefix}']}}\n"
+            f"services:\n  - vip: {bare}\n    port: 443\n    realservers: [{{address: '{spelled}'}}]\n"
+        )
         config, warnings = load_text(text)
         assert warnings == []
         assert config.vrrp.instances[0].vips[0].address == ipaddress.ip_interface(f"{ip}/{prefix}")
@@ -235,24 +261,33 @@ lvs: {max_remove_share: 2, bogus: 1}
 """
     errors = errors_of(text)
     assert [e.path for e in errors] == [
-        "node.dataplane", "node.log_level",
-        "vrrp.instances[0].vrid", "vrrp.instances[0].priority", "vrrp.instances[0].vips[0]",
+        "node.dataplane",
+        "node.log_level",
+        "vrrp.instances[0].vrid",
+        "vrrp.instances[0].priority",
+        "vrrp.instances[0].vips[0]",
         "checks.a.type",
-        "services[0].port", "services[0].scheduler", "services[0].check",
-        "lvs.max_remove_share", "lvs.bogus",
+        "services[0].port",
+        "services[0].scheduler",
+        "services[0].check",
+        "lvs.max_remove_share",
+        "lvs.bogus",
     ]
     assert [e.line for e in errors] == sorted(e.line for e in errors)
 
 
 def test_messages_say_what_would_be_valid() -> None:
-    by_path = {e.path: e.message for e in errors_of("""\
+    by_path = {
+        e.path: e.message
+        for e in errors_of("""\
 services:
   - vip: 10.0.0.1
     port: 80
     schedular: rr
     scheduler_flags: [sh-prot]
     check: {type: htpp}
-""")}
+""")
+    }
     assert "did you mean 'scheduler'?" in by_path["services[0].schedular"]
     assert "did you mean 'sh-port'?" in by_path["services[0].scheduler_flags[0]"]
     assert "did you mean 'http'?" in by_path["services[0].check.type"]
@@ -265,7 +300,9 @@ def test_duplicate_keys_inside_plugin_mappings_are_errors() -> None:
 
 
 def test_check_reference_and_override_rules() -> None:
-    config, _ = load_text(BASE + """\
+    config, _ = load_text(
+        BASE
+        + """\
 checks:
   web: {type: http, path: /}
 services:
@@ -280,7 +317,8 @@ services:
     port: 80
     realservers:
       - {address: 10.0.0.1, check: web}
-""")
+"""
+    )
     a, b = config.services
     named = config.check_named("web")
     assert a.check is named and named is not None and named.name == "web"
@@ -319,8 +357,11 @@ def test_plugin_failures_are_located_errors() -> None:
     reg.register("odd", _Unlocated("tcp"))
     reg.load_errors["broken"] = "ImportError: no module"
     errors = errors_of("checks:\n  a: {type: bad}\n  b:\n    type: odd\n  c: {type: broken}\n", registry=reg)
-    assert [(e.line, e.path) for e in errors] == [(2, "checks.a.type"), (4, "checks.b.no.such.key"),
-                                                  (5, "checks.c.type")]
+    assert [(e.line, e.path) for e in errors] == [
+        (2, "checks.a.type"),
+        (4, "checks.b.no.such.key"),
+        (5, "checks.c.type"),
+    ]
     assert "RuntimeError: boom" in errors[0].message
     assert "could not be loaded: ImportError" in errors[2].message
 

@@ -22,15 +22,27 @@ from tests.lab import await_for
 
 def test_config_ftfw_unicast_to_the_peer_with_the_external_cache_off(tmp_path: Path) -> None:
     paths = Paths.in_dir(str(tmp_path))
-    text = render_config(CtSyncSettings("eth1", "10.77.0.12", port=3781, protocols=("tcp", "udp"),
-                                        ignore=("192.0.2.9",)), "10.77.0.11", paths)
+    text = render_config(
+        CtSyncSettings("eth1", "10.77.0.12", port=3781, protocols=("tcp", "udp"), ignore=("192.0.2.9",)),
+        "10.77.0.11",
+        paths,
+    )
     lines = [line.strip() for line in text.splitlines()]
     assert "Mode FTFW {" in lines and "DisableExternalCache On" in lines
-    for want in ("IPv4_address 10.77.0.11", "IPv4_Destination_Address 10.77.0.12", "Port 3781", "Interface eth1",
-                 f"LockFile {paths.lock}", f"Path {paths.socket}", f"LogFile {paths.log}", "TCP", "UDP"):
+    for want in (
+        "IPv4_address 10.77.0.11",
+        "IPv4_Destination_Address 10.77.0.12",
+        "Port 3781",
+        "Interface eth1",
+        f"LockFile {paths.lock}",
+        f"Path {paths.socket}",
+        f"LogFile {paths.log}",
+        "TCP",
+        "UDP",
+    ):
         assert want in lines, want
     assert "SCTP" not in lines
-    ignore = text[text.index("Address Ignore"):]
+    ignore = text[text.index("Address Ignore") :]
     for addr in ("127.0.0.1", "::1", "10.77.0.11", "10.77.0.12", "192.0.2.9"):
         assert f"_address {addr}\n" in ignore, addr
     assert text.count("{") == text.count("}")
@@ -178,8 +190,13 @@ def _load(tmp_path: Path, sync: str) -> ConntrackSyncConfig | None:
 def test_config_keys(tmp_path: Path) -> None:
     ct = _load(tmp_path, "{ interface: eth1, peer: 10.77.0.12, port: 3800, protocols: [tcp], ignore: [192.0.2.1] }")
     assert ct is not None
-    assert (ct.interface, str(ct.peer), ct.source, ct.port, ct.protocols) == ("eth1", "10.77.0.12", None, 3800,
-                                                                              ("tcp",))
+    assert (ct.interface, str(ct.peer), ct.source, ct.port, ct.protocols) == (
+        "eth1",
+        "10.77.0.12",
+        None,
+        3800,
+        ("tcp",),
+    )
     assert [str(a) for a in ct.ignore] == ["192.0.2.1"]
     default = _load(tmp_path, "{ interface: eth1, peer: 10.77.0.12 }")
     assert default is not None
@@ -209,11 +226,17 @@ def _services() -> dict[ServiceKey, ServiceState]:
     web = ServiceKey(4, Protocol.TCP, "192.168.77.100", 80)
     mark = ServiceKey(4, fwmark=7)
     return {
-        web: ServiceState(Service(web, Scheduler.RR), {
-            DestKey("10.77.0.21", 80): Destination(DestKey("10.77.0.21", 80), 1, Forwarding.NAT),
-            DestKey("10.77.0.22", 80): Destination(DestKey("10.77.0.22", 80), 1, Forwarding.NAT)}),
-        mark: ServiceState(Service(mark, Scheduler.RR), {
-            DestKey("10.77.0.31", 0): Destination(DestKey("10.77.0.31", 0), 1, Forwarding.NAT)}),
+        web: ServiceState(
+            Service(web, Scheduler.RR),
+            {
+                DestKey("10.77.0.21", 80): Destination(DestKey("10.77.0.21", 80), 1, Forwarding.NAT),
+                DestKey("10.77.0.22", 80): Destination(DestKey("10.77.0.22", 80), 1, Forwarding.NAT),
+            },
+        ),
+        mark: ServiceState(
+            Service(mark, Scheduler.RR),
+            {DestKey("10.77.0.31", 0): Destination(DestKey("10.77.0.31", 0), 1, Forwarding.NAT)},
+        ),
     }
 
 
@@ -229,7 +252,7 @@ def test_require_state_chains() -> None:
     assert "meta l4proto . ip saddr . th sport { tcp . 10.77.0.21 . 80, tcp . 10.77.0.22 . 80 } jump unknown" in text
     assert "meta mark { 7 } jump unknown" in text
     assert "meta l4proto tcp ip saddr { 10.77.0.31 } jump unknown" in text
-    unknown = text[text.index("chain unknown"):]
+    unknown = text[text.index("chain unknown") :]
     assert "ct state invalid counter drop" in unknown
     assert "ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn counter drop" in unknown
 

@@ -43,12 +43,17 @@ SORRY = DestKey("10.0.20.5", 80)
 
 def web(**kw) -> ServiceConfig:
     base = ServiceConfig(
-        name="web", vip=IP("192.168.10.100"), port=80, check=CheckConfig(type="tcp"),
-        realservers=tuple(RealServerConfig(IP(f"10.0.20.{i}"), 80, weight=10) for i in (11, 12, 13)))
+        name="web",
+        vip=IP("192.168.10.100"),
+        port=80,
+        check=CheckConfig(type="tcp"),
+        realservers=tuple(RealServerConfig(IP(f"10.0.20.{i}"), 80, weight=10) for i in (11, 12, 13)),
+    )
     svc = replace(base, **kw)
     # as the loader does: a realserver without a check of its own gets the service's
-    return replace(svc, realservers=tuple(r if r.check is not None else replace(r, check=svc.check)
-                                          for r in svc.realservers))
+    return replace(
+        svc, realservers=tuple(r if r.check is not None else replace(r, check=svc.check) for r in svc.realservers)
+    )
 
 
 def cfg(*services: ServiceConfig, lvs: LvsConfig | None = None) -> Config:
@@ -60,9 +65,22 @@ def weights(result, key: ServiceKey = KEY) -> dict[str, int]:
 
 
 def test_all_up_maps_config_to_model() -> None:
-    svc = web(scheduler="sh", scheduler_flags=("sh-port",), persistence=PersistenceConfig(300.0, "255.255.255.0"),
-              realservers=(RealServerConfig(IP("10.0.20.11"), 80, weight=3, forwarding="tun", upper_threshold=100,
-                                            lower_threshold=10, tunnel=TunnelConfig("gue", 6080, ("csum",))),))
+    svc = web(
+        scheduler="sh",
+        scheduler_flags=("sh-port",),
+        persistence=PersistenceConfig(300.0, "255.255.255.0"),
+        realservers=(
+            RealServerConfig(
+                IP("10.0.20.11"),
+                80,
+                weight=3,
+                forwarding="tun",
+                upper_threshold=100,
+                lower_threshold=10,
+                tunnel=TunnelConfig("gue", 6080, ("csum",)),
+            ),
+        ),
+    )
     r = desired_state(cfg(svc), all_up(cfg(svc)))
     ss = r.state.services[KEY]
     assert ss.service.scheduler is Scheduler.SH and ss.service.persistence == Persistence(300, "255.255.255.0")
@@ -156,10 +174,19 @@ def test_quorum_lost_without_sorry_keeps_what_is_up() -> None:
 
 def test_fwmark_ipv6_udp_services_and_lvs_settings() -> None:
     fw = ServiceConfig(name="fw", fwmark=10, family=6, realservers=(RealServerConfig(IP("2001:db8::5"), 0),))
-    dns = ServiceConfig(name="dns", vip=IP("2001:db8::53"), port=53, protocol="udp", family=6,
-                        realservers=(RealServerConfig(IP("2001:db8::6"), 53),))
-    lvs = LvsConfig(sysctls=(("net.ipv4.vs.sloppy_tcp", 1), ("net.ipv4.vs.expire_nodest_conn", 1)),
-                    timeouts=(900.0, 120.0, 300.0), sync_daemon=SyncDaemonConfig("eth1", 7, instance="VI_WEB"))
+    dns = ServiceConfig(
+        name="dns",
+        vip=IP("2001:db8::53"),
+        port=53,
+        protocol="udp",
+        family=6,
+        realservers=(RealServerConfig(IP("2001:db8::6"), 53),),
+    )
+    lvs = LvsConfig(
+        sysctls=(("net.ipv4.vs.sloppy_tcp", 1), ("net.ipv4.vs.expire_nodest_conn", 1)),
+        timeouts=(900.0, 120.0, 300.0),
+        sync_daemon=SyncDaemonConfig("eth1", 7, instance="VI_WEB"),
+    )
     c = cfg(fw, dns, lvs=lvs)
     r = desired_state(c, all_up(c), roles={"VI_WEB": "MASTER"})
     assert ServiceKey.mark(10, 6) in r.state.services

@@ -54,14 +54,17 @@ def test_chunked_end() -> None:
     assert chunked_end(b"3\r\nabcXY0\r\n\r\n") == -1
 
 
-@pytest.mark.parametrize(("head", "minor", "length", "chunked", "keep"), [
-    ([b"Content-Length: 12"], b"1", 12, False, True),
-    ([b"content-length:3", b"Connection: close"], b"1", 3, False, False),
-    ([b"Transfer-Encoding: chunked", b"Content-Length: 5"], b"1", None, True, True),
-    ([b"Content-Length: 2"], b"0", 2, False, False),
-    ([b"Content-Length: 2", b"Connection: Keep-Alive"], b"0", 2, False, True),
-    ([], b"1", None, False, True),
-])
+@pytest.mark.parametrize(
+    ("head", "minor", "length", "chunked", "keep"),
+    [
+        ([b"Content-Length: 12"], b"1", 12, False, True),
+        ([b"content-length:3", b"Connection: close"], b"1", 3, False, False),
+        ([b"Transfer-Encoding: chunked", b"Content-Length: 5"], b"1", None, True, True),
+        ([b"Content-Length: 2"], b"0", 2, False, False),
+        ([b"Content-Length: 2", b"Connection: Keep-Alive"], b"0", 2, False, True),
+        ([], b"1", None, False, True),
+    ],
+)
 def test_framing(head: list[bytes], minor: bytes, length: int | None, chunked: bool, keep: bool) -> None:
     f = Framing(head, minor)
     assert (f.length, f.chunked, f.keep) == (length, chunked, keep)

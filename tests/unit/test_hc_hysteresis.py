@@ -76,8 +76,11 @@ def test_force_sets_state_once() -> None:
 
 
 @given(
-    rise=st.integers(2, 5), fall=st.integers(2, 5), initial=st.sampled_from(["up", "down"]),
-    start_ok=st.booleans(), n=st.integers(1, 200),
+    rise=st.integers(2, 5),
+    fall=st.integers(2, 5),
+    initial=st.sampled_from(["up", "down"]),
+    start_ok=st.booleans(),
+    n=st.integers(1, 200),
 )
 def test_a_flapping_server_never_flaps_the_pool(rise: int, fall: int, initial: str, start_ok: bool, n: int) -> None:
     h = Hysteresis(rise=rise, fall=fall, initial=initial)

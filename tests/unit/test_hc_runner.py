@@ -117,7 +117,8 @@ async def test_raising_and_hanging_checkers_do_not_stop_the_others(reg: tuple[Re
 
 
 async def test_timeouts_and_errors_are_counted_by_how_the_check_ended_not_by_its_reason(
-        reg: tuple[Registry, Scripted]) -> None:
+    reg: tuple[Registry, Scripted],
+) -> None:
     registry, chk = reg
     # a checker's own failures whose reasons merely look like the runner's
     chk.mode.update({"127.0.0.5": "timeout after 9s (the server said so)", "127.0.0.6": "checker error: none"})
@@ -241,7 +242,8 @@ async def test_callback_errors_are_contained_and_unsubscribe_works(reg: tuple[Re
 
 
 async def test_a_checker_that_swallows_the_timeout_still_fails_and_keeps_running(
-        reg: tuple[Registry, Scripted]) -> None:
+    reg: tuple[Registry, Scripted],
+) -> None:
     registry, chk = reg
     chk.mode["127.0.0.6"] = "swallow"
     runner = Runner(registry)
@@ -288,15 +290,17 @@ def test_sharing_respects_the_realserver_identity_and_exec_services() -> None:
     file_spec = reg.get("file").parse_spec({"directory": "/nonexistent"})
     exec_spec = reg.get("exec").parse_spec({"command": ["/bin/true"]})
     same_addr = Target("127.0.0.1", 80, "10.0.0.1:80", "web")
-    runner.set_checks({
-        # one connect_address for two realservers: the file check must not merge them
-        "f1": CheckSpec("file", file_spec, same_addr),
-        "f2": CheckSpec("file", file_spec, Target("127.0.0.1", 80, "10.0.0.2:80", "web")),
-        # one realserver in two services: merged for file, separate for exec (it sees the service)
-        "f3": CheckSpec("file", file_spec, Target("127.0.0.1", 80, "10.0.0.1:80", "api")),
-        "e1": CheckSpec("exec", exec_spec, same_addr),
-        "e2": CheckSpec("exec", exec_spec, Target("127.0.0.1", 80, "10.0.0.1:80", "api")),
-    })
+    runner.set_checks(
+        {
+            # one connect_address for two realservers: the file check must not merge them
+            "f1": CheckSpec("file", file_spec, same_addr),
+            "f2": CheckSpec("file", file_spec, Target("127.0.0.1", 80, "10.0.0.2:80", "web")),
+            # one realserver in two services: merged for file, separate for exec (it sees the service)
+            "f3": CheckSpec("file", file_spec, Target("127.0.0.1", 80, "10.0.0.1:80", "api")),
+            "e1": CheckSpec("exec", exec_spec, same_addr),
+            "e2": CheckSpec("exec", exec_spec, Target("127.0.0.1", 80, "10.0.0.1:80", "api")),
+        }
+    )
     assert runner.probe_count == 4
     assert runner._key_probe["f1"] == runner._key_probe["f3"] != runner._key_probe["f2"]
     assert runner._key_probe["e1"] != runner._key_probe["e2"]
@@ -380,8 +384,9 @@ async def test_callback_checks_results_timeouts_and_errors(cbreg: tuple[Registry
     registry, chk = cbreg
     chk.mode.update({"127.0.3.2": "later", "127.0.3.3": "fail", "127.0.3.4": "hang", "127.0.3.5": "raise"})
     runner = Runner(registry)
-    runner.set_checks({a: cbs(a, timeout=0.05) for a in ("127.0.3.1", "127.0.3.2", "127.0.3.3", "127.0.3.4",
-                                                         "127.0.3.5")})
+    runner.set_checks(
+        {a: cbs(a, timeout=0.05) for a in ("127.0.3.1", "127.0.3.2", "127.0.3.3", "127.0.3.4", "127.0.3.5")}
+    )
     await runner.start()
     try:
         await until(lambda: chk.cancelled.count("127.0.3.4") >= 3, what="hung checks cancelled at their deadline")
@@ -430,7 +435,8 @@ async def test_removing_or_stopping_cancels_running_callback_checks(cbreg: tuple
 
 
 async def test_a_long_queue_of_checks_that_end_at_once_does_not_recurse(
-        cbreg: tuple[Registry, CallbackScripted]) -> None:
+    cbreg: tuple[Registry, CallbackScripted],
+) -> None:
     registry, chk = cbreg
     chk.mode["127.0.6.1"] = "long"  # holds the only slot for 300 ms while the others queue up behind it
     runner = Runner(registry, concurrency=1)
@@ -447,7 +453,8 @@ async def test_a_long_queue_of_checks_that_end_at_once_does_not_recurse(
 
 
 async def test_a_probe_far_behind_slips_instead_of_running_back_to_back(
-        cbreg: tuple[Registry, CallbackScripted]) -> None:
+    cbreg: tuple[Registry, CallbackScripted],
+) -> None:
     registry, chk = cbreg
     chk.mode["127.0.8.1"] = "long"  # holds the only slot for 300 ms: the quick probe falls several intervals behind
     runner = Runner(registry, concurrency=1)
@@ -464,8 +471,10 @@ async def test_a_probe_far_behind_slips_instead_of_running_back_to_back(
     runner.subscribe_results(seen)
     await runner.start()
     try:
-        await until(lambda: sum(1 for due, started in runs[:-1] if started - due > far) >= 3,
-                    what="quick checks that started more than an interval late")
+        await until(
+            lambda: sum(1 for due, started in runs[:-1] if started - due > far) >= 3,
+            what="quick checks that started more than an interval late",
+        )
     finally:
         await runner.stop()
     for (due, started), (next_due, _) in itertools.pairwise(runs):

@@ -26,16 +26,33 @@ def test_all_builtins_are_registered_through_entry_points() -> None:
     assert REG.load_errors == {}
 
 
-@pytest.mark.parametrize(("kind", "raw"), [
-    ("tcp", {}), ("tcp", {"send": "PING\\r\\n", "expect": "^\\+PONG"}),
-    ("tcp", {"send_hex": "00ff", "expect_hex": "01"}),
-    ("http", {"path": "/healthz", "host": "www.example.com", "expect_status": ["200", "300-399"], "expect_body": "ok",
-              "headers": {"X-A": "1"}, "method": "post", "body": "x"}),
-    ("https", {"verify": False}), ("udp", {"payload_hex": "0a0b", "expect": "pong"}),
-    ("dns", {"name": "example.com", "qtype": "aaaa", "expect_values": ["::1"]}), ("ping", {"size": 8}),
-    ("exec", {"command": ["/bin/true", "{address}"], "env": {"A": "b"}}), ("file", {"directory": "/run/maint"}),
-    ("smtp", {"helo_name": "dir1.example.com"}),
-])
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        ("tcp", {}),
+        ("tcp", {"send": "PING\\r\\n", "expect": "^\\+PONG"}),
+        ("tcp", {"send_hex": "00ff", "expect_hex": "01"}),
+        (
+            "http",
+            {
+                "path": "/healthz",
+                "host": "www.example.com",
+                "expect_status": ["200", "300-399"],
+                "expect_body": "ok",
+                "headers": {"X-A": "1"},
+                "method": "post",
+                "body": "x",
+            },
+        ),
+        ("https", {"verify": False}),
+        ("udp", {"payload_hex": "0a0b", "expect": "pong"}),
+        ("dns", {"name": "example.com", "qtype": "aaaa", "expect_values": ["::1"]}),
+        ("ping", {"size": 8}),
+        ("exec", {"command": ["/bin/true", "{address}"], "env": {"A": "b"}}),
+        ("file", {"directory": "/run/maint"}),
+        ("smtp", {"helo_name": "dir1.example.com"}),
+    ],
+)
 def test_valid_specs_are_frozen_and_hashable(kind: str, raw: dict[str, Any]) -> None:
     spec = parse(kind, raw)
     assert hash(spec) == hash(parse(kind, raw))
@@ -52,28 +69,31 @@ def test_parsed_values() -> None:
     assert parse("exec", {"command": ["/bin/x", "-p", 5]}).command == ("/bin/x", "-p", "5")
 
 
-@pytest.mark.parametrize(("kind", "raw", "key", "text"), [
-    ("tcp", {"bogus": 1}, "bogus", "valid keys: expect, expect_hex, half_open, max_reply, send, send_hex"),
-    ("tcp", {"expect": "("}, "expect", "regular expression"),
-    ("tcp", {"send": "a", "send_hex": "00"}, "send_hex", "either"),
-    ("tcp", {"send_hex": "zz"}, "send_hex", "hexadecimal"),
-    ("http", {"expect_status": ["2xx"]}, "expect_status", "range such as 200-299"),
-    ("http", {"expect_status": ["299-200"]}, "expect_status", "low <= high"),
-    ("http", {"path": "healthz"}, "path", "starting with /"),
-    ("http", {"method": "BREW"}, "method", "GET"),
-    ("http", {"verify": False}, "verify", "valid keys"),  # TLS keys only for https
-    ("https", {"ca_file": "/nonexistent/ca.pem"}, "ca_file", "cannot load"),
-    ("https", {"verify": "no"}, "verify", "true or false"),
-    ("udp", {"expect": "x", "require_reply": False}, "require_reply", "needs a reply"),
-    ("dns", {}, "name", "required"),
-    ("dns", {"name": "a.example", "qtype": "BOGUS"}, "qtype", "record type"),
-    ("dns", {"name": "a.example", "rcode": "MAYBE"}, "rcode", "NXDOMAIN"),
-    ("ping", {"size": -1}, "size", "0..65000"),
-    ("exec", {"command": "/bin/true --x"}, "command", "no shell"),
-    ("exec", {}, "command", "required"),
-    ("file", {}, None, "directory"),
-    ("smtp", {"helo_name": "bad name!"}, "helo_name", "host name"),
-])
+@pytest.mark.parametrize(
+    ("kind", "raw", "key", "text"),
+    [
+        ("tcp", {"bogus": 1}, "bogus", "valid keys: expect, expect_hex, half_open, max_reply, send, send_hex"),
+        ("tcp", {"expect": "("}, "expect", "regular expression"),
+        ("tcp", {"send": "a", "send_hex": "00"}, "send_hex", "either"),
+        ("tcp", {"send_hex": "zz"}, "send_hex", "hexadecimal"),
+        ("http", {"expect_status": ["2xx"]}, "expect_status", "range such as 200-299"),
+        ("http", {"expect_status": ["299-200"]}, "expect_status", "low <= high"),
+        ("http", {"path": "healthz"}, "path", "starting with /"),
+        ("http", {"method": "BREW"}, "method", "GET"),
+        ("http", {"verify": False}, "verify", "valid keys"),  # TLS keys only for https
+        ("https", {"ca_file": "/nonexistent/ca.pem"}, "ca_file", "cannot load"),
+        ("https", {"verify": "no"}, "verify", "true or false"),
+        ("udp", {"expect": "x", "require_reply": False}, "require_reply", "needs a reply"),
+        ("dns", {}, "name", "required"),
+        ("dns", {"name": "a.example", "qtype": "BOGUS"}, "qtype", "record type"),
+        ("dns", {"name": "a.example", "rcode": "MAYBE"}, "rcode", "NXDOMAIN"),
+        ("ping", {"size": -1}, "size", "0..65000"),
+        ("exec", {"command": "/bin/true --x"}, "command", "no shell"),
+        ("exec", {}, "command", "required"),
+        ("file", {}, None, "directory"),
+        ("smtp", {"helo_name": "bad name!"}, "helo_name", "host name"),
+    ],
+)
 def test_bad_specs_name_the_key_and_what_is_valid(kind: str, raw: dict[str, Any], key: str | None, text: str) -> None:
     errs = errors(kind, raw)
     assert any(e.key == key and text in e.message for e in errs), [str(e) for e in errs]

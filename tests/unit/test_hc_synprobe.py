@@ -62,8 +62,13 @@ def test_checksum_of_a_known_packet() -> None:
     assert fold(ones_sum(pseudo + seg)) == 0xFFFF  # a receiver's verification: the sum over everything is all ones
 
 
-@given(st.integers(0, 0xFFFFFFFF), st.integers(1, 65535), st.integers(1, 65535), st.binary(min_size=4, max_size=4),
-       st.binary(min_size=4, max_size=4))
+@given(
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(1, 65535),
+    st.integers(1, 65535),
+    st.binary(min_size=4, max_size=4),
+    st.binary(min_size=4, max_size=4),
+)
 def test_incremental_checksum_equals_the_full_one(seq: int, sport: int, dport: int, src: bytes, dst: bytes) -> None:
     full = rfc1071(src + dst + b"\x00\x06\x00\x18" + build_syn(sport, dport, seq))
     assert syn_checksum(syn_base(src, dst, sport, dport), seq) == full
@@ -71,8 +76,11 @@ def test_incremental_checksum_equals_the_full_one(seq: int, sport: int, dport: i
 
 def ipv4(src: bytes, dst: bytes, tcp: bytes, options: bytes = b"", frag: int = 0) -> bytes:
     ihl = (20 + len(options)) // 4
-    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(tcp), 1, frag, 64, 6, 0, src,
-                       dst) + options + tcp
+    return (
+        struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(tcp), 1, frag, 64, 6, 0, src, dst)
+        + options
+        + tcp
+    )
 
 
 def tcp_seg(sport: int, dport: int, flags: int, ack: int, seq: int = 7) -> bytes:
@@ -155,12 +163,15 @@ def test_half_open_spec() -> None:
     assert TCP.parse_spec({"half_open": False, "send": "x"}).send == b"x"
 
 
-@pytest.mark.parametrize("raw, named", [
-    ({"half_open": True, "send": "PING"}, "send"),
-    ({"half_open": True, "send_hex": "0a"}, "send_hex"),
-    ({"half_open": True, "expect": "ok"}, "expect"),
-    ({"half_open": True, "expect_hex": "0a"}, "expect_hex"),
-])
+@pytest.mark.parametrize(
+    "raw, named",
+    [
+        ({"half_open": True, "send": "PING"}, "send"),
+        ({"half_open": True, "send_hex": "0a"}, "send_hex"),
+        ({"half_open": True, "expect": "ok"}, "expect"),
+        ({"half_open": True, "expect_hex": "0a"}, "expect_hex"),
+    ],
+)
 def test_half_open_excludes_data_keys(raw: dict[str, object], named: str) -> None:
     with pytest.raises(SpecError) as ei:
         TCP.parse_spec(raw)

@@ -91,8 +91,12 @@ async def test_dump_failure_and_stats() -> None:
 async def test_persistence_round_trip(tmp_path) -> None:
     path = str(tmp_path / "mem.json")
     mem = MemoryDataplane(persist_path=path)
-    await mem.apply([AddService(Service(K, Scheduler.SH, frozenset({SchedFlag.SH_PORT}), Persistence(60))),
-                     AddDest(K, Destination(D, 2, Forwarding.TUN, 5, 1, TunnelType.GUE, 6080, frozenset({"csum"})))])
+    await mem.apply(
+        [
+            AddService(Service(K, Scheduler.SH, frozenset({SchedFlag.SH_PORT}), Persistence(60))),
+            AddDest(K, Destination(D, 2, Forwarding.TUN, 5, 1, TunnelType.GUE, 6080, frozenset({"csum"}))),
+        ]
+    )
     again = MemoryDataplane(persist_path=path)
     assert again.state.services == mem.state.services
 

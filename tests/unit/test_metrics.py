@@ -70,8 +70,10 @@ def test_metrics_parse_and_carry_values() -> None:
     assert value(f["lvs_ha_reconcile_duration_seconds"], "lvs_ha_reconcile_duration_seconds_count") == 2
     assert value(f["lvs_ha_config_reloads"], "lvs_ha_config_reloads_total", result="failure") == 1
     assert value(f["lvs_ha_config_last_reload_successful"], "lvs_ha_config_last_reload_successful") == 0
-    assert value(f["lvs_ha_config_last_reload_timestamp_seconds"],
-                 "lvs_ha_config_last_reload_timestamp_seconds") == 1_700_000_000.0
+    assert (
+        value(f["lvs_ha_config_last_reload_timestamp_seconds"], "lvs_ha_config_last_reload_timestamp_seconds")
+        == 1_700_000_000.0
+    )
     assert value(f["lvs_ha_checker_checks"], "lvs_ha_checker_checks_total") == 40
     assert value(f["lvs_ha_checker_late_checks"], "lvs_ha_checker_late_checks_total") == 1
     assert value(f["lvs_ha_checker_timeouts"], "lvs_ha_checker_timeouts_total") == 2

@@ -75,7 +75,8 @@ BASE_CHAINS = """\
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 """
 
-GOLDEN_WRR = """\
+GOLDEN_WRR = (
+    """\
 table inet lvs_ha {
 \tcounter cnt_21f8cc03_cec099bc {
 \t}
@@ -94,15 +95,19 @@ table inet lvs_ha {
 \t\tcounter name "cnt_21f8cc03_451d2dad"
 \t\tmeta l4proto tcp dnat ip to 10.1.0.2:80 comment "lvs-ha rs 10.1.0.2:80 w=1 nat"
 \t}
-""" + BASE_CHAINS + """\
+"""
+    + BASE_CHAINS
+    + """\
 \t}
 \tchain dispatch {
 \t\tmeta nfproto ipv4 meta l4proto . ip daddr . th dport vmap { tcp . 192.0.2.10 . 80 : goto svc_21f8cc03 }
 \t}
 }
 """
+)
 
-GOLDEN_V6_MARK = """\
+GOLDEN_V6_MARK = (
+    """\
 table inet lvs_ha {
 \tcounter cnt_7ea055a6_ad305b50 {
 \t}
@@ -135,7 +140,9 @@ table inet lvs_ha {
 \t\tupdate @pers_7ea055a6_cc1df850_80dc { ip6 saddr & ffff:ffff:ffff:ffff:: }
 \t\tdnat ip6 to 2001:db8:1::2 comment "lvs-ha rs [2001:db8:1::2]:0 w=0 nat"
 \t}
-""" + BASE_CHAINS + """\
+"""
+    + BASE_CHAINS
+    + """\
 \t\tct status dnat ip6 daddr { 2001:db8:1::1, 2001:db8:1::2 } masquerade
 \t}
 \tchain dispatch {
@@ -143,6 +150,7 @@ table inet lvs_ha {
 \t}
 }
 """
+)
 
 
 def test_golden_wrr() -> None:
@@ -164,11 +172,21 @@ def all_kinds_state() -> State:
     for i, sched in enumerate(sorted(SUPPORTED_SCHEDULERS, key=lambda s: s.value)):
         flags = frozenset({SchedFlag.SH_PORT, SchedFlag.SH_FALLBACK}) if sched is Scheduler.SH else frozenset()
         pers = Persistence(300, netmask="255.255.255.0") if i % 2 else None
-        st.add(Service(ServiceKey.vip("tcp", f"192.0.2.{i + 1}", 80 + i), sched, flags, pers),
-               nat("10.1.0.1", weight=5), nat("10.1.0.2", 8080, weight=3), nat("10.1.0.3", weight=0))
-        st.add(Service(ServiceKey.vip("udp", f"2001:db8::{i + 1}", 53), sched,
-                       persistence=Persistence(60, prefix_len=56) if i % 2 else None),
-               nat("2001:db8:1::1", 53, 1), nat("2001:db8:1::2", 53, 2))
+        st.add(
+            Service(ServiceKey.vip("tcp", f"192.0.2.{i + 1}", 80 + i), sched, flags, pers),
+            nat("10.1.0.1", weight=5),
+            nat("10.1.0.2", 8080, weight=3),
+            nat("10.1.0.3", weight=0),
+        )
+        st.add(
+            Service(
+                ServiceKey.vip("udp", f"2001:db8::{i + 1}", 53),
+                sched,
+                persistence=Persistence(60, prefix_len=56) if i % 2 else None,
+            ),
+            nat("2001:db8:1::1", 53, 1),
+            nat("2001:db8:1::2", 53, 2),
+        )
     st.add(Service(ServiceKey.mark(10)), nat("10.1.0.1", 0), nat("10.1.0.2", 0))
     st.add(Service(ServiceKey.mark(11, 4, None), Scheduler.RR), nat("10.1.0.1", 443))
     st.add(Service(ServiceKey.vip("sctp", "192.0.2.200", 3868), Scheduler.WRR))  # no destinations
@@ -217,8 +235,9 @@ def test_maglev_weights_and_small_disruption() -> None:
         less = maglev_slots(many[:-1], [1] * (len(many) - 1))
         assert len(full) == len(less)
         last = len(many) - 1
-        kept.append(sum(1 for a, b in zip(full, less, strict=True) if a != last and a == b)
-                    / sum(1 for a in full if a != last))
+        kept.append(
+            sum(1 for a, b in zip(full, less, strict=True) if a != last and a == b) / sum(1 for a in full if a != last)
+        )
     assert sum(kept) / len(kept) > 0.9
 
 
@@ -246,15 +265,18 @@ def test_apply_op_is_strict_like_ipvs() -> None:
         apply_op(svcs, AddDest(VIP, nat("10.1.0.1")))
 
 
-@pytest.mark.parametrize("op, words", [
-    (AddService(Service(VIP, Scheduler.LBLC)), "scheduler lblc"),
-    (AddService(Service(VIP, Scheduler.WRR, frozenset({SchedFlag.ONE_PACKET}))), "ops"),
-    (AddDest(VIP, Destination(DestKey("10.1.0.1", 80), 1, Forwarding.DR)), "forwarding dr"),
-    (AddDest(VIP, Destination(DestKey("10.1.0.1", 80), 1, Forwarding.TUN)), "forwarding tun"),
-    (AddDest(VIP, Destination(DestKey("10.1.0.1", 80), 1, NAT, u_threshold=10)), "thresholds"),
-    (AddDest(VIP, nat("2001:db8::5")), "mix address families"),
-    (SetSysctl("net.ipv4.vs.sloppy_tcp", 1), "SetSysctl"),
-])
+@pytest.mark.parametrize(
+    "op, words",
+    [
+        (AddService(Service(VIP, Scheduler.LBLC)), "scheduler lblc"),
+        (AddService(Service(VIP, Scheduler.WRR, frozenset({SchedFlag.ONE_PACKET}))), "ops"),
+        (AddDest(VIP, Destination(DestKey("10.1.0.1", 80), 1, Forwarding.DR)), "forwarding dr"),
+        (AddDest(VIP, Destination(DestKey("10.1.0.1", 80), 1, Forwarding.TUN)), "forwarding tun"),
+        (AddDest(VIP, Destination(DestKey("10.1.0.1", 80), 1, NAT, u_threshold=10)), "thresholds"),
+        (AddDest(VIP, nat("2001:db8::5")), "mix address families"),
+        (SetSysctl("net.ipv4.vs.sloppy_tcp", 1), "SetSysctl"),
+    ],
+)
 def test_unsupported_things_say_so(op: object, words: str) -> None:
     svcs = {VIP: ServiceState(Service(VIP, Scheduler.WRR))}
     with pytest.raises(Unsupported, match=words):
@@ -321,12 +343,15 @@ def nft_check_reason() -> str | None:
 
 
 @pytest.mark.skipif(nft_check_reason() is not None, reason=str(nft_check_reason()))
-@pytest.mark.parametrize("name, state, masq", [
-    ("wrr", wrr_state(), False),
-    ("v6-mark", v6_mark_state(), True),
-    ("all", all_kinds_state(), True),
-    ("empty", State(), False),
-])
+@pytest.mark.parametrize(
+    "name, state, masq",
+    [
+        ("wrr", wrr_state(), False),
+        ("v6-mark", v6_mark_state(), True),
+        ("all", all_kinds_state(), True),
+        ("empty", State(), False),
+    ],
+)
 def test_nft_accepts_every_render(name: str, state: State, masq: bool) -> None:
     # check mode: nft parses and validates the transaction against the kernel without committing anything
     text = render_transaction(state.services, Existing(), table="lvs_ha_check", masquerade=masq)

@@ -54,8 +54,12 @@ def test_empty_actual_adds_everything_in_order() -> None:
     desired = State().add(svc(K1), dest(D1), dest(D2))
     desired.sysctls["net.ipv4.vs.sloppy_tcp"] = 1
     p = plan(desired, State(), set())
-    assert p.ops == [SetSysctl("net.ipv4.vs.sloppy_tcp", 1), AddService(svc(K1)), AddDest(K1, dest(D1)),
-                     AddDest(K1, dest(D2))]
+    assert p.ops == [
+        SetSysctl("net.ipv4.vs.sloppy_tcp", 1),
+        AddService(svc(K1)),
+        AddDest(K1, dest(D1)),
+        AddDest(K1, dest(D2)),
+    ]
     assert p.owned_after == {K1}
     assert p.refused is None and p.adopted == []
 
@@ -195,10 +199,12 @@ def test_describe_lines() -> None:
 KEYS = [ServiceKey.vip("tcp", f"10.0.0.{i}", 80) for i in range(1, 7)] + [ServiceKey.mark(7)]
 DKEYS = [DestKey(f"10.1.0.{i}", 80) for i in range(1, 5)]
 
-dests_st = st.dictionaries(st.sampled_from(DKEYS), st.tuples(st.integers(0, 3), st.sampled_from(list(Forwarding))),
-                           max_size=4)
-svcs_st = st.dictionaries(st.sampled_from(KEYS), st.tuples(st.sampled_from([Scheduler.RR, Scheduler.WLC]), dests_st),
-                          max_size=6)
+dests_st = st.dictionaries(
+    st.sampled_from(DKEYS), st.tuples(st.integers(0, 3), st.sampled_from(list(Forwarding))), max_size=4
+)
+svcs_st = st.dictionaries(
+    st.sampled_from(KEYS), st.tuples(st.sampled_from([Scheduler.RR, Scheduler.WLC]), dests_st), max_size=6
+)
 
 
 def build(spec: dict) -> State:

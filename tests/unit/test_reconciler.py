@@ -247,8 +247,9 @@ async def test_loop_coalesces_and_resyncs() -> None:
 async def test_loop_retries_after_failure() -> None:
     mem = MemoryDataplane()
     mem.fail(nth=1, times=2)
-    rec = Reconciler(mem, MemoryOwnedStore(), min_interval_s=0.01, resync_interval_s=60,
-                     backoff=Backoff(initial_s=0.05, max_s=0.2))
+    rec = Reconciler(
+        mem, MemoryOwnedStore(), min_interval_s=0.01, resync_interval_s=60, backoff=Backoff(initial_s=0.05, max_s=0.2)
+    )
     rec.start()
     try:
         rec.set_desired(desired_two())

@@ -17,9 +17,13 @@ KEYS = [ServiceKey.vip("tcp", f"10.0.0.{i}", 80) for i in range(1, 5)]
 FOREIGN = ServiceKey.vip("tcp", "10.9.9.9", 80)
 DKEYS = [DestKey(f"10.1.0.{i}", 80) for i in range(1, 4)]
 
-state_st = st.dictionaries(st.sampled_from(KEYS), st.tuples(
-    st.sampled_from([Scheduler.RR, Scheduler.WLC]), st.dictionaries(st.sampled_from(DKEYS), st.integers(0, 5))),
-    max_size=4)
+state_st = st.dictionaries(
+    st.sampled_from(KEYS),
+    st.tuples(
+        st.sampled_from([Scheduler.RR, Scheduler.WLC]), st.dictionaries(st.sampled_from(DKEYS), st.integers(0, 5))
+    ),
+    max_size=4,
+)
 
 
 def build(spec: dict) -> State:

@@ -25,14 +25,19 @@ def rs(addr: str, weight: int = 10, check: CheckConfig | None = None) -> RealSer
 
 def make(rs_weights: tuple[int, int] = (10, 10), prio: int = 150, interval: float = 2.0) -> Config:
     chk = CheckConfig("tcp", interval_s=interval, name="tcp_check")
-    web = ServiceConfig("web", ipaddress.ip_address("192.0.2.10"), 80, check=chk,
-                        realservers=(rs("10.0.0.1", rs_weights[0], chk), rs("10.0.0.2", rs_weights[1], chk)))
+    web = ServiceConfig(
+        "web",
+        ipaddress.ip_address("192.0.2.10"),
+        80,
+        check=chk,
+        realservers=(rs("10.0.0.1", rs_weights[0], chk), rs("10.0.0.2", rs_weights[1], chk)),
+    )
     dns = ServiceConfig("dns", ipaddress.ip_address("192.0.2.11"), 53, protocol="udp", realservers=(rs("10.0.0.3"),))
-    inst = VrrpInstanceConfig("VI_1", "eth0", 51, priority=prio,
-                              vips=(VipConfig(ipaddress.ip_interface("192.0.2.10/24")),))
+    inst = VrrpInstanceConfig(
+        "VI_1", "eth0", 51, priority=prio, vips=(VipConfig(ipaddress.ip_interface("192.0.2.10/24")),)
+    )
     inst2 = VrrpInstanceConfig("VI_2", "eth0", 52)
-    return Config(NodeConfig("dir1"), vrrp=VrrpConfig((inst, inst2)), checks=(("tcp_check", chk),),
-                  services=(web, dns))
+    return Config(NodeConfig("dir1"), vrrp=VrrpConfig((inst, inst2)), checks=(("tcp_check", chk),), services=(web, dns))
 
 
 def by_name(items: tuple) -> dict:
@@ -75,8 +80,11 @@ def test_check_interval_change_marks_every_user_of_the_check() -> None:
 
 def test_added_and_removed_services_and_instances() -> None:
     old = make()
-    new = dataclasses.replace(old, services=old.services[:1],
-                              vrrp=VrrpConfig((*old.vrrp.instances[:1], VrrpInstanceConfig("VI_3", "eth1", 53))))
+    new = dataclasses.replace(
+        old,
+        services=old.services[:1],
+        vrrp=VrrpConfig((*old.vrrp.instances[:1], VrrpInstanceConfig("VI_3", "eth1", 53))),
+    )
     d = diff_configs(old, new)
     assert d.names("services", Change.REMOVED) == ["dns"]
     assert d.names("realservers", Change.REMOVED) == ["dns 10.0.0.3:80"]
@@ -113,8 +121,7 @@ def test_format_plan_lists_kernel_operations() -> None:
     assert "kernel operations: 1" in lines
     assert "  ~ dest tcp/192.0.2.10:80 -> 10.0.0.2:80 dr weight 5" in lines, lines
     actual = m.State({key: m.ServiceState(m.Service(key), {dest.key: m.Destination(dest.key, weight=10)})})
-    assert "  ~ dest tcp/192.0.2.10:80 -> 10.0.0.2:80 weight 10 -> 5" in format_plan(diff_configs(make(), make()), ops,
-                                                                                  actual)
+    assert "  ~ dest tcp/192.0.2.10:80 -> 10.0.0.2:80 weight 10 -> 5" in format_plan(
+        diff_configs(make(), make()), ops, actual
+    )
     assert "  changed web 10.0.0.2:80 (weight)" in lines
-
-

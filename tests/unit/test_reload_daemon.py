@@ -53,8 +53,9 @@ class Harness:
         self.path = tmp / "lvs-ha.yaml"
 
     def write(self, w1: int = 10, interval: str = "50ms", text: str | None = None) -> None:
-        self.path.write_text(text if text is not None else
-                             CONFIG.format(tmp=self.tmp, port=self.port, w1=w1, interval=interval))
+        self.path.write_text(
+            text if text is not None else CONFIG.format(tmp=self.tmp, port=self.port, w1=w1, interval=interval)
+        )
 
 
 @pytest.fixture
@@ -163,8 +164,10 @@ async def test_a_node_without_services_gains_a_data_plane_on_reload(tmp_path: Pa
     await d.start()
     try:
         assert d.lvs is None
-        path.write_text(head + "services:\n  - {name: web, vip: 192.0.2.10, port: 80, forwarding: nat, "
-                               "realservers: [{address: 10.0.0.1, port: 8080}]}\n")
+        path.write_text(
+            head + "services:\n  - {name: web, vip: 192.0.2.10, port: 80, forwarding: nat, "
+            "realservers: [{address: 10.0.0.1, port: 8080}]}\n"
+        )
         res = await d.reload(False, "test")
         assert d.lvs is not None
         assert {str(k) for k in d.lvs.dataplane.state.services} == {"tcp/192.0.2.10:80"}

@@ -102,8 +102,9 @@ class FakeVrrp:
         return {"changed": [s.name for s in self.specs[0]]}
 
 
-async def test_reload_of_checks_only_reconfigures_the_auto_preempt_delay(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_reload_of_checks_only_reconfigures_the_auto_preempt_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(ha.daemon, "Vrrp", FakeVrrp)
     FakeVrrp.made = []
     path = write(tmp_path)

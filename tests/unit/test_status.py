@@ -23,10 +23,20 @@ from lvs import model as m
 
 def cfg() -> Config:
     rss = tuple(RealServerConfig(ipaddress.ip_address(a), 80, weight=10) for a in ("10.0.0.1", "10.0.0.2"))
-    web = ServiceConfig("web", ipaddress.ip_address("192.0.2.10"), 80, realservers=rss,
-                        sorry_server=SorryServerConfig(ipaddress.ip_address("10.0.0.9"), 80))
-    v6 = ServiceConfig("v6", ipaddress.ip_address("2001:db8::10"), 443, family=6,
-                       realservers=(RealServerConfig(ipaddress.ip_address("2001:db8::5"), 443),))
+    web = ServiceConfig(
+        "web",
+        ipaddress.ip_address("192.0.2.10"),
+        80,
+        realservers=rss,
+        sorry_server=SorryServerConfig(ipaddress.ip_address("10.0.0.9"), 80),
+    )
+    v6 = ServiceConfig(
+        "v6",
+        ipaddress.ip_address("2001:db8::10"),
+        443,
+        family=6,
+        realservers=(RealServerConfig(ipaddress.ip_address("2001:db8::5"), 443),),
+    )
     return Config(NodeConfig("dir1"), services=(web, v6), source="/etc/lvs-ha/lvs-ha.yaml")
 
 
@@ -42,8 +52,10 @@ def views() -> Views:
     return Views(
         loaded_at=1_700_000_000.0,
         instances=[InstanceView("VI_WEB", "MASTER", 150, "192.0.2.2", 1_700_000_001.5, "higher priority", 51)],
-        health={("web", "10.0.0.1:80"): RsHealth("up", LastCheck(True, "200 OK", 0.002)),
-                ("web", "10.0.0.2:80"): RsHealth("down", LastCheck(False, "connection refused", 0.0005))},
+        health={
+            ("web", "10.0.0.1:80"): RsHealth("up", LastCheck(True, "200 OK", 0.002)),
+            ("web", "10.0.0.2:80"): RsHealth("down", LastCheck(False, "connection refused", 0.0005)),
+        },
         drained=[("web", "10.0.0.2:80")],
         services={"web": ServiceInfo(quorum=True, sorry_active=False, up=1, why={"10.0.0.2:80": "drained"})},
         kernel=kernel_view(actual()),
@@ -57,19 +69,36 @@ def doc() -> dict:
 def test_contract_shape() -> None:
     d = json.loads(json.dumps(doc()))
     assert d["node"] == "dir1"
-    assert d["config"] == {"loaded_at": "2023-11-14T22:13:20.000Z", "file": "/etc/lvs-ha/lvs-ha.yaml",
-                           "last_reload_error": None}
+    assert d["config"] == {
+        "loaded_at": "2023-11-14T22:13:20.000Z",
+        "file": "/etc/lvs-ha/lvs-ha.yaml",
+        "last_reload_error": None,
+    }
     inst = d["instances"][0]
     assert {k: inst[k] for k in ("name", "role", "priority", "master", "reason")} == {
-        "name": "VI_WEB", "role": "MASTER", "priority": 150, "master": "192.0.2.2", "reason": "higher priority"}
+        "name": "VI_WEB",
+        "role": "MASTER",
+        "priority": 150,
+        "master": "192.0.2.2",
+        "reason": "higher priority",
+    }
     assert inst["since"].endswith("Z")
     web = d["services"][0]
     assert (web["name"], web["key"], web["quorum"], web["sorry_active"]) == ("web", "tcp/192.0.2.10:80", True, False)
     r1, r2 = web["realservers"]
-    assert r1 == {"realserver": "10.0.0.1:80", "health": "up", "weight": 10, "configured_weight": 10,
-                  "drained": False, "in_kernel": True, "forwarding": "dr", "active_conns": 7, "inactive_conns": 3,
-                  "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002, "at": None},
-                  "why": None}
+    assert r1 == {
+        "realserver": "10.0.0.1:80",
+        "health": "up",
+        "weight": 10,
+        "configured_weight": 10,
+        "drained": False,
+        "in_kernel": True,
+        "forwarding": "dr",
+        "active_conns": 7,
+        "inactive_conns": 3,
+        "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002, "at": None},
+        "why": None,
+    }
     assert (r2["health"], r2["weight"], r2["drained"], r2["in_kernel"]) == ("down", 0, True, False)
     assert r2["last_check"]["reason"] == "connection refused"
     assert r2["why"] == "drained"
@@ -148,8 +177,9 @@ def test_table_memo_follows_every_change_and_reuses_unchanged_lines() -> None:
     steps = [
         dataclasses.replace(v, health=health),
         dataclasses.replace(v, health=health, drained=[]),
-        dataclasses.replace(v, health=health, drained=[],
-                            services={"web": ServiceInfo(quorum=False, sorry_active=True)}),
+        dataclasses.replace(
+            v, health=health, drained=[], services={"web": ServiceInfo(quorum=False, sorry_active=True)}
+        ),
         dataclasses.replace(v, kernel=kernel),
         v,
     ]
@@ -175,10 +205,16 @@ def test_status_json_is_the_document_serialized_and_kept_between_requests() -> N
     extra = {"dataplane": {"in_sync": True}, "conntrack_sync": None}
     health = dict(v.health)
     health[("web", "10.0.0.1:80")] = RsHealth("down", LastCheck(False, "timeout", 1.0))
-    steps = [v, dataclasses.replace(v, health=health), dataclasses.replace(v, health=health, drained=[]),
-             dataclasses.replace(v, services={"web": ServiceInfo(quorum=False, sorry_active=True,
-                                                                 why={"10.0.0.1:80": "below quorum"})}),
-             dataclasses.replace(v, kernel={}, instances=[], warnings=["w"]), v]
+    steps = [
+        v,
+        dataclasses.replace(v, health=health),
+        dataclasses.replace(v, health=health, drained=[]),
+        dataclasses.replace(
+            v, services={"web": ServiceInfo(quorum=False, sorry_active=True, why={"10.0.0.1:80": "below quorum"})}
+        ),
+        dataclasses.replace(v, kernel={}, instances=[], warnings=["w"]),
+        v,
+    ]
     for step in steps:
         text = status_json(c, step, extra, memo)
         assert text == json.dumps(build_status(c, step, extra), separators=(",", ":"))

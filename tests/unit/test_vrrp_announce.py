@@ -37,8 +37,13 @@ def test_unsolicited_na_golden() -> None:
 
 @pytest.mark.parametrize(
     ("name", "mac"),
-    [("vrrp-v3-adv1.pcap", MAC1), ("vrrp-v2-adv1.pcap", MAC1), ("vrrp-v3-adv1-vmac.pcap", VMAC),
-     ("vrrp-v3-adv0.1.pcap", MAC1), ("vrrp-v2-adv1-authpass.pcap", MAC1)],
+    [
+        ("vrrp-v3-adv1.pcap", MAC1),
+        ("vrrp-v2-adv1.pcap", MAC1),
+        ("vrrp-v3-adv1-vmac.pcap", VMAC),
+        ("vrrp-v3-adv0.1.pcap", MAC1),
+        ("vrrp-v2-adv1-authpass.pcap", MAC1),
+    ],
 )
 def test_every_garp_in_pcaps(name: str, mac: str) -> None:
     n = 0

@@ -99,8 +99,14 @@ def test_parse_key_file() -> None:
     assert keys[0].secret == b"\xab" * 16
     assert H.parse_key_file("00" * 32)[0].key_id == 1
     assert "secret" not in repr(keys[0]) and "abab" not in repr(keys[0])
-    for bad, msg in (("", "no key"), ("1 abc", "line 1"), ("x " + "ab" * 16, "line 1"), ("1 abab", "at least"),
-                     ("1 " + "ab" * 16 + "\n1 " + "cd" * 16, "twice"), ("1 2 3", "line 1")):
+    for bad, msg in (
+        ("", "no key"),
+        ("1 abc", "line 1"),
+        ("x " + "ab" * 16, "line 1"),
+        ("1 abab", "at least"),
+        ("1 " + "ab" * 16 + "\n1 " + "cd" * 16, "twice"),
+        ("1 2 3", "line 1"),
+    ):
         with pytest.raises(P.VrrpLocalError, match=msg):
             H.parse_key_file(bad)
 

@@ -68,11 +68,18 @@ def _engine(spec: InstanceSpec) -> VrrpEngine:
     eng = VrrpEngine([spec])
 
     async def fake_open(spec: InstanceSpec) -> _Instance:
-        machine = VrrpMachine(Settings(vrid=spec.vrid, priority=spec.priority, advert_interval_s=1.0,
-                                       primary_address=ME))
-        driver = InstanceDriver(DriverSettings(spec.name, spec.vrid, 3, 4, 1.0, (VIP.ip,)), machine,
-                                FakeSocket(), FakeVips(), None, eng._transition,  # type: ignore[arg-type]
-                                auth=eng._authenticator(spec))
+        machine = VrrpMachine(
+            Settings(vrid=spec.vrid, priority=spec.priority, advert_interval_s=1.0, primary_address=ME)
+        )
+        driver = InstanceDriver(
+            DriverSettings(spec.name, spec.vrid, 3, 4, 1.0, (VIP.ip,)),
+            machine,
+            FakeSocket(),
+            FakeVips(),
+            None,
+            eng._transition,  # type: ignore[arg-type]
+            auth=eng._authenticator(spec),
+        )
         return _Instance(spec, driver, machine, eng._tracker(spec))
 
     eng._open = fake_open  # type: ignore[method-assign]
@@ -85,8 +92,9 @@ def _signed(signer: Signer, wall: float) -> Received:
 
 
 def test_replayed_advert_rejected_after_a_reconfigure_with_the_same_keys() -> None:
-    spec = InstanceSpec("VI_1", "eth0", 51, priority=100, vips=(Vip(VIP, "eth0"),), track_own_interface=False,
-                        hmac_keys=(KEY,))
+    spec = InstanceSpec(
+        "VI_1", "eth0", 51, priority=100, vips=(Vip(VIP, "eth0"),), track_own_interface=False, hmac_keys=(KEY,)
+    )
 
     async def main() -> None:
         eng = _engine(spec)

@@ -207,8 +207,9 @@ def test_master_step_down_and_tie_break(their_prio: int, source: Any, steps_down
         assert m.role is Role.BACKUP and m.master == str(source)
         # one advert of its own first (advert_on_yield), so that the winner hears a lower priority and re-announces
         assert non_state(actions) == [SendAdvert(100), ReleaseVips(), CancelAnnounce()]
-        assert actions[-1] == StateChanged(Role.MASTER, Role.BACKUP, f"higher priority {their_prio} from {source}",
-                                           str(source))
+        assert actions[-1] == StateChanged(
+            Role.MASTER, Role.BACKUP, f"higher priority {their_prio} from {source}", str(source)
+        )
     else:
         assert m.role is Role.MASTER
         assert actions == [SendAdvert(100), Announce("lower-priority-advert")]
@@ -416,15 +417,29 @@ def test_every_transition_emits_state_changed() -> None:
     m.clear_fault(13.0)
     m.shutdown(14.0)
     seen = changes(m.pop_actions())
-    assert seen == [(Role.INIT, Role.BACKUP), (Role.BACKUP, Role.MASTER), (Role.MASTER, Role.BACKUP),
-                    (Role.BACKUP, Role.FAULT), (Role.FAULT, Role.BACKUP), (Role.BACKUP, Role.INIT)]
+    assert seen == [
+        (Role.INIT, Role.BACKUP),
+        (Role.BACKUP, Role.MASTER),
+        (Role.MASTER, Role.BACKUP),
+        (Role.BACKUP, Role.FAULT),
+        (Role.FAULT, Role.BACKUP),
+        (Role.BACKUP, Role.INIT),
+    ]
 
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(vrid=0), dict(priority=0), dict(version=4), dict(version=2, family=6), dict(advert_interval_s=0.015),
-     dict(version=2, advert_interval_s=0.5), dict(hold_s=-1.0), dict(primary_address=ip("fd00::1")),
-     dict(takeover="sometimes")],
+    [
+        dict(vrid=0),
+        dict(priority=0),
+        dict(version=4),
+        dict(version=2, family=6),
+        dict(advert_interval_s=0.015),
+        dict(version=2, advert_interval_s=0.5),
+        dict(hold_s=-1.0),
+        dict(primary_address=ip("fd00::1")),
+        dict(takeover="sometimes"),
+    ],
 )
 def test_settings_validation(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -455,13 +470,21 @@ OPS = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 255), st.booleans(), st.sampled_from(["skew", "immediate"]), st.floats(0.0, 3.0), OPS,
-       st.lists(st.floats(0.0, 2.0), min_size=60, max_size=60))
-def test_random_inputs_keep_invariants(prio: int, preempt: bool, takeover: str, hold: float, ops: list[Any],
-                                       gaps: list[float]) -> None:
+@given(
+    st.integers(1, 255),
+    st.booleans(),
+    st.sampled_from(["skew", "immediate"]),
+    st.floats(0.0, 3.0),
+    OPS,
+    st.lists(st.floats(0.0, 2.0), min_size=60, max_size=60),
+)
+def test_random_inputs_keep_invariants(
+    prio: int, preempt: bool, takeover: str, hold: float, ops: list[Any], gaps: list[float]
+) -> None:
     """Whatever happens: no exception, VIPs held exactly while MASTER, deadlines never in the past."""
-    m = machine(priority=prio, preempt=preempt, takeover=takeover, hold_s=hold, garp_refresh_s=1.5,
-                garp_repeat_delay_s=2.0)
+    m = machine(
+        priority=prio, preempt=preempt, takeover=takeover, hold_s=hold, garp_refresh_s=1.5, garp_repeat_delay_s=2.0
+    )
     now, holds, role = 0.0, False, Role.INIT
     m.start(now)
     for op, gap in zip(ops, gaps, strict=False):
@@ -518,8 +541,9 @@ def test_two_vipless_machines_over_the_wire_elect_one_master(version: int) -> No
             for act in m.pop_actions():
                 if isinstance(act, SendAdvert):
                     s = m.settings
-                    wire = P.encode(Advert(s.version, s.vrid, act.priority, s.advert_interval_s, ()), src[id(m)],
-                                    P.MCAST_V4)
+                    wire = P.encode(
+                        Advert(s.version, s.vrid, act.priority, s.advert_interval_s, ()), src[id(m)], P.MCAST_V4
+                    )
                     assert wire[3] == 0
                     other.receive(P.decode(wire, src[id(m)], P.MCAST_V4), src[id(m)], now)
         if now > 20.0:

@@ -12,11 +12,15 @@ import ha.vrrp.notify as notify_mod
 from ha.vrrp.notify import Notification, Notifier, commands_for
 from tests.lab import await_for
 
-WRITE_ENV = ("import os,sys; e=os.environ; "
-             "open(sys.argv[1],'a').write(e['INSTANCE']+' '+e['STATE']+' '+e['PRIORITY']+' '+e.get('GROUP','-')+'\\n')")
+WRITE_ENV = (
+    "import os,sys; e=os.environ; "
+    "open(sys.argv[1],'a').write(e['INSTANCE']+' '+e['STATE']+' '+e['PRIORITY']+' '+e.get('GROUP','-')+'\\n')"
+)
 # writes its pid to argv[1] (atomically), then hangs
-HANG = ("import os,sys,time; open(sys.argv[1]+'.tmp','w').write(str(os.getpid())); "
-        "os.rename(sys.argv[1]+'.tmp', sys.argv[1]); time.sleep(60)")
+HANG = (
+    "import os,sys,time; open(sys.argv[1]+'.tmp','w').write(str(os.getpid())); "
+    "os.rename(sys.argv[1]+'.tmp', sys.argv[1]); time.sleep(60)"
+)
 
 
 def _alive(pid: int) -> bool:
@@ -95,8 +99,10 @@ async def test_a_hung_command_does_not_delay_the_next_one(tmp_path: Path) -> Non
 async def test_a_command_past_its_timeout_is_killed_with_its_group(tmp_path: Path) -> None:
     pidfile, grandchild = tmp_path / "cmd.pid", tmp_path / "grandchild.pid"
     # the command starts a grandchild (same process group) that hangs too
-    script = ("import subprocess,sys; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[3]]); "
-              "exec(sys.argv[1].replace('sys.argv[1]', 'sys.argv[2]'))")
+    script = (
+        "import subprocess,sys; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[3]]); "
+        "exec(sys.argv[1].replace('sys.argv[1]', 'sys.argv[2]'))"
+    )
     n = Notifier(timeout_s=1.0)
     n.notify(Notification((sys.executable, "-c", script, HANG, str(pidfile), str(grandchild)), "VI_1", "MASTER", 1))
     pid, gpid = await _pid_from(pidfile), await _pid_from(grandchild)
@@ -128,10 +134,12 @@ async def test_shell_metacharacters_are_not_interpreted(tmp_path: Path) -> None:
     assert n.completed == 1
 
 
-REPORT = ("import json,os,signal,sys; st=open('/proc/self/status').read().split(chr(10)); "
-          "f=lambda k: next(l.split()[1] for l in st if l.startswith(k+':')); "
-          "json.dump({'nice': os.nice(0), 'sigint': str(signal.getsignal(signal.SIGINT)), "
-          "'sigign': f('SigIgn'), 'sigblk': f('SigBlk'), 'policy': os.sched_getscheduler(0)}, open(sys.argv[1],'w'))")
+REPORT = (
+    "import json,os,signal,sys; st=open('/proc/self/status').read().split(chr(10)); "
+    "f=lambda k: next(l.split()[1] for l in st if l.startswith(k+':')); "
+    "json.dump({'nice': os.nice(0), 'sigint': str(signal.getsignal(signal.SIGINT)), "
+    "'sigign': f('SigIgn'), 'sigblk': f('SigBlk'), 'policy': os.sched_getscheduler(0)}, open(sys.argv[1],'w'))"
+)
 
 
 async def test_command_runs_with_default_signals_nice_0_and_normal_scheduling(tmp_path: Path) -> None:

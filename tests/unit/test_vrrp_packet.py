@@ -42,7 +42,7 @@ def read_pcap(path: Path) -> Iterator[tuple[float, bytes]]:
     while off + 16 <= len(data):
         sec, frac, incl, _orig = struct.unpack_from(endian + "IIII", data, off)
         off += 16
-        yield sec + frac / (1e9 if nano else 1e6), data[off:off + incl]
+        yield sec + frac / (1e9 if nano else 1e6), data[off : off + incl]
         off += incl
 
 
@@ -86,7 +86,12 @@ def test_hex_capture_decodes_and_reencodes(name: str) -> None:
     version, prio, interval, auth = HEX_ADVERTS[name]
     hdr, adv = P.decode_frame(frame)
     assert (adv.version, adv.vrid, adv.priority, adv.max_advert_interval_s, adv.auth_type) == (
-        version, 77, prio, interval, auth)
+        version,
+        77,
+        prio,
+        interval,
+        auth,
+    )
     assert hdr.ttl == 255 and hdr.tos == 0xC0
     if hdr.version == 4:
         assert adv.addresses == (V4_VIP,) and hdr.src == V4_SRC and hdr.dst == P.MCAST_V4
@@ -259,8 +264,18 @@ def test_not_vrrp_and_bad_ip_header() -> None:
 
 def test_errors_are_protocol_errors_with_kinds() -> None:
     kinds = set()
-    for cls in (P.TooShort, P.BadVersion, P.BadType, P.BadChecksum, P.BadCount, P.BadTTL, P.BadAuth, P.Replay,
-                P.BadField, P.NotVrrp):
+    for cls in (
+        P.TooShort,
+        P.BadVersion,
+        P.BadType,
+        P.BadChecksum,
+        P.BadCount,
+        P.BadTTL,
+        P.BadAuth,
+        P.Replay,
+        P.BadField,
+        P.NotVrrp,
+    ):
         assert issubclass(cls, P.VrrpProtocolError)
         kinds.add(cls.kind)
     assert len(kinds) == 10
@@ -323,8 +338,9 @@ def adverts(draw: st.DrawFn) -> tuple[Advert, P.IPAddress]:
     else:
         auth = draw(st.sampled_from(list(AuthType)))
         data = draw(st.binary(max_size=8)).ljust(8, b"\0")
-        adv = Advert(2, draw(st.integers(1, 255)), draw(st.integers(0, 255)), float(draw(st.integers(1, 255))),
-                     addrs, auth, data)
+        adv = Advert(
+            2, draw(st.integers(1, 255)), draw(st.integers(0, 255)), float(draw(st.integers(1, 255))), addrs, auth, data
+        )
     return adv, draw(addr)
 
 
@@ -341,8 +357,12 @@ def test_roundtrip(case: tuple[Advert, P.IPAddress]) -> None:
 @given(st.binary(max_size=200), st.sampled_from([(V4_SRC, P.MCAST_V4), (ip("fe80::1"), P.MCAST_V6)]))
 def test_fuzz_garbage_never_crashes(data: bytes, addrs: tuple[P.IPAddress, P.IPAddress]) -> None:
     src, dst = addrs
-    for fn in (lambda: P.decode(data, src, dst), lambda: P.decode_ip(data), lambda: P.decode_frame(data),
-               lambda: P.decode(data, src, dst, verify_checksum=False)):
+    for fn in (
+        lambda: P.decode(data, src, dst),
+        lambda: P.decode_ip(data),
+        lambda: P.decode_frame(data),
+        lambda: P.decode(data, src, dst, verify_checksum=False),
+    ):
         try:
             fn()
         except P.VrrpProtocolError:

@@ -20,17 +20,41 @@ pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="the hand-buil
 
 # -- hand-built pieces (little-endian host order, as the kernel uses) --------------------------------------------
 IFA_V4_ADD = bytes.fromhex(
-    "28000000" "1400" "0506" "07000000" "00000000"  # len 40, RTM_NEWADDR, REQUEST|ACK|EXCL|CREATE, seq 7, pid 0
-    "02" "18" "00" "00" "03000000"  # AF_INET, /24, flags 0, scope 0, ifindex 3
-    "0800" "0200" "c000020a"  # IFA_LOCAL 192.0.2.10
-    "0800" "0100" "c000020a"  # IFA_ADDRESS 192.0.2.10
+    "28000000"
+    "1400"
+    "0506"
+    "07000000"
+    "00000000"  # len 40, RTM_NEWADDR, REQUEST|ACK|EXCL|CREATE, seq 7, pid 0
+    "02"
+    "18"
+    "00"
+    "00"
+    "03000000"  # AF_INET, /24, flags 0, scope 0, ifindex 3
+    "0800"
+    "0200"
+    "c000020a"  # IFA_LOCAL 192.0.2.10
+    "0800"
+    "0100"
+    "c000020a"  # IFA_ADDRESS 192.0.2.10
 )
 
 IFA_V6_ADD_NODAD = bytes.fromhex(
-    "34000000" "1400" "0506" "08000000" "00000000"  # len 52, RTM_NEWADDR, seq 8
-    "0a" "40" "02" "00" "03000000"  # AF_INET6, /64, IFA_F_NODAD, ifindex 3
-    "1400" "0100" "fd000000000000000000000000000005"  # IFA_ADDRESS fd00::5
-    "0800" "0800" "02000000"  # IFA_FLAGS NODAD
+    "34000000"
+    "1400"
+    "0506"
+    "08000000"
+    "00000000"  # len 52, RTM_NEWADDR, seq 8
+    "0a"
+    "40"
+    "02"
+    "00"
+    "03000000"  # AF_INET6, /64, IFA_F_NODAD, ifindex 3
+    "1400"
+    "0100"
+    "fd000000000000000000000000000005"  # IFA_ADDRESS fd00::5
+    "0800"
+    "0800"
+    "02000000"  # IFA_FLAGS NODAD
 )
 
 
@@ -43,8 +67,9 @@ def attr(t: int, value: bytes) -> bytes:
     return struct.pack("<HH", n, t) + value + b"\0" * ((-n) % 4)
 
 
-def newaddr(seq: int, family: int, plen: int, index: int, attrs: bytes, flags: int = 0,
-            nl_flags: int = rtnl.NLM_F_MULTI) -> bytes:
+def newaddr(
+    seq: int, family: int, plen: int, index: int, attrs: bytes, flags: int = 0, nl_flags: int = rtnl.NLM_F_MULTI
+) -> bytes:
     body = struct.pack("<BBBBI", family, plen, flags, 0, index) + attrs
     return hdr(16 + len(body), rtnl.RTM_NEWADDR, nl_flags, seq) + body
 
@@ -78,7 +103,7 @@ def test_ipv6_nodad_add_request_matches_the_hand_built_message() -> None:
 def test_delete_request_asks_for_an_ack_and_neither_creates_nor_excludes() -> None:
     got = rtnl.encode_addr_change(rtnl.RTM_DELADDR, 7, 3, "192.0.2.10", 24)
     want = bytearray(IFA_V4_ADD)
-    want[4:8] = bytes.fromhex("1500" "0500")  # RTM_DELADDR, REQUEST|ACK
+    want[4:8] = bytes.fromhex("15000500")  # RTM_DELADDR, REQUEST|ACK
     assert got == bytes(want)
 
 
@@ -89,19 +114,21 @@ def test_ipv4_label_is_nul_terminated_and_padded() -> None:
 
 
 def test_dump_request_carries_family_and_index_only() -> None:
-    assert rtnl.encode_addr_dump(9, 6, 3) == bytes.fromhex(
-        "18000000" "1600" "0103" "09000000" "00000000" "0a000000" "03000000")
+    assert rtnl.encode_addr_dump(9, 6, 3) == bytes.fromhex("180000001600010309000000000000000a00000003000000")
     assert rtnl.encode_addr_dump(9)[16:] == b"\0" * 8
 
 
-@pytest.mark.parametrize("kw, what", [
-    (dict(address="192.0.2.1", prefixlen=33), "prefix length"),
-    (dict(address="fd00::1", prefixlen=129), "prefix length"),
-    (dict(address="192.0.2.1", prefixlen=24, nodad=True), "nodad"),
-    (dict(address="fd00::1", prefixlen=64, label="eth0"), "label"),
-    (dict(address="192.0.2.1", prefixlen=24, label="a-label-far-too-long"), "label"),
-    (dict(address="192.0.2.1", prefixlen=24, ifindex=0), "index"),
-])
+@pytest.mark.parametrize(
+    "kw, what",
+    [
+        (dict(address="192.0.2.1", prefixlen=33), "prefix length"),
+        (dict(address="fd00::1", prefixlen=129), "prefix length"),
+        (dict(address="192.0.2.1", prefixlen=24, nodad=True), "nodad"),
+        (dict(address="fd00::1", prefixlen=64, label="eth0"), "label"),
+        (dict(address="192.0.2.1", prefixlen=24, label="a-label-far-too-long"), "label"),
+        (dict(address="192.0.2.1", prefixlen=24, ifindex=0), "index"),
+    ],
+)
 def test_bad_requests_are_refused_before_sending(kw: dict, what: str) -> None:
     kw.setdefault("ifindex", 3)
     with pytest.raises(ValueError, match=what):
@@ -123,12 +150,15 @@ def test_parse_messages_splits_a_datagram_at_aligned_lengths() -> None:
     assert msgs[0].payload == a[16:]
 
 
-@pytest.mark.parametrize("data, what", [
-    (hdr(16, 3, 0, 1)[:10], "shorter than a message header"),
-    (hdr(40, 3, 0, 1) + b"\0" * 8, "message length 40"),
-    (hdr(8, 3, 0, 1), "message length 8"),
-    (done(1) + b"\1\2\3", "trailing bytes"),
-])
+@pytest.mark.parametrize(
+    "data, what",
+    [
+        (hdr(16, 3, 0, 1)[:10], "shorter than a message header"),
+        (hdr(40, 3, 0, 1) + b"\0" * 8, "message length 40"),
+        (hdr(8, 3, 0, 1), "message length 8"),
+        (done(1) + b"\1\2\3", "trailing bytes"),
+    ],
+)
 def test_parse_messages_rejects_truncated_or_inconsistent_lengths(data: bytes, what: str) -> None:
     with pytest.raises(RtnlError, match=what) as e:
         rtnl.parse_messages(data)
@@ -154,8 +184,9 @@ def test_decode_ipv4_prefers_the_local_address_over_the_peer() -> None:
 
 
 def test_decode_ipv6_takes_ifa_flags_over_the_flags_byte() -> None:
-    body = attr(rtnl.IFA_ADDRESS, ipaddress.IPv6Address("fe80::1").packed) + attr(rtnl.IFA_FLAGS,
-                                                                                   struct.pack("<I", 0x2C0))
+    body = attr(rtnl.IFA_ADDRESS, ipaddress.IPv6Address("fe80::1").packed) + attr(
+        rtnl.IFA_FLAGS, struct.pack("<I", 0x2C0)
+    )
     a = rtnl.decode_addr(rtnl.parse_messages(newaddr(1, 10, 64, 2, body, flags=0x40))[0].payload)
     assert a == Addr(2, ipaddress.IPv6Address("fe80::1"), 64, 0x2C0, None)
     assert a.flags & rtnl.IFA_F_TENTATIVE and a.flags & rtnl.IFA_F_PERMANENT
@@ -235,7 +266,10 @@ def test_dump_spans_datagrams_and_ignores_other_sequences_and_senders() -> None:
     r = scripted(script)
     got = r.addresses()
     assert [(a.ifindex, str(a.address), a.prefixlen) for a in got] == [
-        (3, "192.0.2.10", 24), (4, "192.0.2.10", 24), (3, "fd00::5", 64)]
+        (3, "192.0.2.10", 24),
+        (4, "192.0.2.10", 24),
+        (3, "fd00::5", 64),
+    ]
     assert [a.ifindex for a in r.addresses(3)] == [3, 3]  # filtered here too (older kernels do not)
     assert [str(a.address) for a in r.addresses(3, family=6)] == ["fd00::5"]
     seqs = [struct.unpack_from("<I", s, 8)[0] for s in r.sock.sent]  # type: ignore[union-attr]
@@ -269,13 +303,16 @@ def test_dump_error_in_done_raises() -> None:
     assert e.value.errno == errno.EINVAL
 
 
-@pytest.mark.parametrize("reply, code", [
-    (lambda seq: [hdr(64, rtnl.RTM_NEWADDR, 2, seq) + b"\0" * 8], errno.EBADMSG),  # claims more than it has
-    (lambda seq: [(done(seq), socket.MSG_TRUNC, 0)], errno.EBADMSG),  # the datagram did not fit
-    (lambda seq: [hdr(16, rtnl.NLMSG_OVERRUN, 0, seq)], errno.EBADMSG),
-    (lambda seq: [newaddr(seq, 2, 24, 3, V4_LOCAL)], errno.ETIMEDOUT),  # no DONE ever comes
-    (lambda seq: [ack(seq + 5)], errno.ETIMEDOUT),  # only someone else's answer
-])
+@pytest.mark.parametrize(
+    "reply, code",
+    [
+        (lambda seq: [hdr(64, rtnl.RTM_NEWADDR, 2, seq) + b"\0" * 8], errno.EBADMSG),  # claims more than it has
+        (lambda seq: [(done(seq), socket.MSG_TRUNC, 0)], errno.EBADMSG),  # the datagram did not fit
+        (lambda seq: [hdr(16, rtnl.NLMSG_OVERRUN, 0, seq)], errno.EBADMSG),
+        (lambda seq: [newaddr(seq, 2, 24, 3, V4_LOCAL)], errno.ETIMEDOUT),  # no DONE ever comes
+        (lambda seq: [ack(seq + 5)], errno.ETIMEDOUT),  # only someone else's answer
+    ],
+)
 def test_bad_or_missing_replies_raise_instead_of_looping(reply: Callable, code: int) -> None:
     with pytest.raises(RtnlError) as e:
         scripted(reply).addresses()
@@ -294,31 +331,83 @@ def test_closed_socket_and_unknown_interface_names_are_clear_errors() -> None:
 
 # -- links: macvlan create, up/down, delete, look up by name ---------------------------------------------------
 MACVLAN_CREATE = bytes.fromhex(
-    "5c000000" "1000" "0506" "09000000" "00000000"  # len 92, RTM_NEWLINK, REQUEST|ACK|EXCL|CREATE, seq 9
-    "00" "00" "0000" "00000000" "00000000" "00000000"  # AF_UNSPEC, pad, type 0, index 0, flags 0, change 0
-    "0c00" "0300" "767272702e353100"  # IFLA_IFNAME "vrrp.51\0"
-    "0800" "0500" "03000000"  # IFLA_LINK 3
-    "0a00" "0100" "00005e000133" "0000"  # IFLA_ADDRESS 00:00:5e:00:01:33, padded
-    "1c00" "1280"  # IFLA_LINKINFO, nested, 28 bytes
-    "0b00" "0100" "6d6163766c616e" "00"  # IFLA_INFO_KIND "macvlan" (11 bytes, padded)
-    "0c00" "0280"  # IFLA_INFO_DATA, nested
-    "0800" "0100" "01000000"  # IFLA_MACVLAN_MODE private
+    "5c000000"
+    "1000"
+    "0506"
+    "09000000"
+    "00000000"  # len 92, RTM_NEWLINK, REQUEST|ACK|EXCL|CREATE, seq 9
+    "00"
+    "00"
+    "0000"
+    "00000000"
+    "00000000"
+    "00000000"  # AF_UNSPEC, pad, type 0, index 0, flags 0, change 0
+    "0c00"
+    "0300"
+    "767272702e353100"  # IFLA_IFNAME "vrrp.51\0"
+    "0800"
+    "0500"
+    "03000000"  # IFLA_LINK 3
+    "0a00"
+    "0100"
+    "00005e000133"
+    "0000"  # IFLA_ADDRESS 00:00:5e:00:01:33, padded
+    "1c00"
+    "1280"  # IFLA_LINKINFO, nested, 28 bytes
+    "0b00"
+    "0100"
+    "6d6163766c616e"
+    "00"  # IFLA_INFO_KIND "macvlan" (11 bytes, padded)
+    "0c00"
+    "0280"  # IFLA_INFO_DATA, nested
+    "0800"
+    "0100"
+    "01000000"  # IFLA_MACVLAN_MODE private
 )
 
 LINK_UP = bytes.fromhex(
-    "20000000" "1000" "0500" "0a000000" "00000000"  # len 32, RTM_NEWLINK, REQUEST|ACK, seq 10
-    "00" "00" "0000" "07000000" "01000000" "01000000"  # index 7, flags IFF_UP, change IFF_UP
+    "20000000"
+    "1000"
+    "0500"
+    "0a000000"
+    "00000000"  # len 32, RTM_NEWLINK, REQUEST|ACK, seq 10
+    "00"
+    "00"
+    "0000"
+    "07000000"
+    "01000000"
+    "01000000"  # index 7, flags IFF_UP, change IFF_UP
 )
 
 LINK_DELETE = bytes.fromhex(
-    "20000000" "1100" "0500" "0b000000" "00000000"  # len 32, RTM_DELLINK, REQUEST|ACK, seq 11
-    "00" "00" "0000" "07000000" "00000000" "00000000"
+    "20000000"
+    "1100"
+    "0500"
+    "0b000000"
+    "00000000"  # len 32, RTM_DELLINK, REQUEST|ACK, seq 11
+    "00"
+    "00"
+    "0000"
+    "07000000"
+    "00000000"
+    "00000000"
 )
 
 LINK_GET = bytes.fromhex(
-    "2c000000" "1200" "0500" "0c000000" "00000000"  # len 44, RTM_GETLINK, REQUEST|ACK (not a dump), seq 12
-    "00" "00" "0000" "00000000" "00000000" "00000000"
-    "0c00" "0300" "767272702e353100"  # IFLA_IFNAME "vrrp.51\0"
+    "2c000000"
+    "1200"
+    "0500"
+    "0c000000"
+    "00000000"  # len 44, RTM_GETLINK, REQUEST|ACK (not a dump), seq 12
+    "00"
+    "00"
+    "0000"
+    "00000000"
+    "00000000"
+    "00000000"
+    "0c00"
+    "0300"
+    "767272702e353100"  # IFLA_IFNAME "vrrp.51\0"
 )
 
 
@@ -327,12 +416,17 @@ def newlink(seq: int, index: int, flags: int, attrs: bytes) -> bytes:
     return hdr(16 + len(body), rtnl.RTM_NEWLINK, 0, seq) + body
 
 
-MACVLAN_ATTRS = (attr(rtnl.IFLA_IFNAME, b"vrrp.51\0") + attr(rtnl.IFLA_MTU, struct.pack("<I", 1500))
-                 + attr(rtnl.IFLA_LINK, struct.pack("<I", 3)) + attr(rtnl.IFLA_ADDRESS, bytes.fromhex("00005e000133"))
-                 + attr(rtnl.IFLA_LINKINFO | rtnl.NLA_F_NESTED,
-                        attr(rtnl.IFLA_INFO_KIND, b"macvlan\0")
-                        + attr(rtnl.IFLA_INFO_DATA | rtnl.NLA_F_NESTED,
-                               attr(rtnl.IFLA_MACVLAN_MODE, struct.pack("<I", 1)))))
+MACVLAN_ATTRS = (
+    attr(rtnl.IFLA_IFNAME, b"vrrp.51\0")
+    + attr(rtnl.IFLA_MTU, struct.pack("<I", 1500))
+    + attr(rtnl.IFLA_LINK, struct.pack("<I", 3))
+    + attr(rtnl.IFLA_ADDRESS, bytes.fromhex("00005e000133"))
+    + attr(
+        rtnl.IFLA_LINKINFO | rtnl.NLA_F_NESTED,
+        attr(rtnl.IFLA_INFO_KIND, b"macvlan\0")
+        + attr(rtnl.IFLA_INFO_DATA | rtnl.NLA_F_NESTED, attr(rtnl.IFLA_MACVLAN_MODE, struct.pack("<I", 1))),
+    )
+)
 
 
 def test_macvlan_create_request_matches_the_hand_built_message() -> None:
@@ -347,15 +441,18 @@ def test_link_up_delete_and_get_requests_match_the_hand_built_messages() -> None
     assert rtnl.encode_link_get(12, "vrrp.51") == LINK_GET
 
 
-@pytest.mark.parametrize("kw, what", [
-    (dict(name="a" * 16), "bad interface name"),
-    (dict(name="a/b"), "bad interface name"),
-    (dict(name="a b"), "bad interface name"),
-    (dict(name=""), "bad interface name"),
-    (dict(parent=0), "parent interface index"),
-    (dict(mac=b"\0" * 5), "6 bytes"),
-    (dict(mode=3), "macvlan mode"),
-])
+@pytest.mark.parametrize(
+    "kw, what",
+    [
+        (dict(name="a" * 16), "bad interface name"),
+        (dict(name="a/b"), "bad interface name"),
+        (dict(name="a b"), "bad interface name"),
+        (dict(name=""), "bad interface name"),
+        (dict(parent=0), "parent interface index"),
+        (dict(mac=b"\0" * 5), "6 bytes"),
+        (dict(mode=3), "macvlan mode"),
+    ],
+)
 def test_bad_macvlan_requests_are_refused_before_sending(kw: dict, what: str) -> None:
     args = dict(seq=1, name="vrrp.51", parent=3, mac=b"\0" * 6, mode=rtnl.MACVLAN_MODE_PRIVATE) | kw
     with pytest.raises(ValueError, match=what):
@@ -364,19 +461,31 @@ def test_bad_macvlan_requests_are_refused_before_sending(kw: dict, what: str) ->
 
 def test_decode_link_reads_name_mac_parent_kind_and_macvlan_mode() -> None:
     link = rtnl.decode_link(newlink(1, 8, rtnl.IFF_UP | rtnl.IFF_LOWER_UP, MACVLAN_ATTRS)[16:])
-    assert link == rtnl.Link(8, "vrrp.51", rtnl.IFF_UP | rtnl.IFF_LOWER_UP, bytes.fromhex("00005e000133"), 3,
-                             "macvlan", rtnl.MACVLAN_MODE_PRIVATE)
+    assert link == rtnl.Link(
+        8,
+        "vrrp.51",
+        rtnl.IFF_UP | rtnl.IFF_LOWER_UP,
+        bytes.fromhex("00005e000133"),
+        3,
+        "macvlan",
+        rtnl.MACVLAN_MODE_PRIVATE,
+    )
     assert link.up
     plain = rtnl.decode_link(newlink(1, 2, 0, attr(rtnl.IFLA_IFNAME, b"eth0\0"))[16:])
     assert (plain.name, plain.kind, plain.parent, plain.macvlan_mode, plain.up) == ("eth0", None, None, None, False)
 
 
-@pytest.mark.parametrize("payload, what", [
-    (b"\0" * 8, "link message of 8 bytes"),
-    (struct.pack("<BxHiII", 0, 1, 2, 0, 0), "without a name"),
-    (struct.pack("<BxHiII", 0, 1, 2, 0, 0) + attr(rtnl.IFLA_IFNAME, b"x\0") + attr(rtnl.IFLA_LINK, b"\1\0"),
-     "IFLA_LINK of 2 bytes"),
-])
+@pytest.mark.parametrize(
+    "payload, what",
+    [
+        (b"\0" * 8, "link message of 8 bytes"),
+        (struct.pack("<BxHiII", 0, 1, 2, 0, 0), "without a name"),
+        (
+            struct.pack("<BxHiII", 0, 1, 2, 0, 0) + attr(rtnl.IFLA_IFNAME, b"x\0") + attr(rtnl.IFLA_LINK, b"\1\0"),
+            "IFLA_LINK of 2 bytes",
+        ),
+    ],
+)
 def test_decode_link_rejects_bad_messages(payload: bytes, what: str) -> None:
     with pytest.raises(RtnlError, match=what) as e:
         rtnl.decode_link(payload)

@@ -291,7 +291,8 @@ def _split_then_heal(offset_s: float, advert_on_yield: bool, frozen: bool = Fals
 @pytest.mark.parametrize("frozen", [False, True], ids=["cut", "frozen"])
 @pytest.mark.parametrize("offset_s", [i / 20 for i in range(20)])
 def test_after_two_masters_the_winner_reannounces_within_one_advert_whatever_arrives_first(
-        offset_s: float, frozen: bool) -> None:
+    offset_s: float, frozen: bool
+) -> None:
     """Whichever director's advert crosses first after the heal, the winner announces again within one advert
     interval: the loser yields with one advert of its own, which the winner hears as a lower priority."""
     sim, heal_t, a = _split_then_heal(offset_s, advert_on_yield=True, frozen=frozen)

@@ -16,8 +16,10 @@ VIP = (ipaddress.ip_address("10.0.0.100"),)
 
 
 def group(n: int = 3, priority: int = 100) -> tuple[SyncGroup, list[VrrpMachine]]:
-    ms = [VrrpMachine(Settings(vrid=10 + i, priority=priority, primary_address=ME, garp_repeat_delay_s=0.0))
-          for i in range(n)]
+    ms = [
+        VrrpMachine(Settings(vrid=10 + i, priority=priority, primary_address=ME, garp_repeat_delay_s=0.0))
+        for i in range(n)
+    ]
     g = SyncGroup("G", {f"i{i}": m for i, m in enumerate(ms)})
     for m in ms:
         m.start(0.0)

@@ -97,15 +97,21 @@ async def _pid_from(path: Path, timeout: float = 20.0) -> int:
     return int(text)
 
 
-SLEEPER = "import os,sys,time; open(sys.argv[1]+'.tmp','w').write(str(os.getpid())); os.rename(sys.argv[1]+'.tmp', " \
-          "sys.argv[1]); time.sleep(60)"
+SLEEPER = (
+    "import os,sys,time; open(sys.argv[1]+'.tmp','w').write(str(os.getpid())); os.rename(sys.argv[1]+'.tmp', "
+    "sys.argv[1]); time.sleep(60)"
+)
 
 
 async def test_tracker_calls_back_on_link_change() -> None:
     links = {"eth1": True}
     seen: list[Outcome] = []
-    t = Tracker(TrackState(100, interfaces=(TrackedInterface("eth1", -20),)), seen.append, poll_s=0.01,
-                read_link=lambda n: links[n])
+    t = Tracker(
+        TrackState(100, interfaces=(TrackedInterface("eth1", -20),)),
+        seen.append,
+        poll_s=0.01,
+        read_link=lambda n: links[n],
+    )
     assert t.prime() == Outcome(100, None)
     t.start()
     try:
@@ -140,8 +146,10 @@ async def test_tracked_script_rise_and_fall_on_the_loop(tmp_path: Path) -> None:
     flag.write_text("")
     argv = (sys.executable, "-c", "import os,sys; sys.exit(0 if os.path.exists(sys.argv[1]) else 1)", str(flag))
     seen: list[Outcome] = []
-    t = Tracker(TrackState(100, scripts=(TrackedScript("chk", argv, interval_s=0.02, timeout_s=10, fall=2,
-                                                       weight=-30),)), seen.append)
+    t = Tracker(
+        TrackState(100, scripts=(TrackedScript("chk", argv, interval_s=0.02, timeout_s=10, fall=2, weight=-30),)),
+        seen.append,
+    )
     t.prime()
     t.start()
     try:
@@ -178,8 +186,7 @@ async def test_script_past_its_timeout_fails_and_is_killed(tmp_path: Path, caplo
 
 async def test_script_that_cannot_start_fails_and_is_logged_once(caplog) -> None:  # type: ignore[no-untyped-def]
     seen: list[Outcome] = []
-    t = Tracker(TrackState(100, scripts=(TrackedScript("gone", ("/nonexistent/chk",), interval_s=0.01),)),
-                seen.append)
+    t = Tracker(TrackState(100, scripts=(TrackedScript("gone", ("/nonexistent/chk",), interval_s=0.01),)), seen.append)
     t.prime()
     t.start()
     try:
@@ -195,8 +202,7 @@ async def test_script_that_cannot_start_fails_and_is_logged_once(caplog) -> None
 async def test_stop_kills_a_running_script(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     argv = (sys.executable, "-c", SLEEPER, str(pidfile))
-    t = Tracker(TrackState(100, scripts=(TrackedScript("slow", argv, interval_s=30, timeout_s=60),)),
-                lambda o: None)
+    t = Tracker(TrackState(100, scripts=(TrackedScript("slow", argv, interval_s=30, timeout_s=60),)), lambda o: None)
     t.prime()
     t.start()
     pid = await _pid_from(pidfile)

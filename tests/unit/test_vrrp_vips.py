@@ -20,7 +20,8 @@ class FakeKernel:
     def __init__(self, interfaces: dict[str, list[str]]) -> None:
         self.addrs: dict[str, list[tuple[IPAddress, int]]] = {
             name: [(ipaddress.ip_interface(a).ip, ipaddress.ip_interface(a).network.prefixlen) for a in addrs]
-            for name, addrs in interfaces.items()}
+            for name, addrs in interfaces.items()
+        }
         self.calls: list[tuple] = []
         self.fail: dict[tuple[str, str], int] = {}  # (verb, address) -> errno to refuse with
         self.closed = False
@@ -87,8 +88,10 @@ def test_present_needs_the_same_prefix_and_copes_with_a_missing_interface() -> N
 def test_one_failure_does_not_stop_the_others_and_is_counted() -> None:
     k = FakeKernel({"eth0": [], "eth1": []})
     k.fail["add", "192.0.2.101"] = errno.EPERM
-    vs = VipSet([vip("192.0.2.100/24"), vip("192.0.2.101/24"), vip("198.51.100.1/24", "eth1"),
-                 vip("203.0.113.1/24", "gone0")], ipr=k)
+    vs = VipSet(
+        [vip("192.0.2.100/24"), vip("192.0.2.101/24"), vip("198.51.100.1/24", "eth1"), vip("203.0.113.1/24", "gone0")],
+        ipr=k,
+    )
     with pytest.raises(VipError) as e:
         vs.acquire()
     msg = str(e.value)

@@ -62,7 +62,9 @@ def clean_registry() -> None:
 @pytest.fixture
 def sysctl(tmp_path: Path) -> Sysctl:
     for fam, ifname, key, value in [
-        ("ipv4", "eth0", "arp_ignore", "0"), ("ipv4", "eth0", "arp_filter", "0"), ("ipv4", "eth0", "arp_announce", "2"),
+        ("ipv4", "eth0", "arp_ignore", "0"),
+        ("ipv4", "eth0", "arp_filter", "0"),
+        ("ipv4", "eth0", "arp_announce", "2"),
         *[("ipv4", n, k, "x") for n in ("vrrp.51", "vrrp6.51", "v2") for k, _ in vmac.VMAC_IPV4_PARAMS],
         *[("ipv6", n, k, "x") for n in ("vrrp.51", "vrrp6.51", "v2") for k in ("disable_ipv6", "addr_gen_mode")],
     ]:
@@ -84,7 +86,11 @@ def test_created_in_private_mode_configured_and_deleted_at_close(sysctl: Sysctl)
     assert r.calls[0] == ("add", "vrrp.51", 2, MAC51, rtnl.MACVLAN_MODE_PRIVATE)
     assert r.calls[-1] == ("up", "vrrp.51", True)
     assert {k: sysctl.read(4, "vrrp.51", k) for k, _ in vmac.VMAC_IPV4_PARAMS} == {
-        "arp_ignore": "1", "accept_local": "1", "rp_filter": "0", "promote_secondaries": "1"}
+        "arp_ignore": "1",
+        "accept_local": "1",
+        "rp_filter": "0",
+        "promote_secondaries": "1",
+    }
     assert sysctl.read(6, "vrrp.51", "disable_ipv6") == "1"  # no IPv6 from a MAC both directors carry
     assert [sysctl.read(4, "eth0", k) for k in ("arp_ignore", "arp_filter", "arp_announce")] == ["1", "1", "2"]
     v.close()
@@ -104,13 +110,15 @@ def test_existing_matching_macvlan_is_used_and_left(sysctl: Sysctl) -> None:
     assert not any(c[0] == "del" for c in r.calls) and "vrrp.51" in r.links
 
 
-@pytest.mark.parametrize("link, what", [
-    (Link(7, "vrrp.51", 0, b"\1" * 6, 2, None, None), "is not a macvlan"),
-    (Link(7, "vrrp.51", 0, bytes.fromhex("00005e000134"), 2, "macvlan", 1), "another parent or with another MAC"),
-    (Link(7, "vrrp.51", 0, MAC51, 3, "macvlan", 1), "another parent or with another MAC"),
-])
-def test_a_foreign_interface_of_that_name_is_a_clear_error_and_untouched(sysctl: Sysctl, link: Link,
-                                                                          what: str) -> None:
+@pytest.mark.parametrize(
+    "link, what",
+    [
+        (Link(7, "vrrp.51", 0, b"\1" * 6, 2, None, None), "is not a macvlan"),
+        (Link(7, "vrrp.51", 0, bytes.fromhex("00005e000134"), 2, "macvlan", 1), "another parent or with another MAC"),
+        (Link(7, "vrrp.51", 0, MAC51, 3, "macvlan", 1), "another parent or with another MAC"),
+    ],
+)
+def test_a_foreign_interface_of_that_name_is_a_clear_error_and_untouched(sysctl: Sysctl, link: Link, what: str) -> None:
     r = FakeRtnl({"vrrp.51": link})
     with pytest.raises(VmacError, match=what) as e:
         Vmac(VmacSpec("vrrp.51"), "eth0", 51, 4, rtnl=r, sysctl=sysctl).open()

@@ -77,15 +77,18 @@ def test_mapping_names_the_interface_and_xmit_base(tmp_path: Path) -> None:
     assert load(tmp_path, "      vmac: {}\n").vrrp.instances[0].vmac == VmacConfig("vrrp.51", False)
 
 
-@pytest.mark.parametrize("value, what", [
-    ("yes please", "vmac"),
-    ("{interface: a-name-longer-than-15}", "bad interface name"),
-    ("{interface: 'a/b'}", "bad interface name"),
-    ("{interface: 'a b'}", "bad interface name"),
-    ("{interface: eth0}", "must not be the instance's interface"),
-    ("{iface: x}", "unknown key 'iface'"),
-    ("{xmit_base: maybe}", "xmit_base"),
-])
+@pytest.mark.parametrize(
+    "value, what",
+    [
+        ("yes please", "vmac"),
+        ("{interface: a-name-longer-than-15}", "bad interface name"),
+        ("{interface: 'a/b'}", "bad interface name"),
+        ("{interface: 'a b'}", "bad interface name"),
+        ("{interface: eth0}", "must not be the instance's interface"),
+        ("{iface: x}", "unknown key 'iface'"),
+        ("{xmit_base: maybe}", "xmit_base"),
+    ],
+)
 def test_bad_vmac_values_are_clear_errors(tmp_path: Path, value: str, what: str) -> None:
     msg = errors(tmp_path, f"      vmac: {value}\n")
     assert "vmac" in msg and what in msg
@@ -99,8 +102,10 @@ def test_unicast_needs_xmit_base(tmp_path: Path) -> None:
 
 
 def test_two_instances_on_one_vmac_interface_is_an_error(tmp_path: Path) -> None:
-    second = ("      vmac: {interface: v1}\n    - {name: VI_2, interface: eth0, vrid: 52, vips: [10.0.0.101/24], "
-              "vmac: {interface: v1}}\n")
+    second = (
+        "      vmac: {interface: v1}\n    - {name: VI_2, interface: eth0, vrid: 52, vips: [10.0.0.101/24], "
+        "vmac: {interface: v1}}\n"
+    )
     assert "also the vmac of instance 'VI_1'" in errors(tmp_path, second)
 
 

@@ -37,12 +37,16 @@ class StubChecker:
         self.type = type_
 
     def parse_spec(self, raw: Mapping[str, Any]) -> StubSpec:
-        errors = [SpecError(f"unknown key for a {self.type} check; valid: {', '.join(sorted(KEYS[self.type]))}", k)
-                  for k in raw if k not in KEYS[self.type]]
+        errors = [
+            SpecError(f"unknown key for a {self.type} check; valid: {', '.join(sorted(KEYS[self.type]))}", k)
+            for k in raw
+            if k not in KEYS[self.type]
+        ]
         for i, status in enumerate(raw.get("expect_status", []) or []):
             if not re.fullmatch(r"\d{3}(-\d{3})?", str(status)):
-                errors.append(SpecError("expected a status code or range such as 200 or 200-299",
-                                        f"expect_status[{i}]"))
+                errors.append(
+                    SpecError("expected a status code or range such as 200 or 200-299", f"expect_status[{i}]")
+                )
         for name, value in (raw.get("headers") or {}).items():
             if not isinstance(value, str):
                 errors.append(SpecError("a header value must be a string", f"headers.{name}"))
