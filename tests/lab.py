@@ -30,17 +30,44 @@ from typing import Any
 
 
 def lvs_ha_command() -> str:
-    """The ``lvs-ha`` console script of the install these tests run on (beside the interpreter, as pip puts it in a
-    virtualenv): tests run the product as an operator does, never ``python -m`` with a path added."""
+    """The ``lvs-ha`` console script of the install these tests run on, refused unless that install is what an
+    operator's would be: a virtualenv (the script beside its interpreter, as pip puts it) whose base Python cannot
+    import lvs-ha by itself, so nothing can pass because the project or its dependencies sit in a global
+    site-packages. Tests run the product through it, never ``python -m`` with a path added."""
     exe = Path(sys.executable).parent / "lvs-ha"
     if not exe.exists():
         raise RuntimeError(
             f"no lvs-ha console script beside {sys.executable}: install the project (make deps creates .venv with it)"
         )
+    if sys.prefix == sys.base_prefix:
+        raise RuntimeError(
+            f"{sys.executable} is not a virtualenv: run the tests from one (make deps creates .venv on Debian's "
+            "/usr/bin/python3), so that the product runs as an operator's install runs it"
+        )
+    base = getattr(sys, "_base_executable", "") or os.path.join(sys.base_prefix, "bin", "python3")
+    leak = subprocess.run([base, "-I", "-c", "import ha.vrrp"], capture_output=True, env={}, timeout=60)
+    if leak.returncode == 0:
+        raise RuntimeError(
+            f"the virtualenv's base Python {base} imports lvs-ha by itself (a global install): tests would not see "
+            "an install that lacks something; use a virtualenv on a base Python without lvs-ha (Debian's python3)"
+        )
     return str(exe)
 
 
 LVS_HA = lvs_ha_command()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a killed child not yet reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def pid_from(path: Path, timeout: float = 20.0) -> int:
+    """The pid a started process wrote into ``path`` (waits for a non-empty file)."""
+    return int(await await_for(lambda: path.exists() and path.read_text().strip(), timeout, what=f"a pid in {path}"))
 
 
 class LabUnavailable(RuntimeError):
