@@ -7,77 +7,26 @@ no PYTHONPATH), one control socket per director; roles and counters are read fro
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.lab import Host, Lab, wait_for
+from ha.cli.ctl import DaemonUnreachable, Refused, request
+from tests.lab import LVS_HA, Host, Lab, wait_for
 
 NET = "192.168.77"
 VIP = f"{NET}.100"
 
 
-def lvs_ha_executable() -> Path:
-    """The ``lvs-ha`` console script of the running install (next to ``sys.executable``)."""
-    exe = Path(sys.executable).parent / "lvs-ha"
-    if not os.access(exe, os.X_OK):
-        raise RuntimeError(
-            f"no lvs-ha console script at {exe}: install the project into {sys.executable}'s "
-            "environment first (deploy/install-deps.sh runs `pip install -e .[test]`)"
-        )
-    return exe
-
-
 def operator_env() -> dict[str, str]:
     """The environment an operator's shell gives ``lvs-ha``: ours without PYTHONPATH (the install must be enough)."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-
-
-class ApiError(Exception):
-    """The daemon's control API did not answer, or answered with an error status."""
-
-
-def api_request(
-    sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0
-) -> tuple[int, bytes]:
-    """One HTTP/1.0 exchange with the daemon's control socket: (status, body). Raises ApiError if nobody answers."""
-    data = json.dumps(body).encode() if body is not None else b""
-    head = (
-        f"{method} {url} HTTP/1.0\r\nHost: lvs-ha\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    ).encode()
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(sock))
-            s.sendall(head + data)
-            chunks = []
-            while chunk := s.recv(1 << 20):
-                chunks.append(chunk)
-    except OSError as e:
-        raise ApiError(f"{sock}: {e}") from e
-    raw = b"".join(chunks)
-    header, sep, payload = raw.partition(b"\r\n\r\n")
-    parts = header.split(b" ", 2)
-    if not sep or len(parts) < 2 or not parts[1].isdigit():
-        raise ApiError(f"{sock}: bad answer {raw[:80]!r}")
-    return int(parts[1]), payload
-
-
-def api_json(sock: str | Path, method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-    status, payload = api_request(sock, method, url, body, timeout)
-    if status >= 300:
-        raise ApiError(f"{method} {url}: HTTP {status}: {payload.decode(errors='replace').strip()}")
-    return json.loads(payload)
 
 
 _SAMPLE = re.compile(r"^(lvs_ha_vrrp_\w+?)(?:_total)?\{([^}]*)\}\s+(\S+)$")
@@ -164,7 +113,7 @@ class LvsHa:
         **cfg: Any,
     ) -> None:
         self.lab, self.host, self.name = lab, host, name
-        self.exe = Path(lvs_ha) if lvs_ha is not None else lvs_ha_executable()
+        self.exe = Path(lvs_ha if lvs_ha is not None else LVS_HA)
         if not os.access(self.exe, os.X_OK):
             raise RuntimeError(f"{self.exe} is not an executable lvs-ha")
         self.dir = workdir / name
@@ -195,8 +144,8 @@ class LvsHa:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name}: lvs-ha exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-            with contextlib.suppress(ApiError):
-                return api_request(self.socket, "GET", "/v1/status")[0] == 200
+            with contextlib.suppress(DaemonUnreachable, Refused):
+                return bool(request(str(self.socket), "GET", "/v1/status", timeout=5.0))
             return False
 
         wait_for(up, timeout, 0.05, f"{self.name}'s control API")
@@ -223,13 +172,13 @@ class LvsHa:
 
     # -- the control API ---------------------------------------------------------------------------------------
     def api(self, method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-        return api_json(self.socket, method, url, body, timeout)
+        return request(str(self.socket), method, url, body, timeout)
 
     def instances(self) -> list[dict[str, Any]]:
         """The VRRP instances of ``GET /v1/status`` ([] while the daemon does not answer)."""
         try:
             doc = self.api("GET", "/v1/status")
-        except (ApiError, ValueError):
+        except (DaemonUnreachable, Refused):
             return []
         return list(doc.get("instances") or []) if isinstance(doc, dict) else []
 
@@ -241,10 +190,10 @@ class LvsHa:
         if not insts:
             return []
         try:
-            status, payload = api_request(self.socket, "GET", "/metrics")
-        except ApiError:
+            text = request(str(self.socket), "GET", "/metrics", raw_text=True)
+        except (DaemonUnreachable, Refused):
             return []
-        counters = vrrp_counters(payload.decode(errors="replace")) if status == 200 else {}
+        counters = vrrp_counters(text)
         return [{**i, "effective_priority": i["priority"], "counters": counters.get(i["name"], {})} for i in insts]
 
     def role(self) -> str | None:

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.lab import Host, Lab, wait_for
-from tests.vrrp_helpers import NET, VIP, api_request, has_vip, lvs_ha_executable, operator_env
+from ha.cli.ctl import request
+from tests.lab import LVS_HA, Host, Lab, wait_for
+from tests.vrrp_helpers import NET, VIP, has_vip, operator_env
 
 
 def write_config(tmp: Path, name: str, priority: int) -> Path:
@@ -62,7 +63,7 @@ class Director:
         self.sock = str(tmp / name / "api.sock")
         self.log_path = tmp / f"{name}.log"
         self.proc: subprocess.Popen[Any] | None = None
-        self.exe = lvs_ha_executable()
+        self.exe = LVS_HA
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -120,9 +121,7 @@ def test_two_directors_election_failover_and_stop(lab: Lab, tmp_path: Path) -> N
     assert any(line.startswith("VI_1") and "MASTER" in line for line in table.splitlines()), table
 
     # metrics: the role, and the advert timer's lateness histogram fed by the engine
-    code, body = api_request(d1.sock, "GET", "/metrics")
-    assert code == 200, body
-    text = body.decode()
+    text = request(str(d1.sock), "GET", "/metrics", raw_text=True)
     samples = {
         (smp.name, tuple(sorted(smp.labels.items()))): smp.value
         for fam in text_string_to_metric_families(text)

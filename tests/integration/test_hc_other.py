@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from healthchecks.base import CheckResult, Target
 from healthchecks.registry import default_registry
 from healthchecks.runner import run_check
 from tests.integration.test_hc_servers import closed_port, tcp_server, udp_server
+from tests.lab import pid_alive
 
 REG = default_registry()
 
@@ -114,18 +114,6 @@ async def test_exec_exit_status_weight_and_env(tmp_path: Path) -> None:
     assert not missing.ok and "cannot run" in missing.reason
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purpose
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("outer", [False, True])
 async def test_exec_timeout_kills_the_process_group(tmp_path: Path, outer: bool) -> None:
     pidfile = tmp_path / "child.pid"
@@ -143,7 +131,7 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path, outer: bool)
         assert loop.time() < deadline
         await asyncio.sleep(0.01)
     pid = int(pidfile.read_text())
-    while _alive(pid):
+    while pid_alive(pid):
         assert loop.time() < deadline, "the background child survived"
         await asyncio.sleep(0.01)
 

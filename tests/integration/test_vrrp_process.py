@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab import Lab, wait_for
+from tests.lab import Lab, pid_alive, wait_for
 from tests.vrrp_helpers import NET, VIP, has_vip
 
 PRELUDE = textwrap.dedent(f"""
@@ -111,14 +111,6 @@ def _spawn(lab: Lab, host: Any, script: str, log: Path) -> tuple[subprocess.Pope
     return p, first
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     d1 = lab.host("d1", [f"{NET}.11/24"])
     log = tmp_path / "d1.log"
@@ -151,7 +143,7 @@ def test_engine_process_lifecycle(lab: Lab, tmp_path: Path) -> None:
     assert any(e["instance"] == "VI_1" and e["new"] == "MASTER" for e in third["events"]), third["events"]
     assert p.wait(20) == 0
     assert not has_vip(d1)
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     # the child's log records reached the parent's logging
     assert "VRRP engine process" in log.read_text()
 
@@ -166,7 +158,7 @@ def test_orphaned_engine_process_releases_vips_and_exits(lab: Lab, tmp_path: Pat
     wait_for(lambda: has_vip(d1), 10, what="VIP on d1")
     os.kill(p.pid, signal.SIGKILL)  # the owner dies without a word; only its engine process remains
     p.wait(10)
-    wait_for(lambda: not _alive(pid), 20, what="engine process exits after its parent died")
+    wait_for(lambda: not pid_alive(pid), 20, what="engine process exits after its parent died")
     assert not has_vip(d1)
 
 
@@ -203,7 +195,7 @@ def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> 
     assert p.stdout is not None and p.stdin is not None
     old = int(first["pid"])
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: not _alive(old), 10, what="the engine process is gone")
+    wait_for(lambda: not pid_alive(old), 10, what="the engine process is gone")
     p.stdin.write("go\n")
     p.stdin.flush()
     second = _record(p, log)

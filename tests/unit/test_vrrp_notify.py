@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ha.vrrp.notify as notify_mod
 from ha.vrrp.notify import Notification, Notifier, commands_for
-from tests.lab import await_for
+from tests.lab import await_for, pid_alive, pid_from
 
 WRITE_ENV = (
     "import os,sys; e=os.environ; "
@@ -21,18 +21,6 @@ HANG = (
     "import os,sys,time; open(sys.argv[1]+'.tmp','w').write(str(os.getpid())); "
     "os.rename(sys.argv[1]+'.tmp', sys.argv[1]); time.sleep(60)"
 )
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-async def _pid_from(path: Path, timeout: float = 20.0) -> int:
-    return int(await await_for(lambda: path.exists() and path.read_text().strip(), timeout, what=f"a pid in {path}"))
 
 
 def test_commands_for_state_then_any() -> None:
@@ -84,16 +72,16 @@ async def test_a_hung_command_does_not_delay_the_next_one(tmp_path: Path) -> Non
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     n.notify(Notification((sys.executable, "-c", HANG, str(pidfile)), "VI_1", "MASTER", 150))
-    hung = await _pid_from(pidfile)
+    hung = await pid_from(pidfile)
     n.notify(Notification((sys.executable, "-c", WRITE_ENV, str(out)), "VI_1", "BACKUP", 100))
     await await_for(lambda: n.completed == 1, 20, what="the next notify command to finish")
     assert out.read_text() == "VI_1 BACKUP 100 -\n"
-    assert _alive(hung) and n.running == 1 and n.timed_out == 0  # the first one still hangs
+    assert pid_alive(hung) and n.running == 1 and n.timed_out == 0  # the first one still hangs
     assert loop.time() - t0 < 3.0, "the test machine is too slow for this test's timeout"
     # stop: the hung command is awaited up to its timeout, then killed and reaped: it does not outlive the notifier
     await n.stop()
     assert 3.0 <= loop.time() - t0 < 10
-    assert not _alive(hung) and n.running == 0 and n.timed_out == 1
+    assert not pid_alive(hung) and n.running == 0 and n.timed_out == 1
 
 
 async def test_a_command_past_its_timeout_is_killed_with_its_group(tmp_path: Path) -> None:
@@ -105,11 +93,11 @@ async def test_a_command_past_its_timeout_is_killed_with_its_group(tmp_path: Pat
     )
     n = Notifier(timeout_s=1.0)
     n.notify(Notification((sys.executable, "-c", script, HANG, str(pidfile), str(grandchild)), "VI_1", "MASTER", 1))
-    pid, gpid = await _pid_from(pidfile), await _pid_from(grandchild)
+    pid, gpid = await pid_from(pidfile), await pid_from(grandchild)
     assert await n.wait_idle(30)
     assert n.timed_out == 1 and n.completed == 0
-    assert not _alive(pid)
-    await await_for(lambda: not _alive(gpid), 10, what="the grandchild killed with the group")
+    assert not pid_alive(pid)
+    await await_for(lambda: not pid_alive(gpid), 10, what="the grandchild killed with the group")
     await n.stop()
 
 

@@ -15,7 +15,7 @@ from ha.vrrp.track import (
     read_int_file,
     run_script,
 )
-from tests.lab import await_for
+from tests.lab import await_for, pid_alive, pid_from
 
 
 def test_interface_weight_zero_means_fault_and_weight_changes_priority() -> None:
@@ -82,19 +82,6 @@ async def test_run_script_exit_status_timeout_and_start_failure() -> None:
     assert loop.time() - t0 < 10  # killed at its timeout, not waited for
     why = await run_script(["/nonexistent/cmd"], 1)
     assert why is not None and why.startswith("cannot start") and "/nonexistent/cmd" in why
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-async def _pid_from(path: Path, timeout: float = 20.0) -> int:
-    text = await await_for(lambda: path.exists() and path.read_text().strip(), timeout, what=f"a pid in {path}")
-    return int(text)
 
 
 SLEEPER = (
@@ -172,11 +159,11 @@ async def test_script_past_its_timeout_fails_and_is_killed(tmp_path: Path, caplo
     t.prime()
     t.start()
     try:
-        pid = await _pid_from(pidfile)
+        pid = await pid_from(pidfile)
         assert t.running == 1
         await await_for(lambda: seen, 20, what="the timed-out script counted as a failure")
         assert seen[-1] == Outcome(100, "script slow failing")
-        assert not _alive(pid)  # killed, and reaped by the loop
+        assert not pid_alive(pid)  # killed, and reaped by the loop
         assert t.running == 0
         assert "timed out after 1 s (killed)" in caplog.text
     finally:
@@ -205,10 +192,10 @@ async def test_stop_kills_a_running_script(tmp_path: Path) -> None:
     t = Tracker(TrackState(100, scripts=(TrackedScript("slow", argv, interval_s=30, timeout_s=60),)), lambda o: None)
     t.prime()
     t.start()
-    pid = await _pid_from(pidfile)
-    assert _alive(pid)
+    pid = await pid_from(pidfile)
+    assert pid_alive(pid)
     t.stop()
     await t.wait_closed()
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     assert t.running == 0
     assert not os.path.exists(f"/proc/{pid}")  # reaped, not left a zombie
