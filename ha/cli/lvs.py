@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ha.cli import print_problem
@@ -98,21 +99,32 @@ def _owned(config: Config) -> frozenset[ServiceKey]:
         return frozenset()
 
 
-async def _plan(args: argparse.Namespace) -> int:
+async def _on_backend(
+    args: argparse.Namespace, verb: str, body: Callable[[Config, Dataplane, State], Awaitable[int]]
+) -> int:
+    """Load the config, open its backend and dump it, then ``body(config, backend, actual)``; the backend is closed
+    after. A config or backend that cannot be used is printed and gives the exit code."""
     config, rc = _load_config(args.config)
     if config is None:
         return rc
     try:
         dp = await _open(config, getattr(args, "dataplane", None))
     except BackendUnavailable as e:
-        print(f"lvs-ha plan: {e}", file=sys.stderr)
+        print(f"lvs-ha {verb}: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         try:
             actual = await dp.dump()
         except DataplaneError as e:
-            print(f"lvs-ha plan: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
+            print(f"lvs-ha {verb}: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
             return EXIT_UNAVAILABLE
+        return await body(config, dp, actual)
+    finally:
+        await dp.close()
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    async def show(config: Config, dp: Dataplane, actual: State) -> int:
         desired, dropped = within_capabilities(_desired(config), dp.capabilities)
         for what in dropped:
             print(
@@ -122,28 +134,14 @@ async def _plan(args: argparse.Namespace) -> int:
         p = plan(desired, actual, owned, max_remove_share=config.lvs.max_remove_share)
         _print_plan(p, actual, dp.name, owned, desired, bool(getattr(args, "json", False)), "plan")
         return EXIT_OK
-    finally:
-        await dp.close()
+
+    return await _on_backend(args, "plan", show)
 
 
 async def _apply(args: argparse.Namespace) -> int:
-    config, rc = _load_config(args.config)
-    if config is None:
-        return rc
-    try:
-        dp = await _open(config, getattr(args, "dataplane", None))
-    except BackendUnavailable as e:
-        print(f"lvs-ha apply: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    try:
-        store = OwnedStore.in_dir(config.node.state_dir)
-        rec = Reconciler(dp, store, max_remove_share=config.lvs.max_remove_share)
+    async def program(config: Config, dp: Dataplane, actual: State) -> int:
+        rec = Reconciler(dp, OwnedStore.in_dir(config.node.state_dir), max_remove_share=config.lvs.max_remove_share)
         rec.set_desired(_desired(config), force=bool(getattr(args, "force", False)))
-        try:
-            actual = await dp.dump()
-        except DataplaneError as e:
-            print(f"lvs-ha apply: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
         owned_before = rec.owned
         result = await rec.sync()
         if result.plan is not None:
@@ -156,8 +154,8 @@ async def _apply(args: argparse.Namespace) -> int:
             print(f"lvs-ha apply: programmed, but {rec.stats.last_error}", file=sys.stderr)
             return EXIT_FAIL
         return EXIT_OK
-    finally:
-        await dp.close()
+
+    return await _on_backend(args, "apply", program)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
