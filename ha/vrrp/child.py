@@ -156,26 +156,21 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
             chan.send(("exiting", "SIGTERM"))
             stop.set()
 
-    async def call(rid: int, method: str, args: tuple[Any, ...]) -> None:
+    def call(rid: int, method: str, args: tuple[Any, ...]) -> None:
+        """Every engine method runs to its end on the loop: the reply goes out at once."""
         try:
             if method not in METHODS:
                 raise EngineError(f"unknown request {method!r}")
-            result = getattr(engine, method)(*args)
-            if asyncio.iscoroutine(result):
-                result = await result
-            chan.send(("reply", rid, True, result))
+            chan.send(("reply", rid, True, getattr(engine, method)(*args)))
         except Exception as e:
             chan.send(("reply", rid, False, str(e)))
 
     async def read_requests() -> None:
-        tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 msg = await read_msg(reader)
                 if msg[0] == "call":
-                    t = loop.create_task(call(msg[1], msg[2], tuple(msg[3])))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
+                    call(msg[1], msg[2], tuple(msg[3]))
                 elif msg[0] == "stop":
                     how.update(id=msg[1], handover=bool(msg[2]), timeout_s=msg[3])
                     break

@@ -145,18 +145,7 @@ class VrrpEngine:
         self._syncgroups: dict[str, SyncGroup] = {}
         self._stopping = False
         self._running = False
-
-    # -- the netlink seam -----------------------------------------------------------------------------------
-    def _netlink(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run one netlink call (address dumps at start) now, on the loop, and give its outcome as a done future.
-        ``ha.vrrp.rtnl`` talks to the local kernel, which answers within a millisecond: no thread is needed."""
-        assert self.loop is not None
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        try:
-            fut.set_result(fn(*args))
-        except Exception as e:
-            fut.set_exception(e)
-        return fut
+        self._retiring: set[asyncio.Task[None]] = set()  # retired instances releasing their VIPs
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -169,7 +158,7 @@ class VrrpEngine:
             if len(names) != len(self.specs):
                 raise EngineError("instance names must be unique")
             for spec in self.specs:
-                self._instances[spec.name] = await self._open(spec)
+                self._instances[spec.name] = self._open(spec)
             self._set_groups(self.groups)
         except BaseException as e:
             await self._close_all()
@@ -250,9 +239,7 @@ class VrrpEngine:
         inst.tracker.start()
 
     # -- reload ---------------------------------------------------------------------------------------------
-    async def reconfigure(
-        self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None
-    ) -> dict[str, list[str]]:
+    def reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
         """Apply a new set of instances without a restart: unchanged instances carry on untouched; changes to
         tracking, notify, authentication or priority apply in place (role kept); new instances start; removed ones
         stop (priority-0 advert, VIPs released); any other change replaces the instance (a master hands over)."""
@@ -268,7 +255,7 @@ class VrrpEngine:
             for name, spec in new.items():
                 cur = self._instances.get(name)
                 if cur is None or (cur.spec != spec and not _live_change(cur.spec, spec)):
-                    opened[name] = await self._open(spec)
+                    opened[name] = self._open(spec)
         except BaseException:
             for inst in opened.values():
                 self._discard(inst)
@@ -318,7 +305,9 @@ class VrrpEngine:
         if inst.driver.announcer is not None:
             inst.driver.announcer.close()
         assert self.loop is not None
-        self.loop.create_task(self._close_vips(inst))
+        task = self.loop.create_task(self._close_vips(inst))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @staticmethod
     async def _close_vips(inst: _Instance) -> None:
@@ -327,17 +316,17 @@ class VrrpEngine:
         if inst.vmac is not None:
             inst.vmac.close()  # after the VIPs: deleted if we created it and no other instance uses it
 
-    async def _open(self, spec: InstanceSpec) -> _Instance:
+    def _open(self, spec: InstanceSpec) -> _Instance:
         vip_ips = tuple(v.address.ip for v in spec.vips)
         advert_ips = tuple(ip for ip in vip_ips if ip.version == spec.family)
         vmac = None
         sock_if = spec.interface
         if spec.vmac is not None:  # created before the VIPs' leftovers are looked for on it; up in every role
             vmac = Vmac(spec.vmac, spec.interface, spec.vrid, spec.family)
-            await self._netlink(vmac.open)
+            vmac.open()
             sock_if = spec.interface if spec.vmac.xmit_base else vmac.name
         try:
-            inst = await self._open_on(spec, sock_if, vip_ips, advert_ips)
+            inst = self._open_on(spec, sock_if, vip_ips, advert_ips)
         except BaseException:
             if vmac is not None:
                 vmac.close()
@@ -345,12 +334,12 @@ class VrrpEngine:
         inst.vmac = vmac
         return inst
 
-    async def _open_on(
+    def _open_on(
         self, spec: InstanceSpec, sock_if: str, vip_ips: tuple[IPAddress, ...], advert_ips: tuple[IPAddress, ...]
     ) -> _Instance:
         vips = VipSet(spec.vips)
         # we start as non-master: VIPs of ours left by a previous run go
-        leftover = await self._netlink(vips.release)
+        leftover = vips.release()  # rtnetlink: the local kernel answers at once
         if leftover:
             log.warning(
                 "instance=%s removed %d leftover VIP(s) at start: %s",
@@ -361,7 +350,7 @@ class VrrpEngine:
         sock = VrrpSocket(
             spec.family, sock_if, source=spec.unicast_source, peers=spec.unicast_peers, addr_ifname=spec.interface
         )
-        await self._netlink(sock.open, vip_ips)  # reads the interface's addresses through netlink
+        sock.open(vip_ips)  # reads the interface's addresses through rtnetlink
         announcer = Announcer([(v.address.ip, v.interface) for v in spec.vips], announce.announcement_frame)
         try:
             announcer.open()
@@ -424,6 +413,8 @@ class VrrpEngine:
                 inst.driver.announcer.close()
         for inst in self._instances.values():
             await self._close_vips(inst)
+        if self._retiring:
+            await asyncio.wait(set(self._retiring))
         for inst in self._instances.values():
             await inst.tracker.wait_closed()  # running track scripts were killed: reaped before we return
 

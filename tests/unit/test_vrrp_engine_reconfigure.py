@@ -67,7 +67,7 @@ class FakeVips:
 def _engine(spec: InstanceSpec) -> VrrpEngine:
     eng = VrrpEngine([spec])
 
-    async def fake_open(spec: InstanceSpec) -> _Instance:
+    def fake_open(spec: InstanceSpec) -> _Instance:
         machine = VrrpMachine(
             Settings(vrid=spec.vrid, priority=spec.priority, advert_interval_s=1.0, primary_address=ME)
         )
@@ -108,14 +108,14 @@ def test_replayed_advert_rejected_after_a_reconfigure_with_the_same_keys() -> No
         assert d.adverts_received == 1 and d.role.value == "BACKUP"
         auth = d.auth
         # a live change (priority) with the same keys: the same authenticator and its replay state go on
-        out = await eng.reconfigure([dataclasses.replace(spec, priority=120)])
+        out = eng.reconfigure([dataclasses.replace(spec, priority=120)])
         assert out["updated"] == ["VI_1"] and eng._instances["VI_1"] is inst
         assert d.auth is auth
         sock.queue.append(captured)
         d._on_readable()
         assert d.errors["replay"] == 1 and d.adverts_received == 1
         # new keys: a new authenticator (the old counters mean nothing for them)
-        await eng.reconfigure([dataclasses.replace(spec, priority=120, hmac_keys=(KEY2, KEY))])
+        eng.reconfigure([dataclasses.replace(spec, priority=120, hmac_keys=(KEY2, KEY))])
         assert d.auth is not auth and d.auth is not None
         assert eng.status()[0]["priority"] == 120
         await eng.stop(handover=False)
