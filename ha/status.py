@@ -32,6 +32,8 @@ class InstanceView:
     reason: str = ""
     vrid: int | None = None
     vips: tuple[str, ...] = ()
+    interface: str | None = None
+    vmac: str | None = None  # "vrrp.51 00:00:5e:00:01:33": the VIPs live on this macvlan (``vmac: true``)
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ def _shell(cfg: Config, v: Views) -> dict[str, Any]:
                 "reason": i.reason,
                 "vrid": i.vrid,
                 "vips": list(i.vips),
+                "interface": i.interface,
+                "vmac": i.vmac,
             }
             for i in v.instances
         ],

@@ -161,10 +161,14 @@ def format_status(cfg: Config, v: Views, memo: TableMemo | None = None) -> str:
     lines.extend(f"WARNING: {w}" for w in v.warnings)
     if instances:
         lines.append("")
-        lines += _table(
-            [("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON")]
-            + [(i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances]
-        )
+        rows = [(i.name, i.role, str(i.priority), i.master or "-", iso(i.since) or "-", i.reason) for i in instances]
+        if any(i.vmac for i in instances):  # the VIPs of these instances live on a macvlan with the virtual MAC
+            lines += _table(
+                [("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "VMAC", "REASON")]
+                + [(*r[:5], i.vmac or "-", r[5]) for r, i in zip(rows, instances, strict=True)]
+            )
+        else:
+            lines += _table([("INSTANCE", "ROLE", "PRIO", "MASTER", "SINCE", "REASON"), *rows])
     if cfg.services:
         lines.append("")
         lines += _services_table(cfg, v, drained_set, memo if memo is not None else TableMemo())

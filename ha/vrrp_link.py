@@ -161,6 +161,13 @@ def changed_specs(
     return names
 
 
+def _vmac_text(vmac: Any) -> str | None:
+    """The status form of an instance's VMAC: "vrrp.51 00:00:5e:00:01:33"."""
+    if not isinstance(vmac, dict):
+        return None
+    return f"{vmac.get('interface')} {vmac.get('mac')}"
+
+
 class Vrrp:
     """The VRRP engine (its own process, ``ha.vrrp.process``), seen from the daemon's loop: the daemon's interpreter
     lock, long C calls and garbage collection cannot delay adverts there."""
@@ -207,6 +214,8 @@ class Vrrp:
                 str(i.get("last_reason") or ""),
                 i.get("vrid"),
                 tuple(i.get("vips") or ()),
+                i.get("interface"),
+                _vmac_text(i.get("vmac")),
             )
             for i in self._status()
         ]

@@ -29,7 +29,7 @@ from ha.vrrp.notify import Notification, Notifier, commands_for
 from ha.vrrp.syncgroup import SyncGroup
 from ha.vrrp.track import Outcome, TrackedFile, TrackedInterface, TrackedScript, Tracker, TrackState
 from ha.vrrp.vips import Vip, VipSet
-from ha.vrrp.vmac import Vmac, VmacSpec
+from ha.vrrp.vmac import Vmac, VmacSpec, format_mac
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +494,9 @@ class VrrpEngine:
                     "faults": list(m.faults),
                     "vrid": inst.spec.vrid,
                     "interface": inst.spec.interface,
+                    "vmac": None
+                    if inst.vmac is None
+                    else {"interface": inst.vmac.name, "mac": format_mac(inst.vmac.mac), "created": inst.vmac.created},
                     "vips": [str(v.address) for v in inst.spec.vips],
                     "counters": {**d.counters(), "machine": dict(m.counters)},
                 }

@@ -79,6 +79,7 @@ IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_LINK = 5
 IFLA_LINKINFO = 18
+IFLA_IFALIAS = 20
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 IFLA_MACVLAN_MODE = 1
@@ -142,6 +143,7 @@ class Link(NamedTuple):
     parent: int | None
     kind: str | None
     macvlan_mode: int | None
+    alias: str | None = None  # IFLA_IFALIAS (``ip link set NAME alias TEXT``)
 
     @property
     def up(self) -> bool:
@@ -275,6 +277,17 @@ def encode_link_set_up(seq: int, index: int, up: bool) -> bytes:
     return encode_message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
+def encode_link_set_alias(seq: int, index: int, alias: str) -> bytes:
+    """An RTM_NEWLINK request that sets only the alias (IFLA_IFALIAS) of interface ``index``."""
+    if index <= 0:
+        raise ValueError(f"bad interface index {index}")
+    raw = alias.encode()
+    if len(raw) >= 256:  # IFALIASZ
+        raise ValueError(f"interface alias of {len(raw)} bytes (at most 255)")
+    body = IFINFOMSG.pack(AF_UNSPEC, 0, index, 0, 0) + encode_attr(IFLA_IFALIAS, raw + b"\0")
+    return encode_message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
 def encode_link_delete(seq: int, index: int) -> bytes:
     if index <= 0:
         raise ValueError(f"bad interface index {index}")
@@ -377,7 +390,10 @@ def decode_link(payload: bytes) -> Link:
                 if len(raw) != 4:
                     raise _bad(f"IFLA_MACVLAN_MODE of {len(raw)} bytes")
                 mode = struct.unpack("=I", raw)[0]
-    return Link(index, name, flags, attrs.get(IFLA_ADDRESS, b""), parent, kind, mode)
+    alias = None
+    if IFLA_IFALIAS in attrs:
+        alias = attrs[IFLA_IFALIAS].split(b"\0", 1)[0].decode(errors="replace") or None
+    return Link(index, name, flags, attrs.get(IFLA_ADDRESS, b""), parent, kind, mode, alias)
 
 
 def decode_error(msg: Message) -> tuple[int, str | None]:
@@ -521,6 +537,11 @@ class Rtnl:
         index = ifindex_of(link) if isinstance(link, str) else link
         seq = self._next_seq()
         self._request(encode_link_set_up(seq, index, up), seq, what=f"set ifindex {index} {'up' if up else 'down'}")
+
+    def set_link_alias(self, link: int | str, alias: str) -> None:
+        index = ifindex_of(link) if isinstance(link, str) else link
+        seq = self._next_seq()
+        self._request(encode_link_set_alias(seq, index, alias), seq, what=f"set the alias of ifindex {index}")
 
     def del_link(self, link: int | str) -> None:
         """Delete an interface; RtnlError(ENODEV) if it is gone."""

@@ -5,7 +5,12 @@ it, so a failover changes no client's ARP or neighbour cache: the new master's a
 where the MAC now is.
 
 ``Vmac.open()`` creates the macvlan if it is absent (then we own it and ``close()`` deletes it), sets it up and keeps
-it up in every role (the VIPs come and go, the interface stays), and sets the kernel parameters Keepalived sets:
+it up in every role (the VIPs come and go, the interface stays), and sets the kernel parameters Keepalived sets.
+What we create carries the interface alias ``OWNER_ALIAS``: a macvlan left behind by an engine that was killed
+(SIGKILL, OOM, power cut of the process) is found by it at the next start and adopted as ours, so it is deleted at the
+next clean stop; a macvlan somebody else made (Keepalived, an operator) is used as it is and left in place.
+
+The kernel parameters:
 
 * on the macvlan: ``arp_ignore=1`` (answer ARP only for addresses on it: the VIPs, not the parent's addresses),
   ``accept_local=1`` (hear an instance on this host), ``rp_filter=0`` (receive adverts on an interface without an
@@ -38,6 +43,7 @@ from ha.vrrp.rtnl import MACVLAN_MODE_PRIVATE, Rtnl, RtnlError, ifindex_of
 log = logging.getLogger(__name__)
 
 VMAC_PREFIX = bytes.fromhex("00005e00")
+OWNER_ALIAS = "lvs-ha vmac"  # the alias of the macvlans we create (``ip -d link show`` prints it)
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,15 @@ class Vmac:
                     f"({format_mac(link.mac)}, not {format_mac(self.mac)} on {self.parent}); "
                     "delete it or choose another vmac interface name",
                 )
-            if self.name not in _users:
+            if self.name not in _users and link.alias == OWNER_ALIAS:
+                _owned.add(self.name)
+                log.warning(
+                    "vmac %s (%s) was left by an earlier lvs-ha engine that did not stop cleanly: adopted, "
+                    "deleted at stop",
+                    self.name,
+                    format_mac(self.mac),
+                )
+            elif self.name not in _users:
                 log.info(
                     "vmac %s (%s) already exists: used as it is, left in place at stop", self.name, format_mac(self.mac)
                 )
@@ -167,6 +181,11 @@ class Vmac:
             r.add_macvlan(self.name, parent_index, self.mac, MACVLAN_MODE_PRIVATE)
             _owned.add(self.name)
             created = True
+            try:
+                r.set_link_alias(self.name, OWNER_ALIAS)
+            except BaseException:
+                self._delete(r)
+                raise
             log.info("vmac %s created on %s with %s (macvlan, private)", self.name, self.parent, format_mac(self.mac))
         try:
             self._configure(r)

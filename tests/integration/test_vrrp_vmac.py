@@ -99,6 +99,12 @@ def test_failover_needs_no_client_arp_change(lab: Lab, tmp_path: Path, sig: int)
         assert _sysctl(h, "eth0/arp_ignore") == "1"  # the parent answers no ARP for the VIP with its own MAC
     wait_for(lambda: _master_holds_vip_on_vmac(d1), 10, what="VIP on d1's vmac")
     assert VIP not in _addrs(d2, VMAC_IF) | _addrs(d2, "eth0")
+    # and the operator sees it: in the status document and in `lvs-ha status`
+    assert [(i["interface"], i["vmac"]) for i in a.api("GET", "/v1/status")["instances"]] == [
+        ("eth0", f"{VMAC_IF} {VMAC}")
+    ]
+    table = a.cli("status").stdout
+    assert "VMAC" in table and f"{VMAC_IF} {VMAC}" in table, table
 
     # the adverts leave from the VMAC; the client learns the VIP at the virtual MAC
     assert _advert_source_mac(client) == VMAC
@@ -135,6 +141,24 @@ def test_existing_vmac_is_used_and_left_in_place(lab: Lab, tmp_path: Path) -> No
     assert a.stop() == 0
     link = _link(d1, VMAC_IF)
     assert link is not None and VIP not in _addrs(d1, VMAC_IF)  # not ours: kept, without the VIP
+
+
+def test_vmac_left_by_a_killed_director_is_adopted_and_removed_at_the_next_clean_stop(
+    lab: Lab, tmp_path: Path
+) -> None:
+    d1 = lab.host("d1", [f"{NET}.11/24"])
+    a = LvsHa(lab, d1, tmp_path, "d1", 150, extra=ON)
+    a.start().wait_api()
+    wait_for(lambda: _master_holds_vip_on_vmac(d1), 15, what="VIP on the vmac\n" + _diag(a))
+    a.stop(signal.SIGKILL)  # the daemon and its engine: nothing runs its clean-up
+    link = _link(d1, VMAC_IF)
+    assert link is not None and link.get("ifalias") == "lvs-ha vmac", link  # marked as ours
+    again = LvsHa(lab, d1, tmp_path, "d1", 150, extra=ON)
+    again.start().wait_api()
+    wait_for(lambda: again.role() == "MASTER", 15, what="master again\n" + _diag(again))
+    assert "adopted" in again.log(), _diag(again)
+    assert again.stop() == 0
+    wait_for(lambda: _link(d1, VMAC_IF) is None, 10, what="the leftover vmac deleted\n" + _diag(again))
 
 
 def test_vmac_name_taken_by_another_kind_of_interface_is_a_clear_error(lab: Lab, tmp_path: Path) -> None:

@@ -471,6 +471,8 @@ def test_decode_link_reads_name_mac_parent_kind_and_macvlan_mode() -> None:
         rtnl.MACVLAN_MODE_PRIVATE,
     )
     assert link.up
+    aliased = rtnl.decode_link(newlink(1, 8, 0, MACVLAN_ATTRS + attr(rtnl.IFLA_IFALIAS, b"lvs-ha vmac\0"))[16:])
+    assert aliased.alias == "lvs-ha vmac" and link.alias is None
     plain = rtnl.decode_link(newlink(1, 2, 0, attr(rtnl.IFLA_IFNAME, b"eth0\0"))[16:])
     assert (plain.name, plain.kind, plain.parent, plain.macvlan_mode, plain.up) == ("eth0", None, None, None, False)
 
@@ -513,3 +515,13 @@ def test_link_changes_send_their_request_and_raise_the_kernel_errno() -> None:
     with pytest.raises(RtnlError, match=r"create macvlan vrrp\.51") as e:
         scripted(lambda seq: [ack(seq, errno.EEXIST)]).add_macvlan("vrrp.51", 3, b"\0" * 6)
     assert e.value.errno == errno.EEXIST
+
+
+def test_set_alias_request_carries_only_the_alias() -> None:
+    msg = rtnl.encode_link_set_alias(5, 8, "lvs-ha vmac")
+    m = rtnl.parse_messages(msg)[0]
+    assert m.type == rtnl.RTM_NEWLINK and m.seq == 5
+    assert rtnl.IFINFOMSG.unpack_from(m.payload)[2] == 8
+    assert rtnl.parse_attrs(m.payload, rtnl.IFINFOMSG.size) == {rtnl.IFLA_IFALIAS: b"lvs-ha vmac\0"}
+    with pytest.raises(ValueError, match="alias"):
+        rtnl.encode_link_set_alias(5, 8, "x" * 256)

@@ -31,6 +31,10 @@ class FakeRtnl:
         self.calls.append(("add", name, parent, mac, mode))
         self.links[name] = Link(99, name, 0, mac, parent, "macvlan", mode)
 
+    def set_link_alias(self, name: str, alias: str) -> None:
+        self.calls.append(("alias", name, alias))
+        self.links[name] = self.links[name]._replace(alias=alias)
+
     def set_link_up(self, name: str, up: bool) -> None:
         if self.fail_up:
             raise RtnlError(errno.EPERM, "set up: not permitted")
@@ -84,6 +88,7 @@ def test_created_in_private_mode_configured_and_deleted_at_close(sysctl: Sysctl)
     v = Vmac(VmacSpec("vrrp.51"), "eth0", 51, 4, rtnl=r, sysctl=sysctl)
     assert v.open() is True and v.created
     assert r.calls[0] == ("add", "vrrp.51", 2, MAC51, rtnl.MACVLAN_MODE_PRIVATE)
+    assert r.calls[1] == ("alias", "vrrp.51", vmac.OWNER_ALIAS)  # marked as ours, for a restart after a SIGKILL
     assert r.calls[-1] == ("up", "vrrp.51", True)
     assert {k: sysctl.read(4, "vrrp.51", k) for k, _ in vmac.VMAC_IPV4_PARAMS} == {
         "arp_ignore": "1",
@@ -99,6 +104,16 @@ def test_created_in_private_mode_configured_and_deleted_at_close(sysctl: Sysctl)
     assert [sysctl.read(4, "eth0", k) for k in ("arp_ignore", "arp_filter", "arp_announce")] == ["0", "0", "2"]
     v.close()  # twice is harmless
     assert r.calls[-1] == ("del", "vrrp.51")
+
+
+def test_a_macvlan_left_by_a_killed_engine_is_adopted_and_deleted_at_close(sysctl: Sysctl) -> None:
+    left = Link(7, "vrrp.51", 0, MAC51, 2, "macvlan", rtnl.MACVLAN_MODE_PRIVATE, vmac.OWNER_ALIAS)
+    r = FakeRtnl({"vrrp.51": left})
+    v = Vmac(VmacSpec("vrrp.51"), "eth0", 51, 4, rtnl=r, sysctl=sysctl)
+    assert v.open() is False and v.created  # not created now, but ours
+    assert not any(c[0] == "add" for c in r.calls)
+    v.close()
+    assert r.calls[-1] == ("del", "vrrp.51") and "vrrp.51" not in r.links
 
 
 def test_existing_matching_macvlan_is_used_and_left(sysctl: Sysctl) -> None:
