@@ -14,6 +14,20 @@ Contract with the driver:
 * ``receive`` takes adverts that decoded and passed authentication; the machine itself ignores other VRIDs, the other
   version and its own adverts (counted in ``counters``).
 * ``primary_address`` must be set for the tie-break between equal priorities (RFC 5798 §6.4.3).
+
+Spoofed adverts: VRRP without authentication cannot tell a forged advert from a real one, but the machine bounds
+what one can do (each refusal is counted in ``counters``):
+
+* A v3 backup learns Master_Adver_Interval from the master's adverts (RFC 5798 §6.4.2) only within a factor
+  ``PEER_INTERVAL_FACTOR`` of its own interval (a peer configured like us sends our interval; the pair check
+  warns when the two differ). Outside, it keeps the interval it has (``interval_out_of_bounds``): two forged
+  adverts carrying 40.95 s would otherwise leave the pair without a master for over two minutes.
+* A backup honours a priority-0 advert (take over at skew time, or at once) only from the master it has been
+  hearing (``priority_zero_ignored`` otherwise). A real master that resigned goes quiet, so if it advertises
+  again within 3 advert intervals the resignation was false (``priority_zero_contradicted``): priority 0 is then
+  ignored for ``zero_distrust_s``, and a stream of forged resignations causes one takeover and its return, not
+  one per packet. A master that really resigns is taken over from at once, however often.
+* A master answers priority-0 adverts at most once per advert interval (``priority_zero_unanswered``).
 """
 
 from __future__ import annotations
@@ -37,6 +51,11 @@ from ha.vrrp.packet import Advert, IPAddress, VrrpLocalError, interval_to_wire
 
 OWNER_PRIORITY = 255
 MIN_RELEASE_MARGIN_S = 0.02
+# a peer's advert interval is learned only within [ours / factor, ours * factor]
+PEER_INTERVAL_FACTOR = 2.0
+# a master's non-zero advert this many of our advert intervals after its priority-0 advert: the resignation was false
+ZERO_CONTRADICTION_INTERVALS = 3
+ZERO_DISTRUST_S = 60.0
 
 
 class Takeover(enum.Enum):
@@ -70,6 +89,8 @@ class Settings:
     # a master yielding to a higher priority first sends one advert of its own: after a split (both master) the
     # winner may never hear the loser otherwise, and never re-announce (Keepalived: higher_prio_send_advert)
     advert_on_yield: bool = True
+    # after a priority-0 advert turned out false (its sender advertised again at once), ignore priority 0 this long
+    zero_distrust_s: float = ZERO_DISTRUST_S
 
     def __post_init__(self) -> None:
         if isinstance(self.takeover, str):
@@ -83,7 +104,14 @@ class Settings:
         if self.family not in (4, 6) or (self.version == 2 and self.family == 6):
             raise VrrpLocalError(f"family {self.family} with VRRP version {self.version}")
         interval_to_wire(self.version, self.advert_interval_s)  # raises on a value the wire cannot carry
-        for name in ("preempt_delay_s", "startup_delay_s", "hold_s", "garp_refresh_s", "garp_repeat_delay_s"):
+        for name in (
+            "preempt_delay_s",
+            "startup_delay_s",
+            "hold_s",
+            "garp_refresh_s",
+            "garp_repeat_delay_s",
+            "zero_distrust_s",
+        ):
             if getattr(self, name) < 0:
                 raise VrrpLocalError(f"{name} must not be negative")
         if self.primary_address is not None and self.primary_address.version != self.family:
@@ -131,6 +159,10 @@ class VrrpMachine:
         self._resign: _Resign | None = None
         self._hold_until: float | None = None
         self._release_at: float | None = None
+        self._zero_answered_at: float | None = None  # the last time a master answered a priority-0 advert
+        self._zero_from: str | None = None  # the priority-0 advert we acted on: its source and time
+        self._zero_at = 0.0
+        self._distrust_zero_until: float | None = None
 
     # -- read-only status -----------------------------------------------------------------------------------------
 
@@ -220,6 +252,8 @@ class VrrpMachine:
             self.counters["ignored_own"] += 1
             return
         self.counters["received"] += 1
+        if advert.priority > 0 and self._zero_from is not None and self._role in (Role.BACKUP, Role.MASTER):
+            self._check_resignation(source, now)
         if self._role is Role.BACKUP:
             self._backup_receive(advert, source, now)
         elif self._role is Role.MASTER:
@@ -335,10 +369,41 @@ class VrrpMachine:
 
     # -- RFC 5798 §6.4.2 (backup) and §6.4.3 (master) --------------------------------------------------------------
 
+    def _peer_interval_ok(self, interval_s: float) -> bool:
+        ours = self.settings.advert_interval_s
+        return ours / PEER_INTERVAL_FACTOR - 1e-9 <= interval_s <= ours * PEER_INTERVAL_FACTOR + 1e-9
+
+    def _learn_interval(self, advert: Advert) -> None:
+        """RFC 5798 §6.4.2: a v3 backup sets Master_Adver_Interval from the master's advert, within bounds."""
+        if self.settings.version != 3:
+            return
+        if self._peer_interval_ok(advert.max_advert_interval_s):
+            self._master_adver_interval_s = advert.max_advert_interval_s
+        else:
+            self.counters["interval_out_of_bounds"] += 1
+
+    def _honour_resignation(self, source: IPAddress, now: float) -> bool:
+        if self._master is None or str(source) != self._master:
+            return False
+        return self._distrust_zero_until is None or now >= self._distrust_zero_until
+
+    def _check_resignation(self, source: IPAddress, now: float) -> None:
+        """A non-zero advert after a priority-0 one we acted on: from its sender, and soon, it was false."""
+        if now - self._zero_at >= ZERO_CONTRADICTION_INTERVALS * self.settings.advert_interval_s:
+            self._zero_from = None
+        elif str(source) == self._zero_from:
+            self._zero_from = None
+            self.counters["priority_zero_contradicted"] += 1
+            self._distrust_zero_until = now + self.settings.zero_distrust_s
+
     def _backup_receive(self, advert: Advert, source: IPAddress, now: float) -> None:
         s = self.settings
         if advert.priority == 0:
             self.counters["priority_zero"] += 1
+            if not self._honour_resignation(source, now):
+                self.counters["priority_zero_ignored"] += 1
+                return
+            self._zero_from, self._zero_at = str(source), now
             self._master, self._master_priority = None, 0
             if s.takeover is Takeover.IMMEDIATE:
                 self._become_master(f"{source} resigned (priority 0), immediate takeover", now)
@@ -358,8 +423,7 @@ class VrrpMachine:
         self._accept(advert, source, now)
 
     def _accept(self, advert: Advert, source: IPAddress, now: float, keep_preempt: bool = False) -> None:
-        if self.settings.version == 3:
-            self._master_adver_interval_s = advert.max_advert_interval_s
+        self._learn_interval(advert)
         self._down_at = now + self.master_down_interval_s
         self._master, self._master_priority = str(source), advert.priority
         if not keep_preempt:
@@ -369,6 +433,10 @@ class VrrpMachine:
         s = self.settings
         if advert.priority == 0:
             self.counters["priority_zero"] += 1
+            if self._zero_answered_at is not None and now - self._zero_answered_at < s.advert_interval_s:
+                self.counters["priority_zero_unanswered"] += 1
+                return
+            self._zero_answered_at = now
             self._emit(SendAdvert(self._priority))
             self._advert_at = now + s.advert_interval_s
             return
@@ -376,8 +444,7 @@ class VrrpMachine:
             advert.priority == self._priority and _addr_int(source) > _addr_int(s.primary_address)
         )
         if higher:
-            if s.version == 3:
-                self._master_adver_interval_s = advert.max_advert_interval_s
+            self._learn_interval(advert)
             self._yield_advert()
             self._become_backup(f"higher priority {advert.priority} from {source}", now, str(source))
             self._master_priority = advert.priority
@@ -449,6 +516,7 @@ class VrrpMachine:
     def _begin_resign(self, kind: _Resign, now: float) -> None:
         s = self.settings
         self._resign = kind
+        self._zero_from = None  # we hand over ourselves: the other's return is no contradiction
         self._repeat_at = self._refresh_at = None
         self._emit(SendAdvert(0))
         self._emit(CancelAnnounce())
@@ -498,6 +566,8 @@ class VrrpMachine:
         if new is Role.FAULT:
             self._clear_timers()
             self._master = None
+        if new in (Role.FAULT, Role.INIT):
+            self._zero_from = None
         self.counters[f"to_{new.value.lower()}"] += 1
         self._emit(StateChanged(old, new, reason, self._master))
 
@@ -507,6 +577,7 @@ class VrrpMachine:
 
 __all__ = [
     "OWNER_PRIORITY",
+    "PEER_INTERVAL_FACTOR",
     "Settings",
     "Takeover",
     "VrrpMachine",
