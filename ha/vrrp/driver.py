@@ -34,6 +34,7 @@ from ha.vrrp.actions import (
 )
 from ha.vrrp.auth import check_v2_auth
 from ha.vrrp.io import Announcer, Received, VrrpSocket
+from ha.vrrp.ratelog import LogLimiter, suppressed_note
 from ha.vrrp.vips import VipError, VipSet
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,14 @@ class Authenticator(Protocol):
 # The machine's own drops (it checks the VRID and version of every advert) and the driver's name for each
 MACHINE_DROPS = {"ignored_other_vrid": "other_vrid", "ignored_version": "wrong_version"}
 
+# What the machine refused in an advert it otherwise took (see ha.vrrp.machine: bounds on spoofed adverts), the
+# driver's error name for each, and what the log line says
+MACHINE_REFUSALS = {
+    "interval_out_of_bounds": ("bad_interval", "advert interval out of bounds, our own kept"),
+    "priority_zero_ignored": ("priority_zero_ignored", "priority-0 advert ignored"),
+    "priority_zero_contradicted": ("priority_zero_false", "priority-0 advert proved false, priority 0 distrusted"),
+}
+
 # Driver counters that are not malformed or rejected packets: adverts of other virtual routers on the segment
 # (normal) and our own failures to act (they are errors, but not the peer's).
 NOT_MALFORMED = frozenset({"other_vrid", "action_failed", "send_failed", "vip_acquire", "vip_release"})
@@ -158,6 +167,7 @@ class InstanceDriver:
         self.transitions = 0
         self.vips_held = False
         self._closed = False
+        self._log_limit = LogLimiter()  # at most one warning a minute per kind of dropped or refused advert
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -236,7 +246,7 @@ class InstanceDriver:
             if adv is None:
                 continue
             counters = self.machine.counters
-            before = {k: counters[k] for k in MACHINE_DROPS}
+            before = {k: counters[k] for k in (*MACHINE_DROPS, *MACHINE_REFUSALS)}
             self.machine.receive(adv, r.source, now)
             dropped = [name for k, name in MACHINE_DROPS.items() if counters[k] != before[k]]
             if dropped:
@@ -245,6 +255,13 @@ class InstanceDriver:
                 else:
                     self._count_error(dropped[0], f"v{adv.version} advert from {r.source}")
                 continue
+            for k, (name, what) in MACHINE_REFUSALS.items():
+                if counters[k] != before[k]:
+                    detail = (
+                        f"from {r.source}: priority {adv.priority}, interval {adv.max_advert_interval_s:g} s "
+                        f"(ours {self.s.advert_interval_s:g} s)"
+                    )
+                    self._count_error(name, detail, what)
             self.adverts_received += 1
             self.peer_priority = adv.priority
             fed += 1
@@ -264,10 +281,14 @@ class InstanceDriver:
             return None
         return adv
 
-    def _count_error(self, kind: str, detail: str) -> None:
-        if not self.errors[kind]:
-            log.warning("instance=%s vrid=%d dropped advert (%s) %s", self.s.name, self.s.vrid, kind, detail)
+    def _count_error(self, kind: str, detail: str, what: str = "dropped advert") -> None:
+        """Count it; log it unless a line of this kind was logged less than a minute ago."""
         self.errors[kind] += 1
+        quiet = self._log_limit.allow(kind, self.now()) if self.loop is not None else 0
+        if quiet is not None:
+            log.warning(
+                "instance=%s vrid=%d %s (%s) %s%s", self.s.name, self.s.vrid, what, kind, detail, suppressed_note(quiet)
+            )
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -14,9 +14,11 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ha.vrrp.ratelog import LogLimiter, suppressed_note
 from ha.vrrp.rtnl import IFA_F_SECONDARY, Rtnl
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class VrrpSocket:
         self.received = 0
         self.sent = 0
         self.send_errors: collections.Counter[str] = collections.Counter()
+        self._log_limit = LogLimiter()  # one warning a minute per errno, not one for the daemon's life
 
     # -- setup ----------------------------------------------------------------------------------------------
     @property
@@ -218,9 +221,10 @@ class VrrpSocket:
                 )
         except OSError as e:
             name = errno_name(e)
-            if not self.send_errors[name]:
-                log.warning("if=%s send to %s failed: %s", self.ifname, dest, e)
             self.send_errors[name] += 1
+            quiet = self._log_limit.allow(name, time.monotonic())
+            if quiet is not None:
+                log.warning("if=%s send to %s failed: %s%s", self.ifname, dest, e, suppressed_note(quiet))
             return False
         self.sent += 1
         return True
@@ -316,6 +320,7 @@ class AnnounceSocket:
         self.mac = b""
         self.sent = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        self._log_limit = LogLimiter()
 
     def open(self) -> None:
         try:
@@ -335,9 +340,10 @@ class AnnounceSocket:
             self.sock.send(frame)
         except OSError as e:
             name = errno_name(e)
-            if not self.errors[name]:
-                log.warning("if=%s announcement failed: %s", self.ifname, e)
             self.errors[name] += 1
+            quiet = self._log_limit.allow(name, time.monotonic())
+            if quiet is not None:
+                log.warning("if=%s announcement failed: %s%s", self.ifname, e, suppressed_note(quiet))
             return False
         self.sent += 1
         return True
