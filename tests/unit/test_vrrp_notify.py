@@ -68,14 +68,15 @@ async def test_starts_keep_their_order(monkeypatch) -> None:  # type: ignore[no-
 
 async def test_a_hung_command_does_not_delay_the_next_one(tmp_path: Path) -> None:
     pidfile, out = tmp_path / "hung.pid", tmp_path / "log"
-    n = Notifier(timeout_s=3.0)
+    n = Notifier(timeout_s=3.0, stop_grace_s=60.0)  # the timeout ends it, not the stop
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     n.notify(Notification((sys.executable, "-c", HANG, str(pidfile)), "VI_1", "MASTER", 150))
     hung = await pid_from(pidfile)
-    n.notify(Notification((sys.executable, "-c", WRITE_ENV, str(out)), "VI_1", "BACKUP", 100))
+    # another instance's (one instance's commands run in order: VI_1's next would wait for the hung one)
+    n.notify(Notification((sys.executable, "-c", WRITE_ENV, str(out)), "VI_2", "BACKUP", 100))
     await await_for(lambda: n.completed == 1, 20, what="the next notify command to finish")
-    assert out.read_text() == "VI_1 BACKUP 100 -\n"
+    assert out.read_text() == "VI_2 BACKUP 100 -\n"
     assert pid_alive(hung) and n.running == 1 and n.timed_out == 0  # the first one still hangs
     assert loop.time() - t0 < 3.0, "the test machine is too slow for this test's timeout"
     # stop: the hung command is awaited up to its timeout, then killed and reaped: it does not outlive the notifier
