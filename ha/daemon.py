@@ -48,6 +48,10 @@ def freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
+class VrrpRefused(Exception):
+    """The VRRP engine could not apply a reload's VRRP part; nothing of it was applied."""
+
+
 class Daemon:
     """Runs everything and is the API's Controller (status, metrics, drain, enable, failover, reload)."""
 
@@ -331,16 +335,21 @@ class Daemon:
             ops = await self.lvs.dry_run(self._desired(new)) if self.lvs else []
             actual = self.lvs.actual if self.lvs else None
             return {"ok": True, "dry_run": True, "plan": format_plan(diff, ops, actual), "warnings": warnings + notes}
+        old = self.cfg
+        try:  # VRRP first: the engine takes it all or nothing, so a refusal leaves everything as it was
+            await self._reload_vrrp(diff, old, new)
+        except VrrpRefused as e:
+            raise self._refused(who, "its VRRP part cannot be applied", [str(e)]) from None
         try:
             self.health.configure(new)  # unchanged checks keep their schedule and rise/fall state
         except KeyError as e:
-            self.notifier.ready(self._summary())
-            raise Conflict("the new configuration cannot be applied; the running one stays", [str(e)]) from None
-        old, self.cfg = self.cfg, new
+            with contextlib.suppress(VrrpRefused):  # the VRRP part goes back to the running configuration
+                await self._reload_vrrp(diff_configs(new, old), new, old)
+            raise self._refused(who, "it cannot be applied", [str(e)]) from None
+        self.cfg = new
         self.loaded_at = time.time()
         self.last_reload_error = None
         self.overrides.prune(new)
-        notes += await self._reload_vrrp(diff, old)
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)
@@ -365,25 +374,37 @@ class Daemon:
             "warnings": warnings + notes,
         }
 
-    async def _reload_vrrp(self, diff: ReloadDiff, old: Config) -> list[str]:
-        """Unchanged instances are not touched (machine, timers, role); the engine applies the rest in place. The
-        engine specs are compared too: a checks-only change moves ``preempt_delay: auto``."""
+    def _refused(self, who: str, why: str, lines: list[str]) -> Conflict:
+        """A reload refused after the new configuration loaded: logged, counted, shown in the status
+        (``config.last_reload_error``); the running configuration stays everywhere."""
+        log.error("reload by %s refused (%s), the running configuration stays:\n  %s", who, why, "\n  ".join(lines))
+        self.last_reload_error = lines
+        self.counters.observe_reload(False, time.time())
+        self.notifier.ready(f"reload failed: {lines[0] if lines else why}")
+        return Conflict(f"the new configuration was not applied: {why}; the running one stays", lines)
+
+    async def _reload_vrrp(self, diff: ReloadDiff, old: Config, new: Config) -> None:
+        """Apply ``new``'s VRRP part. Unchanged instances are not touched (machine, timers, role); the engine applies
+        the rest in place, all or nothing (every new or replaced instance is opened, e.g. its interface found, before
+        a running one is touched). The engine specs are compared too: a checks-only change moves
+        ``preempt_delay: auto``. Raises ``VrrpRefused`` when the engine cannot apply it (nothing changed)."""
         from ha.vrrp_link import respecified_instances
 
-        respec = respecified_instances(old, self.cfg) if self.vrrp is not None else []
+        respec = respecified_instances(old, new) if self.vrrp is not None else []
         if not diff.vrrp_changed and not respec:
-            return []
+            return
         names = [i.name for i in diff.instances if i.change is not Change.UNCHANGED] or respec
-        if self.vrrp is None:
-            self.vrrp = Vrrp(self.cfg, self._role_changed)
-            await self.vrrp.start()
-            log.info("VRRP started by reload: %s", ", ".join(names))
-            return []
         try:
-            result = await self.vrrp.reconfigure(self.cfg)
+            if self.vrrp is None:
+                if not new.vrrp.instances:
+                    return
+                vrrp = Vrrp(new, self._role_changed)
+                await vrrp.start()
+                self.vrrp = vrrp
+                log.info("VRRP started by reload: %s", ", ".join(names))
+                return
+            result = await self.vrrp.reconfigure(new)
         except Exception as e:  # the config is valid; the engine could not apply it (e.g. a missing interface)
-            log.error("VRRP reconfiguration failed (%s): %s", ", ".join(names), e)
-            return [f"VRRP changes ({', '.join(names)}) failed: {e}"]
+            raise VrrpRefused(f"VRRP ({', '.join(names)}): {e}") from e
         for name in result.get("removed", []):
             self.roles.pop(name, None)
-        return []
