@@ -29,7 +29,7 @@ from ha.overrides import Overrides, resolve_realserver
 from ha.sdnotify import Notifier
 from ha.status import DocMemo, Views, build_status, status_json
 from ha.status_table import TableMemo, format_status
-from ha.vrrp_link import Vrrp
+from ha.vrrp_link import Vrrp, release_leftover_vips
 from lvs import model as m
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class Daemon:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        release_leftover_vips(self.cfg)  # before anything sends: no VIP here until VRRP says so
         self.overrides.load(self.cfg)
         self.health.configure(self.cfg)
         await self.health.start()

@@ -17,7 +17,7 @@ from ha.vrrp.driver import malformed_count
 from ha.vrrp.engine import InstanceSpec, SyncGroupSpec
 from ha.vrrp.machine import Takeover
 from ha.vrrp.track import TrackedFile, TrackedInterface, TrackedScript
-from ha.vrrp.vips import Vip
+from ha.vrrp.vips import Vip, VipError, VipSet
 from ha.vrrp.vmac import VmacSpec
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,24 @@ def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> Ins
         hmac_keys=_hmac(inst),
         vmac=VmacSpec(inst.vmac.interface, inst.vmac.xmit_base) if inst.vmac is not None else None,
     )
+
+
+def release_leftover_vips(config: Config) -> list[Vip]:
+    """Remove every configured VIP from its interface; returns those that were there. Called first thing at start:
+    VIPs left by a daemon that was killed would otherwise stay while the health checks and the data plane start
+    (and until the engine starts): this node would answer ARP for them, and with a VMAC its traffic out of the
+    macvlan would teach the switch the virtual MAC's port, taking the clients from the peer that is master now."""
+    vips = VipSet([v for inst in config.vrrp.instances for v in _vips(inst)])
+    try:
+        left = vips.release()
+    except VipError as e:
+        log.warning("cannot remove leftover VIPs at start (the VRRP engine tries again): %s", e)
+        return []
+    finally:
+        vips.close()
+    if left:
+        log.warning("removed %d VIP(s) left by an earlier run at start: %s", len(left), ", ".join(map(str, left)))
+    return left
 
 
 def engine_specs(config: Config) -> tuple[list[InstanceSpec], list[SyncGroupSpec]]:

@@ -17,6 +17,13 @@ The kernel parameters:
   IPv4 address), ``promote_secondaries=1``; IPv6 off on an IPv4 VMAC (no link-local address or router solicitation
   from a MAC that both directors carry), and for an IPv6 VMAC no generated link-local address (``addr_gen_mode=1``)
   but the parent's link-local address, to send adverts from;
+* ``net.ipv4.igmp_link_local_mcast_reports=0`` while an IPv4 VMAC is open: joining 224.0.0.18 on the macvlan
+  (to receive adverts there) makes the kernel send IGMP membership reports from the virtual MAC, on the backup too,
+  at the join, its repeats and every querier's query; each one teaches the switch that the virtual MAC is at the
+  backup's port, and the master's clients go unanswered until its next advert. Link-local groups (224.0.0.0/24) need
+  no report: switches flood them (RFC 4541 section 2.1.2). Put back when the last IPv4 VMAC closes. IPv6 has no such
+  switch, so an IPv6 VMAC sends an MLD report for ff02::12 from the virtual MAC when it opens (use ``xmit_base``
+  to receive adverts on the parent instead);
 * on the parent: ``arp_ignore=1`` and ``arp_filter=1`` (otherwise the parent would answer ARP for a VIP with its
   own MAC), and ``arp_announce=2``, which Keepalived leaves alone: replies from a VIP may leave through the parent
   (its subnet route is the older one), and the parent's ARP request for the client would otherwise carry the VIP as
@@ -95,6 +102,15 @@ class Sysctl:
         with open(self.path(family, ifname, key), "w") as f:
             f.write(value)
 
+    def read_ipv4(self, key: str) -> str:
+        """A per-namespace IPv4 parameter (net.ipv4.KEY)."""
+        with open(os.path.join(self.root, "net", "ipv4", key)) as f:
+            return f.read().strip()
+
+    def write_ipv4(self, key: str, value: str) -> None:
+        with open(os.path.join(self.root, "net", "ipv4", key), "w") as f:
+            f.write(value)
+
 
 VMAC_IPV4_PARAMS = (("arp_ignore", "1"), ("accept_local", "1"), ("rp_filter", "0"), ("promote_secondaries", "1"))
 PARENT_PARAMS = (("arp_ignore", "1"), ("arp_filter", "1"), ("arp_announce", "2"))
@@ -104,6 +120,10 @@ _users: collections.Counter[str] = collections.Counter()
 _owned: set[str] = set()
 _parent_users: collections.Counter[str] = collections.Counter()
 _parent_saved: dict[str, list[tuple[str, str]]] = {}
+# the IPv4 VMACs open, and igmp_link_local_mcast_reports as it was before the first (empty: it was 0 already)
+_igmp_users = 0
+_igmp_saved: list[str] = []
+IGMP_LL_REPORTS = "igmp_link_local_mcast_reports"
 
 
 class Vmac:
@@ -190,6 +210,7 @@ class Vmac:
         try:
             self._configure(r)
             self._hold_parent()
+            self._hold_igmp()
         except BaseException:
             if created:
                 self._delete(r)
@@ -256,6 +277,42 @@ class Vmac:
             except OSError as e:
                 log.warning("vmac: cannot restore %s on %s: %s", key, self.parent, e)
 
+    def _hold_igmp(self) -> None:
+        global _igmp_users
+        if self.family != 4:
+            return
+        if _igmp_users == 0:
+            _igmp_saved.clear()
+            try:
+                old = self.sysctl.read_ipv4(IGMP_LL_REPORTS)
+                if old != "0":
+                    self.sysctl.write_ipv4(IGMP_LL_REPORTS, "0")
+                    _igmp_saved.append(old)
+            except OSError as e:
+                log.warning(
+                    "vmac %s: cannot turn off IGMP reports for link-local groups (net.ipv4.%s): %s; the backup's "
+                    "reports from the virtual MAC can take the clients from the master for up to an advert interval",
+                    self.name,
+                    IGMP_LL_REPORTS,
+                    e,
+                )
+        _igmp_users += 1
+
+    def _release_igmp(self) -> None:
+        global _igmp_users
+        if self.family != 4:
+            return
+        _igmp_users -= 1
+        if _igmp_users > 0:
+            return
+        _igmp_users = 0
+        for old in _igmp_saved:
+            try:
+                self.sysctl.write_ipv4(IGMP_LL_REPORTS, old)
+            except OSError as e:
+                log.warning("vmac: cannot restore net.ipv4.%s: %s", IGMP_LL_REPORTS, e)
+        _igmp_saved.clear()
+
     def _delete(self, r: Any) -> None:
         try:
             r.del_link(self.name)
@@ -278,6 +335,7 @@ class Vmac:
                 if self.name in _owned:
                     self._delete(self._r())
             self._release_parent()
+            self._release_igmp()
         except Exception as e:
             log.warning("vmac %s: close failed: %s", self.name, e)
         finally:

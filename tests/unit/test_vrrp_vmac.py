@@ -61,6 +61,8 @@ def clean_registry() -> None:
     vmac._owned.clear()
     vmac._parent_users.clear()
     vmac._parent_saved.clear()
+    vmac._igmp_saved.clear()
+    vmac._igmp_users = 0
 
 
 @pytest.fixture
@@ -75,6 +77,7 @@ def sysctl(tmp_path: Path) -> Sysctl:
         p = tmp_path / "net" / fam / "conf" / ifname / key
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(value + "\n")
+    (tmp_path / "net" / "ipv4" / vmac.IGMP_LL_REPORTS).write_text("1\n")
     return Sysctl(str(tmp_path))
 
 
@@ -177,3 +180,22 @@ def test_ipv6_vmac_gets_no_generated_address_but_the_parents_link_local(sysctl: 
     assert ("addr", "vrrp6.51", "fe80::1", 64, True) in r.calls
     assert r.calls.index(("addr", "vrrp6.51", "fe80::1", 64, True)) < r.calls.index(("up", "vrrp6.51", True))
     v.close()
+
+
+def test_ipv4_vmacs_turn_off_link_local_igmp_reports_until_the_last_closes(sysctl: Sysctl) -> None:
+    """The backup joins 224.0.0.18 on its VMAC too: a membership report from the virtual MAC would teach the switch
+    the backup's port. Off while an IPv4 VMAC is open, put back when the last one closes; IPv6 VMACs leave it."""
+    r = FakeRtnl()
+    a = Vmac(VmacSpec("vrrp.51"), "eth0", 51, 4, rtnl=r, sysctl=sysctl)
+    b = Vmac(VmacSpec("v2"), "eth0", 52, 4, rtnl=r, sysctl=sysctl)
+    six = Vmac(VmacSpec("vrrp6.51"), "eth0", 51, 6, rtnl=r, sysctl=sysctl)
+    six.open()
+    assert sysctl.read_ipv4(vmac.IGMP_LL_REPORTS) == "1"
+    a.open()
+    b.open()
+    assert sysctl.read_ipv4(vmac.IGMP_LL_REPORTS) == "0"
+    a.close()
+    six.close()
+    assert sysctl.read_ipv4(vmac.IGMP_LL_REPORTS) == "0"  # b is still open
+    b.close()
+    assert sysctl.read_ipv4(vmac.IGMP_LL_REPORTS) == "1"
