@@ -39,6 +39,11 @@ phase. Bounds (``Bounds``):
   heal     one advert interval + 20 ms after the fault ended
 The fault phase of a VRRP partition and of a frozen master has no bound (both directors hold the VIP by design,
 or the frozen master's kernel keeps forwarding); their gaps are printed and their recovery is bounded.
+
+With ``vmac=True`` every instance carries the VRRP virtual MAC (lvs-ha ``vmac: true``, Keepalived ``use_vmac``) and
+the neighbours ignore ARP updates: the client's entry for the VIP and the realservers' entries for the gateway VIP
+are pinned (nud permanent) to the virtual MACs, and arp_accept is 0. A failover then only has to teach the switch
+(the bridge) where the MAC now is; a director that answered with its own MAC would strand its clients for good.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.clients import Probe
-from tests.e2e.pairlab import DIRECTORS, GATEWAY, VIP, PairLab, PairSpec, rs_address
+from tests.e2e.pairlab import DIRECTORS, GATEWAY, VIP, PairLab, PairSpec, rs_address, vmac_of
 from tests.lab import LVS_HA, Lab, wait_for
 
 KINDS = ("cut", "partition", "link", "kill_daemon", "kill_engine", "freeze", "reload_failover", "rs_crash")
@@ -145,7 +150,8 @@ class Phase:
     def describe(self) -> str:
         b = "unbounded" if self.bound_s is None else f"bound {self.bound_s * 1000:.0f} ms"
         flag = "  STRANDED" if self.stranded else ""
-        return f"{self.name:<7} gap {self.gap_s * 1000:7.1f} ms ({b}){flag}"
+        at = f", from +{(self.gap_at - self.t_ref) * 1000:.0f} ms" if self.gap_s > 0 else ""
+        return f"{self.name:<7} gap {self.gap_s * 1000:7.1f} ms ({b}{at}){flag}"
 
 
 @dataclass
@@ -369,6 +375,7 @@ class ChaosRun:
         capture: bool = True,
         stop_on_failure: bool = True,
         kinds: tuple[str, ...] = KINDS,
+        vmac: bool = False,
     ) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown or not kinds:
@@ -377,7 +384,8 @@ class ChaosRun:
         self.steps = plan(seed, steps, kinds=kinds)
         self.interval_s, self.probe_s, self.out = interval_s, probe_s, out
         self.stop_on_failure = stop_on_failure
-        spec = PairSpec(advert_interval_s=interval_s, priorities=(150, 100), probe_interval_s=probe_s)
+        self.vmac = vmac
+        spec = PairSpec(advert_interval_s=interval_s, priorities=(150, 100), probe_interval_s=probe_s, vmac=vmac)
         workdir.mkdir(parents=True, exist_ok=True)
         self.pair = ChaosPair(lab, workdir, spec, impl)
         self.bounds = Bounds(interval_s, spec.priorities[1], probe_s)
@@ -396,16 +404,31 @@ class ChaosRun:
         pair.start("dir1")
         wait_for(lambda: pair.holders(VIP) == ["dir1"], 30, 0.05, "dir1 to take the VIP")
         pair.start("dir2")
+        if self.vmac:
+            self._freeze_neighbours()
         self.probe = pair.probe(interval_s=self.probe_s)
         self.master = self._settle(time.time())
         self.probe.wait_ok_streak(50)
         self.out(
             f"chaos: seed {self.seed}, {len(self.steps)} steps, {self.impl}, "
             f"advert {self.interval_s * 1000:g} ms, "
-            f"probe every {self.probe_s * 1000:g} ms; crash bound {self.bounds.master_down_s * 1000:.0f} ms "
+            + ("VMAC with ARP pinned, " if self.vmac else "")
+            + f"probe every {self.probe_s * 1000:g} ms; crash bound {self.bounds.master_down_s * 1000:.0f} ms "
             f"(master down) + {self.interval_s * 1000:g} + slack, heal bound {self.bounds.heal() * 1000:.0f} ms"
         )
         self.out("chaos: steps " + " ".join(str(s) for s in self.steps))
+
+    def _freeze_neighbours(self) -> None:
+        """Pin the client's neighbour entry for the VIP, and the realservers' for the gateway VIP, to the virtual
+        MACs: from now on no ARP update reaches a neighbour's cache."""
+        pair = self.pair
+        pins = [("client", VIP, vmac_of(pair, VIP))]
+        if pair.spec.forwarding == "nat":
+            pins += [(rs, GATEWAY, vmac_of(pair, GATEWAY)) for rs in pair.rs_names]
+        for host, addr, mac in pins:
+            h = pair.hosts[host]
+            h.run("sysctl", "-qw", "net.ipv4.conf.all.arp_accept=0", "net.ipv4.conf.eth0.arp_accept=0")
+            h.ip("neigh", "replace", addr, "lladdr", mac, "dev", "eth0", "nud", "permanent")
 
     def close(self) -> None:
         if self.probe is not None:

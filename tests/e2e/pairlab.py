@@ -97,6 +97,7 @@ class PairSpec:
     ipv6: bool = False  # NAT only: IPv6 too (VIPs of both families in each instance, a service "web6" on VIP6)
     probe_interval_s: float = 0.02  # the client's request interval (the VM is ~10 times slower: use more there)
     ctsync: bool = False  # NAT: lvs.conntrack_sync between the directors over the back link (needs conntrackd)
+    vmac: bool = False  # every instance with the VRRP virtual MAC (lvs-ha `vmac: true`, Keepalived `use_vmac`)
 
     def __post_init__(self) -> None:
         # conntrackd replicates the kernel's conntrack table: the NAT flows of the nftables plane. IPVS flows never
@@ -121,6 +122,14 @@ class _Dumper(yaml.SafeDumper):
 
 def dump_yaml(doc: dict[str, Any]) -> str:
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False)
+
+
+def vmac_of(pair: PairLab, vip: str) -> str:
+    """The virtual MAC of the instance that carries ``vip`` (IPv4): 00:00:5e:00:01:VRID."""
+    for inst in pair.director_config("dir1")["vrrp"]["instances"]:
+        if any(str(v if isinstance(v, str) else v["address"]).split("/")[0] == vip for v in inst["vips"]):
+            return f"00:00:5e:00:01:{inst['vrid']:02x}"
+    raise KeyError(f"no instance carries {vip}")
 
 
 def rs_address(spec: PairSpec, i: int) -> str:
@@ -204,6 +213,8 @@ class PairLab:
             "garp": {"count": 3, "interval": 0.05},
             "handover": {"hold": spec.hold_s},
         }
+        if spec.vmac:
+            front["vmac"] = True
         if spec.preempt_delay_s is not None:
             front["preempt_delay"] = spec.preempt_delay_s
         instances = [front]
@@ -349,7 +360,8 @@ class PairLab:
             return (
                 f"vrrp_instance {iname} {{\n    state BACKUP\n    interface {ifname}\n"
                 f"    virtual_router_id {vrid}\n    priority {prio}\n    advert_int {spec.advert_interval_s:g}\n"
-                f"    virtual_ipaddress {{\n{addrs}    }}\n}}\n"
+                + ("    use_vmac\n" if spec.vmac else "")
+                + f"    virtual_ipaddress {{\n{addrs}    }}\n}}\n"
             )
 
         out = f"global_defs {{\n    router_id {name}\n    vrrp_version 3\n    max_auto_priority -1\n}}\n"
