@@ -4,17 +4,58 @@ realserver of the config."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import time
 from typing import Any
 
-from ha.api import NotFound
+from ha.api import ApiError, NotFound
+from ha.config.files import UnsafeFile, ensure_state_dir, read_regular
 from ha.config.model import Config, ServiceConfig
 
 log = logging.getLogger(__name__)
+
+MAX_STATE_BYTES = 64 << 20
+
+
+class StateNotSaved(ApiError):
+    """The change could not be written to the state directory, so it was not made (HTTP 507 for a full file
+    system, else 503); the same request can be sent again."""
+
+    def __init__(self, message: str, errno_: int | None) -> None:
+        super().__init__(message)
+        self.status = 507 if errno_ in (errno.ENOSPC, errno.EDQUOT) else 503
+
+
+def write_state_file(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, never through a symlink: a new file under a random name in the
+    same directory (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600), written and fsynced, renamed over ``path``, and
+    the directory fsynced. On any error the temporary file is removed and ``path`` is as it was."""
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def resolve_realserver(cfg: Config, service: str, realserver: str) -> tuple[ServiceConfig, str]:
@@ -44,21 +85,27 @@ def resolve_realserver(cfg: Config, service: str, realserver: str) -> tuple[Serv
 
 
 class Overrides:
-    """Operator overrides (drained realservers), kept in ``<state_dir>/overrides.json`` across restarts."""
+    """Operator overrides (drained realservers), kept in ``<state_dir>/overrides.json`` across restarts.
+
+    Memory changes only after the file was written: a drain that cannot be saved (a full disk) is refused and not
+    made, so what runs is what a restart finds."""
 
     def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
         self.path = os.path.join(state_dir, "overrides.json")
         self.drained: dict[tuple[str, str], dict[str, Any]] = {}
 
     def load(self, cfg: Config) -> None:
+        """Read the overrides kept from before. Makes the state directory (owner only) if missing; raises
+        UnsafeFile if others can write in it."""
+        ensure_state_dir(self.state_dir)
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(read_regular(self.path, MAX_STATE_BYTES))
             entries = data["drained"]
             self.drained = {(str(e["service"]), str(e["realserver"])): dict(e) for e in entries}
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, UnsafeFile, ValueError, KeyError, TypeError) as e:
             aside = f"{self.path}.corrupt-{int(time.time())}"
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
@@ -72,30 +119,47 @@ class Overrides:
         return frozenset(self.drained)
 
     def set(self, service: str, ident: str, drain: bool, who: str) -> bool:
+        """Drain or enable; False if it already was. Raises StateNotSaved (nothing changed) if the file cannot be
+        written."""
         key = (service, ident)
         if drain == (key in self.drained):
             return False
+        new = dict(self.drained)
         if drain:
-            self.drained[key] = {"service": service, "realserver": ident, "by": who, "since": time.time()}
+            new[key] = {"service": service, "realserver": ident, "by": who, "since": time.time()}
         else:
-            del self.drained[key]
-        self._save()
+            del new[key]
+        what = "drain" if drain else "enable"
+        try:
+            self._save(new)
+        except (OSError, UnsafeFile) as e:
+            why = f"[Errno {e.errno}] {e.strerror or e}" if isinstance(e, OSError) else str(e)
+            log.error("%s svc=%s rs=%s by %s refused: cannot write %s: %s", what, service, ident, who, self.path, why)
+            raise StateNotSaved(
+                f"cannot save the {what} of {ident} in {service}: writing {self.path} failed: {why}; nothing was "
+                "changed, retry when it can be written",
+                e.errno if isinstance(e, OSError) else None,
+            ) from None
+        self.drained = new
         return True
 
     def prune(self, cfg: Config) -> None:
         valid = {(s.name, rs.ident) for s in cfg.services for rs in s.realservers}
         gone = [k for k in self.drained if k not in valid]
+        if not gone:
+            return
         for k in gone:
             log.info("drain svc=%s rs=%s forgotten: no longer in the config", *k)
-            del self.drained[k]
-        if gone:
-            self._save()
+        self.drained = {k: v for k, v in self.drained.items() if k in valid}
+        try:
+            self._save(self.drained)
+        except (
+            OSError,
+            UnsafeFile,
+        ) as e:  # the realservers are gone either way; the file is written again at the next change
+            log.error("cannot write %s: %s (the forgotten drains stay in it until the next change)", self.path, e)
 
-    def _save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "drained": list(self.drained.values())}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+    def _save(self, drained: dict[tuple[str, str], dict[str, Any]]) -> None:
+        data = json.dumps({"version": 1, "drained": list(drained.values())}, indent=1, sort_keys=True)
+        ensure_state_dir(self.state_dir)
+        write_state_file(self.path, data.encode())

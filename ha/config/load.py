@@ -24,6 +24,7 @@ import yaml
 from yaml.nodes import Node
 
 from ha.config.checks import parse_checks
+from ha.config.files import UnsafeFile, read_regular, secret_problem, state_dir_problem
 from ha.config.issues import ConfigError, ConfigErrors, ConfigIssue, ConfigUnreadable, Severity
 from ha.config.model import ApiConfig, Config, DataplaneKind, NodeConfig
 from ha.config.nodes import (
@@ -85,6 +86,7 @@ def _parse_node(ctx: Ctx, m: Map | None) -> NodeConfig:
             listen=am.opt("listen", c_listen),
             token_file=am.opt("token_file", c_str),
         )
+        am.check_file("token_file", api.token_file, lambda f: secret_problem(f, "the API token file"))
         if api.listen and not api.token_file:
             ctx.error(
                 am.value_node("listen"),
@@ -93,9 +95,11 @@ def _parse_node(ctx: Ctx, m: Map | None) -> NodeConfig:
                 "(every request must carry the token); set token_file or remove listen",
             )
     name = m.opt("name", c_str) or default_node_name()
+    state_dir = m.get("state_dir", c_str, NodeConfig.state_dir)
+    m.check_file("state_dir", state_dir, state_dir_problem)
     return NodeConfig(
         name=name,
-        state_dir=m.get("state_dir", c_str, NodeConfig.state_dir),
+        state_dir=state_dir,
         dataplane=DataplaneKind(m.get("dataplane", c_choice(*(k.value for k in DataplaneKind)), "auto")),
         api=api,
         log_level=m.get("log_level", c_choice(*_LOG_LEVELS), "info"),
@@ -134,18 +138,21 @@ def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text: a regular file (a FIFO or a device is refused at once, never waited on) of at most
+    ``MAX_CONFIG_BYTES``, in UTF-8."""
     name = str(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigUnreadable(name, "no such file") from None
-    except IsADirectoryError:
-        raise ConfigUnreadable(name, "is a directory, expected a YAML file") from None
+    except UnsafeFile as e:
+        if "larger than" in str(e):
+            raise ConfigUnreadable(name, f"larger than {MAX_CONFIG_BYTES} bytes (1 MiB); refusing to read it") from None
+        if "a directory" in str(e):
+            raise ConfigUnreadable(name, "is a directory, expected a YAML file") from None
+        raise ConfigUnreadable(name, f"{str(e).removeprefix(name + ' ')}; expected a YAML file") from None
     except OSError as e:
         raise ConfigUnreadable(name, f"cannot read: {e.strerror or e}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigUnreadable(name, f"larger than {MAX_CONFIG_BYTES} bytes (1 MiB); refusing to read it")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -158,25 +165,41 @@ def load_config(path: str | os.PathLike[str], registry: Any = None) -> tuple[Con
     Raises ``ConfigUnreadable`` (missing, unreadable, too big, not UTF-8) or ``ConfigErrors`` (invalid, including a
     YAML syntax error). ``registry`` is the health-check registry (default: the process-wide one).
     """
-    return parse_config_text(_read_text(path), filename=str(path), registry=registry)
+    return parse_config_text(_read_text(path), filename=str(path), registry=registry, check_files=True)
 
 
-def parse_config_text(text: str, filename: str = "<string>", registry: Any = None) -> tuple[Config, list[ConfigIssue]]:
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_KEPT = re.compile(r".(<[a-z ]+>|\\?.).")  # a token name ('<scalar>') or one character (',', '\t')
+
+
+def _no_source_text(message: str) -> str:
+    """A parser's message without the source text it quotes (an alias, an anchor, a directive name): the file may be
+    a file of secrets. Quoted single characters and token names stay."""
+    return _QUOTED.sub(lambda q: q.group(0) if _KEPT.fullmatch(q.group(0)) else "(text not shown)", message)
+
+
+def parse_config_text(
+    text: str, filename: str = "<string>", registry: Any = None, check_files: bool = False
+) -> tuple[Config, list[ConfigIssue]]:
+    """``check_files``: also check the files the config names (secret files' owner and mode, the state directory);
+    ``load_config`` does."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigUnreadable(filename, f"larger than {MAX_CONFIG_BYTES} bytes (1 MiB); refusing to read it")
-    ctx = Ctx(filename, registry)
+    ctx = Ctx(filename, registry, check_files)
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
+        # never the exception's text: it quotes the offending lines of the file (its "snippet")
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = e.problem or "cannot parse"
+        what = _no_source_text(e.problem or "cannot parse")
         if e.context:
             cm = e.context_mark
-            what += f" ({e.context}{f' on line {cm.line + 1}' if cm and cm.line + 1 != line else ''})"
+            what += f" ({_no_source_text(e.context)}{f' on line {cm.line + 1}' if cm and cm.line + 1 != line else ''})"
         raise ConfigErrors([ConfigIssue(filename, line, col, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as e:
-        raise ConfigErrors([ConfigIssue(filename, 1, 1, "", f"YAML syntax error: {e}")]) from None
+        what = _no_source_text(str(getattr(e, "problem", None) or type(e).__name__))
+        raise ConfigErrors([ConfigIssue(filename, 1, 1, "", f"YAML syntax error: {what}")]) from None
     if root is None:
         raise ConfigErrors(
             [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -29,9 +30,13 @@ class Invalid(Exception):
 
 
 class Ctx:
-    def __init__(self, file: str, registry: Any) -> None:
+    """``check_files``: also check the files keys name (secret files, the state directory), as ``load_config``
+    does; a text parsed on its own (``parse_config_text``) names files of another machine."""
+
+    def __init__(self, file: str, registry: Any, check_files: bool = False) -> None:
         self.file = file
         self._registry = registry
+        self.check_files = check_files
         self.errors: list[ConfigIssue] = []
         self.warnings: list[ConfigIssue] = []
 
@@ -71,6 +76,13 @@ _SAFE_TAGS = frozenset(
 )
 
 
+# Error messages never quote source text that may not be configuration (the file can be a symlink to a file of
+# secrets, and the messages reach the log and the status document): a value is quoted only when short and on one
+# line, a key or tag only when it looks like a name.
+_SHOWN_VALUE_CHARS = 60
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")
+
+
 def describe(node: Node | None) -> str:
     if node is None:
         return "nothing"
@@ -80,7 +92,36 @@ def describe(node: Node | None) -> str:
         return "a list"
     if node.tag == NULL_TAG:
         return "null"
-    return repr(node.value)
+    value = str(node.value)
+    if len(value) > _SHOWN_VALUE_CHARS or not value.isprintable():
+        return f"a text of {len(value)} characters (not shown)"
+    return repr(value)
+
+
+def describe_kind(node: Node | None) -> str:
+    """What a node is, never its text (for the document itself)."""
+    if isinstance(node, ScalarNode) and node.tag != NULL_TAG:
+        return "a single value (not shown)"
+    return describe(node)
+
+
+def shown_name(name: str) -> str | None:
+    """A key as messages may quote it, or None when it does not look like a key name (at most 40 letters, digits,
+    ``_.-``, starting with a letter, not a run of digits as in a token)."""
+    if _NAME.fullmatch(name) and sum(c.isdigit() for c in name) <= 4:
+        return name
+    return None
+
+
+def key_path(path: str, name: str) -> str:
+    """``join_path`` for a key read from the file (``<key>`` when the name is not shown)."""
+    return join_path(path, shown_name(name) or "<key>")
+
+
+def shown_tag(tag: str) -> str:
+    short = tag.replace("tag:yaml.org,2002:", "!!", 1)
+    body = short.lstrip("!")
+    return short if body and shown_name(body.replace("/", ".").replace(":", ".")) else "(a tag not shown)"
 
 
 def construct(node: Node) -> Any:
@@ -103,7 +144,7 @@ def scan_duplicates(ctx: Ctx, node: Node | None, path: str, seen: set[int]) -> N
         return
     seen.add(id(node))
     if node.tag not in _SAFE_TAGS:
-        ctx.error(node, path, f"unsupported YAML tag {node.tag}; only plain YAML values are allowed")
+        ctx.error(node, path, f"unsupported YAML tag {shown_tag(node.tag)}; only plain YAML values are allowed")
     if isinstance(node, MappingNode):
         first: dict[str, Node] = {}
         for k, v in node.value:
@@ -113,10 +154,11 @@ def scan_duplicates(ctx: Ctx, node: Node | None, path: str, seen: set[int]) -> N
                     ctx.error(k, path, "merge keys (<<) are not supported; repeat the keys instead")
                 elif name in first:
                     line, _ = node_pos(first[name])
-                    ctx.error(k, join_path(path, name), f"duplicate key '{name}' (first defined on line {line})")
+                    what = f"'{shown_name(name)}'" if shown_name(name) else "(name not shown)"
+                    ctx.error(k, key_path(path, name), f"duplicate key {what} (first defined on line {line})")
                 else:
                     first[name] = k
-            scan_duplicates(ctx, v, join_path(path, str(name)), seen)
+            scan_duplicates(ctx, v, key_path(path, str(name)), seen)
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
             scan_duplicates(ctx, item, f"{path}[{i}]", seen)
@@ -269,7 +311,9 @@ class Map:
         self.items: dict[str, tuple[Node, Node]] = {}
         self.ok = isinstance(node, MappingNode)
         if not isinstance(node, MappingNode):
-            ctx.error(node, path, f"expected a mapping ({what}), got {describe(node)}")
+            # the document itself: may be any file at all, so its text is never shown
+            got = describe(node) if path else describe_kind(node)
+            ctx.error(node, path, f"expected a mapping ({what}), got {got}")
             return
         allowed = set(keys) if keys is not None else None
         for k, v in node.value:
@@ -280,10 +324,12 @@ class Map:
             if k.tag == _MERGE_TAG or name in self.items:
                 continue  # reported by scan_duplicates
             if allowed is not None and name not in allowed:
+                shown = shown_name(name)
                 ctx.error(
                     k,
-                    join_path(path, name),
-                    f"unknown key '{name}'{suggest(name, allowed)} (valid here: {', '.join(sorted(allowed))})",
+                    key_path(path, name),
+                    (f"unknown key '{shown}'{suggest(shown, allowed)}" if shown else "unknown key (name not shown)")
+                    + f" (valid here: {', '.join(sorted(allowed))})",
                 )
                 continue
             self.items[name] = (k, v)
@@ -302,6 +348,15 @@ class Map:
 
     def p(self, key: str) -> str:
         return join_path(self.path, key)
+
+    def check_file(self, key: str, value: str | None, problem: Callable[[str], str | None]) -> None:
+        """Report what ``problem`` finds wrong with the file ``value`` (the value of ``key``), when the context
+        checks files; an absent key is reported at this mapping."""
+        if value is None or not self.ctx.check_files:
+            return
+        found = problem(value)
+        if found is not None:
+            self.ctx.error(self.value_node(key) or self.node, self.p(key), found)
 
     def get(self, key: str, conv: Callable[[Node], T], default: T) -> T:
         node = self.value_node(key)

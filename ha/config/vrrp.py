@@ -7,6 +7,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ha.config.files import secret_problem
 from ha.config.model import (
     AuthConfig,
     GarpConfig,
@@ -235,6 +236,7 @@ def _parse_auth(ctx: Ctx, m: Map | None, version: int) -> AuthConfig:
     if m is None:
         return AuthConfig()
     auth = AuthConfig(m.opt("hmac_key_file", c_str), m.opt("password", c_str))
+    m.check_file("hmac_key_file", auth.hmac_key_file, lambda f: secret_problem(f, "a VRRP key file"))
     if auth.password is not None:
         pnode, ppath = m.value_node("password"), m.p("password")
         if len(auth.password.encode()) > 8:

@@ -232,6 +232,8 @@ def test_hmac_authenticated_pair_and_wrong_key_rejected(lab: Lab, tmp_path: Path
     good.write_text("1 " + "ab" * 32 + "\n")
     bad = tmp_path / "bad.key"
     bad.write_text("1 " + "cd" * 32 + "\n")
+    good.chmod(0o600)  # key files others can read are refused
+    bad.chmod(0o600)
     d1 = lab.host("d1", [D1])
     d2 = lab.host("d2", [D2])
     d3 = lab.host("d3", [f"{NET}.13/24"])

@@ -136,6 +136,7 @@ async def test_tcp_listener_with_token_and_socket_mode(tmp_path: Path) -> None:
     probe.close()
     token = tmp_path / "token"
     token.write_text("0123456789abcdef0123\n")
+    token.chmod(0o600)  # a token others can read is refused
     path = tmp_path / "c.yaml"
     path.write_text(
         CONFIG.format(tmp=tmp_path, flush="false").replace(
