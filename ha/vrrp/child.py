@@ -5,10 +5,14 @@ answered on the loop between timers, replies, transitions and log records go out
 (log records are dropped, and counted, past a backlog). The protocol is described in ``ha.vrrp.process``.
 
 It ignores SIGINT (the parent decides), stops in order (masters resign, VIPs released) on SIGTERM, on a stop
-request, when the parent dies (``PR_SET_PDEATHSIG``) and when the channel reaches EOF. It imports only what the
-engine needs (no config, YAML or HTTP modules), and when it runs as the engine process it keeps OpenSSL out: the
-engine never speaks TLS (asyncio imports ``ssl`` only to offer it) and its HMAC-SHA256 runs on Python's built-in
-SHA-256, so ``ssl`` and ``_hashlib`` are marked absent before anything imports them (about 4.5 MiB of RSS).
+request, when the parent dies (``PR_SET_PDEATHSIG``) and when the channel reaches EOF. When the parent's heartbeat
+(``heartbeat_fd``, ``parent_timeout_s`` in init) stops for longer than the bound (a stopped daemon: its checks and
+data plane are frozen), every instance resigns and stays FAULT until the heartbeat comes back.
+
+It imports only what the engine needs (no config, YAML or HTTP modules), and when it runs as the engine process it
+keeps OpenSSL out: the engine never speaks TLS (asyncio imports ``ssl`` only to offer it) and its HMAC-SHA256 runs
+on Python's built-in SHA-256, so ``ssl`` and ``_hashlib`` are marked absent before anything imports them (about
+4.5 MiB of RSS).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import threading
 from typing import Any
 
 from ha.vrrp.engine import EngineError, VrrpEngine
-from ha.vrrp.process import TITLE, frame, read_msg
+from ha.vrrp.process import PARENT_TIMEOUT_ADVERTS, TITLE, frame, read_msg
 
 log = logging.getLogger("ha.vrrp.child")  # not __main__ when run with -m
 
@@ -39,6 +43,8 @@ PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 LOG_BACKLOG_BYTES = 4 * 1024 * 1024  # unsent bytes past which log records are dropped (never replies or events)
 METHODS = ("status", "failover", "reconfigure")
+WATCHDOG_S = 0.1  # how often the parent's silence is measured
+SILENT_PARENT = "the daemon does not answer"  # the fault every instance is held in meanwhile
 
 
 def _prctl(option: int, arg: int | bytes) -> bool:
@@ -134,10 +140,16 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
         print(f"vrrp child: expected init, got {init[0]!r}", file=sys.stderr)
         return 2
     opts: dict[str, Any] = init[1]
+    if isinstance(opts.get("heartbeat_fd"), int):  # ours only: scripts must not hold it open
+        with contextlib.suppress(OSError):
+            os.set_inheritable(opts["heartbeat_fd"], False)
+            os.set_blocking(opts["heartbeat_fd"], False)
     _prctl(PR_SET_NAME, str(opts.get("title") or TITLE).encode()[:15])
     chan = Channel(writer)
     _setup_logging(chan, int(opts.get("log_level", logging.INFO)))
-    engine = VrrpEngine(opts["specs"], opts["groups"], on_transition=lambda info: chan.send(("event", info)))
+    engine = VrrpEngine(
+        opts["specs"], opts["groups"], on_transition=lambda info: chan.send(("event", info)), resume=opts.get("resume")
+    )
     if opts.get("realtime"):
         _realtime()
     try:
@@ -149,6 +161,52 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
 
     stop = asyncio.Event()
     how: dict[str, Any] = {"handover": True, "timeout_s": None, "id": None}
+    parent_timeout_s = float(opts.get("parent_timeout_s") or 0.0)
+    hb_fd = opts["heartbeat_fd"] if isinstance(opts.get("heartbeat_fd"), int) else -1
+    heard = {"at": loop.time(), "suspended": False}
+
+    def parent_bound() -> float:
+        longest = max((s.advert_interval_s for s in engine.specs), default=0.0)
+        return max(parent_timeout_s, PARENT_TIMEOUT_ADVERTS * longest)
+
+    def suspend(reason: str | None) -> None:
+        heard["suspended"] = reason is not None
+        try:
+            engine.suspend(reason)
+        except EngineError:
+            pass  # stopping
+
+    def on_message() -> None:
+        heard["at"] = loop.time()
+        if heard["suspended"]:
+            log.warning("VRRP engine process: the daemon answers again; back to normal operation")
+            suspend(None)
+
+    def on_heartbeat() -> None:
+        try:
+            beats = os.read(hb_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            beats = b""
+        if beats:
+            on_message()
+        else:  # the parent is gone: the channel's EOF stops us
+            loop.remove_reader(hb_fd)
+
+    async def watch_parent() -> None:
+        """No heartbeat for longer than the bound: the daemon is stopped (checks and data plane frozen)."""
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            silent = loop.time() - heard["at"]
+            if not heard["suspended"] and silent > parent_bound():
+                log.warning(
+                    "VRRP engine process: no word from the daemon (pid %d) for %.1f s: every instance resigns and "
+                    "stays out of mastership until it answers",
+                    parent_pid,
+                    silent,
+                )
+                suspend(SILENT_PARENT)
 
     def on_term() -> None:
         if not stop.is_set():
@@ -182,8 +240,16 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_term)
     chan.send(("ready",))
     log.info("VRRP engine process %d running %d instance(s)", os.getpid(), len(engine.specs))
+    heard["at"] = loop.time()
     requests = loop.create_task(read_requests())
+    watchdog = None
+    if hb_fd >= 0 and parent_timeout_s > 0:
+        loop.add_reader(hb_fd, on_heartbeat)
+        watchdog = loop.create_task(watch_parent())
     await stop.wait()
+    if watchdog is not None:
+        watchdog.cancel()
+        loop.remove_reader(hb_fd)
     loop.add_signal_handler(signal.SIGTERM, lambda: None)  # a second SIGTERM does not cut the handover short
     try:
         await engine.stop(handover=how["handover"], timeout_s=how["timeout_s"])

@@ -28,7 +28,7 @@ from ha.vrrp.machine import Settings, Takeover, VrrpMachine
 from ha.vrrp.notify import Notification, Notifier, commands_for
 from ha.vrrp.syncgroup import SyncGroup
 from ha.vrrp.track import Outcome, TrackedFile, TrackedInterface, TrackedScript, Tracker, TrackState
-from ha.vrrp.vips import Vip, VipSet
+from ha.vrrp.vips import Vip, VipError, VipSet
 from ha.vrrp.vmac import Vmac, VmacSpec, format_mac
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ class EngineError(RuntimeError):
     pass
 
 
+RESUMED = "engine process restarted: resumed as master"
+
+
 LIVE_FIELDS = (
     "notify",
     "track_interfaces",
@@ -133,6 +136,7 @@ class VrrpEngine:
         notify_timeout_s: float = 10.0,
         track_poll_s: float = 0.05,
         wall_clock: Callable[[], float] = time.time,
+        resume: Mapping[str, float] | None = None,
     ) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
@@ -146,6 +150,10 @@ class VrrpEngine:
         self._stopping = False
         self._running = False
         self._retiring: set[asyncio.Task[None]] = set()  # retired instances releasing their VIPs
+        # the masters of an engine process that died, each with the (monotonic) time until which the peer cannot
+        # have taken over: started before it, such an instance starts as MASTER (its VIPs stay on the interface)
+        self._resume = dict(resume or {})
+        self._suspended: str | None = None  # why every instance is held out of mastership (``suspend``)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -153,6 +161,10 @@ class VrrpEngine:
         if self.loop is not None:
             raise EngineError("engine already started")
         self.loop = asyncio.get_running_loop()
+        late = [n for n, until in self._resume.items() if until <= self.loop.time()]
+        if late:
+            log.warning("too late to resume as master (the peer may have taken over): %s", ", ".join(late))
+        self._resume = {n: until for n, until in self._resume.items() if n not in late}
         try:
             names = {s.name for s in self.specs}
             if len(names) != len(self.specs):
@@ -235,8 +247,43 @@ class VrrpEngine:
         if outcome.fault:
             inst.fault_reason = outcome.fault
             inst.machine.fault(outcome.fault, loop.time())
-        inst.driver.start(loop)
+        resume = self._resume.pop(inst.spec.name, None) is not None
+        if resume and not outcome.fault:
+            self._resume_master(inst)
+        else:
+            if resume:  # its predecessor's VIPs were kept for a resume that cannot be
+                try:
+                    inst.driver.vips.release()
+                except VipError as e:
+                    log.warning(
+                        "instance=%s cannot remove the VIPs of the engine process before: %s", inst.spec.name, e
+                    )
+            inst.driver.start(loop)
         inst.tracker.start()
+
+    def _resume_master(self, inst: _Instance) -> None:
+        """Start as MASTER right away (the engine process was started again while this node was master): an advert at
+        once, the VIPs kept (acquire is idempotent: nothing deleted or added again), a GARP burst, and one
+        MASTER -> MASTER transition (no notify: the node's role did not change)."""
+        assert self.loop is not None
+        now, m = self.loop.time(), inst.machine
+        m.start(now)  # BACKUP (no startup delay for a resumed master), then MASTER at once
+        m.force_master(RESUMED, now)
+        actions = [a for a in m.pop_actions() if not isinstance(a, StateChanged)]
+        inst.driver.start(self.loop)
+        for a in [*actions, StateChanged(Role.MASTER, Role.MASTER, RESUMED, m.master)]:
+            inst.driver._execute(a)
+
+    def suspend(self, reason: str | None) -> None:
+        """Hold every instance out of mastership while ``reason`` holds (the daemon stopped answering): each goes
+        FAULT (a master resigns: priority-0 advert, VIPs released) until ``suspend(None)``."""
+        self._check_running()
+        prev, self._suspended = self._suspended, reason
+        for inst in self._instances.values():
+            if reason is not None:
+                inst.driver.fault(reason)
+            elif prev is not None:
+                inst.driver.clear_fault(prev)
 
     # -- reload ---------------------------------------------------------------------------------------------
     def reconfigure(self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None) -> dict[str, list[str]]:
@@ -339,7 +386,8 @@ class VrrpEngine:
     ) -> _Instance:
         vips = VipSet(spec.vips)
         # we start as non-master: VIPs of ours left by a previous run go
-        leftover = vips.release()  # rtnetlink: the local kernel answers at once
+        resume = spec.name in self._resume  # its VIPs stay: it starts as MASTER
+        leftover = [] if resume else vips.release()  # rtnetlink: the local kernel answers at once
         if leftover:
             log.warning(
                 "instance=%s removed %d leftover VIP(s) at start: %s",
@@ -363,7 +411,7 @@ class VrrpEngine:
                 preempt_delay_s=spec.preempt_delay_s,
                 primary_address=sock.source,
                 family=spec.family,
-                startup_delay_s=spec.startup_delay_s,
+                startup_delay_s=0.0 if resume else spec.startup_delay_s,
                 takeover=spec.takeover,
                 hold_s=spec.hold_s,
                 garp_refresh_s=spec.garp_refresh_s,
@@ -430,7 +478,7 @@ class VrrpEngine:
             if prev:
                 inst.driver.clear_fault(prev)
         elif not outcome.fault and prev:
-            inst.driver.clear_fault(None)
+            inst.driver.clear_fault(prev)  # that one only: a suspension's stays
 
     def _transition(self, driver: InstanceDriver, change: StateChanged) -> None:
         inst = self._instances.get(driver.s.name)
@@ -439,7 +487,7 @@ class VrrpEngine:
         new = change.new
         state = "STOP" if new is Role.INIT and self._stopping else new.value
         prio = inst.machine.priority
-        for argv in commands_for(inst.spec.notify, state):
+        for argv in commands_for(inst.spec.notify, state) if change.old is not new else ():
             self.notifier.notify(Notification(argv, inst.spec.name, state, prio))
         if not self._stopping and inst.group is not None:
             self._sync(inst, change)
@@ -466,7 +514,7 @@ class VrrpEngine:
         for name in inst.group.instances:
             if name != inst.spec.name:
                 self._instances[name].driver._run_actions()
-        if change.new is Role.MASTER or change.old is Role.MASTER:
+        if change.old is not change.new and Role.MASTER in (change.new, change.old):
             for argv in commands_for(inst.group.notify, change.new.value):
                 self.notifier.notify(
                     Notification(

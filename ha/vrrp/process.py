@@ -14,8 +14,13 @@ Channel: a Unix socketpair; each message is a 4-byte big-endian length and a pic
 package's code; nothing else can write to it).
 
 Parent to child:
-  ``("init", options)``                    first message: specs, groups, realtime, log_level, title
+  ``("init", options)``                    first message: specs, groups, realtime, log_level, title, resume,
+                                           heartbeat_fd, parent_timeout_s
   ``("call", id, method, args)``           method: "status", "failover", "reconfigure"
+
+Heartbeat: a pipe besides the channel (``heartbeat_fd``, the child's end), one byte every ``HEARTBEAT_S`` from a
+thread of the parent, so a daemon loop busy for seconds (a large reload, a CPU-bound stretch) does not stop it, a
+stopped daemon (SIGSTOP) does; the thread also stops if the daemon's loop has not run for ``LOOP_STUCK_S``.
   ``("stop", id, handover, timeout_s)``    orderly stop; answered by a reply, then the child exits
 Child to parent:
   ``("ready",)`` or ``("failed", message)``  after init: the instances are running (or could not start)
@@ -25,8 +30,18 @@ Child to parent:
   ``("exiting", why)``                       the child stops on its own (SIGTERM): not a crash
 
 The child dies with the parent: SIGTERM on parent death (``PR_SET_PDEATHSIG``, relative to the thread that forked
-it: the daemon's loop thread) and EOF on the channel both make it stop in order (VIPs released). If it dies after a
-good start it is started again after 1 s, doubling to 30 s (back to 1 s after 60 s of good running).
+it: the daemon's loop thread) and EOF on the channel both make it stop in order (VIPs released). When the parent is
+alive but silent (stopped, SIGSTOP, or its loop stuck) for ``parent_timeout_s`` (at least ``PARENT_TIMEOUT_MIN_S``,
+and ``PARENT_TIMEOUT_ADVERTS`` advert intervals), its checks and data plane are frozen too: every instance resigns
+(priority-0 advert, VIPs released) and stays FAULT until the parent speaks again.
+
+If the child dies after a good start it is started again at once, and the roles it held go with it (``resume``): a
+former master that is up again within ``RESUME_WITHIN_ADVERTS`` advert intervals of the death (before the peer can
+have taken over) starts as MASTER, with an advert at once and its VIPs left on the interface, so a single crash
+costs the peer no takeover and the clients no gap (at 1 s adverts the restart takes well under that). Later, it
+starts as after a daemon start (VIPs removed, BACKUP, then preempting as its priority says).
+If it dies again soon it is started after 1 s, doubling to 30 s (``restart_delay``; at once again after 60 s of good
+running), and a restart after a backoff starts afresh (the peer has taken over by then).
 """
 
 from __future__ import annotations
@@ -40,6 +55,8 @@ import pickle
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +70,21 @@ MAX_MESSAGE = 64 * 1024 * 1024
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 30.0
 RESTART_RESET_AFTER_S = 60.0
+HEARTBEAT_S = 0.5  # the parent's heartbeat
+LOOP_STUCK_S = 30.0  # the heartbeat stops when the daemon's loop has not run for this long
+PARENT_TIMEOUT_MIN_S = 3.0  # the child resigns after this long without a word from its parent (at least)
+PARENT_TIMEOUT_ADVERTS = 4  # ... and at least this many of its longest advert interval
+RESUME_WITHIN_ADVERTS = 2  # a restarted child resumes as master if it is up within this many advert intervals
+
+
+def restart_delay(previous: float | None, ran_s: float) -> float:
+    """How long to wait before starting a child that died after ``ran_s`` s of running: at once for a first failure
+    (or one after ``RESTART_RESET_AFTER_S`` of good running), then 1 s, doubling to ``RESTART_MAX_S`` (pure)."""
+    if previous is None or ran_s > RESTART_RESET_AFTER_S:
+        return 0.0
+    if previous <= 0:
+        return RESTART_FIRST_S
+    return min(previous * 2, RESTART_MAX_S)
 
 
 # -- framing (shared with ha.vrrp.child) -----------------------------------------------------------------------
@@ -117,6 +149,7 @@ class ProcessEngine:
         realtime: bool = False,
         python: str = sys.executable,
         title: str = TITLE,
+        parent_timeout_s: float = PARENT_TIMEOUT_MIN_S,
     ) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
@@ -126,6 +159,12 @@ class ProcessEngine:
         self.title = title
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.parent_timeout_s = parent_timeout_s
+        self.roles: dict[str, str] = {}  # instance -> its role, as the child's transitions said
+        self._resume: dict[str, float] = {}  # the next child's masters, each resumable until a monotonic time
+        self._died_at = 0.0
+        self._heartbeat: int | None = None  # the child's end of the heartbeat pipe, while spawning it
+        self._loop_tick = 0.0  # time.monotonic() when the daemon's loop last ran (the heartbeat thread reads it)
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -195,6 +234,7 @@ class ProcessEngine:
             raise EngineError("instance names must be unique")
         out = dict(await self._call("reconfigure", (list(specs), list(groups or ())), timeout_s=60.0))
         self.specs, self.groups = list(specs), list(groups or ())
+        self.roles = {s.name: self.roles[s.name] for s in self.specs if s.name in self.roles}
         return out
 
     # -- requests -------------------------------------------------------------------------------------------
@@ -218,10 +258,11 @@ class ProcessEngine:
 
     # -- the child ------------------------------------------------------------------------------------------
     async def _supervise(self) -> None:
-        """Run the child; if it dies after a good start, start it again (with the current specs) after a backoff
-        of 1 s doubling to 30 s, as a supervisor would, until stop() is called."""
+        """Run the child; if it dies after a good start, start it again (with the current specs) at once, with the
+        roles it held; if it keeps dying, after a backoff of 1 s doubling to 30 s (``restart_delay``), as a
+        supervisor would, until stop() is called."""
         assert self._wake is not None
-        delay = RESTART_FIRST_S
+        delay: float | None = None
         ever_ready = False
         loop = asyncio.get_running_loop()
         while True:
@@ -230,14 +271,28 @@ class ProcessEngine:
             ever_ready = ever_ready or ready
             if self._stopping or not ever_ready:
                 return
-            if loop.time() - began > RESTART_RESET_AFTER_S:
-                delay = RESTART_FIRST_S  # it ran for a while: a new failure, not a crash loop
-            log.critical("VRRP engine process is gone: no VRRP on this node; restarting it in %.0f s", delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            delay = restart_delay(delay, loop.time() - began)
+            # at once, a master goes on if the new child is up before the peer can have taken over: the peer heard
+            # its last advert at most one interval before it died, and waits at least three after that
+            self._resume = {}
+            if delay <= 0:
+                adv = {s.name: s.advert_interval_s for s in self.specs}
+                self._resume = {
+                    n: self._died_at + RESUME_WITHIN_ADVERTS * adv[n]
+                    for n, r in self.roles.items()
+                    if r == "MASTER" and n in adv
+                }
+            if delay <= 0:
+                log.critical(
+                    "VRRP engine process is gone; restarting it at once%s",
+                    f" (resuming as master: {', '.join(self._resume)})" if self._resume else "",
+                )
+            else:
+                log.critical("VRRP engine process is gone: no VRRP on this node; restarting it in %.0f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
             if self._stopping:
                 return
-            delay = min(delay * 2, RESTART_MAX_S)
             self.restarts += 1
             self._started = loop.create_future()
 
@@ -245,27 +300,34 @@ class ProcessEngine:
         if self._started is not None and not self._started.done():
             self._started.set_result(error)
 
-    async def _spawn(self) -> asyncio.StreamReader:
+    async def _spawn(self) -> tuple[asyncio.StreamReader, int]:
+        """Start the child; returns the channel's reading end and the heartbeat pipe's writing end."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        hb_read, hb_write = os.pipe()
         try:
             fd = theirs.fileno()
+            self._heartbeat = hb_read
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv(fd), pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL
+                *self.argv(fd), pass_fds=(fd, hb_read), stdin=asyncio.subprocess.DEVNULL
             )
         except BaseException:
             mine.close()
+            os.close(hb_write)
             raise
         finally:
             theirs.close()
+            os.close(hb_read)
+        os.set_blocking(hb_write, False)
         reader, self._writer = await asyncio.open_unix_connection(sock=mine, limit=MAX_MESSAGE + _HEADER.size)
-        return reader
+        return reader, hb_write
 
     async def _run_child(self) -> bool:
         """One child's life; True if it reported ready."""
         ready = False
         why = ""
+        hb_write = -1
         try:
-            reader = await self._spawn()
+            reader, hb_write = await self._spawn()
             assert self._writer is not None
             self._alive = True
             self._writer.write(
@@ -278,14 +340,25 @@ class ProcessEngine:
                             "realtime": self.realtime,
                             "log_level": logging.getLogger().getEffectiveLevel(),
                             "title": self.title,
+                            "resume": self._resume,
+                            "heartbeat_fd": self._heartbeat,
+                            "parent_timeout_s": self.parent_timeout_s,
                         },
                     )
                 )
             )
         except Exception as e:
             self._start_done(f"VRRP engine process could not be started: {e}")
+            if hb_write >= 0:
+                os.close(hb_write)
             await self._close_channel()
             return False
+        self._resume = {}
+        done = threading.Event()
+        self._loop_tick = time.monotonic()
+        ticker = asyncio.get_running_loop().create_task(self._tick(), name="vrrp-heartbeat-tick")
+        beat = threading.Thread(target=self._beat, args=(hb_write, done), name="vrrp-heartbeat", daemon=True)
+        beat.start()
         try:
             while True:
                 msg = await read_msg(reader)
@@ -302,7 +375,12 @@ class ProcessEngine:
             if not isinstance(e, EOFError) or str(e) != "channel closed":
                 log.error("VRRP engine channel: %s", e)
         finally:
+            self._died_at = asyncio.get_running_loop().time()
             self._alive = False
+            ticker.cancel()
+            done.set()
+            await asyncio.to_thread(beat.join, 5)
+            os.close(hb_write)
             for fut in list(self._pending.values()):
                 if not fut.done():
                     fut.set_exception(EngineError("VRRP engine process exited"))
@@ -320,6 +398,26 @@ class ProcessEngine:
                 await asyncio.wait_for(self.proc.wait(), 5)
         return ready
 
+    async def _tick(self) -> None:
+        """Say that this loop runs (for the heartbeat thread)."""
+        while True:
+            self._loop_tick = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def _beat(self, fd: int, done: threading.Event) -> None:
+        """The heartbeat thread: a byte every ``HEARTBEAT_S`` while the child lives and the loop is not stuck (the
+        child resigns when the beats stop: the daemon is stopped, its checks and data plane frozen)."""
+        while True:
+            if time.monotonic() - self._loop_tick < LOOP_STUCK_S:
+                try:
+                    os.write(fd, b".")
+                except BlockingIOError:
+                    pass  # the child is not reading: it knows
+                except OSError:
+                    return  # the child is gone
+            if done.wait(HEARTBEAT_S):
+                return
+
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "reply":
@@ -331,6 +429,8 @@ class ProcessEngine:
                 else:
                     fut.set_exception(EngineError(value))
         elif kind == "event":
+            with contextlib.suppress(Exception):
+                self.roles[str(msg[1]["instance"])] = str(msg[1]["new"])
             if self.on_transition is not None:
                 try:
                     self.on_transition(msg[1])

@@ -207,4 +207,4 @@ def test_a_crashed_engine_process_is_started_again(lab: Lab, tmp_path: Path) -> 
     assert third.get("returncode") == 0, log.read_text()[-2000:]
     assert p.wait(20) == 0
     assert not has_vip(d1)
-    assert "restarting it in 1 s" in log.read_text()
+    assert "restarting it at once (resuming as master: VI_1)" in log.read_text()
