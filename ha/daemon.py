@@ -18,12 +18,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ha.api import ApiServer, Conflict, NotFound
+from ha.api import ApiServer, Conflict, NotFound, raise_nofile_limit
 from ha.config.diff import Change, ReloadDiff, diff_configs, format_plan
 from ha.config.load import ConfigProblem, load_checked
 from ha.config.model import Config
 from ha.dataplane import DataplaneDriver, Desired, compute_desired, needs_dataplane
 from ha.health import Health
+from ha.logs import summaries as log_summaries
 from ha.metrics import DaemonMetrics, MetricsSources, make_registry, render
 from ha.overrides import Overrides, resolve_realserver
 from ha.sdnotify import Notifier
@@ -93,6 +94,7 @@ class Daemon:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        raise_nofile_limit()  # before anything counts descriptors (the checks' budget, the API's reserve)
         release_leftover_vips(self.cfg)  # before anything sends: no VIP here until VRRP says so
         self.overrides.load(self.cfg)
         self.health.configure(self.cfg)
@@ -100,7 +102,7 @@ class Daemon:
         await self._start_ctsync()  # before VRRP: a node that becomes master must already receive the peer's state
         if self.lvs is not None:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
-        self.api = ApiServer(self, self.cfg.node.api)
+        self.api = ApiServer(self, self.cfg.node.api, self.counters.api)
         await self.api.start()
         if self.cfg.vrrp.instances:
             self.vrrp = Vrrp(self.cfg, self._role_changed)
@@ -109,6 +111,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         self._tasks.append(loop.create_task(self.notifier.watchdog_loop()))
+        self._tasks.append(loop.create_task(log_summaries()))
         freeze_long_lived_objects()
         self.notifier.ready(self._summary())
         log.info("started node=%s: %s", self.cfg.node.name, self._summary())
@@ -324,7 +327,10 @@ class Daemon:
         try:
             new, warnings = await asyncio.to_thread(load_checked, self.path)
         except ConfigProblem as e:
-            log.error("reload by %s rejected, the running configuration stays:\n  %s", who, "\n  ".join(e.lines))
+            # one argument a problem: the log escapes arguments, so the line breaks belong in the template
+            log.error(
+                "reload by %s rejected, the running configuration stays:" + "\n  %s" * len(e.lines), who, *e.lines
+            )
             if not dry_run:
                 self.last_reload_error = e.lines
                 self.counters.observe_reload(False, time.time())

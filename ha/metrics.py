@@ -52,6 +52,15 @@ class Histogram:
 
 
 @dataclass
+class ApiCounters:
+    """The control API's connections, per listener (``tcp``, ``unix``): refused (by reason), timed out, open."""
+
+    refused: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    timed_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    open: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class DaemonMetrics:
     """Event counters the daemon updates as things happen."""
 
@@ -64,6 +73,7 @@ class DaemonMetrics:
     last_reload_ok: bool = True
     last_reload_ts: float = 0.0  # wall-clock epoch seconds of the last reload attempt (or the start)
     config_loaded_ts: float = 0.0
+    api: ApiCounters = field(default_factory=ApiCounters)
 
     def observe_check(self, service: str, realserver: str, ok: bool, latency_s: float) -> None:
         self.check_results[(service, realserver, "success" if ok else "failure")] += 1
@@ -174,6 +184,30 @@ class LvsHaCollector:
         yield GaugeMetricFamily(
             "lvs_ha_config_loaded_timestamp_seconds", "Time the running config was loaded", value=d.config_loaded_ts
         )
+        yield from self._api()
+
+    def _api(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        api = self.s.daemon.api
+        refused = CounterMetricFamily(
+            "lvs_ha_api_connections_refused",
+            "Control API connections refused (limit, client_limit, descriptors) or not accepted (accept_error)",
+            labels=["listener", "reason"],
+        )
+        for (listener, reason), n in sorted(api.refused.items()):
+            refused.add_metric([listener, reason], n)
+        timed_out = CounterMetricFamily(
+            "lvs_ha_api_connections_timed_out",
+            "Control API connections closed for not sending a complete request in time",
+            labels=["listener"],
+        )
+        for listener, n in sorted(api.timed_out.items()):
+            timed_out.add_metric([listener], n)
+        open_ = GaugeMetricFamily("lvs_ha_api_connections_open", "Control API connections open", labels=["listener"])
+        for listener, n in sorted(api.open.items()):
+            open_.add_metric([listener], n)
+        yield from (refused, timed_out, open_)
 
     def _checker(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
