@@ -8,6 +8,7 @@ keys common to every check (see ``COMMON_KEYS``) and hands the remaining, type-s
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,21 @@ class CheckResult:
     reason: str
     latency_s: float
     weight: int | None = None  # a dynamic weight reported by the check (exec), None if not reported
+
+
+@dataclass(frozen=True)
+class Unchecked(CheckResult):
+    """Not a verdict on the realserver: the check could not be made here, for want of a local resource (no file
+    descriptor free: EMFILE/ENFILE; no buffer or memory for a socket). The runner records no result for it (the
+    realserver keeps its state), counts it as skipped, and tries again when a check in flight has ended."""
+
+
+# errno values of a socket or pipe that could not be made for want of a local resource (see ``Unchecked``)
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def is_local_resource_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in LOCAL_RESOURCE_ERRNOS
 
 
 @runtime_checkable

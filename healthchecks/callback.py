@@ -6,7 +6,9 @@ Besides ``async def check(...)``, a checker may define::
 
 ``begin`` starts one check and returns at once. The checker later calls ``done(result)`` exactly once, from the
 event loop, unless the runner calls the returned ``cancel()`` first (the check's timeout expired, the probe was
-removed or the runner stopped): then it releases what the check holds and never calls ``done``. ``done`` may be
+removed or the runner stopped): then it releases what the check holds and never calls ``done``. ``cancel()`` may
+return a few words on what the check was still waiting for (``"response body still arriving (1234 bytes read)"``),
+which a timeout's reason then carries; None says nothing more than the timeout. ``done`` may be
 called before ``begin`` returns (e.g. an immediate refusal); the return value is then ignored. ``begin`` should not
 raise; if it does, the runner records a failed result.
 
@@ -24,7 +26,7 @@ from typing import Any
 from healthchecks.base import CheckResult
 
 Done = Callable[[CheckResult], None]
-Cancel = Callable[[], None]
+Cancel = Callable[[], "str | None"]
 Begin = Callable[[Any, Any, float, Done], "Cancel | None"]
 
 

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
 from healthchecks.spec import SpecReader
-from healthchecks.tcp import describe_oserror, family_of, sockaddr
+from healthchecks.tcp import family_of, sockaddr
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class DnsChecker:
         except ConnectionRefusedError:
             return CheckResult(False, "ICMP port unreachable", loop.time() - t0)
         except OSError as e:
-            return CheckResult(False, describe_oserror(e), loop.time() - t0)
+            return sockio.failed(e, loop.time() - t0)
         finally:
             sock.close()
         rcode = dns.rcode.to_text(resp.rcode())

@@ -28,10 +28,9 @@ import aiohttp
 from healthchecks import sockio
 from healthchecks.base import CheckResult, SpecError, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
-from healthchecks.checks import error_result
+from healthchecks.checks import local_error_result
 from healthchecks.http1 import build_request
 from healthchecks.httpfast import IDLE_MAX_S, PURGE_EVERY_S, Client
-from healthchecks.sockio import describe_oserror
 from healthchecks.spec import SpecReader, parse_status_ranges
 from healthchecks.tcp import NO_PORT
 
@@ -207,6 +206,10 @@ class HttpChecker:
         if client is not None:
             client.close()
 
+    def _idle_held(self) -> int:
+        """Connections the checker may keep idle: a keep-alive session's and the bare-socket client's."""
+        return len(self._session_used) + self.idle_connections()
+
     def idle_connections(self) -> int:
         """Idle keep-alive connections of the bare-socket client (plain http)."""
         return len(self._client.pool) if self._client is not None else 0
@@ -217,7 +220,7 @@ class HttpChecker:
             return None
         client = self._plain_client() if spec.scheme == "http" and spec.client == "auto" else None
         if client is None:
-            return begin_task(self._aiohttp_check(target, spec, timeout_s), done, error_result)
+            return begin_task(self._aiohttp_check(target, spec, timeout_s), done, local_error_result)
         key = (spec, target.address, target.port)
         req = self._requests.get(key)
         if req is None:
@@ -246,6 +249,8 @@ class HttpChecker:
         """aiohttp (https, or ``client: aiohttp``). With connection reuse, a failed check closes the target's
         connection (a timeout cancels the request, which closes it too)."""
         key = (target.address, target.port, spec.scheme) if spec.reuse_connection else None
+        if key is not None and key not in self._sessions and self._idle_held() >= sockio.idle_max():
+            key = None  # the descriptor budget's share for idle connections is used up: a fresh connection
         res = await self._aiohttp_request(self._session(key), target, spec, timeout_s)
         if key is not None and not res.ok:
             await self._drop_session(key)
@@ -297,7 +302,7 @@ class HttpChecker:
         except aiohttp.ClientSSLError as e:
             return CheckResult(False, f"TLS error: {e}", loop.time() - t0)
         except aiohttp.ClientConnectorError as e:
-            return CheckResult(False, describe_oserror(e.os_error), loop.time() - t0)
+            return sockio.failed(e.os_error, loop.time() - t0)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as e:
             return CheckResult(False, f"server closed the connection: {e}", loop.time() - t0)
         except aiohttp.ClientResponseError as e:
@@ -307,7 +312,7 @@ class HttpChecker:
         except aiohttp.ClientError as e:
             return CheckResult(False, f"{type(e).__name__}: {e}", loop.time() - t0)
         except OSError as e:
-            return CheckResult(False, describe_oserror(e), loop.time() - t0)
+            return sockio.failed(e, loop.time() - t0)
 
 
 class HttpsChecker(HttpChecker):

@@ -25,12 +25,13 @@ from typing import Any
 
 from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
-from healthchecks.http1 import Framing, Head, dechunk, parse_head
-from healthchecks.sockio import describe_oserror, family_of, sockaddr
+from healthchecks.http1 import ChunkedBody, Framing, Head, parse_head
+from healthchecks.sockio import family_of, sockaddr
 from healthchecks.tcp import describe_errno
 
 MAX_HEAD = 65536
 MAX_DRAIN = 1 << 20  # a longer body is not read to keep the connection: the connection is closed instead
+SEARCH_SMALL = 1024  # expect_body is searched again after every read up to this many body bytes, then on doubling
 IDLE_MAX_S = 120.0  # an idle connection older than this is closed rather than reused
 IDLE_PER_TARGET = 4
 PURGE_EVERY_S = 30.0
@@ -43,12 +44,14 @@ class Pool:
 
     def __init__(self) -> None:
         self.idle: dict[tuple[str, int], list[tuple[Any, float]]] = {}
+        self.count = 0  # idle connections in all (at most ``sockio.idle_max()``)
         self.last_purge = 0.0
 
     def take(self, key: tuple[str, int], now: float) -> Any:
         conns = self.idle.get(key)
         while conns:
             sock, since = conns.pop()
+            self.count -= 1
             if now - since <= IDLE_MAX_S:
                 try:
                     sock.recv(1, _PEEK)
@@ -65,7 +68,14 @@ class Pool:
             conns = self.idle[key] = []
         if len(conns) >= IDLE_PER_TARGET:
             conns.pop(0)[0].close()
+            self.count -= 1
+        if self.count >= sockio.idle_max():  # the descriptor budget's share for idle connections is used up
+            sock.close()
+            if not conns:
+                del self.idle[key]
+            return
         conns.append((sock, now))
+        self.count += 1
         if now - self.last_purge > PURGE_EVERY_S:
             self.purge(now)
 
@@ -76,6 +86,7 @@ class Pool:
             for sock, since in self.idle[key]:
                 if now - since > IDLE_MAX_S:
                     sock.close()
+                    self.count -= 1
                 else:
                     keep.append((sock, since))
             if keep:
@@ -84,35 +95,48 @@ class Pool:
                 del self.idle[key]
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self.idle.values())
+        return self.count
 
     def close(self) -> None:
         for conns in self.idle.values():
             for sock, _ in conns:
                 sock.close()
         self.idle.clear()
+        self.count = 0
 
 
 class Exchange:
     """One plain-http check (see the module docstring). ``start`` returns the cancel function, or None if the
-    check already ended."""
+    check already ended.
+
+    The work is linear in the bytes received: the header block is searched for its end only in what is new, a
+    chunked body is decoded incrementally (``http1.ChunkedBody``), of the body only what ``expect_body`` needs is
+    kept (``max_body`` bytes), and past ``SEARCH_SMALL`` bytes the pattern is searched again only when that data
+    has doubled since the last search (and once more when it is complete). The check's timeout is one deadline
+    for all of it (the runner's): connect, request, headers and as much of the body as is read."""
 
     __slots__ = (
         "body",
         "buf",
+        "chunks",
         "code",
         "done",
+        "extra",
         "fd",
         "framing",
         "key",
         "known",
         "loop",
+        "matched",
         "pending",
         "poller",
         "pool",
+        "received",
         "request",
         "retried",
         "reused",
+        "scanned",
+        "searched",
         "sock",
         "spec",
         "status",
@@ -145,16 +169,22 @@ class Exchange:
         self.known = False  # the descriptor is in the poller's epoll set
         self.reused = False
         self.retried = False
-        self.buf = b""
+        self.buf: bytes | bytearray = b""  # the header block so far (a bytearray once it takes more than one read)
+        self.scanned = 0  # how much of ``buf`` is known to hold no end of the header block
         self.framing: Framing | None = None
+        self.chunks: ChunkedBody | None = None
         self.code = 0
         self.status = ""
-        self.body = b""
+        self.body = bytearray()  # the body bytes kept for ``expect_body`` (decoded, if chunked)
+        self.received = 0  # body bytes received (as sent: with the chunked framing)
+        self.extra = False  # bytes beyond the end of the answer arrived: the connection is out of step
+        self.searched = -1  # how many body bytes the pattern was last searched in
+        self.matched = False
         self.t0 = loop.time()
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
-    def start(self) -> Callable[[], None] | None:
+    def start(self) -> Callable[[], str | None] | None:
         pool = self.pool
         if pool is not None:
             sock = pool.take(self.key, self.t0)
@@ -165,10 +195,16 @@ class Exchange:
         self._connect()
         return self.cancel if self.done is not None else None
 
-    def cancel(self) -> None:
-        """Abandon the check (timeout, removal): close the connection; ``done`` is not called."""
+    def cancel(self) -> str | None:
+        """Abandon the check (timeout, removal): close the connection; ``done`` is not called. Returns what the
+        check was still waiting for when part of the answer had come (for the timeout's reason)."""
         self.done = None
         self._drop()
+        if self.framing is not None:
+            return f"response body still arriving ({self.received} bytes read)"
+        if self.buf:
+            return f"headers still arriving ({len(self.buf)} bytes read)"
+        return None
 
     def _drop(self) -> None:
         sock, self.sock = self.sock, None
@@ -180,7 +216,7 @@ class Exchange:
         try:
             self.poller.arm(self.fd, events, callback, self.known)
         except OSError as e:
-            self._fail(describe_oserror(e))
+            self._error(e)
             return
         self.known = True
 
@@ -198,6 +234,9 @@ class Exchange:
     def _fail(self, reason: str) -> None:
         self._end(CheckResult(False, reason, self.loop.time() - self.t0))
 
+    def _error(self, e: OSError) -> None:
+        self._end(sockio.failed(e, self.loop.time() - self.t0))
+
     # -- the exchange --------------------------------------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -209,10 +248,11 @@ class Exchange:
         except OSError as e:
             if sock is not None:
                 sock.close()
-            self._fail(describe_oserror(e))
+            self._error(e)
             return
         self.sock, self.fd, self.known, self.reused = sock, sock.fileno(), False, False
         self.buf = b""
+        self.scanned = 0
         self.pending = self.request
         if err == errno.EINPROGRESS:
             self._wait(sockio.OUT, self._connected)
@@ -254,7 +294,7 @@ class Exchange:
         if self.framing is not None and (e is None or self.spec.expect_body is None):
             self._judge(eof=True)  # the status was good; the body decides if one is expected
         elif e is not None:
-            self._fail(describe_oserror(e))
+            self._error(e)
         else:
             what = "closed the connection" if not self.buf else "closed the connection mid-headers"
             self._fail(f"server {what} without a response")
@@ -272,23 +312,37 @@ class Exchange:
             self._broken(None)
             return
         if self.framing is None:
-            self.buf += chunk
-            end = self.buf.find(b"\r\n\r\n")
+            buf = self.buf
+            if not buf:
+                buf = chunk  # the usual case: the whole head in one read, no copy
+            else:
+                if not isinstance(buf, bytearray):
+                    buf = bytearray(buf)
+                buf += chunk
+            self.buf = buf
+            end = buf.find(b"\r\n\r\n", self.scanned)
             if end < 0:
-                if len(self.buf) > MAX_HEAD:
-                    self._fail("bad response: headers longer than 64 KiB")
+                if len(buf) > MAX_HEAD:
+                    self._fail(f"bad response: headers longer than {MAX_HEAD // 1024} KiB")
                 else:
+                    self.scanned = max(0, len(buf) - 3)  # the end may straddle this read and the next
                     self._wait(sockio.IN, self._readable)
                 return
-            if not self._head(end):
+            if end > MAX_HEAD:
+                self._fail(f"bad response: headers longer than {MAX_HEAD // 1024} KiB")
                 return
+            if not self._head(bytes(buf[:end])):
+                return
+            rest = buf[end + 4 :]
+            if rest:
+                self._take(rest)
         else:
-            self.body += chunk
-        self._judge(eof=False)
+            self._take(chunk)
+        if self.done is not None:
+            self._judge(eof=False)
 
-    def _head(self, end: int) -> bool:
+    def _head(self, head: bytes) -> bool:
         """Parse the status line and headers; False if the check ended here."""
-        head, self.body = self.buf[:end], self.buf[end + 4 :]
         parsed = _heads.get(head)
         if parsed is None:
             parsed = parse_head(head)
@@ -310,44 +364,79 @@ class Exchange:
         if not self.spec.status_ok(code):
             self._fail(f"unexpected status {status}")
             return False
+        if f.chunked:
+            self.chunks = ChunkedBody(self.spec.max_body if self.spec.expect_body is not None else 0)
         return True
+
+    def _take(self, data: bytes | bytearray) -> None:
+        """Body bytes as they arrive: decoded if chunked, kept as far as ``expect_body`` needs them."""
+        self.received += len(data)
+        chunks = self.chunks
+        if chunks is not None:
+            if chunks.feed(data) < len(data):
+                if chunks.error:
+                    self._fail(chunks.error)
+                    return
+                self.extra = True
+            return
+        f = self.framing
+        assert f is not None
+        length = f.length
+        if length is not None and self.received > length:
+            self.extra = True
+        if self.spec.expect_body is not None:
+            room = (self.spec.max_body if length is None else min(length, self.spec.max_body)) - len(self.body)
+            if room > 0:
+                self.body += data[:room]
 
     def _judge(self, eof: bool) -> None:
         """Decide with the body read so far, or wait for more."""
         f = self.framing
         assert f is not None
-        body = self.body
         length = f.length
-        decoded = b""
-        if f.chunked:
-            decoded, end = dechunk(body)
-            complete, exact = end is not None, end == len(body)  # end -1: malformed, judged as it is
-        elif length is not None:
-            complete, exact = len(body) >= length, len(body) == length
+        chunks = self.chunks
+        if chunks is not None:
+            if chunks.error:
+                self._fail(chunks.error)
+                return
+            complete = chunks.done
+            data = chunks.data
         else:
-            complete, exact = eof, False
+            complete = eof if length is None else self.received >= length
+            data = self.body
+        spec = self.spec
         # the connection can be kept if the answer is framed and short enough to read to its end
         can_keep = (
             self.pool is not None
             and f.keep
             and not eof
-            and (f.chunked or length is not None)
+            and (chunks is not None or length is not None)
             and (length or 0) <= MAX_DRAIN
-            and len(body) <= MAX_DRAIN
+            and self.received <= MAX_DRAIN
         )
-        pattern = self.spec.expect_body
-        if pattern is not None:
-            data = decoded if f.chunked else body if length is None else body[:length]
-            if not pattern.search(data[: self.spec.max_body]):
-                if not (complete or eof or len(data) >= self.spec.max_body):
-                    self._wait(sockio.IN, self._readable)
-                elif eof and length is not None and len(body) < length:
-                    self._fail(f"{self.status}: body cut short ({len(body)} of {length} bytes)")
-                else:
-                    self._fail(f"{self.status}: body does not match {pattern.pattern!r}")
+        pattern = spec.expect_body
+        if pattern is not None and not self.matched:
+            # as much as the pattern will see: the data is complete, cut short, or at its limit (a chunked body's
+            # framing counts too: tiny chunks do not make the checker read without end)
+            final = complete or eof or len(data) >= spec.max_body or self.received >= 2 * spec.max_body + MAX_HEAD
+            n = len(data)
+            if not final and (n <= self.searched or (n > SEARCH_SMALL and n < 2 * self.searched)):
+                self._wait(sockio.IN, self._readable)  # search again when the data has doubled
+                return
+            self.searched = len(data)
+            if pattern.search(data):
+                self.matched = True
+            elif not final:
+                self._wait(sockio.IN, self._readable)
+                return
+            elif eof and length is not None and self.received < length:
+                self._fail(f"{self.status}: body cut short ({self.received} of {length} bytes)")
+                return
+            else:
+                self._fail(f"{self.status}: body does not match {pattern.pattern!r}")
                 return
         if complete or not can_keep:
-            self._end(CheckResult(True, self.status, self.loop.time() - self.t0), can_keep and exact)
+            self._end(CheckResult(True, self.status, self.loop.time() - self.t0), can_keep and not self.extra)
         else:
             self._wait(sockio.IN, self._readable)  # read to the end of the answer, to keep the connection
 
@@ -362,7 +451,7 @@ class Client:
 
     def begin(
         self, spec: Any, target: Target, request: bytes, reuse: bool, done: Callable[[CheckResult], None]
-    ) -> Callable[[], None] | None:
+    ) -> Callable[[], str | None] | None:
         return Exchange(spec, target, request, self.pool if reuse else None, self.loop, self.poller, done).start()
 
     def close(self) -> None:

@@ -8,6 +8,16 @@ that is more than an interval behind (overload) slips, so a probe never runs mor
 that starts more than ``late_after_s`` after its due time counts as late; a global limit bounds the checks in flight
 (the others wait their turn, in order).
 
+Descriptors: the checks in flight and the idle kept-alive connections hold file descriptors, and the daemon needs
+some of its own (the data plane's netlink sockets and commands, the control API and its unix socket, logs, the
+VRRP child). At ``start`` the runner takes a budget from the soft RLIMIT_NOFILE less the descriptors open then and
+a reserve (``FD_RESERVE``, or an eighth of the limit if more: ``descriptor_budget``): at most three quarters of it
+in flight, the rest for idle connections (``sockio.set_idle_max``). A check that still finds no descriptor free
+(EMFILE: something else holds them) is no verdict on the realserver: it ends ``Unchecked``, no result is recorded
+(the realserver keeps its state), it counts as skipped and waits for a check in flight to end (or, with none in
+flight, retries after ``RETRY_S``), and the limit in flight drops to what was in flight then, growing back by one
+with every check that ends normally. A warning is logged at most every ``WARN_EVERY_S``.
+
 No task or timer per probe: one timer wheel (resolution ``sweep_s``, 10 ms) holds every probe's next start and every
 running check's deadline, and one loop timer fires for the earliest non-empty slot, so all checks due in one slot
 start in one batch. Checkers that offer ``begin`` (``healthchecks.callback``: tcp, http) run as callbacks driven by
@@ -27,19 +37,68 @@ import asyncio
 import functools
 import heapq
 import logging
+import os
 import random
+import resource
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from enum import Enum
 from typing import Any
 
-from healthchecks.base import Checker, CheckResult, Target
-from healthchecks.checks import CheckSpec, CheckStatus, RunnerStats, error_result, run_check, wrong_type_result
+from healthchecks import sockio
+from healthchecks.base import Checker, CheckResult, Target, Unchecked
+from healthchecks.checks import (
+    CheckSpec,
+    CheckStatus,
+    RunnerStats,
+    local_error_result,
+    run_check,
+    timeout_result,
+    wrong_type_result,
+)
 from healthchecks.hysteresis import Health, Hysteresis
 
-__all__ = ["ChangeCallback", "CheckSpec", "CheckStatus", "Runner", "RunnerStats", "run_check"]
+__all__ = [
+    "ChangeCallback",
+    "CheckSpec",
+    "CheckStatus",
+    "Runner",
+    "RunnerStats",
+    "descriptor_budget",
+    "open_descriptors",
+    "run_check",
+]
 
 log = logging.getLogger(__name__)
+
+FD_RESERVE = 256  # descriptors left to the rest of the daemon: data plane, control API and socket, logs, VRRP child
+FD_MIN_BUDGET = 8  # checks still run, a few at a time, under a limit too low for the reserve
+NO_LIMIT = 1 << 20  # what an unlimited RLIMIT_NOFILE counts as
+RETRY_S = 1.0  # an unchecked probe with no check in flight to wait for tries again after this long
+WARN_EVERY_S = 10.0
+
+
+def open_descriptors() -> int:
+    """How many descriptors this process has open (0 where /proc cannot tell)."""
+    try:
+        return max(0, len(os.listdir("/proc/self/fd")) - 1)  # less the one listdir opened
+    except OSError:
+        return 0
+
+
+def descriptor_budget(reserve: int = FD_RESERVE, soft: int | None = None, in_use: int | None = None) -> int:
+    """How many descriptors the health checks may hold at once: the soft RLIMIT_NOFILE (read now unless given)
+    less the descriptors open now and a reserve (``reserve``, or an eighth of the limit if more: the control API
+    refuses new connections in that last eighth, so the checks leave it alone); at least ``FD_MIN_BUDGET``. Call it
+    after the daemon has raised its soft limit (the runner does, at ``start``)."""
+    if soft is None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft < 0 or soft > NO_LIMIT:
+        soft = NO_LIMIT
+    if in_use is None:
+        in_use = open_descriptors()
+    return max(FD_MIN_BUDGET, soft - in_use - max(reserve, soft // 8))
+
 
 ChangeCallback = Callable[[Hashable, Health, Health, CheckResult], None]
 
@@ -104,7 +163,7 @@ class _Probe:
         self.deadline_slot = -1  # the wheel slot of the running check's deadline
         self.running = False
         self.started = 0.0
-        self.cancel: Callable[[], None] | None = None  # of the running callback check
+        self.cancel: Callable[[], str | None] | None = None  # of the running callback check
         self.task: asyncio.Task[Any] | None = None  # of the running (or cancelled, still ending) coroutine check
         self.removed = False
         self.last_result: CheckResult | None = None
@@ -120,10 +179,17 @@ class Runner:
         late_after_s: float = 0.5,
         rng: random.Random | None = None,
         sweep_s: float = 0.01,
+        fd_budget: int | None = None,
     ) -> None:
-        """``sweep_s`` is the resolution of the timer wheel: checks start and time out up to that much late."""
+        """``sweep_s`` is the resolution of the timer wheel: checks start and time out up to that much late.
+        ``fd_budget``: the descriptors the checks may hold (None: ``descriptor_budget()`` at ``start``)."""
         self.registry = registry
         self.concurrency = concurrency
+        self.fd_budget = fd_budget
+        self._cap = concurrency  # the checks in flight at most: concurrency, within the descriptor budget
+        self._limit = concurrency  # the limit now: lowered when a check found no descriptor free
+        self._skipped_since_warning = 0
+        self._last_warning = -_NEVER
         self._clock = clock
         self.jitter = jitter
         self.late_after_s = late_after_s
@@ -216,6 +282,11 @@ class Runner:
         self._specs.pop(key, None)
         self._hyst.pop(key, None)
 
+    @property
+    def in_flight_limit(self) -> int:
+        """How many checks may be in flight now (see the module docstring on descriptors)."""
+        return self._limit
+
     def _abort(self, probe: _Probe) -> None:
         """Abandon the probe's running check, if any (removed or stopped): no result is recorded."""
         probe.gen += 1
@@ -227,15 +298,18 @@ class Runner:
         self._cancel(probe, cancel, probe.task)
 
     @staticmethod
-    def _cancel(probe: _Probe, cancel: Callable[[], None] | None, task: asyncio.Task[Any] | None) -> None:
-        """Cancel a check: its callback check's ``cancel`` (a failure is logged) and its task."""
+    def _cancel(probe: _Probe, cancel: Callable[[], str | None] | None, task: asyncio.Task[Any] | None) -> object:
+        """Cancel a check: its callback check's ``cancel`` (a failure is logged) and its task. Returns what
+        ``cancel`` said the check still waited for."""
+        note = None
         if cancel is not None:
             try:
-                cancel()
+                note = cancel()
             except Exception:
                 log.exception("cancelling a %s check failed", probe.type)
         if task is not None:
             task.cancel()
+        return note
 
     # -- running -------------------------------------------------------------------------------------------------
 
@@ -248,6 +322,18 @@ class Runner:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
+        budget = self.fd_budget if self.fd_budget is not None else descriptor_budget()
+        in_flight = max(1, budget * 3 // 4)
+        self._cap = self._limit = min(self.concurrency, in_flight)
+        sockio.set_idle_max(max(0, budget - in_flight))
+        if in_flight < self.concurrency:
+            log.info(
+                "health checks: at most %d in flight and %d idle connections (a budget of %d descriptors: "
+                "RLIMIT_NOFILE less those open and a reserve for the rest of the daemon)",
+                in_flight,
+                budget - in_flight,
+                budget,
+            )
         now = self._loop.time()
         for probe in self._probes.values():
             self._first_run(probe, now)
@@ -322,7 +408,7 @@ class Runner:
                         self._expire(probe, now)
                 elif probe.start_slot == slot:
                     probe.start_slot = -1
-                    if self._running < self.concurrency:
+                    if self._running < self._limit:
                         self._launch(probe, now)
                     else:
                         self._waiting.append(probe)
@@ -351,7 +437,7 @@ class Runner:
             try:
                 cancel = begin(probe.target, probe.spec, probe.timeout_s, done)
             except Exception as e:
-                self._finish(probe, gen, error_result(e), _End.ERROR)
+                self._finish(probe, gen, local_error_result(e), _End.ERROR)
                 return
             if probe.running and probe.gen == gen:
                 probe.cancel = cancel
@@ -373,7 +459,7 @@ class Runner:
             coro = probe.checker.check(probe.target, probe.spec, probe.timeout_s)
             task = asyncio.ensure_future(coro)
         except Exception as e:
-            self._finish(probe, gen, error_result(e), _End.ERROR)
+            self._finish(probe, gen, local_error_result(e), _End.ERROR)
             return
         probe.task = task
         task.add_done_callback(functools.partial(self._task_done, probe, gen))
@@ -389,7 +475,7 @@ class Runner:
         if task.cancelled():
             self._finish(probe, gen, CheckResult(False, probe.timeout_reason, latency), _End.TIMEOUT)
         elif (exc := task.exception()) is not None:
-            self._finish(probe, gen, error_result(exc, latency), _End.ERROR)
+            self._finish(probe, gen, local_error_result(exc, latency), _End.ERROR)
         else:
             self._finish(probe, gen, task.result())
 
@@ -397,8 +483,16 @@ class Runner:
         """The deadline of a running check passed: cancel it; it fails with a timeout."""
         cancel, probe.cancel = probe.cancel, None
         task = probe.task
-        self._finish(probe, probe.gen, CheckResult(False, probe.timeout_reason, now - probe.started), _End.TIMEOUT)
-        self._cancel(probe, cancel, task)
+        gen = probe.gen
+        note = self._cancel(probe, cancel, task) if cancel is not None else None
+        res = (
+            CheckResult(False, probe.timeout_reason, now - probe.started)
+            if note is None
+            else timeout_result(probe.timeout_s, note, now - probe.started)
+        )
+        self._finish(probe, gen, res, _End.TIMEOUT)
+        if cancel is None:
+            self._cancel(probe, None, task)
 
     def _finish(self, probe: _Probe, gen: int, res: CheckResult, end: _End = _End.RESULT) -> None:
         """A check ended (result, timeout or error: ``end``): record it, schedule the next one, start waiting
@@ -412,6 +506,11 @@ class Runner:
         if loop is None or probe.removed:
             return
         now = loop.time()
+        if isinstance(res, Unchecked):
+            self._unchecked(probe, res, now)
+            return
+        if self._limit < self._cap:
+            self._limit += 1
         if not isinstance(res, CheckResult):
             res = wrong_type_result(res, now - probe.started)
         if not res.ok:
@@ -434,6 +533,27 @@ class Runner:
         if self._waiting:
             self._drain(now)
 
+    def _unchecked(self, probe: _Probe, res: CheckResult, now: float) -> None:
+        """The check could not be made here (no descriptor free): no result; the probe waits for a check in flight
+        to end, and no more than are in flight now may start until checks end normally again."""
+        self.stats.skipped += 1
+        self._skipped_since_warning += 1
+        if now - self._last_warning >= WARN_EVERY_S:
+            log.warning(
+                "health checks: %d not made for want of a local resource (%s); realservers keep their state, "
+                "at most %d checks in flight for now",
+                self._skipped_since_warning,
+                res.reason,
+                max(1, self._running),
+            )
+            self._last_warning = now
+            self._skipped_since_warning = 0
+        self._limit = max(1, self._running)
+        if self._running:
+            self._waiting.append(probe)
+        else:
+            probe.start_slot = self._push(now + min(RETRY_S, probe.interval_s), probe)
+
     def _drain(self, now: float) -> None:
         """Start waiting checks while there is room. Not re-entered: a check that ends at once (inside ``begin``)
         lets the outer loop start the next one, so a long queue never builds a deep call stack."""
@@ -442,7 +562,7 @@ class Runner:
         self._draining = True
         waiting = self._waiting
         try:
-            while waiting and self._running < self.concurrency:
+            while waiting and self._running < self._limit:
                 p = waiting.popleft()
                 if not p.removed and not p.running:
                     self._launch(p, now)

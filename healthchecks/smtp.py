@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from healthchecks import sockio
 from healthchecks.base import CheckResult, Target
 from healthchecks.spec import SpecReader
-from healthchecks.tcp import describe_oserror, family_of, show, sockaddr
+from healthchecks.tcp import family_of, show, sockaddr
 
 _LAST_LINE = re.compile(rb"(?:^|\r?\n)(\d{3}) [^\n]*\r?\n$")
 _NAME = re.compile(r"^[A-Za-z0-9.\-\[\]:]+$")
@@ -78,6 +78,6 @@ class SmtpChecker:
                     pass
                 return CheckResult(True, "220 banner, 250 EHLO", loop.time() - t0)
             except OSError as e:
-                return CheckResult(False, describe_oserror(e), loop.time() - t0)
+                return sockio.failed(e, loop.time() - t0)
         finally:
             sock.close()

@@ -27,6 +27,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from healthchecks.base import LOCAL_RESOURCE_ERRNOS, CheckResult, Unchecked
+
 log = logging.getLogger(__name__)
 
 HAVE_EPOLL = hasattr(select, "epoll")
@@ -222,6 +224,28 @@ _ERRORS: dict[int, type[OSError]] = {
 
 def oserror(err: int) -> OSError:
     return _ERRORS.get(err, OSError)(err, os.strerror(err))
+
+
+_idle_max = 1 << 30
+
+
+def set_idle_max(n: int) -> None:
+    """How many idle kept-alive connections the checkers may hold in all (their share of the runner's descriptor
+    budget); a connection beyond it is closed instead of kept."""
+    global _idle_max
+    _idle_max = max(0, n)
+
+
+def idle_max() -> int:
+    return _idle_max
+
+
+def failed(e: OSError, latency_s: float) -> CheckResult:
+    """A check's result for a socket error: ``Unchecked`` if a local resource ran out (the descriptor table is
+    full: not the realserver's fault), else a failure with the error as its reason."""
+    if e.errno in LOCAL_RESOURCE_ERRNOS:
+        return Unchecked(False, f"not checked: {describe_oserror(e)} (a resource of this director)", latency_s)
+    return CheckResult(False, describe_oserror(e), latency_s)
 
 
 def describe_oserror(e: OSError) -> str:

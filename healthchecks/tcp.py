@@ -64,7 +64,7 @@ def describe_errno(err: int) -> str:
 
 def error_result(e: BaseException) -> CheckResult:
     if isinstance(e, OSError):
-        return CheckResult(False, describe_oserror(e), 0.0)
+        return sockio.failed(e, 0.0)
     return checker_error_result(e)
 
 
@@ -90,7 +90,7 @@ class _Connect:
             sock = self.sock = sockio.new_socket(family_of(address))
             err = sock.connect_ex(sockaddr(address, port))
         except OSError as e:
-            self._end(False, describe_oserror(e))
+            self._result(sockio.failed(e, _monotonic() - self.t0))
             return
         if err != errno.EINPROGRESS:
             if err:
@@ -102,7 +102,7 @@ class _Connect:
         try:
             self.poller.arm(fd, sockio.OUT, self.ready)
         except OSError as e:
-            self._end(False, describe_oserror(e))
+            self._result(sockio.failed(e, _monotonic() - self.t0))
 
     def start(self) -> Cancel | None:
         return self.cancel if self.done is not None else None
@@ -121,12 +121,15 @@ class _Connect:
             done(CheckResult(True, "connected", _monotonic() - self.t0))
 
     def _end(self, ok: bool, reason: str) -> None:
+        self._result(CheckResult(ok, reason, _monotonic() - self.t0))
+
+    def _result(self, res: CheckResult) -> None:
         if self.sock is not None:
             self.sock.close()
         done = self.done
         self.done = None
         if done is not None:
-            done(CheckResult(ok, reason, _monotonic() - self.t0))
+            done(res)
 
     def cancel(self) -> None:
         self.done = None
@@ -195,7 +198,7 @@ class TcpChecker:
             try:
                 await sockio.connect(sock, sockaddr(target.address, target.port))
             except OSError as e:
-                return CheckResult(False, describe_oserror(e), loop.time() - t0)
+                return sockio.failed(e, loop.time() - t0)
             if spec.send is None and spec.expect is None and spec.expect_prefix is None:
                 return CheckResult(True, "connected", loop.time() - t0)
             try:
@@ -205,7 +208,7 @@ class TcpChecker:
                     return CheckResult(True, "connected, sent", loop.time() - t0)
                 matched, data = await read_until(sock, spec.expect, spec.expect_prefix, spec.max_reply)
             except OSError as e:
-                return CheckResult(False, describe_oserror(e), loop.time() - t0)
+                return sockio.failed(e, loop.time() - t0)
             if matched:
                 return CheckResult(True, "reply matched", loop.time() - t0)
             if not data:
