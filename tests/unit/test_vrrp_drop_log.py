@@ -126,4 +126,5 @@ def test_refused_interval_and_priority_zero_are_counted_and_logged(caplog: pytes
     assert malformed_count(dict(d.errors)) == 2
     assert "interval 40.95 s (ours 0.1 s)" in _lines(caplog, "bad_interval")[0]
     assert _lines(caplog, "priority_zero_ignored")
+    assert isinstance(d.machine, VrrpMachine)
     assert d.machine.master_down_interval_s == pytest.approx(0.3 + 0.1 * 156 / 256)
