@@ -27,6 +27,9 @@ from healthchecks.checks import error_result as checker_error_result
 from healthchecks.sockio import describe_oserror, family_of, sockaddr
 from healthchecks.spec import SpecReader
 
+SEARCH_SMALL = 1024  # a reply is searched for ``expect`` after every read up to this many bytes, then on doubling
+SEARCH_IDLE_S = 0.05  # ... or when no more of it has come for this long
+
 
 @dataclass(frozen=True)
 class TcpSpec:
@@ -40,22 +43,39 @@ class TcpSpec:
 async def read_until(
     sock: socket.socket, pattern: re.Pattern[bytes] | None, prefix: bytes | None, limit: int
 ) -> tuple[bool, bytes]:
-    """Read until the pattern matches / prefix is complete, EOF, or ``limit`` bytes. Returns (matched, data)."""
-    buf = b""
+    """Read until the pattern matches / prefix is complete, EOF, or ``limit`` bytes. Returns (matched, data).
+
+    The work stays linear in the bytes received however finely the server cuts them: past ``SEARCH_SMALL`` bytes the
+    pattern is searched again when the data has doubled since the last search, when nothing more has come for
+    ``SEARCH_IDLE_S`` (a reply that simply ends, the connection left open), and at the end."""
+    buf = bytearray()
+    searched = 0
     while len(buf) < limit:
-        chunk = await sockio.recv(sock, limit - len(buf))
+        if pattern is not None and searched < len(buf):  # a tail not searched yet: search it if the reply pauses
+            try:
+                chunk = await asyncio.wait_for(sockio.recv(sock, limit - len(buf)), SEARCH_IDLE_S)
+            except TimeoutError:
+                searched = len(buf)
+                if pattern.search(buf):
+                    return True, bytes(buf)
+                continue
+        else:
+            chunk = await sockio.recv(sock, limit - len(buf))
         if not chunk:
             break
         buf += chunk
-        if pattern is not None and pattern.search(buf):
-            return True, buf
-        if prefix is not None and len(buf) >= len(prefix):
-            return buf.startswith(prefix), buf
+        n = len(buf)
+        if pattern is not None and (n <= SEARCH_SMALL or n >= 2 * searched):
+            searched = n
+            if pattern.search(buf):
+                return True, bytes(buf)
+        if prefix is not None and n >= len(prefix):
+            return buf.startswith(prefix), bytes(buf)
     if pattern is not None:
-        return bool(pattern.search(buf)), buf
+        return (searched < len(buf) or not buf) and pattern.search(buf) is not None, bytes(buf)
     if prefix is not None:
-        return buf.startswith(prefix), buf
-    return True, buf
+        return buf.startswith(prefix), bytes(buf)
+    return True, bytes(buf)
 
 
 def describe_errno(err: int) -> str:

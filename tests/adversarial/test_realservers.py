@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import socket
 import tracemalloc
@@ -36,7 +37,7 @@ from healthchecks.runner import (
     open_descriptors,
     run_check,
 )
-from healthchecks.tcp import TcpChecker
+from healthchecks.tcp import TcpChecker, read_until
 from tests.integration.test_hc_servers import read_request, tcp_server, udp_server
 from tests.lab import await_for
 
@@ -409,3 +410,45 @@ async def test_no_free_descriptor_is_not_a_realserver_failure() -> None:
     assert skipped >= 40
     assert not failures, {r.reason for r in failures}
     assert not changes
+
+
+# -- the tcp send/expect check: a reply dribbled a byte at a time -------------------------------------------------
+
+
+class CountingPattern:
+    """A stand-in for a compiled pattern that counts the bytes it is asked to search."""
+
+    def __init__(self, pattern: bytes) -> None:
+        self.pattern = re.compile(pattern)
+        self.searched = 0
+
+    def search(self, data: bytes | bytearray) -> re.Match[bytes] | None:
+        self.searched += len(data)
+        return self.pattern.search(data)
+
+
+async def test_tcp_reply_dribbled_a_byte_at_a_time_is_searched_in_linear_work() -> None:
+    n = 20_000
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    pattern = CountingPattern(b"END")
+
+    async def dribble() -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            await loop.sock_sendall(b, b"x")
+            if i % 8 == 0:
+                await asyncio.sleep(0)  # let the reader take them in small pieces
+        await loop.sock_sendall(b, b"END")  # and leave the connection open
+
+    try:
+        writer = asyncio.ensure_future(dribble())
+        matched, data = await asyncio.wait_for(read_until(a, pattern, None, 1 << 20), 30)  # type: ignore[arg-type]
+        await writer
+    finally:
+        a.close()
+        b.close()
+    assert matched and data.endswith(b"END") and len(data) == n + 3
+    # the old loop searched everything so far after every read: about n * n / 16 bytes here
+    assert pattern.searched <= 20 * (n + 3), pattern.searched
