@@ -9,7 +9,8 @@ Why
 
 What
     lvs-ha runs one ``conntrackd`` per director (a child process, its own config, lock file and control socket in the
-    state directory) that replicates every conntrack event to the peer over UDP on the directors' link (FTFW: sequence
+    state directory; the config and the logs are written through ``lvs.statefile``, never through a symlink planted
+    there) that replicates every conntrack event to the peer over UDP on the directors' link (FTFW: sequence
     numbers, acknowledgements and resends). The external cache is disabled: the peer's entries go straight into the
     kernel table, so a backup's kernel already holds the master's flows before it takes the VIPs, whatever the role
     change: nothing has to be committed after a takeover (Keepalived's primary-backup.sh commits the external cache
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lvs import subproc
+from lvs.statefile import open_append, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +239,8 @@ class Conntrackd:
                 f"interface {s.interface} has no address of the peer {s.peer}'s family; set lvs.conntrack_sync.source"
             )
         try:
-            os.makedirs(os.path.dirname(self.paths.config), exist_ok=True)
-            tmp = self.paths.config + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(render_config(s, source, self.paths))
-            os.replace(tmp, self.paths.config)
+            os.makedirs(os.path.dirname(self.paths.config), mode=0o700, exist_ok=True)
+            write_atomic(self.paths.config, render_config(s, source, self.paths).encode())
             # a lock file or socket left by a conntrackd that was killed would stop the next one from starting
             for stale in (self.paths.lock, self.paths.socket):
                 with contextlib.suppress(FileNotFoundError):
@@ -268,7 +267,13 @@ class Conntrackd:
     async def _spawn(self, timeout_s: float) -> None:
         await self._write_config()
         try:
-            with open(self.paths.log + ".out", "ab") as log_f:
+            # conntrackd appends to its LogFile as root and follows a symlink there: it finds a regular file of ours
+            os.close(open_append(self.paths.log))
+            out_fd = open_append(self.paths.log + ".out")
+        except OSError as e:
+            raise CtSyncError(f"cannot open conntrackd's log: {e}") from e
+        try:
+            with open(out_fd, "ab") as log_f:
                 self.proc = await asyncio.create_subprocess_exec(
                     *self.command_prefix,
                     self.settings.conntrackd,

@@ -44,6 +44,7 @@ from lvs.model import (
     key_from_json,
     key_to_json,
 )
+from lvs.statefile import write_atomic
 
 MEMORY_CAPABILITIES = Capabilities(
     schedulers=frozenset(Scheduler),
@@ -183,39 +184,42 @@ class MemoryDataplane:
         return self.state.copy()
 
     async def apply(self, ops: Sequence[Op]) -> ApplyReport:
+        """Apply ``ops`` in order up to the first failure. With ``persist_path`` they are applied to a copy that
+        replaces the state only once it is saved: a save that fails raises DataplaneError and changes nothing."""
         report = ApplyReport()
-        try:
-            for op in ops:
-                rule = next((r for r in self.rules if r.check(op)), None)
-                if rule is not None:
-                    report.failed, report.error = op, rule.message
-                    break
-                try:
-                    apply_op(self.state, op)
-                except DataplaneError as e:
-                    report.failed, report.error = op, str(e)
-                    break
-                self.writes += 1
-                report.writes += 1
-                report.applied.append(op)
-                self.ops_log.append(op)
-        finally:
-            if report.writes:
-                self._persist()
+        state = self.state.copy() if self.persist_path else self.state
+        for op in ops:
+            rule = next((r for r in self.rules if r.check(op)), None)
+            if rule is not None:
+                report.failed, report.error = op, rule.message
+                break
+            try:
+                apply_op(state, op)
+            except DataplaneError as e:
+                report.failed, report.error = op, str(e)
+                break
+            report.writes += 1
+            report.applied.append(op)
+        if report.writes and self.persist_path:
+            try:
+                self._persist(state)
+            except OSError as e:
+                raise DataplaneError(f"cannot save the memory data plane in {self.persist_path}: {e}") from e
+        self.state = state
+        self.writes += report.writes
+        self.ops_log.extend(report.applied)
         return report
 
     async def close(self) -> None:
         self.closed = True
 
-    def _persist(self) -> None:
+    def _persist(self, state: State | None = None) -> None:
+        """Save ``state`` (the current one by default) in ``persist_path`` (mode 0600), atomically and never through
+        a symlink."""
         if not self.persist_path:
             return
-        tmp = f"{self.persist_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state_to_json(self.state), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.persist_path)
+        data = json.dumps(state_to_json(self.state if state is None else state), indent=1, sort_keys=True)
+        write_atomic(self.persist_path, data.encode())
 
 
 # -- JSON codec (dry-run persistence and ``lvs-ha plan --json``) ------------------------------------------------------

@@ -1,8 +1,9 @@
 """The ownership record: which services we created, kept on disk so that a restart neither forgets nor duplicates.
 
-A JSON file (``<state_dir>/owned.json``), replaced atomically: written to a temporary file in the same directory,
-fsynced, renamed over the old one, and the directory fsynced. A corrupt record is moved aside (never silently
-overwritten) and reported; the daemon then owns only what its config declares, which is the safe direction.
+A JSON file (``<state_dir>/owned.json``, mode 0600), replaced atomically by :func:`lvs.statefile.write_atomic` (a
+new file under a random name, never through a symlink, fsynced, renamed over the old one, the directory fsynced); a
+write that fails leaves the old record and the recorded keys as they were. A corrupt record is moved aside (never
+silently overwritten) and reported; the daemon then owns only what its config declares, which is the safe direction.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections.abc import Iterable
 
 from lvs.model import ServiceKey, key_from_json, key_to_json
+from lvs.statefile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +78,10 @@ class OwnedStore:
         body = json.dumps(
             {"version": VERSION, "services": [key_to_json(k) for k in sorted(new, key=ServiceKey.sort_key)]}, indent=1
         )
-        tmp = f"{self.path}.tmp.{os.getpid()}"
         try:
-            os.makedirs(directory, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(body + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            write_atomic(self.path, (body + "\n").encode())
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise OwnedStoreError(f"{self.path}: cannot write the ownership record: {e}") from e
         self._last = new
         self.writes += 1
