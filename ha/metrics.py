@@ -218,6 +218,11 @@ class LvsHaCollector:
             ("late", "lvs_ha_checker_late_checks", "Checks started late (the checker cannot keep up)"),
             ("timeouts", "lvs_ha_checker_timeouts", "Checks that hit their timeout"),
             ("errors", "lvs_ha_checker_errors", "Checks whose checker raised"),
+            (
+                "skipped",
+                "lvs_ha_checker_skipped_checks",
+                "Checks not run for want of a descriptor or memory here (the realserver keeps its state)",
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=st.get(key, 0))
         seg = CounterMetricFamily(

@@ -39,7 +39,7 @@ def sources() -> MetricsSources:
         realserver_up=lambda: {("web", "10.0.0.1:80"): True, ("web", "10.0.0.2:80"): None},
         actual=lambda: st,
         service_names=lambda: {str(key): "web"},
-        checker=lambda: {"checks": 40, "late": 1, "timeouts": 2, "errors": 0},
+        checker=lambda: {"checks": 40, "late": 1, "timeouts": 2, "errors": 0, "skipped": 5},
         half_open=lambda: {"ipv4": {"sent": 30, "answered": 29, "unmatched": 3, "in_flight": 1}},
         daemon=dm,
     )
@@ -77,6 +77,7 @@ def test_metrics_parse_and_carry_values() -> None:
     assert value(f["lvs_ha_checker_checks"], "lvs_ha_checker_checks_total") == 40
     assert value(f["lvs_ha_checker_late_checks"], "lvs_ha_checker_late_checks_total") == 1
     assert value(f["lvs_ha_checker_timeouts"], "lvs_ha_checker_timeouts_total") == 2
+    assert value(f["lvs_ha_checker_skipped_checks"], "lvs_ha_checker_skipped_checks_total") == 5
     seg = f["lvs_ha_half_open_segments"]
     assert value(seg, "lvs_ha_half_open_segments_total", family="ipv4", kind="unmatched") == 3
     assert value(seg, "lvs_ha_half_open_segments_total", family="ipv4", kind="sent") == 30
