@@ -18,6 +18,8 @@ have ping      || debs+=(iputils-ping)
 have make      || debs+=(make)
 have ps        || debs+=(procps)
 have mount     || debs+=(mount)
+have chromium  || debs+=(chromium)
+have promtool  || debs+=(prometheus)  # promtool checks deploy/monitoring/alerts.yml
 if ((${#debs[@]})); then
   if [[ $EUID -ne 0 ]]; then
     echo "install-deps: missing Debian packages: ${debs[*]} (run as root to install them)" >&2
@@ -29,10 +31,14 @@ if ((${#debs[@]})); then
   fi
 fi
 # keepalived and conntrackd must not run as system services: the tests start their own instances (lvs-ha runs
-# its own conntrackd for lvs.conntrack_sync).
-for unit in keepalived conntrackd; do
+# its own conntrackd for lvs.conntrack_sync). Debian's prometheus package (installed for promtool) starts a server
+# on :9090: stopped and disabled.
+for unit in keepalived conntrackd prometheus; do
   if [[ $EUID -eq 0 ]] && have systemctl && systemctl is-active -q "$unit" 2>/dev/null; then
     systemctl stop "$unit" || true
+  fi
+  if [[ $unit == prometheus && $EUID -eq 0 ]] && have systemctl && systemctl is-enabled -q "$unit" 2>/dev/null; then
+    systemctl disable -q "$unit" 2>/dev/null || true
   fi
 done
 
