@@ -23,6 +23,7 @@ from ha.config.diff import Change, ReloadDiff, diff_configs, format_plan
 from ha.config.load import ConfigProblem, load_checked
 from ha.config.model import Config
 from ha.dataplane import DataplaneDriver, Desired, compute_desired, needs_dataplane
+from ha.events import EventBus, service_changes
 from ha.health import Health
 from ha.logs import summaries as log_summaries
 from ha.metrics import DaemonMetrics, MetricsSources, make_registry, render
@@ -74,6 +75,9 @@ class Daemon:
         self.api: ApiServer | None = None
         self.roles: dict[str, str] = {}
         self._quorum: dict[str, bool] = {}
+        self.events = EventBus()  # GET /v1/events, lvs-ha events, /ui, services' notify hooks
+        self._svc_state: dict[str, tuple[bool, bool]] = {}  # service -> (quorum, sorry active), for events
+        self.hooks = _hooks(self)
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -87,6 +91,10 @@ class Daemon:
                 checker=self.health.checker_stats,
                 half_open=self.health.half_open_stats,
                 daemon=self.counters,
+                services=lambda: self.lvs.last_desired.info if self.lvs and self.lvs.last_desired else {},
+                dataplane=lambda: self.lvs.metrics_state() if self.lvs else None,
+                vrrp_engine_restarts=lambda: self.vrrp.engine.restarts if self.vrrp else None,
+                conntrack_sync=lambda: self.ctsync.status() if self.ctsync else None,
             )
         )
 
@@ -112,6 +120,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         self._tasks.append(loop.create_task(self.notifier.watchdog_loop()))
         self._tasks.append(loop.create_task(log_summaries()))
+        self._tasks.append(loop.create_task(self._watch_drift(), name="drift-events"))
         freeze_long_lived_objects()
         self.notifier.ready(self._summary())
         log.info("started node=%s: %s", self.cfg.node.name, self._summary())
@@ -127,6 +136,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        self.events.close()  # event streams end, so the API's stop does not wait for them
         if self.api is not None:
             await self.api.stop()
         if self.vrrp is not None:
@@ -139,6 +149,7 @@ class Daemon:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hooks.stop()
         self.notifier.close()
         log.info("stopped node=%s", self.cfg.node.name)
 
@@ -181,7 +192,48 @@ class Daemon:
         )
         if cfg is None:
             self._quorum = d.quorum
+            self._service_events(d)
         return d
+
+    def _service_events(self, d: Desired) -> None:
+        """Quorum and sorry-server events for the services whose state changed with this desired state."""
+        now = {name: (info.quorum, info.sorry_active) for name, info in d.info.items()}
+        for name, what, value in service_changes(self._svc_state, now):
+            svc, info = self.cfg.service(name) if hasattr(self.cfg, "service") else None, d.info[name]
+            svc = next((s for s in self.cfg.services if s.name == name), None)
+            if what == "quorum":
+                log.info("quorum svc=%s %s (%d up)", name, "gained" if value else "lost", info.up)
+                self.events.publish(
+                    "quorum",
+                    service=name,
+                    quorum=value,
+                    up=info.up,
+                    min_up=svc.quorum.min_up if svc else None,
+                    sorry_active=info.sorry_active,
+                )
+            else:
+                sorry = svc.sorry_server if svc else None
+                self.events.publish(
+                    "sorry",
+                    service=name,
+                    active=value,
+                    sorry_server=None if sorry is None else f"{sorry.address}:{sorry.port}",
+                )
+        self._svc_state = now
+
+    async def _watch_drift(self, every_s: float = 1.0) -> None:
+        """A drift event for each repair the reconciler makes (its counter, looked at every ``every_s``)."""
+        seen = None
+        while True:
+            stats = self.lvs.reconciler.stats if self.lvs is not None and hasattr(self.lvs, "reconciler") else None
+            if stats is not None:
+                if seen is not None and stats.drift_repairs > seen:
+                    plan = stats.last_plan
+                    self.events.publish(
+                        "drift", repairs=stats.drift_repairs - seen, ops=len(plan.ops) if plan is not None else None
+                    )
+                seen = stats.drift_repairs
+            await asyncio.sleep(every_s)
 
     def _push_desired(self) -> None:
         if self.lvs is not None:
@@ -189,6 +241,7 @@ class Daemon:
 
     def _health_changed(self, key: tuple[str, str], old: str, new: str, reason: str) -> None:
         log.info("health svc=%s rs=%s %s -> %s (%s)", key[0], key[1], old, new, reason)
+        self.events.publish("realserver", service=key[0], realserver=key[1], old=old, new=new, reason=reason)
         self._push_desired()
 
     def _weight_changed(self, key: tuple[str, str], old: int | None, new: int | None) -> None:
@@ -199,6 +252,7 @@ class Daemon:
             "configured" if old is None else old,
             "configured" if new is None else new,
         )
+        self.events.publish("weight", service=key[0], realserver=key[1], old=old, new=new)
         self._push_desired()
 
     def _role_changed(self, info: dict[str, Any]) -> None:
@@ -212,6 +266,15 @@ class Daemon:
             info.get("old"),
             new,
             info.get("reason"),
+        )
+        self.events.publish(
+            "role",
+            instance=name,
+            vrid=inst.vrid if inst else None,
+            old=info.get("old"),
+            new=new,
+            reason=info.get("reason"),
+            priority=inst.priority if inst else None,
         )
         sd = self.cfg.lvs.sync_daemon
         if sd is not None and sd.instance == name:
@@ -296,6 +359,8 @@ class Daemon:
             who,
             "" if changed else " (no change)",
         )
+        if changed:
+            self.events.publish("drain", service=svc.name, realserver=ident, drained=drain, who=who)
         if self.lvs is not None:
             await self.lvs.sync_now(self._desired())
         out: dict[str, Any] = {"service": svc.name, "realserver": ident, "drained": drain}
@@ -334,6 +399,7 @@ class Daemon:
             if not dry_run:
                 self.last_reload_error = e.lines
                 self.counters.observe_reload(False, time.time())
+                self.events.publish("reload", ok=False, who=who, errors=list(e.lines))
                 self.notifier.ready(f"reload failed: {e.lines[0] if e.lines else '?'}")
             raise Conflict("the new configuration is invalid; the running one stays", e.lines) from None
         diff = diff_configs(self.cfg, new)
@@ -371,6 +437,7 @@ class Daemon:
             f"{what} +{c['added']} -{c['removed']} ~{c['changed']}" for what, c in counts.items()
         )
         log.info("%s; %d kernel operation(s)", summary, len(applied))
+        self.events.publish("reload", ok=True, who=who, summary=summary, ops=len(applied))
         freeze_long_lived_objects()
         self.notifier.ready(self._summary())
         return {
@@ -387,6 +454,7 @@ class Daemon:
         log.error("reload by %s refused (%s), the running configuration stays:\n  %s", who, why, "\n  ".join(lines))
         self.last_reload_error = lines
         self.counters.observe_reload(False, time.time())
+        self.events.publish("reload", ok=False, who=who, errors=list(lines))
         self.notifier.ready(f"reload failed: {lines[0] if lines else why}")
         return Conflict(f"the new configuration was not applied: {why}; the running one stays", lines)
 
@@ -415,3 +483,12 @@ class Daemon:
             raise VrrpRefused(f"VRRP ({', '.join(names)}): {e}") from e
         for name in result.get("removed", []):
             self.roles.pop(name, None)
+
+
+def _hooks(daemon: Daemon) -> Any:
+    """The services' notify hooks (``ha.hooks``), fed by the daemon's event bus."""
+    from ha.hooks import Hooks
+
+    hooks = Hooks(lambda: daemon.cfg)
+    daemon.events.listen(hooks.handle)
+    return hooks

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ha.config.model import Config
 from ha.health import HealthKey
-from ha.metrics import DaemonMetrics
+from ha.metrics import DaemonMetrics, DataplaneState
 from ha.status import KernelView, ServiceInfo, kernel_view
 from lvs import model as m
 from lvs.model import State
@@ -184,6 +184,11 @@ class DataplaneDriver:
             "owned_services": len(self.reconciler.owned),
             "counters_age_s": self.counters_age_s,
         }
+
+    def metrics_state(self) -> DataplaneState | None:
+        """``lvs_ha_dataplane_in_sync`` and ``lvs_ha_reconcile_drift_repairs_total`` (None before start)."""
+        rec = getattr(self, "reconciler", None)
+        return None if rec is None else DataplaneState(rec.in_sync, rec.stats.drift_repairs)
 
     async def stop(self, flush: bool) -> None:
         if self.dataplane is None:

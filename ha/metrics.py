@@ -12,10 +12,11 @@ not carry it (about 3 MiB of RSS).
 from __future__ import annotations
 
 import bisect
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from lvs.model import State
 
@@ -109,9 +110,29 @@ class InstanceMetrics:
     lateness: Histogram | None = None  # how late the advert timer fired
 
 
+class ServiceState(Protocol):
+    """A service's quorum and sorry-server state (``ha.status.ServiceInfo``)."""
+
+    @property
+    def quorum(self) -> bool: ...
+    @property
+    def sorry_active(self) -> bool: ...
+    @property
+    def up(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class DataplaneState:
+    in_sync: bool  # the last reconcile succeeded for the current desired state
+    drift_repairs: int  # reconciles that found the kernel changed behind our back and repaired it
+
+
 @dataclass
 class MetricsSources:
-    """What the collector reads at scrape time (all callables return fresh snapshots)."""
+    """What the collector reads at scrape time (all callables return fresh snapshots).
+
+    ``vrrp_engine_restarts``, ``dataplane`` and ``conntrack_sync`` return None when this node runs no VRRP engine,
+    no data plane, no conntrackd: the family is then exported with no sample."""
 
     node: str
     instances: Callable[[], Sequence[InstanceMetrics]] = lambda: ()
@@ -121,6 +142,10 @@ class MetricsSources:
     checker: Callable[[], Mapping[str, float]] = lambda: {}  # the runner's checks, late, timeouts, errors
     half_open: Callable[[], Mapping[str, Mapping[str, int]]] = lambda: {}  # family -> the half-open probe counters
     daemon: DaemonMetrics = field(default_factory=DaemonMetrics)
+    services: Callable[[], Mapping[str, ServiceState]] = lambda: {}  # service name -> quorum / sorry server
+    dataplane: Callable[[], DataplaneState | None] = lambda: None
+    vrrp_engine_restarts: Callable[[], int | None] = lambda: None
+    conntrack_sync: Callable[[], Mapping[str, object] | None] = lambda: None  # ``Conntrackd.status()``
 
 
 def _hist(name: str, doc: str, labels: list[str], items: Mapping[tuple[str, ...], Histogram]) -> Metric:
@@ -143,6 +168,7 @@ class LvsHaCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s, d = self.s, self.s.daemon
+        yield _build_info()
         yield from self._vrrp()
         res = CounterMetricFamily(
             "lvs_ha_check_results", "Health check results", labels=["service", "realserver", "result"]
@@ -164,8 +190,10 @@ class LvsHaCollector:
         for (svc, rs), ok in sorted(s.realserver_up().items()):
             up.add_metric([svc, rs], -1 if ok is None else int(ok))
         yield up
+        yield from self._services()
         yield from self._checker()
         yield from self._ipvs()
+        yield from self._dataplane()
         yield _hist("lvs_ha_reconcile_duration_seconds", "Reconcile run duration", [], {(): d.reconcile_duration})
         yield CounterMetricFamily(
             "lvs_ha_reconcile_writes", "Kernel writes made by the reconciler", value=d.reconcile_writes
@@ -185,6 +213,58 @@ class LvsHaCollector:
             "lvs_ha_config_loaded_timestamp_seconds", "Time the running config was loaded", value=d.config_loaded_ts
         )
         yield from self._api()
+
+    def _services(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        quorum = GaugeMetricFamily(
+            "lvs_ha_service_quorum", "1 if the service has its quorum.min_up realservers up", labels=["service"]
+        )
+        sorry = GaugeMetricFamily(
+            "lvs_ha_service_sorry_server_active",
+            "1 if the service lost its quorum and its sorry server is the only destination",
+            labels=["service"],
+        )
+        n_up = GaugeMetricFamily(
+            "lvs_ha_service_realservers_up",
+            "Realservers up and counted for the quorum (not drained)",
+            labels=["service"],
+        )
+        for name, info in sorted(self.s.services().items()):
+            quorum.add_metric([name], int(info.quorum))
+            sorry.add_metric([name], int(info.sorry_active))
+            n_up.add_metric([name], info.up)
+        yield from (quorum, sorry, n_up)
+
+    def _dataplane(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        dp = self.s.dataplane()
+        in_sync = GaugeMetricFamily(
+            "lvs_ha_dataplane_in_sync", "1 if the last reconcile succeeded for the current desired state"
+        )
+        drift = CounterMetricFamily(
+            "lvs_ha_reconcile_drift_repairs", "Reconciles that found the kernel changed by someone else and repaired it"
+        )
+        if dp is not None:
+            in_sync.add_metric([], int(dp.in_sync))
+            drift.add_metric([], dp.drift_repairs)
+        restarts = CounterMetricFamily(
+            "lvs_ha_vrrp_engine_restarts", "Times the VRRP engine process died and was started again"
+        )
+        n = self.s.vrrp_engine_restarts()
+        if n is not None:
+            restarts.add_metric([], n)
+        ct_up = GaugeMetricFamily(
+            "lvs_ha_conntrack_sync_up", "1 if conntrackd (lvs.conntrack_sync) is running, 0 if not (flows not synced)"
+        )
+        ct_restarts = CounterMetricFamily("lvs_ha_conntrack_sync_restarts", "Times conntrackd was started again")
+        ct = self.s.conntrack_sync()
+        if ct is not None:
+            ct_up.add_metric([], int(bool(ct.get("running"))))
+            r = ct.get("restarts")
+            ct_restarts.add_metric([], float(r) if isinstance(r, int | float) else 0.0)
+        yield from (in_sync, drift, restarts, ct_up, ct_restarts)
 
     def _api(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -303,6 +383,30 @@ class LvsHaCollector:
         yield from fams.values()
 
 
+@functools.cache
+def build_labels() -> tuple[str, str]:
+    """``lvs_ha_build_info``'s labels: the installed package's version (looked up once: it reads the package
+    metadata) and the interpreter's."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("lvs-ha")
+    except PackageNotFoundError:
+        ver = "unknown"
+    return ver, platform.python_version()
+
+
+def _build_info() -> Metric:
+    from prometheus_client.core import GaugeMetricFamily
+
+    info = GaugeMetricFamily(
+        "lvs_ha_build_info", "Always 1: the daemon's version and Python", labels=["version", "python"]
+    )
+    info.add_metric(list(build_labels()), 1)
+    return info
+
+
 class MetricsRegistry:
     """The daemon's private registry, made at the first scrape (prometheus_client is imported then)."""
 
@@ -312,10 +416,11 @@ class MetricsRegistry:
 
     def registry(self) -> CollectorRegistry:
         if self._registry is None:
-            from prometheus_client import CollectorRegistry
+            from prometheus_client import CollectorRegistry, ProcessCollector
 
             reg = CollectorRegistry(auto_describe=False)
             reg.register(LvsHaCollector(self.sources))  # type: ignore[arg-type]
+            ProcessCollector(registry=reg)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
             self._registry = reg
         return self._registry
 
