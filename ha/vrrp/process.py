@@ -41,7 +41,8 @@ have taken over) starts as MASTER, with an advert at once and its VIPs left on t
 costs the peer no takeover and the clients no gap (at 1 s adverts the restart takes well under that). Later, it
 starts as after a daemon start (VIPs removed, BACKUP, then preempting as its priority says).
 If it dies again soon it is started after 1 s, doubling to 30 s (``restart_delay``; at once again after 60 s of good
-running), and a restart after a backoff starts afresh (the peer has taken over by then).
+running): the VIPs it may have left are removed meanwhile, and a restart after a backoff starts afresh (the peer has
+taken over by then).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ha.vrrp.engine import EngineError, InstanceSpec, SyncGroupSpec
+from ha.vrrp.vips import VipSet
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,30 @@ class ProcessEngine:
         return list(await self._call("failover", (instance,)))
 
     async def status(self) -> list[dict[str, Any]]:
+        if not self._alive and self._supervisor is not None and not self._stopping:
+            return self._down_status()  # between a child's death and its successor's start: the truth, not the past
         return list(await self._call("status", ()))
+
+    def _down_status(self) -> list[dict[str, Any]]:
+        """Every instance INIT while no child runs (it died; the next one starts after the backoff)."""
+        return [
+            {
+                "name": s.name,
+                "role": "INIT",
+                "priority": s.priority,
+                "effective_priority": s.priority,
+                "master": None,
+                "since": None,
+                "last_reason": "VRRP engine process not running (restarting)",
+                "faults": [],
+                "vrid": s.vrid,
+                "interface": s.interface,
+                "vmac": None,
+                "vips": [str(v.address) for v in s.vips],
+                "counters": {},
+            }
+            for s in self.specs
+        ]
 
     async def reconfigure(
         self, specs: list[InstanceSpec], groups: list[SyncGroupSpec] | None = None
@@ -289,12 +314,27 @@ class ProcessEngine:
                 )
             else:
                 log.critical("VRRP engine process is gone: no VRRP on this node; restarting it in %.0f s", delay)
+                self._release_vips()  # none of this node's VIPs stays up while no engine runs: the peer takes over
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
             if self._stopping:
                 return
             self.restarts += 1
             self._started = loop.create_future()
+
+    def _release_vips(self) -> None:
+        """Remove the VIPs a dead child may have left (it could not release them), as its successor would."""
+        for spec in self.specs:
+            vips = VipSet(spec.vips)
+            try:
+                gone = vips.release()
+            except OSError as e:
+                log.error("instance=%s cannot remove the VIPs of the dead engine process: %s", spec.name, e)
+                continue
+            finally:
+                vips.close()
+            if gone:
+                log.warning("instance=%s removed %d VIP(s) of the dead engine process", spec.name, len(gone))
 
     def _start_done(self, error: str | None) -> None:
         if self._started is not None and not self._started.done():

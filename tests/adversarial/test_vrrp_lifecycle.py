@@ -284,6 +284,34 @@ def test_killing_the_masters_engine_process_keeps_the_vip_and_the_peer_out(lab: 
     b.stop()
 
 
+@pytest.mark.root
+def test_an_engine_process_in_backoff_leaves_no_vip_behind(lab: Lab, tmp_path: Path) -> None:
+    """Killed twice in a row, the engine process is restarted the second time only after a backoff: meanwhile no
+    engine runs on d1, so the VIPs the dead one left must go at once (not at the restart) and d2 takes over; then
+    the pair settles with d1 master again."""
+    _root()
+    d1, d2, a, b = _pair(lab, tmp_path, 0.2)
+    b.start().wait_api()
+    a.start().wait_api()
+    wait_for(lambda: _settled(a, b, a), 30, what="d1 master, d2 backup\n" + _diag(a, b))
+    first = _engine_pid(a)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (p := _engine_pid(a)) not in (None, first) and p, 20, what="a new engine process")
+    wait_for(lambda: a.role() == "MASTER", 20, what="d1 master again\n" + _diag(a, b))
+    os.kill(int(second), signal.SIGKILL)  # a crash loop: the next start waits
+    wait_for(
+        lambda: _engine_pid(a) is None and not has_vip(d1) and a.role() == "INIT",
+        10,
+        0.01,
+        "d1 without VIP (and INIT, not its last role) while no engine process runs there\n" + _diag(a, b),
+    )
+    wait_for(lambda: has_vip(d2), 10, what="d2 takes over\n" + _diag(a, b))
+    wait_for(lambda: _settled(a, b, a), 60, what="d1 master again after the backoff\n" + _diag(a, b))
+    a.stop()
+    b.stop()
+
+
 def test_a_crash_looping_engine_process_backs_off() -> None:
     """The first restart comes at once (a single crash keeps the VIP); a child that dies again soon waits longer and
     longer; one that ran long enough is a new failure, restarted at once again."""

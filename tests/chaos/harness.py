@@ -16,7 +16,8 @@ Fault kinds (``KINDS``):
   partition        VRRP only (IP protocol 112) is dropped between the two directors (both become master), healed
   link             the master's own eth0 goes down, then up
   kill_daemon      SIGKILL of the master's daemon (its whole process group), then a restart
-  kill_engine      SIGKILL of the master's VRRP engine child ("lvs-ha: vrrp"); the daemon restarts it itself.
+  kill_engine      SIGKILL of the master's VRRP engine child ("lvs-ha: vrrp"); the daemon restarts it itself (at
+                   once: the master resumes, no takeover, if it is back within two advert intervals).
                    Keepalived: SIGKILL of its VRRP child (its parent restarts it)
   freeze           SIGSTOP of the master's daemon and engine child for 1-10 advert intervals, then SIGCONT
                    (Keepalived: its parent and VRRP child)
@@ -558,7 +559,19 @@ class ChaosRun:
             if pid is None:
                 raise RuntimeError(f"no VRRP engine process under {m}'s daemon {pair.daemon_pid(m)}")
             os.kill(pid, signal.SIGKILL)
-            self._wait_takeover(o)
+            if self.impl == "lvs-ha":
+                # the daemon starts its engine again at once: back within two advert intervals, a master resumes as
+                # MASTER (the peer takes nothing over); later (or in a crash loop's backoff) the peer takes over
+                wait_for(
+                    lambda: (pair.engine_pid(m) not in (None, pid) and pair.is_master(m)) or pair.is_master(o),
+                    10,
+                    0.01,
+                    f"{m}'s engine back as master or {o} taking over",
+                )
+                if not pair.is_master(m):
+                    self._wait_takeover(o)
+            else:
+                self._wait_takeover(o)
             t1 = time.time()  # the daemon restarts its engine on its own; from here on a heal's bound
         elif kind == "freeze":
             pids = [pair.daemon_pid(m), pair.engine_pid(m)]
