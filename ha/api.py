@@ -175,7 +175,7 @@ async def _serve(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     token = request.app[TOKEN]
-    if not _is_unix(request):
+    if not _is_unix(request) and request.path != "/ui":  # the status page holds no data (ha.events_api)
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         ok = (
@@ -334,6 +334,9 @@ def make_app(controller: Controller, token: str | None = None, request_timeout: 
     app.router.add_post("/v1/enable", post_enable)
     app.router.add_post("/v1/failover", post_failover)
     app.router.add_post("/v1/reload", post_reload)
+    from ha.events_api import add_routes
+
+    add_routes(app)  # /v1/events, /v1/whoami, /ui
     return app
 
 

@@ -199,7 +199,7 @@ class Daemon:
         """Quorum and sorry-server events for the services whose state changed with this desired state."""
         now = {name: (info.quorum, info.sorry_active) for name, info in d.info.items()}
         for name, what, value in service_changes(self._svc_state, now):
-            svc, info = self.cfg.service(name) if hasattr(self.cfg, "service") else None, d.info[name]
+            info = d.info[name]
             svc = next((s for s in self.cfg.services if s.name == name), None)
             if what == "quorum":
                 log.info("quorum svc=%s %s (%d up)", name, "gained" if value else "lost", info.up)

@@ -100,6 +100,14 @@ def _failover_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this VRRP instance (default: all)")
 
 
+def _events_args(p: argparse.ArgumentParser) -> None:
+    _add_daemon_target(p)
+    p.add_argument("--json", action="store_true", help="the daemon's JSON lines as they come")
+    p.add_argument("--since", type=int, metavar="SEQ", help="first the kept events after SEQ (0: all kept)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--retry", action="store_true", help="when the daemon goes away, connect again and go on")
+
+
 def _reload_args(p: argparse.ArgumentParser) -> None:
     _add_daemon_target(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
@@ -134,6 +142,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] 
     "enable": ("put a drained realserver back", _rs_args, "ha.cli.ctl:cmd_enable"),
     "failover": ("hand mastership to the peer (planned failover)", _failover_args, "ha.cli.ctl:cmd_failover"),
     "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args, "ha.cli.ctl:cmd_reload"),
+    "events": ("follow the daemon's events (roles, realservers, reloads...)", _events_args, "ha.cli.events:cmd_events"),
 }
 HANDLERS = {name: target for name, (_help, _args, target) in COMMANDS.items()}
 

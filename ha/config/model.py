@@ -216,6 +216,16 @@ class QuorumConfig:
 
 
 @dataclass(frozen=True)
+class ServiceNotifyConfig:
+    """``services[].notify``: commands (argv) run on the service's realserver and quorum events (``ha.hooks``)."""
+
+    realserver_up: tuple[str, ...] = ()
+    realserver_down: tuple[str, ...] = ()
+    quorum_lost: tuple[str, ...] = ()
+    quorum_gained: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SorryServerConfig:
     address: IPAddress
     port: int
@@ -264,6 +274,7 @@ class ServiceConfig:
     on_failure: OnFailure = OnFailure.REMOVE
     drain_timeout_s: float = 60.0
     realservers: tuple[RealServerConfig, ...] = ()
+    notify: ServiceNotifyConfig = field(default_factory=ServiceNotifyConfig)
 
     @property
     def key_str(self) -> str:

@@ -24,6 +24,7 @@ from ha.config.model import (
     QuorumConfig,
     RealServerConfig,
     ServiceConfig,
+    ServiceNotifyConfig,
     SorryServerConfig,
     SyncDaemonConfig,
     TunnelConfig,
@@ -33,6 +34,7 @@ from ha.config.nodes import (
     Ctx,
     Invalid,
     Map,
+    c_argv,
     c_choice,
     c_duration,
     c_int,
@@ -63,7 +65,9 @@ _SERVICE_KEYS = (
     "on_failure",
     "drain_timeout",
     "realservers",
+    "notify",
 )
+_NOTIFY_KEYS = ("realserver_up", "realserver_down", "quorum_lost", "quorum_gained")
 _RS_KEYS = ("address", "port", "weight", "forwarding", "check", "upper_threshold", "lower_threshold", "tunnel")
 _SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "mh", "sed", "nq", "fo", "ovf", "twos")
 _SCHED_FLAGS = {"sh-port": "sh", "sh-fallback": "sh", "mh-port": "mh", "mh-fallback": "mh", "ops": None}
@@ -267,6 +271,9 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
                     f"sorry server {saddr} is IPv{saddr.version} but the service is IPv{family}",
                 )
             sorry = SorryServerConfig(saddr, sport, sfwd)
+    nm = m.sub("notify", _NOTIFY_KEYS, "notify commands: " + ", ".join(_NOTIFY_KEYS))
+    empty: tuple[str, ...] = ()
+    notify = ServiceNotifyConfig(**{k: nm.get(k, c_argv, empty) for k in _NOTIFY_KEYS}) if nm is not None else None
     svc = {"port": port, "forwarding": forwarding, "check": check, "family": family}
     rs_items = m.seq("realservers", "of realservers")
     parsed = [r for rpath, rnode in rs_items if (r := _parse_realserver(ctx, rnode, rpath, svc, named)) is not None]
@@ -292,6 +299,7 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
         on_failure=OnFailure(m.get("on_failure", c_choice("remove", "weight0"), "remove")),
         drain_timeout_s=m.get("drain_timeout", c_duration(0, 86400), 60.0),
         realservers=tuple(rs for rs, _ in parsed),
+        notify=notify or ServiceNotifyConfig(),
     )
     if qm is not None and qm.has("min_up") and quorum.min_up > len(rs_items):
         ctx.error(

@@ -1,0 +1,1 @@
+"""The status page served at ``GET /ui`` (``index.html``: one self-contained file, package data)."""
