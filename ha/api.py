@@ -3,7 +3,10 @@
 A unix socket (mode ``node.api.socket_mode``, 0600 by default) needs no token: the file mode is the access control,
 and every write is logged with the caller's uid/pid (SO_PEERCRED). An optional TCP listener (``node.api.listen``) is
 only started with a bearer token (``node.api.token_file``), compared in constant time; there every request, reads
-included, needs the token.
+included, needs the token. With ``node.api.tls`` that listener speaks TLS only (``ha.tls``: 1.2 and later, a client
+certificate required when ``client_ca_file`` is set); the handshake counts against the same ``request_timeout`` as
+the request head. An optional metrics listener (``node.api.metrics_listen``) answers ``GET /metrics`` and
+``GET /healthz`` without a token and nothing else (404), with its own small connection caps.
 
 The application calls a ``Controller`` (the daemon) and maps its ``ApiError``s to status codes; bad input is a 400
 that says what is wrong, and anything unexpected a short 500 and one log line (no traceback to the client).
@@ -12,9 +15,10 @@ Connections (``Limits``): the daemon accepts them itself (``_Listener``), so tha
 descriptors the health checks, the data plane and the unix socket need. The TCP listener holds at most
 ``max_connections`` connections, ``max_connections_per_client`` from one address (an IPv6 /64), and accepts none
 while the new descriptor's number is within ``fd_reserve`` (or an eighth) of the soft RLIMIT_NOFILE; the unix socket
-has its own cap. Beyond a cap a connection is closed at once (a reset). A connection must send a complete request head within
-``request_timeout`` of opening (or of its previous answer), and then its body within ``request_timeout``, or it is
-closed. Refused and timed-out connections are counted (``ApiCounters``, in the metrics) and logged at a bounded rate.
+has its own cap. Beyond a cap a connection is closed at once (a reset). A connection must send a complete request
+head within ``request_timeout`` of opening (or of its previous answer), and then its body within
+``request_timeout``, or it is closed. Refused and timed-out connections are counted (``ApiCounters``, in the
+metrics) and logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import stat
 import struct
 from collections.abc import Awaitable, Callable
@@ -48,6 +53,7 @@ CONTROLLER: web.AppKey[Controller] = web.AppKey("controller")
 TOKEN: web.AppKey[str | None] = web.AppKey("token")
 CONNS: web.AppKey[dict[Any, _Conn]] = web.AppKey("connections")  # transport -> its connection (ApiServer's)
 REQUEST_TIMEOUT: web.AppKey[float] = web.AppKey("request_timeout")
+PUBLIC: web.AppKey[bool] = web.AppKey("public")  # the metrics listener's application: read-only, no token
 MAX_BODY = 64 * 1024
 
 
@@ -59,6 +65,8 @@ class Limits:
     max_connections: int = 64  # TCP listener, all clients
     max_connections_per_client: int = 8  # TCP listener, one address
     unix_max_connections: int = 32  # unix socket (its own cap: a TCP flood cannot lock the operator out)
+    metrics_max_connections: int = 16  # the metrics listener (its own caps: scrapers cannot lock the API out)
+    metrics_max_connections_per_client: int = 4
     fd_reserve: int = 64  # descriptors kept free for the rest of the daemon (at least; 1/8 of the limit if more)
     unix_fd_reserve: int = 16  # the unix socket may dig deeper into the reserve
     max_line_size: int = 4096  # request line and header lines
@@ -142,6 +150,11 @@ def _is_unix(request: web.Request) -> bool:
     return sock is not None and sock.family == socket.AF_UNIX
 
 
+def _needs_token(request: web.Request) -> bool:
+    """A request over TCP, except on the metrics listener."""
+    return not _is_unix(request) and not request.app.get(PUBLIC, False)
+
+
 def _error(status: int, message: str, errors: list[str] | None = None) -> web.Response:
     body: dict[str, Any] = {"error": message}
     if errors:
@@ -175,7 +188,7 @@ async def _serve(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     token = request.app[TOKEN]
-    if not _is_unix(request) and request.path != "/ui":  # the status page holds no data (ha.events_api)
+    if _needs_token(request) and request.path != "/ui":  # the status page holds no data (ha.events_api)
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         ok = (
@@ -340,6 +353,23 @@ def make_app(controller: Controller, token: str | None = None, request_timeout: 
     return app
 
 
+async def get_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def make_metrics_app(controller: Controller, conns: dict[Any, _Conn], request_timeout: float = 5.0) -> web.Application:
+    """The metrics listener's application: ``GET /metrics`` and ``GET /healthz``, no token, nothing else."""
+    app = web.Application(middlewares=[_guard], client_max_size=1024)
+    app[CONTROLLER] = controller
+    app[TOKEN] = None
+    app[PUBLIC] = True
+    app[CONNS] = conns
+    app[REQUEST_TIMEOUT] = request_timeout
+    app.router.add_get("/metrics", get_metrics, allow_head=False)
+    app.router.add_get("/healthz", get_healthz, allow_head=False)
+    return app
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -433,12 +463,24 @@ class _Listener:
     before it gets a transport, an accept that fails for want of descriptors pauses the listener briefly (counted,
     one rate-limited warning; no traceback), and each connection has a request deadline (``_Conn``)."""
 
-    def __init__(self, server: ApiServer, sock: socket.socket, name: str, label: str) -> None:
+    def __init__(
+        self,
+        server: ApiServer,
+        sock: socket.socket,
+        name: str,
+        label: str,
+        runner: web.AppRunner | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.server, self.sock, self.name, self.label = server, sock, name, label
+        self.runner, self.tls = runner, tls  # runner None: the server's (the control API)
         lim = server.limits
-        self.tcp = name == "tcp"
-        self.max_total = lim.max_connections if self.tcp else lim.unix_max_connections
-        self.max_per_client = lim.max_connections_per_client if self.tcp else 0
+        self.tcp = name != "unix"
+        if name == "metrics":
+            self.max_total, self.max_per_client = lim.metrics_max_connections, lim.metrics_max_connections_per_client
+        else:
+            self.max_total = lim.max_connections if self.tcp else lim.unix_max_connections
+            self.max_per_client = lim.max_connections_per_client if self.tcp else 0
         self.pool = server.pools.setdefault(name, _Pool())  # shared by the listener's sockets (IPv4 and IPv6)
         self._resume: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -507,14 +549,37 @@ class _Listener:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, conn: socket.socket, peer: str) -> None:
-        runner = self.server.runner
+        runner = self.runner or self.server.runner
         proto = None
+        loop = asyncio.get_running_loop()
         try:
             if runner is None or runner.server is None:
                 raise ConnectionError("the API is stopping")
             handler = runner.server()
-            proto = _Conn(self, peer, handler)
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: proto, sock=conn)
+            proto = _Conn(self, peer, handler, loop.time())
+            if self.tls is None:
+                await loop.connect_accepted_socket(lambda: proto, sock=conn)
+            else:  # the handshake within the request deadline; _Conn gets what is left of it for the request head
+                await loop.connect_accepted_socket(
+                    lambda: proto, sock=conn, ssl=self.tls, ssl_handshake_timeout=self.server.limits.request_timeout
+                )
+        except ssl.SSLError as e:  # plain HTTP, an unknown CA, no client certificate...
+            self.server.counters.refused[(self.name, "tls_handshake")] += 1
+            log.warning("api: %s: TLS handshake with %s failed: %s", self.label, peer, e.reason or e)
+            if proto is None or not proto.made:
+                self.release(peer)
+                conn.close()
+        except ConnectionAbortedError:  # asyncio's handshake timeout
+            self.server.counters.timed_out[self.name] += 1
+            log.warning(
+                "api: %s: closed a connection from %s: no TLS handshake within %gs",
+                self.label,
+                peer,
+                self.server.limits.request_timeout,
+            )
+            if proto is None or not proto.made:
+                self.release(peer)
+                conn.close()
         except Exception as e:  # e.g. the client reset it already, or the API is stopping
             log.warning("api: %s: dropped a connection from %s: %s", self.label, peer, e)
             if proto is None or not proto.made:
@@ -537,8 +602,9 @@ class _Conn(asyncio.Protocol):
     no request is being served (from the connection's start, and again from each answer); the middleware stops it
     when a request head is complete (``busy``) and starts it again when the answer is made (``idle``)."""
 
-    def __init__(self, listener: _Listener, peer: str, inner: asyncio.Protocol) -> None:
+    def __init__(self, listener: _Listener, peer: str, inner: asyncio.Protocol, started: float | None = None) -> None:
         self.listener, self.peer, self.inner = listener, peer, inner
+        self.started = started  # when the connection was accepted (a TLS handshake counts against its deadline)
         self.transport: asyncio.Transport | None = None
         self.made = False
         self.requests = 0
@@ -581,7 +647,10 @@ class _Conn(asyncio.Protocol):
     def _arm(self) -> None:
         self._disarm()
         timeout = self.listener.server.limits.request_timeout
-        self._deadline = asyncio.get_running_loop().call_later(timeout, self._expire)
+        loop = asyncio.get_running_loop()
+        if self.started is not None:  # the first request: the deadline runs from the accept
+            timeout, self.started = max(0.0, self.started + timeout - loop.time()), None
+        self._deadline = loop.call_later(timeout, self._expire)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -645,6 +714,15 @@ class ApiServer:
         self.app = make_app(controller, self.token, self.limits.request_timeout)
         self.conns = self.app[CONNS]
         self.runner: web.AppRunner | None = None
+        self.tls: ssl.SSLContext | None = None
+        if cfg.tls is not None and cfg.listen:
+            from ha.tls import server_context
+
+            self.tls = server_context(cfg.tls)  # OSError / ssl.SSLError naming the file: the start fails
+        self.metrics_app = (
+            make_metrics_app(controller, self.conns, self.limits.request_timeout) if cfg.metrics_listen else None
+        )
+        self.metrics_runner: web.AppRunner | None = None
         self.listeners: list[_Listener] = []
         self.pools: dict[str, _Pool] = {}
         self.nofile = 1024
@@ -654,14 +732,7 @@ class ApiServer:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.nofile = 1 << 20 if soft == resource.RLIM_INFINITY or soft > 1 << 20 else soft
         lim = self.limits
-        self.runner = web.AppRunner(
-            self.app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=lim.request_timeout,
-            max_line_size=lim.max_line_size,
-            max_field_size=lim.max_field_size,
-        )
+        self.runner = self._runner(self.app)
         await self.runner.setup()
         try:
             unix = bind_unix(self.cfg.socket, self.cfg.socket_mode)
@@ -671,19 +742,51 @@ class ApiServer:
             log.info("api: listening on %s (mode %o)", self.cfg.socket, self.cfg.socket_mode)
             if self.cfg.listen:
                 for s in _tcp_sockets(self.cfg.listen):
-                    self._listen(s, "tcp", self.cfg.listen)
+                    self._listen(s, "tcp", self.cfg.listen, tls=self.tls)
+                how = "" if self.tls is None else "TLS, "
+                if self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED:
+                    how += "client certificate and "
                 log.info(
-                    "api: listening on %s (bearer token required; at most %d connections, %d per address)",
+                    "api: listening on %s (%sbearer token required; at most %d connections, %d per address)",
                     self.cfg.listen,
+                    how,
                     lim.max_connections,
                     lim.max_connections_per_client,
+                )
+            if self.metrics_app is not None and self.cfg.metrics_listen:
+                self.metrics_runner = self._runner(self.metrics_app)
+                await self.metrics_runner.setup()
+                for s in _tcp_sockets(self.cfg.metrics_listen):
+                    self._listen(s, "metrics", self.cfg.metrics_listen, runner=self.metrics_runner)
+                log.info(
+                    "api: metrics on %s (GET /metrics and /healthz only, no token; at most %d connections)",
+                    self.cfg.metrics_listen,
+                    lim.metrics_max_connections,
                 )
         except BaseException:
             await self.stop()
             raise
 
-    def _listen(self, sock: socket.socket, name: str, label: str) -> None:
-        listener = _Listener(self, sock, name, label)
+    def _runner(self, app: web.Application) -> web.AppRunner:
+        lim = self.limits
+        return web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=lim.request_timeout,
+            max_line_size=lim.max_line_size,
+            max_field_size=lim.max_field_size,
+        )
+
+    def _listen(
+        self,
+        sock: socket.socket,
+        name: str,
+        label: str,
+        runner: web.AppRunner | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        listener = _Listener(self, sock, name, label, runner=runner, tls=tls)
         self.listeners.append(listener)
         listener.start()
 
@@ -694,6 +797,9 @@ class ApiServer:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+            self.metrics_runner = None
         for conn in list(self.conns.values()):
             if conn.transport is not None:
                 conn.transport.abort()

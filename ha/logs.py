@@ -1,5 +1,14 @@
-"""The daemon's logging: the handler on stderr (journald adds the time), what it does to strings from outside, and
-the rate limit on warnings.
+"""The daemon's logging: the handler on stderr, its two formats, what it does to strings from outside, and the
+rate limit on warnings.
+
+Every line starts with its time, in UTC with milliseconds (the journal adds its own; a log file or a terminal has no
+other). ``node.log_format`` / ``lvs-ha run --log-format`` chooses the layout:
+
+- ``text`` (``TextFormatter``): ``2026-12-02T23:15:01.123Z WARNING ha.api: message``;
+- ``json`` (``JsonFormatter``): one JSON object a line, ``{"time": ..., "level": ..., "logger": ..., "msg": ...}``,
+  then the event's fields (what the code passed as ``extra={...}``; a field named like one of these four is written
+  with a leading underscore), and ``exc`` with the traceback when there is one. The object is ASCII (every other
+  character as ``\\uXXXX``), so no byte of it can end the line early.
 
 Strings from outside (a request's path, a service name in a request body, an exception's text) reach the log as
 arguments of a message: ``log.warning("refused %s", path)``. The formatter (``SafeFormatter``) writes every argument
@@ -18,7 +27,10 @@ counted and reported as one "N similar messages suppressed" line when the window
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -26,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import TextIO
 
 MAX_ARG_CHARS = 1024  # one argument of a log message, after escaping
 MAX_MESSAGE_CHARS = 8192  # a message without arguments
@@ -86,7 +99,8 @@ def safe_message(record: logging.LogRecord) -> str:
 
 
 class SafeFormatter(logging.Formatter):
-    """A formatter that writes strings from outside escaped and clipped (``safe_message``)."""
+    """A formatter that writes strings from outside escaped and clipped (``safe_message``); ``%(asctime)s`` is the
+    record's time as ``iso_time`` writes it."""
 
     def format(self, record: logging.LogRecord) -> str:
         msg, args = record.msg, record.args
@@ -95,6 +109,89 @@ class SafeFormatter(logging.Formatter):
             return super().format(record)
         finally:
             record.msg, record.args = msg, args
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record.created)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+
+
+def iso_time(t: float) -> str:
+    """``2026-12-02T23:15:01.123Z``: a wall-clock time in UTC, to the millisecond."""
+    ms = int(t * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ms:03d}Z"
+
+
+class TextFormatter(SafeFormatter):
+    """``TIME LEVEL LOGGER: MESSAGE``, strings from outside escaped."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+
+# the attributes every LogRecord has (the rest came from ``extra=``), and ours that are no event field
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "log_kind",
+    SUMMARY,
+}
+_JSON_KEYS = ("time", "level", "logger", "msg", "exc", "stack")
+
+
+def _field(value: object) -> object:
+    """An event field as JSON: numbers, booleans and None as they are, containers field by field, anything else as
+    its (clipped) text; JSON's own escaping keeps control characters off the line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN and the infinities are no JSON
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, Mapping):
+        return {clip(str(k), 128): _field(v) for k, v in list(value.items())[:64]}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_field(v) for v in list(value)[:64]]
+    return clip(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``time``, ``level``, ``logger``, ``msg`` (``safe_message``: the
+    same text as the text format's), the event's fields from ``extra=``, ``exc`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": iso_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": safe_message(record),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                doc[f"_{key}" if key in _JSON_KEYS else key] = _field(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        try:
+            return json.dumps(doc, ensure_ascii=True, allow_nan=False, default=str)
+        except (TypeError, ValueError) as e:  # a field JSON cannot write: the line still goes out, without them
+            base: dict[str, object] = {k: doc[k] for k in ("time", "level", "logger", "msg", "exc") if k in doc}
+            base["log_error"] = f"event fields dropped: {type(e).__name__}"
+            return json.dumps(base, ensure_ascii=True)
+
+
+def formatter(kind: str) -> logging.Formatter:
+    """The formatter of ``node.log_format`` (``text`` or ``json``)."""
+    if kind == "json":
+        return JsonFormatter()
+    if kind == "text":
+        return TextFormatter()
+    raise ValueError(f"unknown log format {kind!r} (expected one of: {', '.join(LOG_FORMATS)})")
 
 
 @dataclass
@@ -228,8 +325,30 @@ async def summaries(interval_s: float = 10.0) -> None:
 # == the daemon =================================================================================================
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+class LineHandler(logging.StreamHandler[TextIO]):
+    """The daemon's handler on stderr. While a progress line is shown on the terminal (``live``: a callable that
+    clears it and returns the text to draw again), a record is written on a line of its own and the progress line
+    drawn again below it."""
+
+    live: Callable[[], str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        live = self.live
+        if live is None:
+            super().emit(record)
+            return
+        redraw = live()
+        super().emit(record)
+        if redraw:
+            with contextlib.suppress(Exception):
+                self.stream.write(redraw)
+                self.flush()
+
+
+def setup_logging(level: str, log_format: str = "text") -> LineHandler:
+    """The daemon's one handler (on stderr, rate-limited), with the formatter of ``log_format``."""
+    handler = LineHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
     handler.addFilter(RateLimit(emit=handler.handle))
     logging.basicConfig(handlers=[handler], level=getattr(logging, level.upper(), logging.INFO))
+    return handler

@@ -42,11 +42,18 @@ def _add_daemon_target(p: argparse.ArgumentParser) -> None:
         help=f"the configuration file, to find the socket (default {DEFAULT_CONFIG})",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon (default 10)")
+    remote = p.add_argument_group("over TCP (node.api.listen) instead of the socket")
+    remote.add_argument("--url", metavar="URL", help="the daemon's TCP API: https://HOST:PORT (or http://)")
+    remote.add_argument("--token-file", metavar="FILE", help="the bearer token (default: $LVS_HA_TOKEN_FILE)")
+    remote.add_argument("--cacert", metavar="FILE", help="the CA that signed the daemon's certificate")
+    remote.add_argument("--cert", metavar="FILE", help="a client certificate (node.api.tls.client_ca_file)")
+    remote.add_argument("--key", metavar="FILE", help="the client certificate's key (default: in --cert)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     _add_config(p)
     p.add_argument("--log-level", default=None, help="override node.log_level (debug, info, warning, error)")
+    p.add_argument("--log-format", choices=["text", "json"], default=None, help="override node.log_format")
 
 
 def _check_config_args(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,7 @@
-"""``lvs-ha status|drain|enable|failover|reload``: talk to the running daemon over its unix socket.
+"""``lvs-ha status|drain|enable|failover|reload``: talk to the running daemon over its unix socket, or with
+``--url https://HOST:PORT`` over its TCP listener (``node.api.listen``, TLS with ``node.api.tls``): the bearer token
+from ``--token-file`` (or ``$LVS_HA_TOKEN_FILE``), the daemon's certificate checked against ``--cacert`` (else the
+system's CAs) and its name, a client certificate from ``--cert``/``--key``.
 
 Kept light on purpose so that ``lvs-ha status`` starts and answers quickly: HTTP/1.0 over the bare ``_socket``
 module (no aiohttp, no http.client, not even ``socket``, whose import alone costs a few milliseconds), ``json``
@@ -144,7 +147,10 @@ def request(
     parts = header.split(b" ", 2)
     if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         raise DaemonUnreachable(f"bad answer from the daemon on {path_sock}: {raw[:80]!r}")
-    status = int(parts[1])
+    return _answer(int(parts[1]), payload, path_sock, raw_text)
+
+
+def _answer(status: int, payload: bytes, where: str, raw_text: bool) -> Any:
     if raw_text and status < 300:
         return payload.decode("utf-8", errors="replace")
     import json
@@ -158,8 +164,78 @@ def request(
         errors = (doc.get("errors") or []) if isinstance(doc, dict) else []
         raise Refused(status, str(msg or f"HTTP {status}"), list(errors))
     if not isinstance(doc, dict):
-        raise DaemonUnreachable(f"bad answer from the daemon on {path_sock}: not a JSON object")
+        raise DaemonUnreachable(f"bad answer from the daemon on {where}: not a JSON object")
     return doc
+
+
+def request_url(
+    base: str,
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    cacert: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    timeout: float = 10.0,
+    raw_text: bool = False,
+) -> Any:
+    """One request to the daemon's TCP API at ``base`` (``https://HOST:PORT`` or ``http://``), like ``request``."""
+    import http.client
+    import json
+    import ssl
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise DaemonUnreachable(f"--url must be https://HOST:PORT or http://HOST:PORT, got {base!r}")
+    try:
+        port = u.port
+    except ValueError as e:
+        raise DaemonUnreachable(f"--url {base!r}: {e}") from e
+    conn: http.client.HTTPConnection
+    try:
+        if u.scheme == "https":
+            from ha.tls import client_context
+
+            ctx = client_context(cacert, cert, key)
+            conn = http.client.HTTPSConnection(u.hostname, port or 443, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, port or 80, timeout=timeout)
+    except (OSError, ssl.SSLError) as e:
+        raise DaemonUnreachable(f"cannot use the TLS files: {e}") from e
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    where = f"{u.scheme}://{u.netloc}"
+    try:
+        conn.request(method, url, body=data, headers=headers)
+        resp = conn.getresponse()
+        status, payload = resp.status, resp.read()
+    except ssl.SSLCertVerificationError as e:
+        raise DaemonUnreachable(f"{where}: the daemon's certificate is not trusted: {e.verify_message}") from e
+    except ssl.SSLError as e:
+        raise DaemonUnreachable(f"{where}: TLS failed: {e.reason or e}") from e
+    except TimeoutError as e:
+        raise DaemonUnreachable(f"the daemon at {where} did not answer within {timeout:g}s") from e
+    except (OSError, http.client.HTTPException) as e:
+        raise DaemonUnreachable(f"cannot talk to the daemon at {where}: {e}") from e
+    finally:
+        conn.close()
+    return _answer(status, payload, where, raw_text)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "token_file", None) or os.environ.get("LVS_HA_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise DaemonUnreachable(f"cannot read the token file {path}: {e.strerror or e}") from e
 
 
 def _run(
@@ -167,6 +243,19 @@ def _run(
 ) -> tuple[int, Any]:
     timeout = float(getattr(args, "timeout", 10.0) or 10.0)
     try:
+        if getattr(args, "url", None):
+            return EXIT_OK, request_url(
+                args.url,
+                method,
+                url,
+                body,
+                token=_token(args),
+                cacert=args.cacert,
+                cert=args.cert,
+                key=args.key,
+                timeout=timeout,
+                raw_text=raw_text,
+            )
         sock = None
         if not getattr(args, "socket", None) and getattr(args, "config", None) is None:
             # the usual case: the daemon on the default socket; the config is read only if nobody is there (never

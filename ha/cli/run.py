@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in e.lines:
             print(line, file=sys.stderr)
         return e.exit_code
-    setup_logging(args.log_level or cfg.node.log_level)
+    setup_logging(args.log_level or cfg.node.log_level, getattr(args, "log_format", None) or cfg.node.log_format)
     for w in warnings:
         log.warning("%s", w)
     return asyncio.run(_main(args.config, cfg))

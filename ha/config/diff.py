@@ -101,7 +101,7 @@ def realserver_table(cfg: Config) -> dict[str, RealServerConfig]:
 
 
 # node fields a reload cannot change: where the API listens and which backend programs the kernel
-_RESTART_FIELDS = ("name", "api", "dataplane", "state_dir")
+_RESTART_FIELDS = ("name", "api", "dataplane", "state_dir", "log_format")
 
 
 def diff_configs(old: Config, new: Config) -> ReloadDiff:

@@ -26,7 +26,7 @@ from yaml.nodes import Node
 from ha.config.checks import parse_checks
 from ha.config.files import UnsafeFile, read_regular, secret_problem, state_dir_problem
 from ha.config.issues import ConfigError, ConfigErrors, ConfigIssue, ConfigUnreadable, Severity
-from ha.config.model import ApiConfig, Config, DataplaneKind, NodeConfig
+from ha.config.model import ApiConfig, Config, DataplaneKind, NodeConfig, TlsConfig
 from ha.config.nodes import (
     Ctx,
     Invalid,
@@ -52,8 +52,9 @@ _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # -- node ------------------------------------------------------------------------------------------------------------
 
 _ROOT_KEYS = ("node", "vrrp", "checks", "services", "lvs")
-_NODE_KEYS = ("name", "state_dir", "dataplane", "api", "log_level", "flush_on_stop")
-_API_KEYS = ("socket", "socket_mode", "listen", "token_file")
+_NODE_KEYS = ("name", "state_dir", "dataplane", "api", "log_level", "log_format", "flush_on_stop")
+_API_KEYS = ("socket", "socket_mode", "listen", "token_file", "tls", "metrics_listen")
+_TLS_KEYS = ("cert_file", "key_file", "client_ca_file")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -74,18 +75,45 @@ def c_listen(node: Node) -> str:
     return s
 
 
+def _parse_tls(ctx: Ctx, am: Map) -> TlsConfig | None:
+    tm = am.sub("tls", _TLS_KEYS, "TLS on the TCP listener: cert_file, key_file, client_ca_file")
+    if tm is None:
+        return None
+    cert, key = tm.req("cert_file", c_str), tm.req("key_file", c_str)
+    if cert is None or key is None:
+        return None
+    tls = TlsConfig(cert_file=cert, key_file=key, client_ca_file=tm.opt("client_ca_file", c_str))
+    before = len(ctx.errors)
+    tm.check_file("key_file", key, lambda f: secret_problem(f, "the API's TLS key file"))
+    if ctx.check_files and len(ctx.errors) == before:  # a key file that is safe to read: try the pair
+        from ha.tls import tls_problem
+
+        tm.check_file("cert_file", cert, lambda _f: tls_problem(tls))
+    return tls
+
+
 def _parse_node(ctx: Ctx, m: Map | None) -> NodeConfig:
     if m is None:
         return NodeConfig(name=default_node_name())
     api = ApiConfig()
-    am = m.sub("api", _API_KEYS, "the control API: socket, socket_mode, listen, token_file")
+    am = m.sub("api", _API_KEYS, "the control API: socket, socket_mode, listen, token_file, tls, metrics_listen")
     if am is not None:
         api = ApiConfig(
             socket=am.get("socket", c_str, api.socket),
             socket_mode=am.get("socket_mode", c_mode, api.socket_mode),
             listen=am.opt("listen", c_listen),
             token_file=am.opt("token_file", c_str),
+            tls=_parse_tls(ctx, am),
+            metrics_listen=am.opt("metrics_listen", c_listen),
         )
+        if api.tls is not None and not api.listen:
+            ctx.error(am.value_node("tls"), am.p("tls"), "tls is for the TCP listener: set api.listen or remove tls")
+        if api.metrics_listen and api.metrics_listen == api.listen:
+            ctx.error(
+                am.value_node("metrics_listen"),
+                am.p("metrics_listen"),
+                "the metrics listener needs an address and port of its own (not api.listen's)",
+            )
         am.check_file("token_file", api.token_file, lambda f: secret_problem(f, "the API token file"))
         if api.listen and not api.token_file:
             ctx.error(
@@ -103,6 +131,7 @@ def _parse_node(ctx: Ctx, m: Map | None) -> NodeConfig:
         dataplane=DataplaneKind(m.get("dataplane", c_choice(*(k.value for k in DataplaneKind)), "auto")),
         api=api,
         log_level=m.get("log_level", c_choice(*_LOG_LEVELS), "info"),
+        log_format=m.get("log_format", c_choice("text", "json"), "text"),
         flush_on_stop=m.get("flush_on_stop", c_bool, False),
     )
 

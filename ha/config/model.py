@@ -31,11 +31,23 @@ class OnFailure(enum.Enum):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS on the TCP API listener: the server's certificate chain and key (a secret file), and optionally the CA
+    whose client certificates are required."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     socket: str = "/run/lvs-ha/api.sock"
     socket_mode: int = 0o600
     listen: str | None = None  # "host:port"; requires token_file
     token_file: str | None = None
+    tls: TlsConfig | None = None  # TLS on ``listen``
+    metrics_listen: str | None = None  # "host:port": GET /metrics (and /healthz) only, no token
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class NodeConfig:
     dataplane: DataplaneKind = DataplaneKind.AUTO
     api: ApiConfig = field(default_factory=ApiConfig)
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (ha.logs)
     flush_on_stop: bool = False
 
 
