@@ -34,7 +34,8 @@ RING_SIZE = 1000
 QUEUE_SIZE = 1000
 MAX_SUBSCRIBERS = 32
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# ASCII only: a name with U+2028 or U+0085 in it must not end a line for a reader that splits on Unicode line breaks
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 def iso(ts: float) -> str:

@@ -42,6 +42,7 @@ class Director:
     host: Host
     tmp: Path
     api: dict[str, Any] = field(default_factory=dict)
+    service_name: str = "web"
     proc: subprocess.Popen[Any] | None = None
     servers: dict[int, subprocess.Popen[Any]] = field(default_factory=dict)
 
@@ -56,7 +57,7 @@ class Director:
     def write_config(self, weight: int = 1, extra_service: dict[str, Any] | None = None) -> None:
         hook = [sys.executable, str(self.tmp / "hook.py"), str(self.tmp / "hooks.jsonl")]
         service: dict[str, Any] = {
-            "name": "web",
+            "name": self.service_name,
             "vip": VIP,
             "port": 80,
             "forwarding": "nat",

@@ -90,6 +90,13 @@ async def test_a_slow_subscriber_is_dropped_with_an_overflow_and_memory_stays_bo
     assert second - first < 200_000, (first, second)  # the second thousand events cost no lasting memory
 
 
+def test_a_line_is_one_line_whatever_the_names_hold() -> None:
+    bus = EventBus()
+    ev = bus.publish("drain", service="w\u2028e\x85b\n", realserver="1.2.3.4:80", drained=True, who="x")
+    assert ev.line.isascii() and len(ev.line.splitlines()) == 1
+    assert json.loads(ev.line)["service"] == "w\u2028e\x85b\n"
+
+
 def test_subscribers_are_capped() -> None:
     bus = EventBus(max_subscribers=2)
     a, _, _ = bus.subscribe()
@@ -185,6 +192,7 @@ def test_human_lines_escape_control_characters() -> None:
         }
     )
     assert line == "T #3 realserver we\\x1b[2Jb 1.2.3.4:80 up -> down (a\\x0ab)"
+    assert human({"seq": 1, "time": "T", "kind": "x", "name": "a\u2028b"}) == "T #1 x name=a\\u2028b"
     assert "\n" not in human({"seq": 1, "time": "T", "kind": "reload", "ok": False, "who": "x", "errors": ["l1\nl2"]})
 
 
