@@ -241,6 +241,22 @@ def test_dashboard_is_well_formed() -> None:
     assert n_targets >= 30
 
 
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Each panel and annotation query, its Grafana variables given values, parses: ``promtool check rules`` on a
+    file holding them as recording rules."""
+    exe = promtool()
+    rules = []
+    for k, (where, expr) in enumerate(dashboard_exprs(dashboard())):
+        if where.startswith("variable"):
+            continue
+        text = expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
+        text = re.sub(r"\$\{?(\w+)\}?", ".*", text)  # $job, $instance, $service: matchers with =~
+        rules.append({"record": f"dashboard:query{k}", "expr": text})
+    (tmp_path / "q.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    r = subprocess.run([exe, "check", "rules", str(tmp_path / "q.yml")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_dashboard_and_rules_cover_the_metrics_they_promise() -> None:
     """The issue's list: roles and transitions, per-service and per-realserver health, weights, connections and
     rates, check latency and lateness, reconcile writes and errors, reloads (and the daemon process)."""
