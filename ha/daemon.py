@@ -228,10 +228,7 @@ class Daemon:
             stats = self.lvs.reconciler.stats if self.lvs is not None and hasattr(self.lvs, "reconciler") else None
             if stats is not None:
                 if seen is not None and stats.drift_repairs > seen:
-                    plan = stats.last_plan
-                    self.events.publish(
-                        "drift", repairs=stats.drift_repairs - seen, ops=len(plan.ops) if plan is not None else None
-                    )
+                    self.events.publish("drift", repairs=stats.drift_repairs - seen, total=stats.drift_repairs)
                 seen = stats.drift_repairs
             await asyncio.sleep(every_s)
 

@@ -1,4 +1,5 @@
-"""``lvs-ha events``: follow the daemon's event stream (``GET /v1/events``, newline-delimited JSON) in the terminal.
+"""``lvs-ha events``: follow the daemon's event stream (``GET /v1/events``, newline-delimited JSON) in the terminal,
+from the unix socket or, with ``--url`` (and ``--token-file``, ``--cacert``...), from the TCP API.
 
 One line per event (``--json``: the daemon's JSON lines as they come, events and the ``gap``/``overflow`` notes;
 heartbeats and the opening ``hello`` are left out). ``--since SEQ`` first shows the kept events after SEQ (0: all the
@@ -66,7 +67,7 @@ def human(ev: dict[str, Any]) -> str:
             errors = ev.get("errors") or []
             text = f"rejected (by {f.get('who')}): " + "; ".join(_clean(e) for e in errors)
     elif k == "drift":
-        text = f"data plane drift repaired ({f.get('ops')} operations)"
+        text = f"data plane drift repaired ({f.get('total')} repairs so far)"
     elif k == "gap":
         return f"-- {f.get('lost')} earlier event(s) are no longer kept by the daemon"
     elif k == "overflow":
@@ -80,7 +81,7 @@ class StreamEnded(Exception):
     pass
 
 
-def _open(path: str, since: int | None, timeout: float) -> tuple[Any, bytes]:
+def _open(path: str, since: int | None, timeout: float) -> tuple[Any, Any]:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     url = "/v1/events" + (f"?since={since}" if since is not None else "")
     try:
@@ -122,7 +123,70 @@ def _open(path: str, since: int | None, timeout: float) -> tuple[Any, bytes]:
             msg = rest.decode(errors="replace").strip()
         raise DaemonUnreachable(f"the daemon refused the event stream: {msg or f'HTTP {status}'}")
     s.settimeout(NO_DATA_S)
-    return s, rest
+    return s, _lines(s, rest)
+
+
+def _open_url(args: argparse.Namespace, since: int | None, timeout: float) -> tuple[Any, Any]:
+    """The stream from the TCP API (``--url``, with the token and TLS options of ``lvs-ha status``)."""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    from ha.cli.ctl import _token
+
+    base = str(args.url)
+    u = urlsplit(base)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise DaemonUnreachable(f"--url must be https://HOST:PORT or http://HOST:PORT, got {base!r}")
+    where = f"{u.scheme}://{u.netloc}"
+    conn: http.client.HTTPConnection
+    try:
+        port = u.port
+        if u.scheme == "https":
+            from ha.tls import client_context
+
+            ctx = client_context(args.cacert, args.cert, args.key)
+            conn = http.client.HTTPSConnection(u.hostname, port or 443, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, port or 80, timeout=timeout)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        raise DaemonUnreachable(f"--url {base!r}: {e}") from e
+    headers = {"Accept": "application/x-ndjson"}
+    token = _token(args)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("GET", "/v1/events" + (f"?since={since}" if since is not None else ""), headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            try:
+                msg = json.loads(resp.read()).get("error")
+            except (ValueError, AttributeError):
+                msg = None
+            raise DaemonUnreachable(f"the daemon refused the event stream: {msg or f'HTTP {resp.status}'}")
+        if conn.sock is not None:
+            conn.sock.settimeout(NO_DATA_S)
+    except DaemonUnreachable:
+        conn.close()
+        raise
+    except (OSError, http.client.HTTPException) as e:
+        conn.close()
+        raise DaemonUnreachable(f"cannot talk to the daemon at {where}: {e}") from e
+
+    def lines() -> Any:
+        while True:
+            try:
+                line = resp.readline()
+            except TimeoutError:
+                raise StreamEnded(f"nothing from the daemon for {NO_DATA_S:g}s (not even a heartbeat)") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise StreamEnded(f"the connection to the daemon broke: {e}") from None
+            if not line:
+                raise StreamEnded("the daemon closed the event stream (stopped or restarted?)")
+            if line.strip():
+                yield line.rstrip(b"\r\n")
+
+    return conn, lines()
 
 
 def _lines(s: Any, rest: bytes) -> Any:
@@ -143,12 +207,14 @@ def _lines(s: Any, rest: bytes) -> Any:
         buf += chunk
 
 
-def follow(path: str, args: argparse.Namespace, out: Any = sys.stdout) -> int:
+def follow(path: str | None, args: argparse.Namespace, out: Any = sys.stdout) -> int:
+    """Follow the stream on the socket ``path`` (or ``args.url`` when ``path`` is None)."""
     since: int | None = args.since
     shown = 0
+    timeout = float(args.timeout or 10.0)
     while True:
         try:
-            s, rest = _open(path, since, float(args.timeout or 10.0))
+            s, stream = _open(path, since, timeout) if path is not None else _open_url(args, since, timeout)
         except DaemonUnreachable as e:
             if not args.retry:
                 print(f"lvs-ha events: {e}", file=sys.stderr)
@@ -156,7 +222,7 @@ def follow(path: str, args: argparse.Namespace, out: Any = sys.stdout) -> int:
             time.sleep(1.0)
             continue
         try:
-            for raw in _lines(s, rest):
+            for raw in stream:
                 try:
                     ev = json.loads(raw)
                 except ValueError:
@@ -188,6 +254,8 @@ def follow(path: str, args: argparse.Namespace, out: Any = sys.stdout) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "url", None):
+            return follow(None, args)
         path = DEFAULT_SOCKET
         if args.socket or args.config is not None or not os.path.exists(DEFAULT_SOCKET):
             path = find_socket(args)

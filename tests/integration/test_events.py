@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ha.cli.ctl import request
 from tests.lab import LVS_HA, Host, Lab, wait_for
 from tests.vrrp_helpers import NET, VIP, operator_env
 
@@ -43,6 +44,8 @@ class Director:
     tmp: Path
     api: dict[str, Any] = field(default_factory=dict)
     service_name: str = "web"
+    dataplane: str = "memory"
+    lvs: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[Any] | None = None
     servers: dict[int, subprocess.Popen[Any]] = field(default_factory=dict)
 
@@ -77,7 +80,7 @@ class Director:
             "node": {
                 "name": "d1",
                 "state_dir": str(self.tmp / "state"),
-                "dataplane": "memory",
+                "dataplane": self.dataplane,
                 "api": {"socket": self.sock, **self.api},
             },
             "vrrp": {
@@ -95,6 +98,8 @@ class Director:
             },
             "services": [service],
         }
+        if self.lvs:
+            doc["lvs"] = self.lvs
         text = yaml.safe_dump(doc, sort_keys=False)
         tmp = self.config.with_suffix(".new")
         tmp.write_text(text)
@@ -286,3 +291,30 @@ def test_events_stream_cli_and_notify_hooks(lab: Lab, tmp_path: Path) -> None:
     finally:
         d.stop()
         lab.stop(follower)
+
+
+def test_a_drift_repair_is_an_event(lab: Lab, tmp_path: Path) -> None:
+    """The nftables data plane in the namespace, its table flushed behind lvs-ha's back: the periodic resync repairs
+    it and the stream says so."""
+    host = lab.host("d1", [f"{NET}.11/24"])
+    d = Director(lab, host, tmp_path, dataplane="nftables", lvs={"resync_interval": "500ms"})
+    d.start()
+    try:
+        wait_for(
+            lambda: d.status().get("services", [{}])[0].get("in_kernel"), timeout=30, what="the service programmed"
+        )
+        mark = request(d.sock, "GET", "/v1/whoami")["last_seq"]
+        host.run("nft", "flush", "ruleset")
+
+        def drift() -> dict[str, Any] | None:
+            last = request(d.sock, "GET", "/v1/whoami")["last_seq"]
+            if last <= mark:
+                return None
+            out = d.cli("events", "--since", str(mark), "--json", "--count", str(last - mark), timeout=10)
+            return find([json.loads(x) for x in out.stdout.splitlines()], mark, kind="drift")
+
+        ev = wait_for(drift, timeout=15, what="a drift event")
+        assert ev["repairs"] >= 1 and ev["total"] >= ev["repairs"] and ev["time"].endswith("Z")
+        wait_for(lambda: d.status()["services"][0]["in_kernel"], what="the service programmed again")
+    finally:
+        d.stop()

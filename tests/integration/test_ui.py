@@ -23,7 +23,7 @@ import pytest
 
 from ha.cli.ctl import request
 from tests.integration.test_events import RS_PORTS, Director
-from tests.lab import Lab, wait_for
+from tests.lab import LVS_HA, Lab, wait_for
 from tests.vrrp_helpers import NET
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -237,6 +237,24 @@ def test_status_page_in_a_real_browser(lab: Lab, tmp_path: Path) -> None:
         delay = applied_ms / 1000 - at
         print(f"the page showed the realserver down {delay * 1000:.0f} ms after the daemon's event")
         assert -0.05 < delay < 1.0
+
+        # lvs-ha events over the TCP API too (what a remote operator uses), from inside the namespace
+        r = host.run(
+            LVS_HA,
+            "events",
+            "--url",
+            f"http://127.0.0.1:{PORT}",
+            "--token-file",
+            str(token_file),
+            "--since",
+            str(down["seq"] - 1),
+            "--count",
+            "1",
+            timeout=20,
+        )
+        assert f"realserver {HOSTILE[:3]}" in r.stdout and f"{rs2} up -> down" in r.stdout, r.stdout
+        r = host.run(LVS_HA, "events", "--url", f"http://127.0.0.1:{PORT}", "--count", "1", check=False, timeout=20)
+        assert r.returncode == 2 and "a valid bearer token is required" in r.stderr, r.stderr
 
         # a drain from the page's own button: the existing POST /v1/drain, then the row says so
         browser.eval(
