@@ -105,7 +105,15 @@ class DataplaneDriver:
             max_remove_share=cfg.lvs.max_remove_share,
         )
         log.info("data plane: %s", getattr(self.dataplane, "name", type(self.dataplane).__name__))
-        await self.sync_now(desired)
+        from ha.progress import Progress
+
+        progress = Progress("initial sync")  # on a terminal only (lvs-ha run by hand)
+        self.reconciler.progress = progress if progress.enabled else None
+        try:
+            await self.sync_now(desired)
+        finally:
+            self.reconciler.progress = None
+            progress.close()
         self.reconciler.start()
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="dataplane-stats")
 

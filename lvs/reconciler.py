@@ -9,6 +9,11 @@
   weight 0 until their connections (active + inactive) reach 0 or their timeout passes; then they are removed. One
   that has no connections already is removed at once (an idle destination added behind our back included).
   UDP services drain at once (there are no connections to wait for).
+- Progress (``progress``, optional: ``(phase, done, total)`` with the phases ``reading``, ``planning``,
+  ``applying`` and ``verifying``): with it, a long list of operations is applied in steps so that ``done`` can
+  move. The steps are timed: a backend whose cost grows with the operations (IPVS, one netlink message each) gets
+  steps of about ``PROGRESS_STEP_S``; one whose every call costs about the same whatever its size (a whole nft
+  transaction, the memory data plane's save) gets the rest in one call after two small steps.
 
 The bookkeeping (``Backoff``, ``DrainTracker``) is pure and takes ``now``; only ``Reconciler`` reads a clock.
 """
@@ -17,17 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lvs.dataplane import Capabilities, Dataplane
-from lvs.model import DelService, DestKey, Protocol, ServiceKey, ServiceState, State
+from lvs.dataplane import ApplyReport, Capabilities, Dataplane
+from lvs.model import DelService, DestKey, Op, Protocol, ServiceKey, ServiceState, State
 from lvs.owned import OwnedStore, OwnedStoreError
 from lvs.plan import Plan, describe, plan
 
 log = logging.getLogger(__name__)
 
 DrainKey = tuple[ServiceKey, DestKey]
+ProgressFn = Callable[[str, int, int], None]
+PROGRESS_FIRST_STEP = 256  # operations
+PROGRESS_STEP_S = 0.2  # seconds a step should take
 
 
 @dataclass
@@ -196,8 +205,10 @@ class Reconciler:
         verify: bool = True,
         backoff: Backoff | None = None,
         drain_poll_s: float = 1.0,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self.progress = progress
         self.owned_store = owned_store
         self._clock = clock
         self.min_interval_s = min_interval_s
@@ -261,6 +272,7 @@ class Reconciler:
         if desired is None:
             return SyncResult(ok=True)
         desired = self._within_capabilities(desired)
+        self._report("reading", 0, 0)
         try:
             actual = await self.dataplane.dump()
         except Exception as e:  # a backend error must never end the loop
@@ -271,6 +283,7 @@ class Reconciler:
             log.info("drain finished svc=%s rs=%s", svc, dkey)
         self._next_drain = decision.next_deadline
         force = self._force_generation == generation
+        self._report("planning", 0, 0)
         p = plan(
             decision.effective,
             actual,
@@ -295,7 +308,7 @@ class Reconciler:
             st.last_error, st.last_error_at = str(e), now
             log.error("%s", e)
         try:
-            report = await self.dataplane.apply(p.ops) if p.ops else None
+            report = await self._apply(p.ops) if p.ops else None
         except Exception as e:
             return self._failed(now, f"apply failed: {e}", plan_=p)
         writes = report.writes if report else 0
@@ -307,6 +320,7 @@ class Reconciler:
             return self._failed(now, f"apply failed at '{what}': {report.error}", plan_=p, writes=writes)
         self._save_owned_quietly(p.owned_after)
         if self.verify and p.ops:
+            self._report("verifying", 0, 0)
             try:
                 again = await self.dataplane.dump()
             except Exception as e:
@@ -329,6 +343,45 @@ class Reconciler:
         if p.ops:
             log.info("synced: %d ops, %d writes", len(p.ops), writes)
         return SyncResult(ok=True, plan=p, writes=writes)
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            try:
+                self.progress(phase, done, total)
+            except Exception as e:  # a progress display must never fail a sync
+                log.debug("progress callback failed: %s", e)
+
+    async def _apply(self, ops: Sequence[Op]) -> ApplyReport:
+        """``dataplane.apply(ops)``; with a progress callback, in timed steps (see the module's docstring)."""
+        total = len(ops)
+        if self.progress is None or total <= PROGRESS_FIRST_STEP:
+            self._report("applying", 0, total)
+            report = await self.dataplane.apply(ops)
+            self._report("applying", len(report.applied), total)
+            return report
+        out = ApplyReport()
+        done, step, steps, first_dt = 0, PROGRESS_FIRST_STEP, 0, 0.0
+        self._report("applying", 0, total)
+        while done < total:
+            chunk = ops[done : done + step]
+            t = time.perf_counter()
+            r = await self.dataplane.apply(chunk)
+            dt = time.perf_counter() - t
+            out.applied.extend(r.applied)
+            out.writes += r.writes
+            if not r.ok:
+                out.failed, out.error = r.failed, r.error
+                break
+            done += len(chunk)
+            self._report("applying", done, total)
+            steps += 1
+            if steps == 1:
+                first_dt, step = dt, 2 * step
+            elif steps == 2 and dt < 1.5 * first_dt:
+                step = total  # twice the operations cost about the same: the rest in one call
+            elif dt > 0:
+                step = max(PROGRESS_FIRST_STEP, int(len(chunk) * PROGRESS_STEP_S / dt))
+        return out
 
     def _within_capabilities(self, desired: State) -> State:
         state, dropped = within_capabilities(desired, self.dataplane.capabilities)

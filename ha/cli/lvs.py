@@ -1,7 +1,9 @@
 """``lvs-ha plan`` and ``lvs-ha apply``: the desired state with every realserver up, against the live backend.
 
 ``plan`` prints the operations and changes nothing. ``apply`` programs them once (recording ownership, then verifying
-with a second dump) and exits; a second run makes zero writes. Exit codes: 0 done, 1 invalid config / refused or
+with a second dump) and exits; a second run makes zero writes. On a terminal ``apply`` shows its progress on one line
+of stderr (``ha.progress``: operations applied of all, rate, time left), cleared before its report; piped, it adds
+nothing. Exit codes: 0 done, 1 invalid config / refused or
 failed change, 2 unreadable config file or a backend that cannot be opened.
 """
 
@@ -100,7 +102,10 @@ def _owned(config: Config) -> frozenset[ServiceKey]:
 
 
 async def _on_backend(
-    args: argparse.Namespace, verb: str, body: Callable[[Config, Dataplane, State], Awaitable[int]]
+    args: argparse.Namespace,
+    verb: str,
+    body: Callable[[Config, Dataplane, State], Awaitable[int]],
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> int:
     """Load the config, open its backend and dump it, then ``body(config, backend, actual)``; the backend is closed
     after. A config or backend that cannot be used is printed and gives the exit code."""
@@ -114,6 +119,8 @@ async def _on_backend(
         return EXIT_UNAVAILABLE
     try:
         try:
+            if progress is not None:
+                progress("reading", 0, 0)
             actual = await dp.dump()
         except DataplaneError as e:
             print(f"lvs-ha {verb}: cannot read the {dp.name} data plane: {e}", file=sys.stderr)
@@ -139,11 +146,23 @@ async def _plan(args: argparse.Namespace) -> int:
 
 
 async def _apply(args: argparse.Namespace) -> int:
+    from ha.progress import Progress
+
+    progress = Progress("lvs-ha apply")
+
     async def program(config: Config, dp: Dataplane, actual: State) -> int:
-        rec = Reconciler(dp, OwnedStore.in_dir(config.node.state_dir), max_remove_share=config.lvs.max_remove_share)
+        rec = Reconciler(
+            dp,
+            OwnedStore.in_dir(config.node.state_dir),
+            max_remove_share=config.lvs.max_remove_share,
+            progress=progress if progress.enabled else None,
+        )
         rec.set_desired(_desired(config), force=bool(getattr(args, "force", False)))
         owned_before = rec.owned
-        result = await rec.sync()
+        try:
+            result = await rec.sync()
+        finally:
+            progress.close()
         if result.plan is not None:
             _print_plan(result.plan, actual, dp.name, owned_before, _desired(config), False, "apply")
         print(f"writes: {result.writes}")
@@ -155,7 +174,10 @@ async def _apply(args: argparse.Namespace) -> int:
             return EXIT_FAIL
         return EXIT_OK
 
-    return await _on_backend(args, "apply", program)
+    try:
+        return await _on_backend(args, "apply", program, progress if progress.enabled else None)
+    finally:
+        progress.close()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
