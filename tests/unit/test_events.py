@@ -268,3 +268,35 @@ async def test_the_page_needs_no_token_and_allows_only_its_own_script() -> None:
         assert "innerHTML" not in body and "insertAdjacentHTML" not in body
         assert (await client.get("/v1/status")).status == 401  # the data still needs the token
     assert page()[0].decode() == body
+
+
+async def test_a_stream_that_falls_behind_ends_with_an_overflow_line() -> None:
+    ctl = Ctl()
+    ctl.events = EventBus(queue_size=5)
+    async with TestClient(TestServer(make_app(ctl, TOKEN))) as client:
+        resp = await client.get("/v1/events", headers={"Authorization": f"Bearer {TOKEN}"})
+        [hello] = await _lines(resp, 1)
+        for i in range(100):  # all at once: the stream's queue holds 5
+            ctl.events.publish("weight", service="web", realserver="10.0.0.1:80", old=i, new=i + 1)
+        rest = [json.loads(x) for x in (await resp.content.read()).splitlines()]
+        assert rest[-1]["kind"] == "overflow" and rest[-1]["lost"] == 6 and "seq" not in rest[-1]
+        assert [x["seq"] for x in rest[:-1]] == []  # what was queued went with the overflow
+        assert ctl.events.subscribers == [] and ctl.events.overflowed == 1
+        assert hello["last_seq"] == 0
+
+
+async def test_heartbeats_and_a_client_that_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ha.events_api
+
+    monkeypatch.setattr(ha.events_api, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(ha.events_api, "POLL_S", 0.01)
+    ctl = Ctl()
+    async with TestClient(TestServer(make_app(ctl, TOKEN))) as client:
+        resp = await client.get("/v1/events", headers={"Authorization": f"Bearer {TOKEN}"})
+        hello, beat = await _lines(resp, 2)
+        assert hello["kind"] == "hello" and beat["kind"] == "heartbeat" and "seq" not in beat
+        assert len(ctl.events.subscribers) == 1
+        resp.close()
+        async with asyncio.timeout(5):
+            while ctl.events.subscribers:  # the server notices within a poll and lets the subscription go
+                await asyncio.sleep(0.01)
