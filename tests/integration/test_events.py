@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -281,6 +282,14 @@ def test_events_stream_cli_and_notify_hooks(lab: Lab, tmp_path: Path) -> None:
             "MIN_UP": "2",
             "SORRY_ACTIVE": "1",
         }
+
+        # Ctrl-C ends a follower with exit 0
+        shown = tmp_path / "ctrl-c.out"
+        with open(shown, "wb") as o:
+            ctrl_c = lab.spawn(None, [LVS_HA, "events", "--socket", d.sock, "--since", "0"], stdout=o)
+        wait_for(lambda: shown.stat().st_size > 0, what="the follower's first line")
+        ctrl_c.send_signal(signal.SIGINT)
+        assert ctrl_c.wait(timeout=20) == 0
 
         # the follower learns that the daemon went away
         assert follower.poll() is None
