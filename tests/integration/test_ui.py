@@ -174,6 +174,7 @@ PAGE_STATE = """JSON.stringify({
   rows: [...document.querySelectorAll('#realservers tbody tr')].map(tr => ({
     service: tr.dataset.service, realserver: tr.dataset.realserver,
     health: tr.querySelector('td.health').textContent,
+    why: tr.cells[9].textContent,
     buttons: [...tr.querySelectorAll('button')].map(b => b.textContent),
   })),
 })"""
@@ -219,6 +220,11 @@ def test_status_page_in_a_real_browser(lab: Lab, tmp_path: Path) -> None:
         rs2 = f"127.0.0.1:{RS_PORTS[1]}"
         d.unserve(RS_PORTS[1])
         wait_for(lambda: shown(RS_PORTS[1], "down"), timeout=15, interval=0.05, what="the page showing it down")
+        # the rest of the row (weight, why) follows from the status the page reads again after the event
+        wait_for(
+            lambda: any(r["realserver"] == rs2 and r["why"] != "up" for r in state().get("rows", [])),
+            what="the row's weight and why brought up to date",
+        )
         shot = browser.screenshot(artifacts / "lvs-ha-ui.png")
         print(f"\nscreenshot of the status page: {shot}")
         assert shot.stat().st_size > 10_000
