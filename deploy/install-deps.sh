@@ -18,6 +18,7 @@ have ping      || debs+=(iputils-ping)
 have make      || debs+=(make)
 have ps        || debs+=(procps)
 have mount     || debs+=(mount)
+have lintian   || debs+=(lintian)
 have chromium  || debs+=(chromium)
 have promtool  || debs+=(prometheus)  # promtool checks deploy/monitoring/alerts.yml
 if ((${#debs[@]})); then
