@@ -81,6 +81,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._quorum_pushes: set[asyncio.Task[None]] = set()
         self.registry = make_registry(
             MetricsSources(
                 node=cfg.node.name,
@@ -114,6 +115,7 @@ class Daemon:
         await self.api.start()
         if self.cfg.vrrp.instances:
             self.vrrp = Vrrp(self.cfg, self._role_changed)
+            await self.vrrp.services_quorum(dict(self._quorum))  # kept, and given to the engine as it starts
             await self.vrrp.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -193,6 +195,10 @@ class Daemon:
         if cfg is None:
             self._quorum = d.quorum
             self._service_events(d)
+            if self.vrrp is not None:  # track.services: the engine hears of each quorum change (in order)
+                task = asyncio.get_running_loop().create_task(self.vrrp.services_quorum(dict(d.quorum)))
+                self._quorum_pushes.add(task)
+                task.add_done_callback(self._quorum_pushes.discard)
         return d
 
     def _service_events(self, d: Desired) -> None:

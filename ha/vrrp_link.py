@@ -4,6 +4,7 @@ its own process (``ha.vrrp.process``) as the daemon's loop sees it."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -49,6 +50,44 @@ def _hmac(inst: VrrpInstanceConfig) -> tuple[HmacKey, ...]:
 AUTO_PREEMPT_DELAY_MAX_S = 60.0
 
 
+def services_behind(config: Config | None, inst: VrrpInstanceConfig) -> tuple[str, ...]:
+    """The services whose VIP the instance carries (fwmark services, which have no VIP, sit behind every one)."""
+    if config is None:
+        return ()
+    vips = {v.address.ip for v in inst.vips}
+    return tuple(s.name for s in config.services if s.vip is None or s.vip in vips)
+
+
+def services_behind_group(config: Config | None, inst: VrrpInstanceConfig) -> tuple[str, ...]:
+    """``services_behind`` of the instance and of every member of its sync group: the members move together, so a
+    NAT gateway instance with no service of its own answers for its group's services."""
+    if config is None:
+        return ()
+    members = {inst.name}
+    for g in config.vrrp.sync_groups:
+        if inst.name in g.instances:
+            members.update(g.instances)
+    out: dict[str, None] = {}
+    for other in config.vrrp.instances:
+        if other.name in members:
+            out.update(dict.fromkeys(services_behind(config, other)))
+    return tuple(out)
+
+
+def track_services_weight(config: Config | None, inst: VrrpInstanceConfig) -> int:
+    """``track.services``: the priority change while every service behind the instance has lost its quorum here.
+    ``auto`` halves the priority (rounded up): an isolated or cut-off director, whose checks all fail, drops below
+    its peer and so does not take the VIPs back into an empty pool when it is reconnected, while two directors that
+    both lose their realservers keep their order. The services are those behind the instance's sync group (its
+    members move together). 0 for the address owner (255), an instance with no service behind it, and ``off``."""
+    mode = inst.track.services
+    if mode == "off" or inst.priority >= 255 or not services_behind_group(config, inst):
+        return 0
+    if mode == "auto":
+        return -(inst.priority // 2)
+    return int(mode)
+
+
 def auto_preempt_delay_s(config: Config | None, inst: VrrpInstanceConfig) -> float:
     """``preempt_delay: auto``: how long a director that comes back (restart, fault cleared) waits before it takes
     the VIPs from a lower-priority master: long enough for the health checks of the services behind its VIPs to
@@ -56,11 +95,11 @@ def auto_preempt_delay_s(config: Config | None, inst: VrrpInstanceConfig) -> flo
     0 when it carries no checked service (a VRRP-only node preempts at once, as Keepalived does)."""
     if config is None:
         return 0.0
-    vips = {v.address.ip for v in inst.vips}
+    behind = set(services_behind(config, inst))
     worst = 0.0
     for svc in config.services:
-        if svc.vip is not None and svc.vip not in vips:
-            continue  # another instance's service (fwmark services may sit behind any instance)
+        if svc.name not in behind:
+            continue
         for rs in svc.realservers:
             chk = rs.check
             if chk is not None:
@@ -107,6 +146,7 @@ def instance_spec(inst: VrrpInstanceConfig, config: Config | None = None) -> Ins
             for s in t.scripts
         ),
         track_files=tuple(TrackedFile(f.path, f.weight) for f in t.files),
+        track_services_weight=track_services_weight(config, inst),
         password=_password(inst),
         notify=_notify_map(inst.notify),
         startup_delay_s=inst.startup_delay_s,
@@ -193,6 +233,10 @@ class Vrrp:
     def __init__(self, cfg: Config, on_transition: Callable[[dict[str, Any]], None]) -> None:
         from ha.vrrp.process import ProcessEngine
 
+        self.cfg = cfg
+        self._lost: dict[str, bool] = {}  # per instance, as last told to the engine
+        self._lost_lock = asyncio.Lock()  # one update at a time, in the order the daemon made them
+
         specs, groups = engine_specs(cfg)
         # SCHED_FIFO for the engine process's loop thread when the config asks (``vrrp.realtime``)
         realtime = cfg.vrrp.realtime
@@ -209,7 +253,36 @@ class Vrrp:
         return list(await self.engine.failover(instance))
 
     async def reconfigure(self, cfg: Config) -> dict[str, list[str]]:
-        return dict(await self.engine.reconfigure(*engine_specs(cfg)))
+        out = dict(await self.engine.reconfigure(*engine_specs(cfg)))
+        self.cfg = cfg
+        return out
+
+    async def services_quorum(self, quorum: dict[str, bool]) -> None:
+        """The services' quorum on this director (``ha.desired``): tell the engine, per instance, whether every
+        service behind it has lost its quorum (``track.services``); only changes are sent."""
+        async with self._lost_lock:
+            await self._services_quorum(quorum)
+
+    async def _services_quorum(self, quorum: dict[str, bool]) -> None:
+        changed = {}
+        for inst in self.cfg.vrrp.instances:
+            behind = [quorum[s] for s in services_behind_group(self.cfg, inst) if s in quorum]
+            lost = bool(behind) and not any(behind)
+            if self._lost.get(inst.name) != lost:
+                changed[inst.name] = lost
+        if not changed:
+            return
+        try:
+            await self.engine.set_services_lost(changed)
+        except Exception as e:
+            log.warning("VRRP engine: cannot pass on the services' quorum: %s", e)
+            return
+        for name, lost in changed.items():
+            if lost:
+                log.warning("instance=%s: every service behind it lost its quorum here: priority lowered", name)
+            elif name in self._lost:
+                log.info("instance=%s: its services have their quorum again: priority restored", name)
+        self._lost.update(changed)
 
     async def refresh(self) -> None:
         """Fetch the engine's status over the channel (the engine process answers between its timers)."""

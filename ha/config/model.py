@@ -114,6 +114,9 @@ class TrackConfig:
     interfaces: tuple[TrackInterface, ...] = ()
     scripts: tuple[TrackScript, ...] = ()
     files: tuple[TrackFile, ...] = ()
+    # while every service behind the instance has lost its quorum on this director: "auto" (priority halved),
+    # "off", or a weight added to the priority
+    services: int | str = "auto"
 
 
 @dataclass(frozen=True)

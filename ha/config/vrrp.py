@@ -229,7 +229,22 @@ def _parse_track(ctx: Ctx, m: Map | None) -> TrackConfig:
         fpath = fm.req("path", c_str)
         if fpath is not None:
             files.append(TrackFile(fpath, fm.get("weight", _WEIGHT, 1)))
-    return TrackConfig(tuple(ifaces), tuple(scripts), tuple(files))
+    default: int | str = "auto"
+    services = m.get("services", _track_services, default)
+    return TrackConfig(tuple(ifaces), tuple(scripts), tuple(files), services)
+
+
+def _track_services(node: Node) -> int | str:
+    """``auto``, ``off`` or a non-zero weight (-254..254)."""
+    if isinstance(node, ScalarNode) and node.value in ("auto", "off"):
+        return node.value
+    try:
+        weight = _WEIGHT(node)
+    except Invalid:
+        raise Invalid("expected auto, off or a weight (an integer -254..254, not 0)") from None
+    if weight == 0:
+        raise Invalid("expected auto, off or a weight (an integer -254..254, not 0)")
+    return weight
 
 
 def _parse_auth(ctx: Ctx, m: Map | None, version: int) -> AuthConfig:
@@ -353,7 +368,10 @@ def _parse_instance(ctx: Ctx, node: Node, path: str) -> tuple[VrrpInstanceConfig
         unicast=_parse_unicast(ctx, m.sub("unicast", ("source", "peers"), "unicast: source, peers"), family),
         garp=garp,
         track=_parse_track(
-            ctx, m.sub("track", ("interfaces", "scripts", "files"), "track: interfaces, scripts, files")
+            ctx,
+            m.sub(
+                "track", ("interfaces", "scripts", "files", "services"), "track: interfaces, scripts, files, services"
+            ),
         ),
         auth=_parse_auth(ctx, m.sub("auth", ("hmac_key_file", "password"), "auth: hmac_key_file or password"), version),
         notify=_parse_notify(m.sub("notify", _NOTIFY_KEYS, "notify commands")),

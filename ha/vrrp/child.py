@@ -42,7 +42,7 @@ log = logging.getLogger("ha.vrrp.child")  # not __main__ when run with -m
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 LOG_BACKLOG_BYTES = 4 * 1024 * 1024  # unsent bytes past which log records are dropped (never replies or events)
-METHODS = ("status", "failover", "reconfigure")
+METHODS = ("status", "failover", "reconfigure", "set_services_lost")
 WATCHDOG_S = 0.1  # how often the parent's silence is measured
 SILENT_PARENT = "the daemon does not answer"  # the fault every instance is held in meanwhile
 
@@ -148,7 +148,11 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
     chan = Channel(writer)
     _setup_logging(chan, int(opts.get("log_level", logging.INFO)))
     engine = VrrpEngine(
-        opts["specs"], opts["groups"], on_transition=lambda info: chan.send(("event", info)), resume=opts.get("resume")
+        opts["specs"],
+        opts["groups"],
+        on_transition=lambda info: chan.send(("event", info)),
+        resume=opts.get("resume"),
+        services_lost=opts.get("services_lost"),
     )
     if opts.get("realtime"):
         _realtime()

@@ -60,6 +60,7 @@ class InstanceSpec:
     track_interfaces: tuple[TrackedInterface, ...] = ()
     track_scripts: tuple[TrackedScript, ...] = ()
     track_files: tuple[TrackedFile, ...] = ()
+    track_services_weight: int = 0  # added to the priority while the daemon says its services lost quorum here
     track_own_interface: bool = True  # FAULT while the instance's interface is down (as Keepalived)
     password: bytes = b""
     notify: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # master/backup/fault/stop/any
@@ -96,6 +97,7 @@ LIVE_FIELDS = (
     "track_interfaces",
     "track_scripts",
     "track_files",
+    "track_services_weight",
     "track_own_interface",
     "hmac_keys",
     "preempt_delay_s",
@@ -137,6 +139,7 @@ class VrrpEngine:
         track_poll_s: float = 0.05,
         wall_clock: Callable[[], float] = time.time,
         resume: Mapping[str, float] | None = None,
+        services_lost: Mapping[str, bool] | None = None,
     ) -> None:
         self.specs = list(instances)
         self.groups = list(sync_groups or ())
@@ -146,6 +149,7 @@ class VrrpEngine:
         self.wall_clock = wall_clock
         self.loop: asyncio.AbstractEventLoop | None = None
         self._instances: dict[str, _Instance] = {}
+        self._services_lost = dict(services_lost or {})  # the daemon's word, per instance (kept across updates)
         self._syncgroups: dict[str, SyncGroup] = {}
         self._stopping = False
         self._running = False
@@ -339,6 +343,16 @@ class VrrpEngine:
         self._tracked(spec.name, outcome)
         inst.tracker.start()
 
+    def set_services_lost(self, lost: Mapping[str, bool]) -> None:
+        """The daemon's word, per instance: every service behind it has lost its quorum on this director (True) or
+        not. With ``track_services_weight`` the instance's priority moves by that weight while it is True."""
+        self._check_running()
+        for name, value in lost.items():
+            self._services_lost[name] = bool(value)
+            inst = self._instances.get(name)
+            if inst is not None:
+                inst.tracker.set_services_lost(bool(value))
+
     def _authenticator(self, spec: InstanceSpec) -> HmacAuthenticator | None:
         return HmacAuthenticator(spec.hmac_keys, self.wall_clock) if spec.hmac_keys else None
 
@@ -444,7 +458,14 @@ class VrrpEngine:
         ifaces = list(spec.track_interfaces)
         if spec.track_own_interface and spec.interface not in {i.name for i in ifaces}:
             ifaces.insert(0, TrackedInterface(spec.interface, 0))
-        state = TrackState(spec.priority, tuple(ifaces), spec.track_scripts, spec.track_files)
+        state = TrackState(
+            spec.priority,
+            tuple(ifaces),
+            spec.track_scripts,
+            spec.track_files,
+            services_weight=spec.track_services_weight,
+            services_lost=self._services_lost.get(spec.name, False),
+        )
         name = spec.name
 
         def on_change(outcome: Outcome) -> None:  # on the loop

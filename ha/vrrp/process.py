@@ -164,6 +164,7 @@ class ProcessEngine:
         self.parent_timeout_s = parent_timeout_s
         self.roles: dict[str, str] = {}  # instance -> its role, as the child's transitions said
         self._resume: dict[str, float] = {}  # the next child's masters, each resumable until a monotonic time
+        self._services_lost: dict[str, bool] = {}  # the daemon's last word per instance, for every child
         self._died_at = 0.0
         self._heartbeat: int | None = None  # the child's end of the heartbeat pipe, while spawning it
         self._loop_tick = 0.0  # time.monotonic() when the daemon's loop last ran (the heartbeat thread reads it)
@@ -225,6 +226,12 @@ class ProcessEngine:
 
     async def failover(self, instance: str | None = None) -> list[str]:
         return list(await self._call("failover", (instance,)))
+
+    async def set_services_lost(self, lost: dict[str, bool]) -> None:
+        """Every service behind an instance lost its quorum here (True) or not: kept, and given to every child."""
+        self._services_lost.update(lost)
+        if self._alive and self._writer is not None:
+            await self._call("set_services_lost", (dict(lost),))
 
     async def status(self) -> list[dict[str, Any]]:
         if not self._alive and self._supervisor is not None and not self._stopping:
@@ -381,6 +388,7 @@ class ProcessEngine:
                             "log_level": logging.getLogger().getEffectiveLevel(),
                             "title": self.title,
                             "resume": self._resume,
+                            "services_lost": dict(self._services_lost),
                             "heartbeat_fd": self._heartbeat,
                             "parent_timeout_s": self.parent_timeout_s,
                         },

@@ -69,6 +69,10 @@ class TrackState:
     link_up: dict[str, bool] = field(default_factory=dict)
     script_state: dict[str, _ScriptState] = field(default_factory=dict)
     file_value: dict[str, int] = field(default_factory=dict)
+    # added to the priority while every service behind the instance has lost its quorum on this director (the
+    # daemon says so: ``services_lost``); 0: not tracked
+    services_weight: int = 0
+    services_lost: bool = False
 
     def set_link(self, name: str, up: bool) -> None:
         self.link_up[name] = up
@@ -111,6 +115,8 @@ class TrackState:
                     delta += s.weight
         for f in self.files:
             delta += self.file_value.get(f.path, 0) * f.weight
+        if self.services_lost:
+            delta += self.services_weight
         if prio < 255:
             prio = max(PRIORITY_MIN, min(PRIORITY_MAX, prio + delta))
         return Outcome(prio, "; ".join(faults) or None)
@@ -220,6 +226,11 @@ class Tracker:
             self.state.set_link(i.name, self.read_link(i.name))
         for f in self.state.files:
             self.state.set_file(f.path, read_int_file(f.path))
+
+    def set_services_lost(self, lost: bool) -> None:
+        """The daemon's word: every service behind the instance has lost its quorum here (True), or not."""
+        self.state.services_lost = lost
+        self._publish()
 
     def _publish(self) -> None:
         if self._stopped:

@@ -67,3 +67,31 @@ def test_split_brain_repair_keys_reach_the_engine() -> None:
     specs = {s.name: s for s in engine_specs(cfg)[0]}
     assert not specs["VI_FRONT"].advert_on_yield and not specs["VI_FRONT"].announce_on_lower
     assert specs["VI_OTHER"].advert_on_yield and specs["VI_OTHER"].announce_on_lower  # the defaults: on
+
+
+def weights(extra: str = "") -> dict[str, int]:
+    cfg, _ = parse_config_text(BASE % extra)
+    specs, _ = engine_specs(cfg)
+    return {s.name: s.track_services_weight for s in specs}
+
+
+def test_track_services_auto_halves_the_priority_of_an_instance_with_services_behind_it() -> None:
+    w = weights(", priority: 151")
+    assert w["VI_FRONT"] == -75  # 151 -> 76: below a peer at 100, still above a peer at 100 halved (50)
+    assert w["VI_BACK"] == -50  # no service of its own, but it moves with VI_FRONT (its sync group): the same test
+    assert w["VI_OTHER"] == 0  # no service behind it
+    assert weights(", track: {services: off}")["VI_FRONT"] == 0
+    assert weights(", track: {services: -60}")["VI_FRONT"] == -60
+    assert weights(", priority: 255")["VI_FRONT"] == 0  # the address owner keeps 255
+
+
+def test_track_services_refuses_zero_and_words_other_than_auto_and_off() -> None:
+    import pytest
+
+    from ha.config import ConfigErrors
+
+    for bad in ("0", "sometimes", "300"):
+        with pytest.raises(ConfigErrors) as e:
+            parse_config_text(BASE % f", track: {{services: {bad}}}")
+        (err,) = e.value.errors
+        assert err.path == "vrrp.instances[0].track.services" and "auto, off or a weight" in err.message, err

@@ -199,3 +199,13 @@ async def test_stop_kills_a_running_script(tmp_path: Path) -> None:
     assert not pid_alive(pid)
     assert t.running == 0
     assert not os.path.exists(f"/proc/{pid}")  # reaped, not left a zombie
+
+
+def test_services_lost_moves_the_priority_by_its_weight_until_they_are_back() -> None:
+    st = TrackState(150, services_weight=-75)
+    assert st.outcome() == Outcome(150, None)
+    st.services_lost = True
+    assert st.outcome() == Outcome(75, None)  # a lower priority, never a FAULT: the peer may have no pool either
+    st.services_lost = False
+    assert st.outcome() == Outcome(150, None)
+    assert TrackState(150, services_lost=True).outcome() == Outcome(150, None)  # weight 0: not tracked
