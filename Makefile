@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps test unit host kernel demo lint bench
+.PHONY: deps test unit host kernel demo lint bench deb
 
 deps:
 	@VENV=$(VENV) bash deploy/install-deps.sh
@@ -36,3 +36,7 @@ lint:
 bench: deps
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/run
+
+## make deb: dist/lvs-ha_VERSION_ARCH.deb (a virtualenv in /usr/lib/lvs-ha, units, man pages; deploy/debian/build)
+deb:
+	@PY=$(PY) bash deploy/debian/build
