@@ -476,7 +476,9 @@ class ChaosRun:
     def _settle(self, since: float) -> str:
         """Until the pair is consistent (see ChaosPair.consistent) without a break for the stability window (longer
         than the auto preempt delay, so a pending preemption happens inside the step); returns the master."""
-        stable_s = 1.6
+        # a director that comes back takes the VIPs back after its checks rise (track.services) and then its auto
+        # preempt delay: (rise 2 + 1) x 0.3 s + 0.25 s after they rise, ~1.8 s after a reconnect
+        stable_s = 2.5
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         first: tuple[float, str] | None = None
         last: dict[str, Any] = {}
