@@ -202,13 +202,14 @@ def test_scripts_run_with_nice_0_default_signals_and_normal_scheduling(lab: Lab,
     a = LvsHa(lab, d1, tmp_path, "d1", 150, interval_s=0.2)
 
     def dump(tag: str) -> list[str]:
+        """The script reads its own /proc files (not a shell's, whose mask changes around each fork it makes)."""
         base = tmp_path / tag
-        return [
-            "/bin/sh",
-            "-c",
-            f"cat /proc/$$/status > {base}.s.tmp; cat /proc/$$/stat > {base}.t.tmp; "
-            f"mv {base}.s.tmp {base}.status; mv {base}.t.tmp {base}.stat",
-        ]
+        code = (
+            "import os,sys; b=sys.argv[1]\n"
+            "for k in ('status','stat'):\n"
+            "    open(b+'.'+k+'.tmp','w').write(open('/proc/self/'+k).read()); os.rename(b+'.'+k+'.tmp', b+'.'+k)"
+        )
+        return [sys.executable, "-c", code, str(base)]
 
     _edit(
         a,
