@@ -45,6 +45,21 @@ LOG_BACKLOG_BYTES = 4 * 1024 * 1024  # unsent bytes past which log records are d
 METHODS = ("status", "failover", "reconfigure", "set_services_lost")
 WATCHDOG_S = 0.1  # how often the parent's silence is measured
 SILENT_PARENT = "the daemon does not answer"  # the fault every instance is held in meanwhile
+# a daemon that is running but silent (starved of CPU, or its loop stuck in one long call) is given this long before
+# the instances resign: only a stopped one (SIGSTOP, a debugger) is taken for frozen at the short bound
+RUNNING_PARENT_SILENCE_S = 30.0
+
+
+def process_stopped(pid: int) -> bool:
+    """True if process ``pid`` is stopped (state T) or traced (t), from /proc/PID/stat; False if it runs, sleeps
+    or cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 1 :].split()
+    return bool(fields) and fields[0] in (b"T", b"t")
 
 
 def _prctl(option: int, arg: int | bytes) -> bool:
@@ -167,7 +182,7 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
     how: dict[str, Any] = {"handover": True, "timeout_s": None, "id": None}
     parent_timeout_s = float(opts.get("parent_timeout_s") or 0.0)
     hb_fd = opts["heartbeat_fd"] if isinstance(opts.get("heartbeat_fd"), int) else -1
-    heard = {"at": loop.time(), "suspended": False}
+    heard: dict[str, Any] = {"at": loop.time(), "suspended": False, "slow_noted": False}
 
     def parent_bound() -> float:
         longest = max((s.advert_interval_s for s in engine.specs), default=0.0)
@@ -182,6 +197,7 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
 
     def on_message() -> None:
         heard["at"] = loop.time()
+        heard["slow_noted"] = False
         if heard["suspended"]:
             log.warning("VRRP engine process: the daemon answers again; back to normal operation")
             suspend(None)
@@ -203,14 +219,26 @@ async def serve(sock: socket.socket, parent_pid: int) -> int:
         while True:
             await asyncio.sleep(WATCHDOG_S)
             silent = loop.time() - heard["at"]
-            if not heard["suspended"] and silent > parent_bound():
-                log.warning(
-                    "VRRP engine process: no word from the daemon (pid %d) for %.1f s: every instance resigns and "
-                    "stays out of mastership until it answers",
-                    parent_pid,
-                    silent,
-                )
-                suspend(SILENT_PARENT)
+            if heard["suspended"] or silent <= parent_bound():
+                continue
+            if not process_stopped(parent_pid) and silent <= RUNNING_PARENT_SILENCE_S:
+                if not heard.get("slow_noted"):
+                    heard["slow_noted"] = True
+                    log.warning(
+                        "VRRP engine process: no word from the daemon (pid %d) for %.1f s, but it is running, not "
+                        "stopped: still serving (resigning if it stays silent for %.0f s)",
+                        parent_pid,
+                        silent,
+                        RUNNING_PARENT_SILENCE_S,
+                    )
+                continue
+            log.warning(
+                "VRRP engine process: no word from the daemon (pid %d) for %.1f s: every instance resigns and "
+                "stays out of mastership until it answers",
+                parent_pid,
+                silent,
+            )
+            suspend(SILENT_PARENT)
 
     def on_term() -> None:
         if not stop.is_set():
