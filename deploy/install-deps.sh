@@ -19,6 +19,14 @@ have make      || debs+=(make)
 have ps        || debs+=(procps)
 have mount     || debs+=(mount)
 have lintian   || debs+=(lintian)
+# make deb (tests/integration/test_deb.py) compiles PyYAML against Debian's libyaml
+have gcc       || debs+=(gcc)
+dpkg -s libyaml-dev >/dev/null 2>&1 || debs+=(libyaml-dev)
+dpkg -s python3-dev >/dev/null 2>&1 || debs+=(python3-dev)
+have dpkg-deb  || debs+=(dpkg-dev)
+have groff     || debs+=(groff-base)  # the man pages are checked with groff -ww
+have man       || debs+=(man-db)
+have systemd-analyze || debs+=(systemd)
 have chromium  || debs+=(chromium)
 have promtool  || debs+=(prometheus)  # promtool checks deploy/monitoring/alerts.yml
 if ((${#debs[@]})); then
