@@ -500,6 +500,14 @@ class VrrpEngine:
                 inst.driver.clear_fault(prev)
         elif not outcome.fault and prev:
             inst.driver.clear_fault(prev)  # that one only: a suspension's stays
+        if outcome.fault != prev and inst.group is not None and inst.group.name in self._syncgroups:
+            # its own fault cleared while a sync-group fault still holds it in FAULT: no role change, so no
+            # transition would let the group see that no member has a fault of its own any more
+            assert self.loop is not None
+            self._syncgroups[inst.group.name].sync(self.loop.time())
+            for member in inst.group.instances:
+                if member in self._instances:
+                    self._instances[member].driver._run_actions()
 
     def _transition(self, driver: InstanceDriver, change: StateChanged) -> None:
         inst = self._instances.get(driver.s.name)
