@@ -55,6 +55,10 @@ MIN_RELEASE_MARGIN_S = 0.02
 PEER_INTERVAL_FACTOR = 2.0
 # a master's non-zero advert this many of our advert intervals after its priority-0 advert: the resignation was false
 ZERO_CONTRADICTION_INTERVALS = 3
+# a master whose tracked priority falls below that of a peer it has heard while master (the peer yielded to it: it is
+# alive), this recently, hands over to it (a priority-0 advert, as a planned failover) instead of waiting for the
+# peer's master-down timer and preempt delay
+HANDOVER_PEER_RECENT_S = 60.0
 ZERO_DISTRUST_S = 60.0
 
 
@@ -68,6 +72,7 @@ class Takeover(enum.Enum):
 class _Resign(enum.Enum):
     FAILOVER = "failover"
     SHUTDOWN = "shutdown"
+    HANDOVER = "handover"  # our priority fell below a peer's: like a failover, but we may preempt back later
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,9 @@ class VrrpMachine:
         self._repeat_at: float | None = None
         self._refresh_at: float | None = None
         self._last_reassert_at: float | None = None
+        self._peer: tuple[int, float] | None = None  # priority and time of the last non-zero advert of another router
+        self._handed_over = False  # a handover for a lower priority already began in this mastership
+        self._master_since = 0.0  # when we last became master
         self._resign: _Resign | None = None
         self._hold_until: float | None = None
         self._release_at: float | None = None
@@ -299,8 +307,25 @@ class VrrpMachine:
             return
         self._priority = new
         if self._role is Role.MASTER and self._resign is None:
+            if self._peer_outranks(now):
+                self._handed_over = True
+                self.counters["handover_lower_priority"] += 1
+                self._begin_resign(_Resign.HANDOVER, now)
+                return
             self._emit(SendAdvert(new))  # tell the backups now, so a better one can preempt promptly
             self._advert_at = now + self.settings.advert_interval_s
+
+    def _peer_outranks(self, now: float) -> bool:
+        """A peer heard since we became master (so alive, and backing us), recently, has a higher priority than ours
+        now. A peer heard only before (it may have died: that may be why we are master) does not count."""
+        if self._peer is None or self._handed_over or self._priority == OWNER_PRIORITY:
+            return False
+        priority, at = self._peer
+        return at >= self._master_since and now - at <= HANDOVER_PEER_RECENT_S and priority > self._priority
+
+    def _heard_peer(self, advert: Advert, now: float) -> None:
+        if advert.priority > 0:
+            self._peer = (advert.priority, now)
 
     def set_preempt_delay(self, delay_s: float) -> None:
         """Change the preempt delay (a reload); a preemption already scheduled keeps its time."""
@@ -423,6 +448,7 @@ class VrrpMachine:
         self._accept(advert, source, now)
 
     def _accept(self, advert: Advert, source: IPAddress, now: float, keep_preempt: bool = False) -> None:
+        self._heard_peer(advert, now)
         self._learn_interval(advert)
         self._down_at = now + self.master_down_interval_s
         self._master, self._master_priority = str(source), advert.priority
@@ -440,6 +466,7 @@ class VrrpMachine:
             self._emit(SendAdvert(self._priority))
             self._advert_at = now + s.advert_interval_s
             return
+        self._heard_peer(advert, now)
         higher = advert.priority > self._priority or (
             advert.priority == self._priority and _addr_int(source) > _addr_int(s.primary_address)
         )
@@ -490,6 +517,8 @@ class VrrpMachine:
         old = self._role
         self._clear_timers()
         self._yield_preempt = False
+        self._handed_over = False
+        self._master_since = now
         self._master = str(s.primary_address) if s.primary_address is not None else None
         self._master_priority = self._priority
         self._master_adver_interval_s = s.advert_interval_s
@@ -536,6 +565,9 @@ class VrrpMachine:
         detail = f"handed over to {new_master}" if heard else "no new master heard"
         if kind is _Resign.SHUTDOWN:
             self._stop(now, f"shutdown: {detail}")
+            return
+        if kind is _Resign.HANDOVER:  # ours again once our priority is back above the peer's (preempt, its delay)
+            self._become_backup(f"handover to a higher priority: {detail}", now, new_master)
             return
         self._become_backup(f"failover: {detail}", now, new_master)
         self._yield_preempt = True

@@ -90,6 +90,9 @@ class FakeVrrp:
     async def refresh(self) -> None:
         pass
 
+    async def services_quorum(self, quorum: dict[str, bool]) -> None:
+        pass
+
     def views(self) -> list[Any]:
         return []
 
