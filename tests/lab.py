@@ -161,6 +161,11 @@ class Host:
         return self.addresses[0].split("/")[0]
 
 
+def _default_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Lab:
     _counter = itertools.count()
 
@@ -281,6 +286,9 @@ class Lab:
         full = ["ip", "netns", "exec", host.ns, *argv] if host is not None else list(argv)
         kw.setdefault("stdin", subprocess.DEVNULL)
         kw.setdefault("start_new_session", True)
+        # default SIGINT/SIGQUIT, as from an operator's shell: a test run started in the background (a shell's `&`,
+        # nohup) ignores them, and ignored signals survive exec (Ctrl-C tests would hang)
+        kw.setdefault("preexec_fn", _default_interrupts)
         p = subprocess.Popen(full, **kw)
         self.procs.append(p)
         return p
