@@ -9,13 +9,13 @@ import ipaddress
 import json
 import logging
 import os
-import secrets
 import time
 from typing import Any
 
 from ha.api import ApiError, NotFound
 from ha.config.files import UnsafeFile, ensure_state_dir, read_regular
 from ha.config.model import Config, ServiceConfig
+from lvs.statefile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +32,9 @@ class StateNotSaved(ApiError):
 
 
 def write_state_file(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically, never through a symlink: a new file under a random name in the
-    same directory (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600), written and fsynced, renamed over ``path``, and
-    the directory fsynced. On any error the temporary file is removed and ``path`` is as it was."""
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Replace ``path`` with ``data`` atomically, never through a symlink (``lvs.statefile.write_atomic``, mode
+    0600): on any error ``path`` is as it was."""
+    write_atomic(path, data)
 
 
 def resolve_realserver(cfg: Config, service: str, realserver: str) -> tuple[ServiceConfig, str]:
