@@ -31,7 +31,7 @@ import yaml
 
 from ha.vrrp import process
 from ha.vrrp.notify import Notification, Notifier
-from tests.lab import Host, Lab, pid_alive, wait_for
+from tests.lab import Host, Lab, await_for, pid_alive, wait_for
 from tests.vrrp_helpers import NET, LvsHa, has_vip
 
 D1, D2 = f"{NET}.11/24", f"{NET}.12/24"
@@ -140,10 +140,7 @@ def test_a_hung_notify_delays_no_other_instance_and_is_killed_at_stop(tmp_path: 
             )
         )
         n.notify(Notification(("/bin/sh", "-c", f"touch {other}"), "VI_2", "MASTER", 100))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while not (hung_pid.exists() and other.exists()) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await await_for(lambda: hung_pid.exists() and other.exists(), 20, what="the hung command and the other one")
         pid = int(hung_pid.read_text())
         alive_when_other_ran = pid_alive(pid)
         await n.stop()
@@ -358,10 +355,8 @@ def test_a_crash_looping_engine_process_is_restarted_with_backoff(tmp_path: Path
     async def body() -> int:
         eng = process.ProcessEngine([], [], python=str(fake))
         await eng.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while eng.restarts < 3 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):  # the assertion on the count says what was missing
+            await await_for(lambda: eng.restarts >= 3, 30, 0.02, "three restarts")
         n = eng.restarts
         await eng.stop()
         return n
