@@ -121,7 +121,7 @@ def test_a_wrong_ca_is_refused(daemon: Daemon, pki: Pki) -> None:
 
 
 def test_plain_http_to_the_tls_port_gets_nothing(daemon: Daemon) -> None:
-    before = daemon.metric(daemon.metrics(), "lvs_ha_api_connections_refused_total", reason="tls_handshake")
+    before = daemon.metric("lvs_ha_api_connections_refused_total", reason="tls_handshake")
     c = http.client.HTTPConnection("127.0.0.1", daemon.api_port, timeout=10)
     with pytest.raises((http.client.HTTPException, ConnectionError)):
         c.request("GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -129,13 +129,13 @@ def test_plain_http_to_the_tls_port_gets_nothing(daemon: Daemon) -> None:
     c.close()
     r = daemon.cli("status", "--url", f"http://127.0.0.1:{daemon.api_port}", "--token-file", str(daemon.token_file))
     assert r.returncode == 2, r.stdout
-    after = daemon.metric(daemon.metrics(), "lvs_ha_api_connections_refused_total", reason="tls_handshake")
+    after = daemon.metric("lvs_ha_api_connections_refused_total", reason="tls_handshake")
     assert after >= before + 2
 
 
 def test_a_client_that_never_says_hello_is_closed_within_the_request_timeout(daemon: Daemon) -> None:
     timeout = Limits().request_timeout
-    before = daemon.metric(daemon.metrics(), "lvs_ha_api_connections_timed_out_total", listener="tcp")
+    before = daemon.metric("lvs_ha_api_connections_timed_out_total", listener="tcp")
     with socket.create_connection(("127.0.0.1", daemon.api_port)) as s:
         s.settimeout(timeout * 3)  # a deadline for the test, not a measurement
         try:
@@ -143,7 +143,7 @@ def test_a_client_that_never_says_hello_is_closed_within_the_request_timeout(dae
         except ConnectionResetError:
             data = b""
         assert data == b"", "the daemon closes the connection without a word"
-    after = daemon.metric(daemon.metrics(), "lvs_ha_api_connections_timed_out_total", listener="tcp")
+    after = daemon.metric("lvs_ha_api_connections_timed_out_total", listener="tcp")
     assert after == before + 1
     assert f"127.0.0.1: no TLS handshake within {timeout:g}s" in daemon.log()
 

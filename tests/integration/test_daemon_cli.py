@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemonproc import RunningDaemon
 from tests.lab import LVS_HA, wait_for
 
 CONFIG = """\
@@ -46,10 +46,9 @@ services:
 
 
 @dataclass
-class Env:
+class Env(RunningDaemon):
     tmp: Path
     config: Path
-    sock: str
     up_port: int
     down_port: int
     proc: subprocess.Popen[bytes] | None = None
@@ -65,69 +64,23 @@ class Env:
         tmp.write_text(body)
         os.replace(tmp, self.config)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd, rest = args[0], args[1:]
-        return subprocess.run([LVS_HA, cmd, "--socket", self.sock, *rest], capture_output=True, text=True, timeout=60)
+    @property
+    def sock(self) -> str:
+        return str(self.tmp / "run" / "api.sock")
 
-    def status(self) -> dict[str, Any]:
-        r = self.cli("status", "--json")
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+    @property
+    def logfile(self) -> Path:
+        return self.tmp / "daemon.log"
 
     def rs(self, port: int) -> dict[str, Any]:
         web = self.status()["services"][0]
         return next(r for r in web["realservers"] if r["realserver"] == f"127.0.0.1:{port}")
 
     def start(self, env: dict[str, str] | None = None) -> None:
-        log = open(self.tmp / "daemon.log", "ab")
-        self.proc = subprocess.Popen(
-            [LVS_HA, "run", "-c", str(self.config)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-        log.close()
-        wait_for(
-            lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
-            timeout=60,
-            what="the daemon's API",
-        )
-        assert self.proc.poll() is None, self.log()
+        self.spawn(self.config, env=env)
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        return proc.returncode
-
-    def log(self) -> str:
-        return (self.tmp / "daemon.log").read_text(errors="replace")
-
-    def metric(self, name: str, **labels: str) -> float:
-        import asyncio
-
-        import aiohttp
-
-        async def get() -> str:
-            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.sock)) as s:
-                async with s.get("http://lvs-ha/metrics") as r:
-                    return await r.text()
-
-        text = asyncio.run(get())
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return float(s.value)
-        raise AssertionError(f"no metric {name} {labels}")
+        return self.stop_daemon()
 
 
 @pytest.fixture
@@ -140,7 +93,6 @@ def env(tmp_path: Path) -> Iterator[Env]:
     e = Env(
         tmp_path,
         tmp_path / "lvs-ha.yaml",
-        str(tmp_path / "run" / "api.sock"),
         listener.getsockname()[1],
         dead.getsockname()[1],
         listener=listener,

@@ -3,15 +3,11 @@ settings and extra command-line arguments: for the TLS, metrics-listener and log
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tests.adversarial.apidaemon import Realserver, free_port
-from tests.lab import LVS_HA, wait_for
+from tests.daemonproc import Realserver, RunningDaemon, free_port
 
 TOKEN = "0123456789abcdef-tls-test-token"
 
@@ -50,7 +46,7 @@ def secret(path: Path, data: bytes | str) -> Path:
 
 
 @dataclass
-class Daemon:
+class Daemon(RunningDaemon):
     tmp: Path
     api_extra: str = ""  # YAML lines under node.api (indented by four spaces)
     args: tuple[str, ...] = ()
@@ -84,63 +80,11 @@ class Daemon:
         secret(self.token_file, TOKEN + "\n")
         cfg = self.tmp / "lvs-ha.yaml"
         cfg.write_text(self.config_text())
-        with open(self.logfile, "ab") as log:  # stdout too: nothing else may appear there either
-            self.proc = subprocess.Popen(
-                [LVS_HA, "run", "-c", str(cfg), *self.args],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        wait_for(
-            lambda: self.proc is not None and (self.proc.poll() is not None or self.cli("status").returncode == 0),
-            timeout=60,
-            what="the daemon's API",
-        )
-        assert self.proc.poll() is None, self.log()
+        self.spawn(cfg, args=self.args)
 
     def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        code = None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        code = self.stop_daemon()
         for rs in self.realservers:
             rs.close()
         self.realservers = []
         return code
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd, rest = args[0], args[1:]
-        target = [] if any(a == "--url" for a in rest) else ["--socket", self.sock]
-        return subprocess.run([LVS_HA, cmd, *target, *rest], capture_output=True, text=True, timeout=timeout)
-
-    def metric(self, text: str, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += float(s.value)
-        return total
-
-    def metrics(self) -> str:
-        from ha.cli.ctl import request
-
-        return str(request(self.sock, "GET", "/metrics", raw_text=True))
-
-    def status(self) -> dict[str, Any]:
-        import json
-
-        r = self.cli("status", "--json")
-        assert r.returncode == 0, r.stderr
-        doc: dict[str, Any] = json.loads(r.stdout)
-        return doc
