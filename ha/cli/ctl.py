@@ -109,6 +109,21 @@ def _exchange(path_sock: str, message: bytes, timeout: float) -> bytes:
         s.close()
 
 
+def socket_error(path_sock: str, e: OSError, timeout: float) -> DaemonUnreachable:
+    """What an operator is told when talking to the daemon's unix socket failed with ``e``."""
+    if isinstance(e, FileNotFoundError):
+        return NobodyThere(f"no daemon is running: {path_sock} does not exist")
+    if isinstance(e, PermissionError):
+        return DaemonUnreachable(f"permission denied on {path_sock} (run as root, or as the socket's owner)")
+    if isinstance(e, ConnectionRefusedError):
+        return NobodyThere(f"no daemon answers on {path_sock} (connection refused; is lvs-ha running?)")
+    if isinstance(e, TimeoutError):
+        return DaemonUnreachable(f"the daemon on {path_sock} did not answer within {timeout:g}s")
+    if e.errno in (errno.ENOTSOCK, errno.ECONNRESET, errno.EPIPE):
+        return DaemonUnreachable(f"no daemon answers on {path_sock}: {e.strerror}")
+    return DaemonUnreachable(f"cannot talk to the daemon on {path_sock}: {e}")
+
+
 def request(
     path_sock: str,
     method: str,
@@ -131,18 +146,8 @@ def request(
     ).encode()
     try:
         raw = _exchange(path_sock, head + data, timeout)
-    except FileNotFoundError as e:
-        raise NobodyThere(f"no daemon is running: {path_sock} does not exist") from e
-    except PermissionError as e:
-        raise DaemonUnreachable(f"permission denied on {path_sock} (run as root, or as the socket's owner)") from e
-    except ConnectionRefusedError as e:
-        raise NobodyThere(f"no daemon answers on {path_sock} (connection refused; is lvs-ha running?)") from e
-    except TimeoutError as e:
-        raise DaemonUnreachable(f"the daemon on {path_sock} did not answer within {timeout:g}s") from e
     except OSError as e:
-        if e.errno in (errno.ENOTSOCK, errno.ECONNRESET, errno.EPIPE):
-            raise DaemonUnreachable(f"no daemon answers on {path_sock}: {e.strerror}") from e
-        raise DaemonUnreachable(f"cannot talk to the daemon on {path_sock}: {e}") from e
+        raise socket_error(path_sock, e, timeout) from e
     header, sep, payload = raw.partition(b"\r\n\r\n")
     parts = header.split(b" ", 2)
     if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():

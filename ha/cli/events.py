@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from ha.cli import EXIT_OK, EXIT_UNREADABLE
-from ha.cli.ctl import DEFAULT_SOCKET, DaemonUnreachable, find_socket
+from ha.cli.ctl import DEFAULT_SOCKET, DaemonUnreachable, find_socket, socket_error
 
 NO_DATA_S = 45.0  # three heartbeats missed: the daemon is stuck or the path is dead
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -94,21 +94,9 @@ def _open(path: str, since: int | None, timeout: float) -> tuple[Any, Any]:
             if not chunk or len(buf) > 65536:
                 raise ConnectionResetError(0, "no answer")
             buf += chunk
-    except FileNotFoundError as e:
-        s.close()
-        raise DaemonUnreachable(f"no daemon is running: {path} does not exist") from e
-    except PermissionError as e:
-        s.close()
-        raise DaemonUnreachable(f"permission denied on {path} (run as root, or as the socket's owner)") from e
-    except ConnectionRefusedError as e:
-        s.close()
-        raise DaemonUnreachable(f"no daemon answers on {path} (connection refused; is lvs-ha running?)") from e
-    except TimeoutError as e:
-        s.close()
-        raise DaemonUnreachable(f"the daemon on {path} did not answer within {timeout:g}s") from e
     except OSError as e:
         s.close()
-        raise DaemonUnreachable(f"cannot talk to the daemon on {path}: {e}") from e
+        raise socket_error(path, e, timeout) from e
     head, _, rest = buf.partition(b"\r\n\r\n")
     parts = head.split(b" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
