@@ -503,11 +503,16 @@ class VrrpEngine:
         if outcome.fault != prev and inst.group is not None and inst.group.name in self._syncgroups:
             # its own fault cleared while a sync-group fault still holds it in FAULT: no role change, so no
             # transition would let the group see that no member has a fault of its own any more
-            assert self.loop is not None
-            self._syncgroups[inst.group.name].sync(self.loop.time())
-            for member in inst.group.instances:
-                if member in self._instances:
-                    self._instances[member].driver._run_actions()
+            self._resync(inst, include_self=True)
+
+    def _resync(self, inst: _Instance, include_self: bool) -> None:
+        """Let ``inst``'s sync group settle its members now and run the actions that gives them (``inst``'s own
+        too with ``include_self``; without it, its driver runs them itself: it is the one reporting a transition)."""
+        assert inst.group is not None and self.loop is not None
+        self._syncgroups[inst.group.name].sync(self.loop.time())
+        for name in inst.group.instances:
+            if name in self._instances and (include_self or name != inst.spec.name):
+                self._instances[name].driver._run_actions()
 
     def _transition(self, driver: InstanceDriver, change: StateChanged) -> None:
         inst = self._instances.get(driver.s.name)
@@ -537,12 +542,8 @@ class VrrpEngine:
 
     def _sync(self, inst: _Instance, change: StateChanged) -> None:
         """Sync group: the pure ``SyncGroup`` drags the other members along; their actions run here."""
-        assert inst.group is not None and self.loop is not None
-        group = self._syncgroups[inst.group.name]
-        group.sync(self.loop.time())
-        for name in inst.group.instances:
-            if name != inst.spec.name:
-                self._instances[name].driver._run_actions()
+        assert inst.group is not None
+        self._resync(inst, include_self=False)
         if change.old is not change.new and Role.MASTER in (change.new, change.old):
             for argv in commands_for(inst.group.notify, change.new.value):
                 self.notifier.notify(
