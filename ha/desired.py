@@ -139,8 +139,7 @@ def _health_of(raw: Any) -> RsHealth | None:
 def _is_up(svc: ServiceConfig, rs: RealServerConfig, h: RsHealth | None) -> bool:
     if h is not None and h.health in (UP, DOWN):
         return h.health == UP
-    check = rs.check
-    return check is None or check.initial_state != DOWN
+    return all(check.initial_state != DOWN for check in rs.all_checks)
 
 
 def _check_drained(h: RsHealth | None) -> bool:

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 if TYPE_CHECKING:
+    from ha.checkset import CheckView
     from ha.config.model import Config
     from lvs.model import State
 
@@ -56,8 +57,9 @@ class LastCheck:
 
 @dataclass(frozen=True)
 class RsHealth:
-    health: str  # up | down | unknown
-    last_check: LastCheck | None = None
+    health: str  # up | down | unknown: the AND of its checks (``ha.checkset``)
+    last_check: LastCheck | None = None  # of the check that decides (``ha.checkset.deciding``)
+    checks: tuple[CheckView, ...] = ()  # each check, in config order
 
 
 @dataclass(frozen=True)
