@@ -89,6 +89,7 @@ class Daemon:
                 node=cfg.node.name,
                 instances=lambda: self.vrrp.metrics() if self.vrrp else (),
                 realserver_up=self.health.up_map,
+                check_up=self.health.check_up_map,
                 actual=lambda: self.lvs.actual if self.lvs else None,
                 service_names=lambda: {s.key_str: s.name for s in self.cfg.services},
                 checker=self.health.checker_stats,
