@@ -4,14 +4,16 @@ weight ramps up over its ``slow_start`` (seen in ``status --json`` over time).""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_daemon_cli import Env
-from tests.lab import wait_for
+from tests.lab import LVS_HA, wait_for
 
 CONFIG = """\
 node:
@@ -87,6 +89,12 @@ def test_two_checks_and_a_slow_start(env: tuple[Env, list[socket.socket]]) -> No
     assert e.metric("lvs_ha_check_up", service="web", realserver=rs, check="port") == 1
     assert e.metric("lvs_ha_realserver_up", service="web", realserver=rs) == 0
     assert "[port up, app down]" in e.cli("status").stdout
+    probe = subprocess.run(
+        [LVS_HA, "probe", "-c", str(e.config), "--json"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert probe.returncode == 1, probe.stderr  # a check fails
+    rows = [(r["realserver"], r["name"], r["ok"]) for r in json.loads(probe.stdout)]
+    assert rows[:2] == [(rs, "port", True), (rs, "app", False)], rows
 
     socks[1] = listen(aux_port)  # back: the weight ramps from 1 to 10 over 4 s
     seen: list[int] = []
