@@ -75,6 +75,8 @@ class Daemon:
         self.api: ApiServer | None = None
         self.roles: dict[str, str] = {}
         self._quorum: dict[str, bool] = {}
+        self._ramps: Any = None  # slow-start memory (ha.slowstart), passed back in like the quorum's
+        self._ramp_timer: asyncio.TimerHandle | None = None  # the next slow-start weight step
         self.events = EventBus()  # GET /v1/events, lvs-ha events, /ui, services' notify hooks
         self._svc_state: dict[str, tuple[bool, bool]] = {}  # service -> (quorum, sorry active), for events
         self.hooks = _hooks(self)
@@ -87,6 +89,7 @@ class Daemon:
                 node=cfg.node.name,
                 instances=lambda: self.vrrp.metrics() if self.vrrp else (),
                 realserver_up=self.health.up_map,
+                check_up=self.health.check_up_map,
                 actual=lambda: self.lvs.actual if self.lvs else None,
                 service_names=lambda: {s.key_str: s.name for s in self.cfg.services},
                 checker=self.health.checker_stats,
@@ -148,6 +151,7 @@ class Daemon:
             await self.ctsync.stop()
         if self.lvs is not None:
             await self.lvs.stop(flush=self.cfg.node.flush_on_stop)
+        self._schedule_ramp(None)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -190,16 +194,39 @@ class Daemon:
     def _desired(self, cfg: Config | None = None) -> Desired:
         """The desired state for the running config (or, for a dry run, ``cfg``; then the quorum memory stays)."""
         d = compute_desired(
-            cfg or self.cfg, self.health.states(), self.overrides.drained_keys(), self.roles, self._quorum
+            cfg or self.cfg,
+            self.health.states(),
+            self.overrides.drained_keys(),
+            self.roles,
+            self._quorum,
+            self._ramps,
+            time.monotonic(),
         )
         if cfg is None:
             self._quorum = d.quorum
+            self._ramps = d.ramps
+            self._schedule_ramp(d.next_ramp_at)
             self._service_events(d)
             if self.vrrp is not None:  # track.services: the engine hears of each quorum change (in order)
                 task = asyncio.get_running_loop().create_task(self.vrrp.services_quorum(dict(d.quorum)))
                 self._quorum_pushes.add(task)
                 task.add_done_callback(self._quorum_pushes.discard)
         return d
+
+    def _schedule_ramp(self, at: float | None) -> None:
+        """Compute the desired state again at a slow start's next weight step (``ha.slowstart.next_change``: every
+        second or every step, whichever is rarer), while a ramp is in progress."""
+        if self._ramp_timer is not None:
+            self._ramp_timer.cancel()
+            self._ramp_timer = None
+        if at is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._ramp_timer = loop.call_later(max(0.0, at - time.monotonic()), self._ramp_step)
+
+    def _ramp_step(self) -> None:
+        self._ramp_timer = None
+        self._push_desired()
 
     def _service_events(self, d: Desired) -> None:
         """Quorum and sorry-server events for the services whose state changed with this desired state."""

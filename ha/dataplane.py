@@ -31,6 +31,8 @@ class Desired:
     state: State
     info: dict[str, ServiceInfo] = field(default_factory=dict)
     quorum: dict[str, bool] = field(default_factory=dict)  # quorum memory (hysteresis) to pass in next time
+    ramps: Any = None  # slow-start memory (``ha.slowstart.Ramps``) to pass in next time
+    next_ramp_at: float | None = None  # monotonic time to compute again for a slow start's next weight step
 
 
 def compute_desired(
@@ -39,16 +41,27 @@ def compute_desired(
     drained: frozenset[HealthKey],
     roles: Mapping[str, str],
     quorum: Mapping[str, bool] | None = None,
+    ramps: Any = None,
+    now: float | None = None,
 ) -> Desired:
-    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info."""
+    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info.
+    ``now``: the monotonic time, for slow starts (``ramps``: the memory of the last call); a slow start's end is
+    shown in wall-clock time."""
     from ha.desired import desired_state
 
-    res = desired_state(cfg, health, drained, quorum=quorum, roles=roles)
+    res = desired_state(cfg, health, drained, now, quorum=quorum, roles=roles, ramps=ramps)
+    to_wall = time.time() - now if now is not None else 0.0
     info = {
-        name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up, {r.ident: r.why for r in sd.realservers})
+        name: ServiceInfo(
+            sd.quorum,
+            sd.sorry_active,
+            sd.up,
+            {r.ident: r.why for r in sd.realservers},
+            {r.ident: r.slow_start_until + to_wall for r in sd.realservers if r.slow_start_until is not None},
+        )
         for name, sd in res.services.items()
     }
-    return Desired(res.state, info, dict(res.quorum))
+    return Desired(res.state, info, dict(res.quorum), res.ramps, res.next_ramp_at)
 
 
 async def open_backend(cfg: Config, kind: str | None = None) -> Any:

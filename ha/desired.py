@@ -17,6 +17,8 @@ Rules:
 - quorum: fewer than ``min_up`` realservers up -> the sorry server is the only destination (if configured), else what
   is up stays. Quorum comes back only when ``up >= min_up + hysteresis``.
 - a destination that leaves for another reason (config change, quorum loss) drains within ``drain_timeout``.
+- slow start (``ha.slowstart``): a realserver that came back serves with a weight ramping from 1 to its weight; the
+  result says when to compute again (``next_ramp_at``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ha import slowstart
 from ha.config.model import Config, OnFailure, RealServerConfig, ServiceConfig
 from lvs.model import (
     Destination,
@@ -75,6 +78,7 @@ class RealServerInfo:
     in_pool: bool  # False: not a destination (removed, or replaced by the sorry server)
     drained: bool
     why: str  # "up", "down: on_failure remove", "drained", "quorum lost: sorry server", ...
+    slow_start_until: float | None = None  # the end of its slow start in progress (in the clock of ``now``)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ class DesiredResult:
     state: State
     services: dict[str, ServiceDesired] = field(default_factory=dict)
     quorum: dict[str, bool] = field(default_factory=dict)  # pass back in as ``quorum`` next time
+    ramps: slowstart.Ramps | None = None  # pass back in as ``ramps`` next time (slow start)
+    next_ramp_at: float | None = None  # compute again then: a slow start's weight steps (``slowstart.next_change``)
 
 
 def service_key(svc: ServiceConfig) -> ServiceKey:
@@ -139,8 +145,7 @@ def _health_of(raw: Any) -> RsHealth | None:
 def _is_up(svc: ServiceConfig, rs: RealServerConfig, h: RsHealth | None) -> bool:
     if h is not None and h.health in (UP, DOWN):
         return h.health == UP
-    check = rs.check
-    return check is None or check.initial_state != DOWN
+    return all(check.initial_state != DOWN for check in rs.all_checks)
 
 
 def _check_drained(h: RsHealth | None) -> bool:
@@ -152,17 +157,30 @@ def desired_state(
     config: Config,
     health: Mapping[tuple[str, str], Any] | None = None,
     overrides: Overrides | Collection[tuple[str, str]] | None = None,
-    now: float | None = None,  # unused today; kept so callers can pass their clock without a signature change
+    now: float | None = None,  # the clock of the slow-start ramps (the daemon's monotonic time)
     *,
     quorum: Mapping[str, bool] | None = None,
     roles: Mapping[str, str] | None = None,
+    ramps: slowstart.Ramps | None = None,
 ) -> DesiredResult:
-    """The desired state. ``roles``: VRRP instance name -> role, for a sync daemon that follows an instance."""
+    """The desired state. ``roles``: VRRP instance name -> role, for a sync daemon that follows an instance.
+    ``ramps``: the slow-start memory of the last computation (``ha.slowstart``; None: the first, no ramp starts);
+    without ``now`` no slow start applies."""
     health = health or {}
     drained = overrides.drained if isinstance(overrides, Overrides) else frozenset(overrides or ())
     quorum = quorum or {}
     state = State()
     result = DesiredResult(state)
+    ramp_rows: list[slowstart.Row] = []
+    for svc in config.services:
+        for rs in svc.realservers:
+            h = _health_of(health.get((svc.name, rs.ident)))
+            serving = _is_up(svc, rs, h) and (svc.name, rs.ident) not in drained and not _check_drained(h)
+            target = rs.weight if h is None or h.weight is None else max(0, int(h.weight))
+            ramp_rows.append(slowstart.Row((svc.name, rs.ident), serving, rs.slow_start_s, target))
+    if now is not None:
+        result.ramps = slowstart.update(ramps, ramp_rows, now)
+    live = result.ramps
     for svc in config.services:
         key = service_key(svc)
         rows: list[tuple[RealServerConfig, RsHealth | None, bool, bool]] = []
@@ -194,13 +212,18 @@ def desired_state(
                 state.draining[(key, dkey)] = svc.drain_timeout_s
                 infos.append(RealServerInfo(rs.ident, reported, rs.weight, 0, True, True, "drained"))
             elif is_up:
-                dests.append(to_destination(rs, weight))
                 why = "up" if reported == UP else f"{reported}: counted as up (initial state)"
                 if _check_drained(h):
                     why += ", drained by the check (weight 0)"
                 elif h is not None and h.weight is not None and weight != rs.weight:
                     why += f", weight {weight} reported by the check"
-                infos.append(RealServerInfo(rs.ident, reported, rs.weight, weight, True, False, why))
+                end = live.end((svc.name, rs.ident)) if live is not None else None
+                if end is not None and now is not None:
+                    ramped = slowstart.ramp_weight(weight, end - rs.slow_start_s, rs.slow_start_s, now)
+                    why += f", slow start: weight {ramped} of {weight}, {end - now:.0f}s left"
+                    weight = ramped
+                dests.append(to_destination(rs, weight))
+                infos.append(RealServerInfo(rs.ident, reported, rs.weight, weight, True, False, why, end))
             elif svc.on_failure is OnFailure.WEIGHT0:
                 dests.append(to_destination(rs, 0))
                 infos.append(RealServerInfo(rs.ident, reported, rs.weight, 0, True, False, "down: on_failure weight0"))
@@ -217,6 +240,8 @@ def desired_state(
         result.services[svc.name] = ServiceDesired(svc.name, key, has_quorum, sorry_active, up, tuple(infos))
 
     _lvs_settings(config, state, roles or {})
+    if live is not None and live.started and now is not None:
+        result.next_ramp_at = slowstart.next_change(live, {r.key: r.weight for r in ramp_rows}, now)
     return result
 
 

@@ -9,8 +9,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from ha.checkset import CheckKey, CheckView, combine, combine_weights, deciding, labels
 from ha.config.model import Config
 from ha.metrics import DaemonMetrics
 from ha.status import LastCheck, RsHealth
@@ -57,12 +58,15 @@ class LateWindow:
 
 
 class Health:
-    """The health-check runner, keyed by (service, realserver); realservers without a check are always up.
+    """The health-check runner, keyed by (service, realserver, check label) (``ha.checkset``); realservers without a
+    check are always up. A realserver's health is the AND of its checks' (``ha.checkset.combine``).
 
     A check may report a dynamic weight (an ``exec`` check's ``weight=N``): the weight of its last successful result
-    is the realserver's weight (``None``: the configured one). A failed result leaves it as it is (the rise/fall
-    thresholds decide whether the realserver stays up). ``on_change`` is called on every up/down transition,
-    ``on_weight(key, old, new)`` when the dynamic weight changes, and only then (the same weight again is no change)."""
+    is the realserver's weight (``None``: the configured one; with several checks reporting one, the smallest). A
+    failed result leaves it as it is (the rise/fall thresholds decide whether the realserver stays up).
+    ``on_change`` is called on every up/down transition of a realserver (not of each of its checks),
+    ``on_weight(key, old, new)`` when its dynamic weight changes, and only then (the same weight again is no change).
+    """
 
     def __init__(
         self,
@@ -78,10 +82,14 @@ class Health:
         self._on_change = on_change
         self._on_weight = on_weight
         self._counters = counters
-        self._weights: dict[HealthKey, int | None] = {}  # the dynamic weight of each check that reported one
-        # what the status shows per realserver, kept up to date as results come in (a status request with
-        # thousands of realservers then copies nothing)
+        self._weights: dict[CheckKey, int | None] = {}  # the dynamic weight of each check that reported one
+        self._members: dict[HealthKey, tuple[CheckKey, ...]] = {}  # a realserver's checks, in config order
+        self._types: dict[CheckKey, str] = {}
+        self._rs_state: dict[HealthKey, str] = {}  # each checked realserver's combined health, for on_change
+        # what the status shows per realserver and per check, kept up to date as results come in (a status
+        # request with thousands of realservers then copies nothing)
         self._views: dict[HealthKey, RsHealth] = {}
+        self._check_views: dict[CheckKey, CheckView] = {}
         self.runner.subscribe(self._changed)
         # every result (a shared probe reports to each service it serves), timeouts and crashes included
         self.runner.subscribe_results(self._result)
@@ -90,21 +98,38 @@ class Health:
 
     def _result(self, key: Any, res: Any) -> None:
         self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
-        self._views[key] = RsHealth(
-            self.runner.state(key).value, LastCheck(res.ok, res.reason, res.latency_s, time.time())
+        self._check_views[key] = CheckView(
+            key[2],
+            self._types.get(key, ""),
+            self.runner.state(key).value,
+            LastCheck(res.ok, res.reason, res.latency_s, time.time()),
         )
+        rs = (key[0], key[1])
+        self._refresh_view(rs)
         if not res.ok:
             return
         weight = res.weight
-        old = self._weights.get(key)
-        if weight == old:
+        if weight == self._weights.get(key):
             return
+        old = self._rs_weight(rs)
         if weight is None:
             del self._weights[key]
         else:
             self._weights[key] = weight
-        if self._on_weight is not None:
-            self._on_weight(key, old, weight)
+        new = self._rs_weight(rs)
+        if self._on_weight is not None and new != old:
+            self._on_weight(rs, old, new)
+
+    def _rs_weight(self, rs: HealthKey) -> int | None:
+        weights = self._weights
+        return combine_weights(weights.get(k) for k in self._members.get(rs, ()))
+
+    def _refresh_view(self, rs: HealthKey) -> None:
+        members = self._members.get(rs, ())
+        views = tuple(self._check_views.get(k) or CheckView(k[2], self._types.get(k, ""), "unknown") for k in members)
+        health = combine(v.health for v in views)
+        shown = deciding(views)
+        self._views[rs] = RsHealth(health, shown.last_check if shown is not None else None, views)
 
     def checker_stats(self) -> dict[str, float]:
         st = self.runner.stats
@@ -126,9 +151,18 @@ class Health:
             return {}
 
     def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
-        view = self._views.get(key)
-        self._views[key] = RsHealth(new.value, view.last_check if view is not None else None)
-        self._on_change(key, old.value, new.value, result.reason)
+        view = self._check_views.get(key)
+        self._check_views[key] = CheckView(
+            key[2], self._types.get(key, ""), new.value, view.last_check if view is not None else None
+        )
+        rs = (key[0], key[1])
+        self._refresh_view(rs)
+        before = self._rs_state.get(rs, old.value)
+        after = self._views[rs].health
+        self._rs_state[rs] = after
+        if after != before:
+            several = len(self._members.get(rs, ())) > 1
+            self._on_change(rs, before, after, f"{key[2]}: {result.reason}" if several else result.reason)
 
     def configure(self, cfg: Config) -> None:
         """Set the checks; unchanged ones keep their schedule and rise/fall state. KeyError: unknown type."""
@@ -138,35 +172,51 @@ class Health:
 
         specs: dict[Hashable, CheckSpec] = {}
         unchecked: set[HealthKey] = set()
+        members: dict[HealthKey, tuple[CheckKey, ...]] = {}
+        types: dict[CheckKey, str] = {}
         for svc in cfg.services:
             for rs in svc.realservers:
-                chk = rs.check
-                if chk is None:
-                    unchecked.add((svc.name, rs.ident))
+                rkey = (svc.name, rs.ident)
+                checks = rs.all_checks
+                if not checks:
+                    unchecked.add(rkey)
                     continue
-                addr = chk.connect_address if chk.connect_address is not None else rs.address
-                target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
-                specs[(svc.name, rs.ident)] = CheckSpec(
-                    chk.type,
-                    chk.spec,
-                    target,
-                    chk.interval_s,
-                    chk.timeout_s,
-                    chk.rise,
-                    chk.fall,
-                    H.parse(chk.initial_state),
-                )
+                keys = []
+                for label, chk in zip(labels(checks), checks, strict=True):
+                    addr = chk.connect_address if chk.connect_address is not None else rs.address
+                    target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
+                    key = (svc.name, rs.ident, label)
+                    keys.append(key)
+                    types[key] = chk.type
+                    specs[key] = CheckSpec(
+                        chk.type,
+                        chk.spec,
+                        target,
+                        chk.interval_s,
+                        chk.timeout_s,
+                        chk.rise,
+                        chk.fall,
+                        H.parse(chk.initial_state),
+                        chk.fall_interval_s,
+                    )
+                members[rkey] = tuple(keys)
         self.runner.set_checks(specs)
         self.unchecked = unchecked
+        self._members, self._types = members, types
         self._weights = {k: w for k, w in self._weights.items() if k in specs}
+        # kept checks keep their last result; new ones start in their initial state
+        self._check_views = {
+            k: CheckView(
+                k[2], types[k], self.runner.state(k).value, v.last_check if (v := self._check_views.get(k)) else None
+            )
+            for k in specs
+            if isinstance(k, tuple)
+        }
         always = RsHealth("up", LastCheck(True, "no check configured", 0.0))
-        views = dict.fromkeys(unchecked, always)
-        for key in specs:  # kept checks keep their last result; new ones start in their initial state
-            assert isinstance(key, tuple)
-            view = self._views.get(key)
-            state = self.runner.state(key).value
-            views[key] = RsHealth(state, view.last_check if view is not None else None)
-        self._views = views
+        self._views = dict.fromkeys(unchecked, always)
+        for rkey in members:
+            self._refresh_view(rkey)
+        self._rs_state = {rkey: self._views[rkey].health for rkey in members}
 
     async def start(self) -> None:
         await self.runner.start()
@@ -189,14 +239,24 @@ class Health:
         return self.late.warning(self.runner.late_after_s)
 
     def states(self) -> dict[HealthKey, Any]:
-        """(service, realserver) -> ``ha.desired.RsHealth`` (with a dynamic weight when the check reports one)."""
+        """(service, realserver) -> ``ha.desired.RsHealth`` (with a dynamic weight when a check reports one): the
+        AND of the realserver's checks."""
         from ha.desired import RsHealth as DesiredHealth
 
         out: dict[HealthKey, Any] = {k: DesiredHealth("up") for k in self.unchecked}
-        weights = self._weights
-        for k, st in self.runner.statuses().items():
-            key = cast(HealthKey, k)
-            out[key] = DesiredHealth(st.state.value, weights.get(key))
+        state = self.runner.state
+        for rkey, keys in self._members.items():
+            out[rkey] = DesiredHealth(combine(state(k).value for k in keys), self._rs_weight(rkey))
+        return out
+
+    def check_up_map(self) -> dict[CheckKey, bool | None]:
+        """(service, realserver, check) -> up (None: unknown), for the per-check metric."""
+        state = self.runner.state
+        out: dict[CheckKey, bool | None] = {}
+        for keys in self._members.values():
+            for k in keys:
+                v = state(k).value
+                out[k] = None if v == "unknown" else v == "up"
         return out
 
     def views(self) -> dict[HealthKey, RsHealth]:

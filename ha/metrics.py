@@ -137,6 +137,7 @@ class MetricsSources:
     node: str
     instances: Callable[[], Sequence[InstanceMetrics]] = lambda: ()
     realserver_up: Callable[[], Mapping[tuple[str, str], bool | None]] = lambda: {}  # None: unknown
+    check_up: Callable[[], Mapping[tuple[str, str, str], bool | None]] = lambda: {}  # per check of a realserver
     actual: Callable[[], State | None] = lambda: None
     service_names: Callable[[], Mapping[str, str]] = lambda: {}  # service key string -> service name
     checker: Callable[[], Mapping[str, float]] = lambda: {}  # the runner's checks, late, timeouts, errors
@@ -190,6 +191,14 @@ class LvsHaCollector:
         for (svc, rs), ok in sorted(s.realserver_up().items()):
             up.add_metric([svc, rs], -1 if ok is None else int(ok))
         yield up
+        chk = GaugeMetricFamily(
+            "lvs_ha_check_up",
+            "1 if the check of the realserver is up, 0 if down, -1 if unknown (a realserver is up while all are)",
+            labels=["service", "realserver", "check"],
+        )
+        for (svc, rs, name), ok in sorted(s.check_up().items()):
+            chk.add_metric([svc, rs, name], -1 if ok is None else int(ok))
+        yield chk
         yield from self._services()
         yield from self._checker()
         yield from self._ipvs()

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 if TYPE_CHECKING:
+    from ha.checkset import CheckView
     from ha.config.model import Config
     from lvs.model import State
 
@@ -56,8 +57,9 @@ class LastCheck:
 
 @dataclass(frozen=True)
 class RsHealth:
-    health: str  # up | down | unknown
-    last_check: LastCheck | None = None
+    health: str  # up | down | unknown: the AND of its checks (``ha.checkset``)
+    last_check: LastCheck | None = None  # of the check that decides (``ha.checkset.deciding``)
+    checks: tuple[CheckView, ...] = ()  # each check, in config order
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class ServiceInfo:
     sorry_active: bool = False
     up: int = 0
     why: Mapping[str, str] = field(default_factory=dict)  # realserver ident -> why it has its weight
+    slow_start: Mapping[str, float] = field(default_factory=dict)  # realserver ident -> end of its ramp (epoch s)
 
 
 UNKNOWN = RsHealth("unknown")
@@ -146,7 +149,14 @@ def _layout(cfg: Config) -> _Layout:
 
 
 def _rs_doc(
-    ident: str, weight: int, fwd: str, h: RsHealth, found: tuple[int, int, int] | None, drained: bool, why: str | None
+    ident: str,
+    weight: int,
+    fwd: str,
+    h: RsHealth,
+    found: tuple[int, int, int] | None,
+    drained: bool,
+    why: str | None,
+    ramp_end: float | None = None,
 ) -> dict[str, Any]:
     return {
         "realserver": ident,
@@ -159,6 +169,8 @@ def _rs_doc(
         "active_conns": found[1] if found is not None else 0,
         "inactive_conns": found[2] if found is not None else 0,
         "last_check": None if h.last_check is None else h.last_check.doc,
+        "checks": [c.doc for c in h.checks],
+        "slow_start": None if ramp_end is None else {"until": iso(ramp_end)},
         "why": why,
     }
 
@@ -236,6 +248,7 @@ def build_status(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None) 
                 dests.get(ident) if dests is not None else None,
                 (name, ident) in drained,
                 info.why.get(ident),
+                info.slow_start.get(ident),
             )
             for ident, weight, fwd in rss
         ]
@@ -312,16 +325,18 @@ def status_json(cfg: Config, v: Views, extra: Mapping[str, Any] | None = None, m
             found = dests.get(ident) if dests is not None else None
             is_drained = hkey in drained
             reason = why.get(ident)
+            ramp_end = info.slow_start.get(ident)
             row = rows_memo.get(hkey)
-            if not (row_unchanged(row, h, is_drained, found) and row[3] == reason):
+            if not (row_unchanged(row, h, is_drained, found) and row[3] == reason and row[4] == ramp_end):
                 row = rows_memo[hkey] = (
                     h,
                     is_drained,
                     found,
                     reason,
-                    dumps(_rs_doc(ident, weight, fwd, h, found, is_drained, reason)),
+                    ramp_end,
+                    dumps(_rs_doc(ident, weight, fwd, h, found, is_drained, reason, ramp_end)),
                 )
-            rows.append(row[4])
+            rows.append(row[5])
         parts.append(f"{cached[2]}{','.join(rows)}]}}")
     shell = dumps({**_shell(cfg, v), **(extra or {})})
     at = shell.index('"services":[]') + len('"services":[')  # the shell's keys come before any extra's

@@ -140,7 +140,10 @@ def _try_services_table(
                 "0" if found is None else str(found[1]),
                 "0" if found is None else str(found[2]),
             )
-            line = memo.line(rs_prefix, cells, "-" if lc is None else lc.text)
+            last = "-" if lc is None else lc.text
+            if len(h.checks) > 1:  # several checks: each one's health, then the deciding one's last result
+                last = f"[{', '.join(f'{c.name} {c.health}' for c in h.checks)}] {last}"
+            line = memo.line(rs_prefix, cells, last)
             if line is None:
                 return None
             rows[hkey] = (h, is_drained, found, line)

@@ -101,8 +101,7 @@ def auto_preempt_delay_s(config: Config | None, inst: VrrpInstanceConfig) -> flo
         if svc.name not in behind:
             continue
         for rs in svc.realservers:
-            chk = rs.check
-            if chk is not None:
+            for chk in rs.all_checks:
                 worst = max(worst, (chk.rise + 1) * chk.interval_s + chk.timeout_s)
     return min(worst, AUTO_PREEMPT_DELAY_MAX_S)
 

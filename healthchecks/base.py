@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 # Keys every check accepts; the config loader parses these itself and never passes them to ``parse_spec``.
 COMMON_KEYS = frozenset(
-    {"type", "interval", "timeout", "rise", "fall", "connect_address", "connect_port", "initial_state"}
+    {"type", "interval", "timeout", "rise", "fall", "connect_address", "connect_port", "initial_state", "fall_interval"}
 )
 
 

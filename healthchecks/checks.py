@@ -23,12 +23,17 @@ class CheckSpec:
     rise: int = 2
     fall: int = 3
     initial_state: Health = Health.UP
+    fall_interval_s: float | None = None  # the interval while a key is in transition (None: ``interval_s``)
+
+    @property
+    def fast_interval_s(self) -> float:
+        return self.interval_s if self.fall_interval_s is None else self.fall_interval_s
 
     @property
     def probe_id(self) -> tuple[Any, ...]:
         """What makes two keys' checks the same probe. Besides where the check goes, the realserver's identity is
         part of it (the file checker names files after it); a checker whose result depends on more of the target
-        says so with a ``share_key(target)`` method (exec: the service too)."""
+        says so with a ``share_key(target)`` method (exec: the service too). Both cadences are part of it."""
         return (
             self.type,
             self.spec,
@@ -37,6 +42,7 @@ class CheckSpec:
             self.interval_s,
             self.timeout_s,
             self.target.realserver,
+            self.fast_interval_s,
         )
 
 

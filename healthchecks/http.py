@@ -6,7 +6,8 @@ expression searched in the first ``max_body`` bytes), ``reuse_connection`` (true
 checks of a target, as Envoy's HTTP health checker does; false: a new connection for every check; ``keepalive`` is
 its older name), ``client`` (``auto``: plain http uses the bare-socket client of ``httpfast.py``, https aiohttp;
 ``aiohttp``: always aiohttp), and for https: ``verify`` (true; false is allowed but logged as a warning),
-``ca_file``, ``cert_file``, ``key_file``.
+``ca_file``, ``cert_file``, ``key_file``; ``urls`` (several paths, each with its own ``expect_status``,
+``expect_body``, ``host``: all must pass; see ``httpurls.py``) instead of ``path``.
 Plain http is a callback check (``begin``); aiohttp checks run as coroutines. aiohttp: one session for fresh
 connections and, with reuse, one keep-alive session per target (closed after a failed check, or when the target has
 not been checked for ``IDLE_MAX_S``); plain http: one bare-socket client with its pool of idle connections. All are
@@ -16,6 +17,7 @@ tied to the running loop and closed by ``aclose``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import ssl
@@ -31,6 +33,7 @@ from healthchecks.callback import Cancel, Done, begin_task, run_begun
 from healthchecks.checks import local_error_result
 from healthchecks.http1 import build_request
 from healthchecks.httpfast import IDLE_MAX_S, PURGE_EVERY_S, Client
+from healthchecks.httpurls import begin_all, parse_urls
 from healthchecks.spec import SpecReader, parse_status_ranges
 from healthchecks.tcp import NO_PORT
 
@@ -57,6 +60,7 @@ class HttpSpec:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    urls: tuple[HttpSpec, ...] = ()  # several URLs (``urls``), each a spec of its own; () for the one ``path``
 
     def status_ok(self, status: int) -> bool:
         return any(lo <= status <= hi for lo, hi in self.expect_status)
@@ -105,6 +109,7 @@ class HttpChecker:
             "reuse_connection",
             "keepalive",
             "client",
+            "urls",
         }
         if self.scheme == "https":
             keys |= {"verify", "ca_file", "cert_file", "key_file"}
@@ -146,6 +151,9 @@ class HttpChecker:
         )
         if spec.key_file and not spec.cert_file:
             r.error("key_file needs cert_file", "key_file")
+        urls = parse_urls(r, spec, self.name)
+        if urls:
+            spec = dataclasses.replace(spec, urls=urls)
         r.finish()
         if self.scheme == "https":
             try:
@@ -215,6 +223,11 @@ class HttpChecker:
         return len(self._client.pool) if self._client is not None else 0
 
     def begin(self, target: Target, spec: HttpSpec, timeout_s: float, done: Done) -> Cancel | None:
+        if spec.urls:
+            return begin_all(self._begin_one, target, spec.urls, timeout_s, done)
+        return self._begin_one(target, spec, timeout_s, done)
+
+    def _begin_one(self, target: Target, spec: HttpSpec, timeout_s: float, done: Done) -> Cancel | None:
         if target.port is None:
             done(NO_PORT)
             return None

@@ -3,6 +3,7 @@
 - ``UP`` goes ``DOWN`` after ``fall`` consecutive failures; ``DOWN`` goes ``UP`` after ``rise`` consecutive successes.
 - ``UNKNOWN`` (no evidence yet) takes the state of the first result, since any evidence beats none.
 - The initial state is ``UP`` by default, ``DOWN`` for Keepalived's ``alpha`` behaviour, or ``UNKNOWN``.
+- ``in_transition``: a result has gone against the state, but not yet ``fall`` (or ``rise``) of them in a row.
 - ``record`` returns a ``Transition`` only when the state changes, so a server that alternates between success and
   failure never moves the pool when rise and fall are both greater than 1.
 """
@@ -90,6 +91,14 @@ class Hysteresis:
             if self.state is Health.UNKNOWN or (self.state is Health.UP and self.failures >= self.fall):
                 return self._change(Health.DOWN, reason, now)
         return None
+
+    @property
+    def in_transition(self) -> bool:
+        """Up with failures that have not reached ``fall`` yet, or down with successes short of ``rise``: the
+        runner then checks at the ``fall_interval`` cadence."""
+        if self.state is Health.UP:
+            return self.failures > 0
+        return self.state is Health.DOWN and self.successes > 0
 
     def _change(self, new: Health, reason: str, now: float) -> Transition:
         old, self.state = self.state, new

@@ -1,12 +1,19 @@
 """Asyncio scheduling of health checks.
 
-One *probe* runs per distinct (checker type, spec, address, port, interval, timeout, realserver identity); every
-key (e.g. one service's realserver) that asks for the same probe shares it, and each key keeps its own hysteresis
-(rise, fall, initial state). A probe's first run is spread uniformly over its interval, later runs are ``interval``
-+/- a few per cent apart, so checks never synchronise. A check that starts late keeps the cadence if it can; one
-that is more than an interval behind (overload) slips, so a probe never runs more often than its interval. A check
-that starts more than ``late_after_s`` after its due time counts as late; a global limit bounds the checks in flight
-(the others wait their turn, in order).
+One *probe* runs per distinct (checker type, spec, address, port, interval, fall_interval, timeout, realserver
+identity); every key (e.g. one service's realserver) that asks for the same probe shares it, and each key keeps its
+own hysteresis (rise, fall, initial state). A probe's first run is spread uniformly over its interval, later runs
+are ``interval`` +/- a few per cent apart, so checks never synchronise. A check that starts late keeps the cadence
+if it can; one that is more than an interval behind (overload) slips, so a probe never runs more often than its
+interval (or fall_interval). A check that starts more than ``late_after_s`` after its due time counts as late; a
+global limit bounds the checks in flight (the others wait their turn, in order).
+
+``fall_interval`` (HAProxy's ``fastinter``): while any key of a probe is in transition (up with failures short of
+its ``fall``, or down with successes short of its ``rise``: ``Hysteresis.in_transition``), the probe's next start is
+``fall_interval`` (with the same jitter) after the last instead of ``interval``, so a failing realserver is taken
+out, and a recovering one put back, sooner. Keys sharing a probe have the same fall_interval (it is part of the
+probe's identity); their rise/fall may differ, and the probe runs at the fast cadence while any of them needs it.
+The cadence is chosen when a check ends, so the check after the one that ends a transition comes at ``interval``.
 
 Descriptors: the checks in flight and the idle kept-alive connections hold file descriptors, and the daemon needs
 some of its own (the data plane's netlink sockets and commands, the control API and its unix socket, logs, the
@@ -120,6 +127,7 @@ class _Probe:
         "checker",
         "deadline_slot",
         "due",
+        "fast_s",
         "gen",
         "interval_s",
         "keys",
@@ -146,6 +154,7 @@ class _Probe:
         target: Target,
         interval_s: float,
         timeout_s: float,
+        fast_s: float | None = None,
     ) -> None:
         self.pid = pid
         self.checker = checker
@@ -154,6 +163,7 @@ class _Probe:
         self.spec = spec
         self.target = target
         self.interval_s = interval_s
+        self.fast_s = interval_s if fast_s is None else fast_s  # the interval while a key is in transition
         self.timeout_s = timeout_s
         self.timeout_reason = f"timeout after {timeout_s:g}s"
         self.keys: tuple[Hashable, ...] = ()
@@ -258,7 +268,16 @@ class Runner:
         pid = self._probe_id(cs)
         probe = self._probes.get(pid)
         if probe is None:
-            probe = _Probe(pid, self.registry.get(cs.type), cs.type, cs.spec, cs.target, cs.interval_s, cs.timeout_s)
+            probe = _Probe(
+                pid,
+                self.registry.get(cs.type),
+                cs.type,
+                cs.spec,
+                cs.target,
+                cs.interval_s,
+                cs.timeout_s,
+                cs.fast_interval_s,
+            )
             self._probes[pid] = probe
             if self._loop is not None:
                 self._first_run(probe, self._loop.time())
@@ -522,7 +541,7 @@ class Runner:
                 stats.errors += 1
         probe.last_result = res
         self._deliver(probe, res, now if self._clock is None else self._clock())
-        step = probe.interval_s * (1.0 + self.jitter * (2.0 * self._random() - 1.0))
+        step = self._cadence(probe) * (1.0 + self.jitter * (2.0 * self._random() - 1.0))
         due = probe.due + step
         if due < now:  # behind by more than an interval (overload): slip rather than check back to back
             due = probe.started + step
@@ -532,6 +551,17 @@ class Runner:
         probe.start_slot = self._push(due, probe)
         if self._waiting:
             self._drain(now)
+
+    def _cadence(self, probe: _Probe) -> float:
+        """The probe's interval now: ``fall_interval`` while any key it serves is in transition, else ``interval``."""
+        fast = probe.fast_s
+        if fast < probe.interval_s:
+            hyst = self._hyst
+            for key in probe.keys:
+                h = hyst.get(key)
+                if h is not None and h.in_transition:
+                    return fast
+        return probe.interval_s
 
     def _unchecked(self, probe: _Probe, res: CheckResult, now: float) -> None:
         """The check could not be made here (no descriptor free): no result; the probe waits for a check in flight

@@ -2,7 +2,7 @@
 
 Exit 0 if every check passed, 1 if any failed, 2 if the config cannot be read (or the service is unknown).
 Identical checks (same type, spec, address, port and timeout) run once and their result is shown for each
-realserver that uses them.
+realserver that uses them. A realserver with several checks (``checks: [a, b]``) has a row for each.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from ha.checkset import labels
 from ha.cli import EXIT_FAIL, EXIT_OK, EXIT_UNREADABLE, print_problem
 from ha.config.model import CheckConfig, Config, RealServerConfig, ServiceConfig
 from healthchecks.base import CheckResult, Target
@@ -28,6 +29,7 @@ class ProbeRow:
     check: str  # type, or "" when the realserver has no check
     target: str  # where the check went (after connect_address/connect_port)
     result: CheckResult
+    name: str = ""  # the check's label (its name under ``checks``, else its type): one row per check
 
 
 def target_of(svc: ServiceConfig, rs: RealServerConfig, check: CheckConfig) -> Target:
@@ -49,7 +51,9 @@ async def probe_config(
 
     sem = asyncio.Semaphore(concurrency)
     jobs: dict[tuple[Any, ...], asyncio.Task[CheckResult]] = {}
-    plan: list[tuple[ServiceConfig, RealServerConfig, CheckConfig | None, Target | None, tuple[Any, ...] | None]] = []
+    plan: list[
+        tuple[ServiceConfig, RealServerConfig, str, CheckConfig | None, Target | None, tuple[Any, ...] | None]
+    ] = []
 
     async def one(check: CheckConfig, target: Target) -> CheckResult:
         async with sem:
@@ -59,15 +63,15 @@ async def probe_config(
         if service is not None and svc.name != service:
             continue
         for rs in svc.realservers:
-            check = rs.check
-            if check is None:
-                plan.append((svc, rs, None, None, None))
-                continue
-            target = target_of(svc, rs, check)
-            pid: tuple[Any, ...] = (check.type, check.spec, target.address, target.port, check.timeout_s)
-            if pid not in jobs:
-                jobs[pid] = asyncio.ensure_future(one(check, target))
-            plan.append((svc, rs, check, target, pid))
+            checks = rs.all_checks
+            if not checks:
+                plan.append((svc, rs, "", None, None, None))
+            for label, check in zip(labels(checks), checks, strict=True):
+                target = target_of(svc, rs, check)
+                pid: tuple[Any, ...] = (check.type, check.spec, target.address, target.port, check.timeout_s)
+                if pid not in jobs:
+                    jobs[pid] = asyncio.ensure_future(one(check, target))
+                plan.append((svc, rs, label, check, target, pid))
     try:
         if jobs:
             await asyncio.gather(*jobs.values())
@@ -77,11 +81,11 @@ async def probe_config(
             if aclose is not None:
                 await aclose()
     rows = []
-    for svc, rs, chk, tgt, probe in plan:
+    for svc, rs, label, chk, tgt, probe in plan:
         if chk is None or tgt is None or probe is None:
             rows.append(ProbeRow(svc.name, rs.ident, "", "", CheckResult(True, "no check (always up)", 0.0)))
         else:
-            rows.append(ProbeRow(svc.name, rs.ident, chk.type, _hostport(tgt), jobs[probe].result()))
+            rows.append(ProbeRow(svc.name, rs.ident, chk.type, _hostport(tgt), jobs[probe].result(), label))
     return rows
 
 
@@ -89,7 +93,8 @@ def format_table(rows: list[ProbeRow]) -> str:
     head = ("SERVICE", "REALSERVER", "CHECK", "RESULT", "LATENCY", "REASON")
     body = []
     for r in rows:
-        check = r.check + (f"@{r.target}" if r.target and r.target != r.realserver else "")
+        named = f"{r.name}:{r.check}" if r.name and r.name != r.check else r.check
+        check = named + (f"@{r.target}" if r.target and r.target != r.realserver else "")
         reason = r.result.reason + (f" (weight={r.result.weight})" if r.result.weight is not None else "")
         latency = f"{r.result.latency_s * 1000:.1f}ms" if r.check else "-"
         body.append((r.service, r.realserver, check or "-", "ok" if r.result.ok else "FAIL", latency, reason))
@@ -104,6 +109,7 @@ def to_json(rows: list[ProbeRow]) -> list[dict[str, Any]]:
             "service": r.service,
             "realserver": r.realserver,
             "check": r.check or None,
+            "name": r.name or None,
             "target": r.target or None,
             "ok": r.result.ok,
             "latency_s": round(r.result.latency_s, 6),

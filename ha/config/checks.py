@@ -55,11 +55,21 @@ def _parse_check(ctx: Ctx, node: Node, path: str, name: str | None = None) -> Ch
         connect_address=m.opt("connect_address", c_ip),
         connect_port=m.opt("connect_port", c_port()),
         initial_state=m.get("initial_state", c_choice("up", "down"), "up"),
+        fall_interval_s=m.opt("fall_interval", c_duration(0.01, 86400)),
     )
     if common["timeout_s"] is None:  # default: 3s, but never longer than the interval
         common["timeout_s"] = min(3.0, common["interval_s"])  # type: ignore[type-var]
     elif common["timeout_s"] > common["interval_s"]:  # type: ignore[operator]
         ctx.warn(m.value_node("timeout"), m.p("timeout"), "timeout is longer than interval: checks will overlap")
+    fast, interval = common["fall_interval_s"], common["interval_s"]
+    if fast is not None and fast > interval:  # type: ignore[operator]
+        ctx.error(
+            m.value_node("fall_interval"),
+            m.p("fall_interval"),
+            f"fall_interval ({fast:g}s) must not exceed interval ({interval:g}s): it is the faster cadence of a "
+            "check in transition",
+        )
+        common["fall_interval_s"] = None
     if ctype is None:
         return None
     registry = ctx.registry
@@ -119,6 +129,43 @@ def check_ref(ctx: Ctx, m: Map, named: dict[str, CheckConfig | None]) -> CheckCo
             return None
         return named[ref]
     return _parse_check(ctx, node, path)
+
+
+def checks_ref(ctx: Ctx, m: Map, named: dict[str, CheckConfig | None]) -> tuple[CheckConfig, ...] | None:
+    """The ``check`` or ``checks`` key of a service or realserver: every check it names or defines, in order (all
+    must be up); ``()`` for ``check: null`` or ``checks: []`` (no check); None when neither key is given (the
+    realserver then takes its service's). Both keys together are an error."""
+    if m.has("check") and m.has("checks"):
+        ctx.error(
+            m.key_node("checks"),
+            m.p("checks"),
+            "check and checks cannot both be given: use checks: [a, b] for several checks, or check: a for one",
+        )
+        return None
+    if m.has("check"):
+        one = check_ref(ctx, m, named)
+        return () if one is None else (one,)
+    if not m.has("checks"):
+        return None
+    out: list[CheckConfig] = []
+    seen: dict[str, int] = {}
+    for i, (path, node) in enumerate(m.seq("checks", "of checks: names from the checks section or mappings")):
+        if isinstance(node, ScalarNode) and node.tag != NULL_TAG:
+            ref = str(node.value)
+            if ref in seen:
+                ctx.error(node, path, f"check '{ref}' is already listed as checks[{seen[ref]}]")
+                continue
+            seen[ref] = i
+            if ref not in named:
+                have = f"; defined checks: {', '.join(named)}" if named else "; there is no checks section"
+                ctx.error(node, path, f"no check is named '{ref}'{suggest(ref, named)}{have}")
+                continue
+            chk = named[ref]
+        else:
+            chk = _parse_check(ctx, node, path)
+        if chk is not None:
+            out.append(chk)
+    return tuple(out)
 
 
 def parse_checks(ctx: Ctx, m: Map | None) -> dict[str, CheckConfig | None]:

@@ -87,12 +87,12 @@ def _diff_keyed(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable
     return out
 
 
-def check_table(cfg: Config) -> dict[str, tuple[CheckConfig | None, str, int]]:
-    """``"SERVICE REALSERVER"`` -> (check, address, port): everything that makes a check what it is."""
-    out: dict[str, tuple[CheckConfig | None, str, int]] = {}
+def check_table(cfg: Config) -> dict[str, tuple[tuple[CheckConfig, ...], str, int]]:
+    """``"SERVICE REALSERVER"`` -> (checks, address, port): everything that makes its checks what they are."""
+    out: dict[str, tuple[tuple[CheckConfig, ...], str, int]] = {}
     for svc in cfg.services:
         for rs in svc.realservers:
-            out[f"{svc.name} {rs.ident}"] = (rs.check, str(rs.address), rs.port)
+            out[f"{svc.name} {rs.ident}"] = (rs.all_checks, str(rs.address), rs.port)
     return out
 
 

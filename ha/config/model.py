@@ -213,6 +213,12 @@ class CheckConfig:
     initial_state: str = "up"  # "up" | "down" (Keepalived's alpha)
     spec: Any = None  # the checker plugin's frozen spec for the type-specific keys
     name: str | None = None  # the name under `checks`, None for an inline check
+    fall_interval_s: float | None = None  # the interval while in transition (None: ``interval_s``)
+
+    @property
+    def label(self) -> str:
+        """How status, probe and metrics name the check: its name under ``checks``, else its type."""
+        return self.name or self.type
 
 
 # -- services ---------------------------------------------------------------------------------------------------------
@@ -266,6 +272,16 @@ class RealServerConfig:
     upper_threshold: int = 0
     lower_threshold: int = 0
     tunnel: TunnelConfig | None = None
+    # every check (``checks: [a, b]``, or the one ``check``); the loader sets ``check`` to the first of them
+    checks: tuple[CheckConfig, ...] = ()
+    slow_start_s: float = 0.0  # resolved by the loader: its own ``slow_start``, else the service's; 0: none
+
+    @property
+    def all_checks(self) -> tuple[CheckConfig, ...]:
+        """The checks that decide this realserver's health (all of them must be up)."""
+        if self.checks:
+            return self.checks
+        return () if self.check is None else (self.check,)
 
     @property
     def ident(self) -> str:
@@ -291,6 +307,8 @@ class ServiceConfig:
     drain_timeout_s: float = 60.0
     realservers: tuple[RealServerConfig, ...] = ()
     notify: ServiceNotifyConfig = field(default_factory=ServiceNotifyConfig)
+    checks: tuple[CheckConfig, ...] = ()  # the service's default checks (``check`` is the first of them)
+    slow_start_s: float = 0.0  # the realservers' default ``slow_start``
 
     @property
     def key_str(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from yaml.nodes import Node, SequenceNode
 
-from ha.config.checks import check_ref
+from ha.config.checks import checks_ref
 from ha.config.model import (
     CT_PROTOCOLS,
     CheckConfig,
@@ -60,6 +60,8 @@ _SERVICE_KEYS = (
     "forwarding",
     "persistence",
     "check",
+    "checks",
+    "slow_start",
     "quorum",
     "sorry_server",
     "on_failure",
@@ -68,7 +70,19 @@ _SERVICE_KEYS = (
     "notify",
 )
 _NOTIFY_KEYS = ("realserver_up", "realserver_down", "quorum_lost", "quorum_gained")
-_RS_KEYS = ("address", "port", "weight", "forwarding", "check", "upper_threshold", "lower_threshold", "tunnel")
+_RS_KEYS = (
+    "address",
+    "port",
+    "weight",
+    "forwarding",
+    "check",
+    "checks",
+    "slow_start",
+    "upper_threshold",
+    "lower_threshold",
+    "tunnel",
+)
+_SLOW_START = c_duration(0, 86400)
 _SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "mh", "sed", "nq", "fo", "ovf", "twos")
 _SCHED_FLAGS = {"sh-port": "sh", "sh-fallback": "sh", "mh-port": "mh", "mh-fallback": "mh", "ops": None}
 _FORWARDING = ("nat", "dr", "tun")
@@ -136,7 +150,7 @@ class _Svc:
 def _parse_realserver(
     ctx: Ctx, node: Node, path: str, svc: dict[str, Any], named: dict[str, CheckConfig | None]
 ) -> tuple[RealServerConfig, Map] | None:
-    m = Map(ctx, node, path, _RS_KEYS, "a realserver: address, port, weight, forwarding, check, ...")
+    m = Map(ctx, node, path, _RS_KEYS, "a realserver: address, port, weight, forwarding, check or checks, ...")
     if not m.ok:
         return None
     before = len(ctx.errors)
@@ -145,7 +159,9 @@ def _parse_realserver(
     port = m.get("port", c_port(allow_zero=port_default == 0), port_default)
     bad_ident = len(ctx.errors) > before  # a bad address or port: leave it out of the cross-checks
     forwarding = m.get("forwarding", c_choice(*_FORWARDING), svc["forwarding"])
-    check = check_ref(ctx, m, named) if m.has("check") else svc["check"]
+    own = checks_ref(ctx, m, named)
+    checks = svc["checks"] if own is None else own
+    slow_start = m.get("slow_start", _SLOW_START, svc["slow_start"])
     upper, lower = m.get("upper_threshold", _THRESHOLD, 0), m.get("lower_threshold", _THRESHOLD, 0)
     if upper and lower > upper:
         ctx.error(
@@ -179,10 +195,12 @@ def _parse_realserver(
         port=port,
         weight=weight,
         forwarding=forwarding,
-        check=check,
+        check=checks[0] if checks else None,
         upper_threshold=upper,
         lower_threshold=lower,
         tunnel=tunnel,
+        checks=checks,
+        slow_start_s=slow_start,
     )
     return rs, m
 
@@ -246,7 +264,8 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
             "add persistence or use a port from 1 to 65535",
         )
     forwarding = m.get("forwarding", c_choice(*_FORWARDING), "dr")
-    check = check_ref(ctx, m, named)
+    checks = checks_ref(ctx, m, named) or ()
+    slow_start = m.get("slow_start", _SLOW_START, 0.0)
     qm = m.sub("quorum", ("min_up", "hysteresis"), "quorum: min_up, hysteresis")
     quorum = QuorumConfig()
     if qm is not None:
@@ -274,7 +293,7 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
     nm = m.sub("notify", _NOTIFY_KEYS, "notify commands: " + ", ".join(_NOTIFY_KEYS))
     empty: tuple[str, ...] = ()
     notify = ServiceNotifyConfig(**{k: nm.get(k, c_argv, empty) for k in _NOTIFY_KEYS}) if nm is not None else None
-    svc = {"port": port, "forwarding": forwarding, "check": check, "family": family}
+    svc = {"port": port, "forwarding": forwarding, "checks": checks, "family": family, "slow_start": slow_start}
     rs_items = m.seq("realservers", "of realservers")
     parsed = [r for rpath, rnode in rs_items if (r := _parse_realserver(ctx, rnode, rpath, svc, named)) is not None]
     if fwmark is None and (vip is None or port is None):
@@ -293,13 +312,15 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
         scheduler_flags=flags,
         forwarding=forwarding,
         persistence=persistence,
-        check=check,
+        check=checks[0] if checks else None,
         quorum=quorum,
         sorry_server=sorry,
         on_failure=OnFailure(m.get("on_failure", c_choice("remove", "weight0"), "remove")),
         drain_timeout_s=m.get("drain_timeout", c_duration(0, 86400), 60.0),
         realservers=tuple(rs for rs, _ in parsed),
         notify=notify or ServiceNotifyConfig(),
+        checks=checks,
+        slow_start_s=slow_start,
     )
     if qm is not None and qm.has("min_up") and quorum.min_up > len(rs_items):
         ctx.error(

@@ -240,4 +240,4 @@ services:
     health = Health(DaemonMetrics(), lambda *a: None)
     health.configure(cfg_)
     assert health.unchecked == {("a", "10.0.0.2:80")}
-    assert set(health.runner.statuses()) == {("a", "10.0.0.1:80")}
+    assert set(health.runner.statuses()) == {("a", "10.0.0.1:80", "tcp")}

@@ -62,7 +62,7 @@ def kernel_weight(d: Daemon) -> int | None:
 
 
 def checks_done(d: Daemon) -> int:
-    st = d.health.runner.status(("web", RS))
+    st = d.health.runner.status(("web", RS, "exec"))
     return int(st.total_successes + st.total_failures)
 
 

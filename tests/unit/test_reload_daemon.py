@@ -83,7 +83,7 @@ def totals(d: Daemon) -> dict[Any, int]:
 async def test_weight_change_is_one_write_and_keeps_health_state(running: tuple[Daemon, Harness]) -> None:
     d, h = running
     assert d.lvs is not None
-    key = ("web", f"127.0.0.1:{h.port}")
+    key = ("web", f"127.0.0.1:{h.port}", "t")  # the runner's key: (service, realserver, check)
     await until(lambda: all(v >= 2 for v in totals(d).values()))
     await until(lambda: d.lvs is not None and d.lvs.reconciler.in_sync)  # the down realserver's removal is done
     before = totals(d)
@@ -109,7 +109,7 @@ async def test_weight_change_is_one_write_and_keeps_health_state(running: tuple[
 async def test_changed_check_restarts_only_its_users(running: tuple[Daemon, Harness]) -> None:
     d, h = running
     await until(lambda: all(v >= 2 for v in totals(d).values()))
-    api_key = ("api", f"127.0.0.1:{h.port}")
+    api_key = ("api", f"127.0.0.1:{h.port}", "tcp")
     api_before = totals(d)[api_key]
     h.write(interval="80ms")
     res = await d.reload(False, "test")

@@ -97,6 +97,8 @@ def test_contract_shape() -> None:
         "active_conns": 7,
         "inactive_conns": 3,
         "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002, "at": None},
+        "checks": [],  # the views of this test carry no per-check list
+        "slow_start": None,
         "why": None,
     }
     assert (r2["health"], r2["weight"], r2["drained"], r2["in_kernel"]) == ("down", 0, True, False)

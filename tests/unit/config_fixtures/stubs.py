@@ -13,7 +13,7 @@ from healthchecks.registry import Registry
 
 KEYS = {
     "tcp": {"send", "expect"},
-    "http": {"path", "host", "expect_status", "expect_body", "method", "headers"},
+    "http": {"path", "urls", "host", "expect_status", "expect_body", "method", "headers"},
     "https": {"path", "host", "expect_status", "expect_body", "method", "headers", "verify"},
     "udp": {"payload", "expect"},
     "dns": {"query", "record_type", "expect"},
