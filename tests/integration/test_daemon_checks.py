@@ -49,7 +49,7 @@ def listen(port: int = 0) -> socket.socket:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[Env, list[socket.socket]]]:
     main, aux = listen(), listen()  # the realserver's port, and the port its second check looks at
-    e = Env(tmp_path, tmp_path / "lvs-ha.yaml", str(tmp_path / "run" / "api.sock"), main.getsockname()[1], 0)
+    e = Env(tmp_path, tmp_path / "lvs-ha.yaml", main.getsockname()[1], 0)
     e.write(text=CONFIG.format(tmp=tmp_path, port=e.up_port, aux=aux.getsockname()[1]))
     socks = [main, aux]
     try:
