@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ha.config.model import Config
 from ha.metrics import DaemonMetrics
-from ha.status import LastCheck, RsHealth
+from ha.status import LastCheck, PassiveView, RsHealth
 
 if TYPE_CHECKING:
     pass
@@ -90,8 +90,11 @@ class Health:
 
     def _result(self, key: Any, res: Any) -> None:
         self._counters.observe_check(key[0], key[1], bool(res.ok), float(res.latency_s))
+        view = self._views.get(key)
         self._views[key] = RsHealth(
-            self.runner.state(key).value, LastCheck(res.ok, res.reason, res.latency_s, time.time())
+            self.runner.state(key).value,
+            LastCheck(res.ok, res.reason, res.latency_s, time.time()),
+            view.passive if view is not None else None,
         )
         if not res.ok:
             return
@@ -127,7 +130,9 @@ class Health:
 
     def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
         view = self._views.get(key)
-        self._views[key] = RsHealth(new.value, view.last_check if view is not None else None)
+        self._views[key] = RsHealth(
+            new.value, view.last_check if view is not None else None, view.passive if view is not None else None
+        )
         self._on_change(key, old.value, new.value, result.reason)
 
     def configure(self, cfg: Config) -> None:
@@ -165,8 +170,25 @@ class Health:
             assert isinstance(key, tuple)
             view = self._views.get(key)
             state = self.runner.state(key).value
-            views[key] = RsHealth(state, view.last_check if view is not None else None)
+            views[key] = RsHealth(
+                state, view.last_check if view is not None else None, view.passive if view is not None else None
+            )
         self._views = views
+
+    def passive_trip(self, key: HealthKey, reason: str, held: bool) -> bool:
+        """Passive health tripped ``key`` (``ha.passive``): down at once unless ``held``, shown in the status, and
+        its check runs now either way (only its ``rise`` brings it back). True if it went down."""
+        down = False if held else self.runner.force_down(key, reason)
+        view = self._views.get(key)
+        if view is not None:
+            trips = view.passive.trips + 1 if view.passive is not None else 1
+            self._views[key] = RsHealth(view.health, view.last_check, PassiveView(reason, time.time(), trips, held))
+        self.runner.check_now(key)
+        return down
+
+    def is_up(self, key: HealthKey) -> bool:
+        view = self._views.get(key)
+        return view is not None and view.health == "up"
 
     async def start(self) -> None:
         await self.runner.start()

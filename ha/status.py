@@ -55,9 +55,24 @@ class LastCheck:
 
 
 @dataclass(frozen=True)
+class PassiveView:
+    """Passive health's last trip of a realserver (``ha.passive``): taken down, or held by the quorum rule."""
+
+    reason: str
+    at: float  # wall-clock epoch seconds
+    trips: int  # since the daemon started
+    held: bool = False
+
+    @cached_property
+    def doc(self) -> dict[str, Any]:
+        return {"last_trip": self.reason, "at": iso(self.at), "trips": self.trips, "held": self.held}
+
+
+@dataclass(frozen=True)
 class RsHealth:
     health: str  # up | down | unknown
     last_check: LastCheck | None = None
+    passive: PassiveView | None = None  # only for services with passive health that tripped
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,7 @@ def _rs_doc(
         "active_conns": found[1] if found is not None else 0,
         "inactive_conns": found[2] if found is not None else 0,
         "last_check": None if h.last_check is None else h.last_check.doc,
+        "passive": None if h.passive is None else h.passive.doc,
         "why": why,
     }
 

@@ -242,6 +242,17 @@ class ServiceNotifyConfig:
 
 
 @dataclass(frozen=True)
+class PassiveConfig:
+    """``services[].passive``: passive health from the NAT connections the director sees (``ha.passive``). A
+    threshold of 0 turns that kind of evidence off."""
+
+    resets: int = 3  # SYNs answered by a RST from the realserver ...
+    unanswered_syns: int = 3  # ... or SYNs it left unanswered for syn_timeout ...
+    window_s: float = 2.0  # ... within this long take it down at once
+    syn_timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class SorryServerConfig:
     address: IPAddress
     port: int
@@ -291,6 +302,7 @@ class ServiceConfig:
     drain_timeout_s: float = 60.0
     realservers: tuple[RealServerConfig, ...] = ()
     notify: ServiceNotifyConfig = field(default_factory=ServiceNotifyConfig)
+    passive: PassiveConfig | None = None  # None: off
 
     @property
     def key_str(self) -> str:

@@ -47,6 +47,7 @@ from ha.config.nodes import (
     join_path,
     suggest,
 )
+from ha.config.passive import check_passive, parse_passive
 
 _SERVICE_KEYS = (
     "name",
@@ -66,6 +67,7 @@ _SERVICE_KEYS = (
     "drain_timeout",
     "realservers",
     "notify",
+    "passive",
 )
 _NOTIFY_KEYS = ("realserver_up", "realserver_down", "quorum_lost", "quorum_gained")
 _RS_KEYS = ("address", "port", "weight", "forwarding", "check", "upper_threshold", "lower_threshold", "tunnel")
@@ -300,7 +302,9 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
         drain_timeout_s=m.get("drain_timeout", c_duration(0, 86400), 60.0),
         realservers=tuple(rs for rs, _ in parsed),
         notify=notify or ServiceNotifyConfig(),
+        passive=parse_passive(ctx, m),
     )
+    check_passive(ctx, m, [rm for _, rm in parsed], cfg)
     if qm is not None and qm.has("min_up") and quorum.min_up > len(rs_items):
         ctx.error(
             qm.value_node("min_up"),
