@@ -11,7 +11,8 @@ service's ``passive`` thresholds.
 - Quorum: a trip never leaves fewer than ``max(1, quorum.min_up)`` realservers up in the service. When it would
   (every realserver refusing at once looks more like a fault in front of them than of them all), the trip is
   *held*: the realserver stays as it is, the hold is counted and shown, and the active check still runs at once,
-  so the checks' ``fall`` decides as without passive health.
+  so the checks' ``fall`` decides as without passive health. A held realserver is not tripped again within
+  ``window`` (no log line and no extra check for every few refused connections).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class PassiveWindows:
 
     def __init__(self) -> None:
         self._windows: dict[tuple[Key, str], deque[float]] = {}
+        self._held_until: dict[Key, float] = {}
 
     def observe(
         self, key: Key, kind: str, now: float, cfg: PassiveConfig, is_up: bool, up: int, min_up: int
@@ -62,7 +64,7 @@ class PassiveWindows:
         """One observation of ``kind`` about ``key``. ``is_up``: the realserver is up now; ``up``: how many
         realservers of its service are up (counted for the quorum). Returns the trip, if this one tripped it."""
         need = threshold(cfg, kind)
-        if need <= 0 or not is_up:
+        if need <= 0 or not is_up or now < self._held_until.get(key, now):
             return None
         win = self._windows.get((key, kind))
         if win is None:
@@ -75,7 +77,10 @@ class PassiveWindows:
         span = now - win[0]
         self.clear(key)
         floor = max(1, min_up)
-        return Trip(key, kind, need, span, held=up - 1 < floor, min_up=floor)
+        held = up - 1 < floor
+        if held:
+            self._held_until[key] = now + cfg.window_s
+        return Trip(key, kind, need, span, held=held, min_up=floor)
 
     def clear(self, key: Key) -> None:
         for kind in _WHAT:
@@ -84,6 +89,7 @@ class PassiveWindows:
     def keep_only(self, keys: set[Key]) -> None:
         """Forget the realservers no longer watched (a reload)."""
         self._windows = {k: w for k, w in self._windows.items() if k[0] in keys}
+        self._held_until = {k: t for k, t in self._held_until.items() if k in keys}
 
     def __len__(self) -> int:
         return sum(len(w) for w in self._windows.values())

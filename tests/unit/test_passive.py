@@ -63,9 +63,12 @@ def test_quorum_rule_holds_a_trip_that_would_leave_too_few_up() -> None:
     w = PassiveWindows()
     (trip,) = feed(w, "reset", [0.0, 0.1, 0.2], up=1)  # the last one up: never taken out by passive health
     assert trip.held and "held" in trip.reason and "fewer than 1 realserver(s)" in trip.reason
-    (trip,) = feed(w, "reset", [1.0, 1.1, 1.2], up=2, min_up=2)  # min_up 2: 2 up may not become 1
+    assert feed(w, "reset", [0.3, 0.4, 0.5, 1.0, 1.9], up=1) == []  # held: not tripped again within the window
+    (trip,) = feed(w, "reset", [2.2, 2.3, 2.4], up=1)
+    assert trip.held
+    (trip,) = feed(w, "reset", [1.0, 1.1, 1.2], key=K2, up=2, min_up=2)  # min_up 2: 2 up may not become 1
     assert trip.held and trip.min_up == 2
-    (trip,) = feed(w, "reset", [2.0, 2.1, 2.2], up=3, min_up=2)
+    (trip,) = feed(w, "reset", [5.0, 5.1, 5.2], up=3, min_up=2)
     assert not trip.held
 
 
