@@ -28,6 +28,7 @@ from ha.health import Health
 from ha.logs import summaries as log_summaries
 from ha.metrics import DaemonMetrics, MetricsSources, make_registry, render
 from ha.overrides import Overrides, resolve_realserver
+from ha.passive_link import Passive
 from ha.sdnotify import Notifier
 from ha.status import DocMemo, Views, build_status, status_json
 from ha.status_table import TableMemo, format_status
@@ -70,6 +71,7 @@ class Daemon:
         self.table, self.doc = TableMemo(), DocMemo()
         self.health = Health(self.counters, self._health_changed, self._weight_changed)
         self.lvs = DataplaneDriver(cfg, self.counters) if needs_dataplane(cfg) else None
+        self.passive = Passive(self.health, self.counters, self._up_of)  # services' passive health
         self.vrrp: Vrrp | None = None
         self.ctsync: Conntrackd | None = None
         self.api: ApiServer | None = None
@@ -114,6 +116,8 @@ class Daemon:
         await self._start_ctsync()  # before VRRP: a node that becomes master must already receive the peer's state
         if self.lvs is not None:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
+        self.passive.configure(self.cfg)
+        self.passive.sync()
         self.api = ApiServer(self, self.cfg.node.api, self.counters.api)
         await self.api.start()
         if self.cfg.vrrp.instances:
@@ -146,6 +150,7 @@ class Daemon:
             await self.api.stop()
         if self.vrrp is not None:
             await self.vrrp.stop()
+        self.passive.stop()
         await self.health.stop()
         if self.ctsync is not None:
             await self.ctsync.stop()
@@ -265,6 +270,10 @@ class Daemon:
                 seen = stats.drift_repairs
             await asyncio.sleep(every_s)
 
+    def _up_of(self, service: str) -> int | None:
+        info = self.lvs.last_desired.info.get(service) if self.lvs and self.lvs.last_desired else None
+        return info.up if info is not None else None
+
     def _push_desired(self) -> None:
         if self.lvs is not None:
             self.lvs.set_desired(self._desired())
@@ -351,6 +360,7 @@ class Daemon:
         return {
             "dataplane": self.lvs.status() if self.lvs else None,
             "conntrack_sync": self.ctsync.status() if self.ctsync else None,
+            "passive": self.passive.status(),
         }
 
     async def status(self) -> dict[str, Any]:
@@ -453,6 +463,8 @@ class Daemon:
         self.loaded_at = time.time()
         self.last_reload_error = None
         self.overrides.prune(new)
+        self.passive.configure(new)
+        self.passive.sync()
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ha.checkset import CheckKey, CheckView, combine, combine_weights, deciding, labels
 from ha.config.model import Config
 from ha.metrics import DaemonMetrics
-from ha.status import LastCheck, RsHealth
+from ha.status import LastCheck, PassiveView, RsHealth
 
 if TYPE_CHECKING:
     pass
@@ -90,6 +90,7 @@ class Health:
         # request with thousands of realservers then copies nothing)
         self._views: dict[HealthKey, RsHealth] = {}
         self._check_views: dict[CheckKey, CheckView] = {}
+        self._passive: dict[HealthKey, PassiveView] = {}  # the last passive trip of each realserver that had one
         self.runner.subscribe(self._changed)
         # every result (a shared probe reports to each service it serves), timeouts and crashes included
         self.runner.subscribe_results(self._result)
@@ -129,7 +130,9 @@ class Health:
         views = tuple(self._check_views.get(k) or CheckView(k[2], self._types.get(k, ""), "unknown") for k in members)
         health = combine(v.health for v in views)
         shown = deciding(views)
-        self._views[rs] = RsHealth(health, shown.last_check if shown is not None else None, views)
+        self._views[rs] = RsHealth(
+            health, shown.last_check if shown is not None else None, views, self._passive.get(rs)
+        )
 
     def checker_stats(self) -> dict[str, float]:
         st = self.runner.stats
@@ -216,7 +219,28 @@ class Health:
         self._views = dict.fromkeys(unchecked, always)
         for rkey in members:
             self._refresh_view(rkey)
+        self._passive = {k: v for k, v in self._passive.items() if k in members}
         self._rs_state = {rkey: self._views[rkey].health for rkey in members}
+
+    def passive_trip(self, key: HealthKey, reason: str, held: bool) -> bool:
+        """Passive health tripped realserver ``key`` (``ha.passive``): all its checks down at once unless ``held``
+        (only their ``rise`` brings it back), shown in the status, and its checks run now either way. True if it
+        went down."""
+        down = False
+        if not held:
+            for k in self._members.get(key, ()):
+                down = self.runner.force_down(k, reason) or down
+        prev = self._passive.get(key)
+        self._passive[key] = PassiveView(reason, time.time(), prev.trips + 1 if prev is not None else 1, held)
+        if key in self._members:
+            self._refresh_view(key)
+        for k in self._members.get(key, ()):
+            self.runner.check_now(k)
+        return down
+
+    def is_up(self, key: HealthKey) -> bool:
+        view = self._views.get(key)
+        return view is not None and view.health == "up"
 
     async def start(self) -> None:
         await self.runner.start()

@@ -75,6 +75,8 @@ class DaemonMetrics:
     last_reload_ts: float = 0.0  # wall-clock epoch seconds of the last reload attempt (or the start)
     config_loaded_ts: float = 0.0
     api: ApiCounters = field(default_factory=ApiCounters)
+    # passive health (ha.passive): (service, realserver, action down | held) -> trips
+    passive_trips: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def observe_check(self, service: str, realserver: str, ok: bool, latency_s: float) -> None:
         self.check_results[(service, realserver, "success" if ok else "failure")] += 1
@@ -199,6 +201,14 @@ class LvsHaCollector:
         for (svc, rs, name), ok in sorted(s.check_up().items()):
             chk.add_metric([svc, rs, name], -1 if ok is None else int(ok))
         yield chk
+        trips = CounterMetricFamily(
+            "lvs_ha_passive_trips",
+            "Passive health trips: the realserver taken down (down) or left up by the quorum rule (held)",
+            labels=["service", "realserver", "action"],
+        )
+        for (svc, rs, action), n in sorted(d.passive_trips.items()):
+            trips.add_metric([svc, rs, action], n)
+        yield trips
         yield from self._services()
         yield from self._checker()
         yield from self._ipvs()

@@ -56,10 +56,25 @@ class LastCheck:
 
 
 @dataclass(frozen=True)
+class PassiveView:
+    """Passive health's last trip of a realserver (``ha.passive``): taken down, or held by the quorum rule."""
+
+    reason: str
+    at: float  # wall-clock epoch seconds
+    trips: int  # since the daemon started
+    held: bool = False
+
+    @cached_property
+    def doc(self) -> dict[str, Any]:
+        return {"last_trip": self.reason, "at": iso(self.at), "trips": self.trips, "held": self.held}
+
+
+@dataclass(frozen=True)
 class RsHealth:
     health: str  # up | down | unknown: the AND of its checks (``ha.checkset``)
     last_check: LastCheck | None = None  # of the check that decides (``ha.checkset.deciding``)
     checks: tuple[CheckView, ...] = ()  # each check, in config order
+    passive: PassiveView | None = None  # only for services with passive health that tripped
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,7 @@ def _rs_doc(
         "last_check": None if h.last_check is None else h.last_check.doc,
         "checks": [c.doc for c in h.checks],
         "slow_start": None if ramp_end is None else {"until": iso(ramp_end)},
+        "passive": None if h.passive is None else h.passive.doc,
         "why": why,
     }
 

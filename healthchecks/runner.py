@@ -620,6 +620,37 @@ class Runner:
                 except Exception:
                     log.exception("health change callback failed for %s", key)
 
+    # -- evidence from elsewhere (passive health) -----------------------------------------------------------------
+
+    def force_down(self, key: Hashable, reason: str) -> bool:
+        """Take ``key`` down now on evidence the checks did not gather (its counters restart: only ``rise``
+        successful checks bring it back); subscribers hear of the change. False if it was not up."""
+        h = self._hyst.get(key)
+        if h is None or h.state is not Health.UP:
+            return False
+        tr = h.force(Health.DOWN, reason, self.now())
+        if tr is None:
+            return False
+        log.info("check %s: %s -> %s (%s)", key, tr.old.value, tr.new.value, reason)
+        res = CheckResult(False, reason, 0.0)
+        for cb in list(self._subscribers):
+            try:
+                cb(key, tr.old, tr.new, res)
+            except Exception:
+                log.exception("health change callback failed for %s", key)
+        return True
+
+    def check_now(self, key: Hashable) -> bool:
+        """Start ``key``'s probe at the next tick instead of at its due time (no-op while it runs). The cadence
+        goes on from there."""
+        probe = self._probes.get(self._key_probe.get(key, ()))
+        if probe is None or self._loop is None or probe.running or probe.removed:
+            return False
+        now = self._loop.time()
+        probe.due = now
+        probe.start_slot = self._push(now, probe)  # the old entry is stale now
+        return True
+
     # -- status --------------------------------------------------------------------------------------------------
 
     def status(self, key: Hashable) -> CheckStatus:

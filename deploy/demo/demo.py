@@ -41,7 +41,9 @@ RS = {"rs1": "10.77.0.21", "rs2": "10.77.0.22", "rs3": "10.77.0.23"}
 DIRECTORS = {"dir1": ("192.168.77.11", "10.77.0.11"), "dir2": ("192.168.77.12", "10.77.0.12")}  # front, back
 
 
-def director_config(name: str, priority: int, workdir: Path, dataplane: str, advert: str, ctsync: bool) -> str:
+def director_config(
+    name: str, priority: int, workdir: Path, dataplane: str, advert: str, ctsync: bool, passive: bool = True
+) -> str:
     rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 1 }}" for a in RS.values())
     peer = DIRECTORS["dir2" if name == "dir1" else "dir1"][1]
     # NAT state (conntrack) synced between the directors over the back link, so a planned failover loses nothing
@@ -83,6 +85,7 @@ services:
     scheduler: rr
     forwarding: nat
     check: web
+    passive: {"{resets: 3, window: 2s}" if passive else "false"}
     drain_timeout: 5s
     realservers:
 {rs}
@@ -91,8 +94,9 @@ services:
 
 
 class Demo:
-    def __init__(self, lab: Lab, workdir: Path, advert: str, verbose: bool = False) -> None:
+    def __init__(self, lab: Lab, workdir: Path, advert: str, verbose: bool = False, passive: bool = True) -> None:
         self.verbose = verbose
+        self.passive = passive
         self.lab = lab
         self.workdir = workdir
         self.advert = advert
@@ -144,7 +148,7 @@ class Demo:
             d = self.workdir / name
             (d / "state").mkdir(parents=True)
             cfg = d / "lvs-ha.yaml"
-            cfg.write_text(director_config(name, prio, self.workdir, dataplane, self.advert, ctsync))
+            cfg.write_text(director_config(name, prio, self.workdir, dataplane, self.advert, ctsync, self.passive))
             self.start_daemon(name)
 
     def start_server(self, name: str) -> None:
@@ -192,13 +196,17 @@ class Demo:
             return None
         return str(st["instances"][0]["role"])
 
-    def health(self, name: str, rs: str) -> str | None:
+    def row(self, name: str, rs: str) -> dict[str, Any] | None:
         st = self.status(name)
         for svc in (st or {}).get("services", []):
             for r in svc["realservers"]:
                 if r["realserver"].startswith(RS[rs] + ":"):
-                    return str(r["health"])
+                    return dict(r)
         return None
+
+    def health(self, name: str, rs: str) -> str | None:
+        r = self.row(name, rs)
+        return None if r is None else str(r["health"])
 
     # -- client traffic ---------------------------------------------------------------------------------------------
     def start_client(self) -> Probe:
@@ -223,7 +231,11 @@ class Demo:
         self.lab.stop(self.servers["rs2"], signal.SIGKILL)
         self.say("2. rs2 crashes (its HTTP server is killed)")
         wait_for(lambda: self.health("dir1", "rs2") == "down", 20, 0.05, "rs2 marked down")
-        self.say(f"   health check marks rs2 down: {self.window(t)}")
+        row = self.row("dir1", "rs2") or {}
+        by = (row.get("passive") or {}).get("last_trip") or "health check: " + str(
+            (row.get("last_check") or {}).get("reason")
+        )
+        self.say(f"   rs2 marked down ({by}): {self.window(t)}")
         t = time.time()
         self.start_server("rs2")
         wait_for(lambda: self.health("dir1", "rs2") == "up", 20, 0.05, "rs2 back up")
@@ -263,6 +275,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--advert", default="100ms", help="VRRP advert interval (default 100ms)")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the client's errors in each step")
+    ap.add_argument(
+        "--no-passive", action="store_true", help="passive health off (only the active checks take rs2 out)"
+    )
     a = ap.parse_args()
     try:
         lab = Lab("demo")
@@ -270,7 +285,7 @@ def main() -> int:
         print(f"demo: cannot build the lab here: {e}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="lvs-ha-demo."))
-    demo = Demo(lab, workdir, a.advert, a.verbose)
+    demo = Demo(lab, workdir, a.advert, a.verbose, passive=not a.no_passive)
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

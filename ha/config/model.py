@@ -248,6 +248,17 @@ class ServiceNotifyConfig:
 
 
 @dataclass(frozen=True)
+class PassiveConfig:
+    """``services[].passive``: passive health from the NAT connections the director sees (``ha.passive``). A
+    threshold of 0 turns that kind of evidence off."""
+
+    resets: int = 3  # SYNs answered by a RST from the realserver ...
+    unanswered_syns: int = 3  # ... or SYNs it left unanswered for syn_timeout ...
+    window_s: float = 2.0  # ... within this long take it down at once
+    syn_timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class SorryServerConfig:
     address: IPAddress
     port: int
@@ -309,6 +320,7 @@ class ServiceConfig:
     notify: ServiceNotifyConfig = field(default_factory=ServiceNotifyConfig)
     checks: tuple[CheckConfig, ...] = ()  # the service's default checks (``check`` is the first of them)
     slow_start_s: float = 0.0  # the realservers' default ``slow_start``
+    passive: PassiveConfig | None = None  # None: off
 
     @property
     def key_str(self) -> str:

@@ -47,6 +47,7 @@ from ha.config.nodes import (
     join_path,
     suggest,
 )
+from ha.config.passive import check_passive, parse_passive
 
 _SERVICE_KEYS = (
     "name",
@@ -68,6 +69,7 @@ _SERVICE_KEYS = (
     "drain_timeout",
     "realservers",
     "notify",
+    "passive",
 )
 _NOTIFY_KEYS = ("realserver_up", "realserver_down", "quorum_lost", "quorum_gained")
 _RS_KEYS = (
@@ -321,7 +323,9 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
         notify=notify or ServiceNotifyConfig(),
         checks=checks,
         slow_start_s=slow_start,
+        passive=parse_passive(ctx, m),
     )
+    check_passive(ctx, m, [rm for _, rm in parsed], cfg)
     if qm is not None and qm.has("min_up") and quorum.min_up > len(rs_items):
         ctx.error(
             qm.value_node("min_up"),

@@ -99,6 +99,7 @@ def test_contract_shape() -> None:
         "last_check": {"ok": True, "reason": "200 OK", "latency_s": 0.002, "at": None},
         "checks": [],  # the views of this test carry no per-check list
         "slow_start": None,
+        "passive": None,
         "why": None,
     }
     assert (r2["health"], r2["weight"], r2["drained"], r2["in_kernel"]) == ("down", 0, True, False)
@@ -224,3 +225,25 @@ def test_status_json_is_the_document_serialized_and_kept_between_requests() -> N
     status_json(c, steps[1], extra, memo)
     assert memo.rows[("web", "10.0.0.2:80")][4] is row  # not made again: nothing of it changed
     assert json.loads(status_json(cfg(), v))["node"] == "dir1"  # no memo, another config
+
+
+def test_a_passive_trip_shows_in_the_realserver_row() -> None:
+    from dataclasses import replace
+
+    from ha.status import PassiveView, RsHealth, status_json
+
+    v = views()
+    key = ("web", "10.0.0.1:80")
+    trip = PassiveView("passive: 3 connections reset by the realserver in 0.41 s", 1_700_000_000.0, 2)
+    health = dict(v.health)
+    health[key] = RsHealth("down", health[key].last_check, passive=trip)
+    v2 = replace(v, health=health)
+    for d in (build_status(cfg(), v2), json.loads(status_json(cfg(), v2))):
+        row = json.loads(json.dumps(d))["services"][0]["realservers"][0]
+        assert row["health"] == "down"
+        assert row["passive"] == {
+            "last_trip": "passive: 3 connections reset by the realserver in 0.41 s",
+            "at": "2023-11-14T22:13:20.000Z",
+            "trips": 2,
+            "held": False,
+        }
