@@ -22,7 +22,6 @@ import sys
 from ha.config.model import RealserverHostConfig
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-DEFAULT_STATE_DIR = "/var/lib/lvs-ha"
 
 
 def _config(args: argparse.Namespace) -> tuple[RealserverHostConfig | None, int]:

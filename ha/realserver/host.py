@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from ha.config.files import ensure_state_dir
+from ha.config.files import state_dir_problem
 from ha.config.model import RealserverHostConfig
 from ha.realserver.plan import (
     Change,
@@ -133,10 +133,24 @@ def read_record(state_dir: str) -> list[Change] | None:
         raise HostError(f"cannot read the record of what setup changed, {path}: {e}") from None
 
 
+def _state_dir(state_dir: str) -> None:
+    """Made if missing (owner only); refused when others could plant files in it (HostError)."""
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise HostError(f"cannot keep the record in {state_dir}: {e.strerror or e}") from None
+    problem = state_dir_problem(state_dir)
+    if problem is not None:
+        raise HostError(f"cannot keep the record in {state_dir}: {problem}")
+
+
 def write_record(state_dir: str, record: list[Change]) -> None:
-    ensure_state_dir(state_dir)
+    _state_dir(state_dir)
     doc = {"format": 1, "changes": [c.to_json() for c in record]}
-    write_atomic(record_path(state_dir), (json.dumps(doc, indent=1) + "\n").encode())
+    try:
+        write_atomic(record_path(state_dir), (json.dumps(doc, indent=1) + "\n").encode())
+    except OSError as e:
+        raise HostError(f"cannot write {record_path(state_dir)}: {e.strerror or e}") from None
 
 
 # -- the commands ----------------------------------------------------------------------------------------------------
@@ -156,6 +170,7 @@ def setup(
     interfaces, why those, what is still wrong). Raises HostError when a change fails (those made before it stay
     recorded)."""
     record = read_record(state_dir) or []
+    _state_dir(state_dir)  # before any change: each one is recorded as it is made
     made: list[Change] = []
     for _ in range(_ROUNDS):
         observed = observe()
