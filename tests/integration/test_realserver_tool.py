@@ -180,3 +180,14 @@ def test_tun_setup_check_undo(lab: Lab, tmp_path: Path) -> None:
     after = snapshot(h)
     assert after["addresses"] == before["addresses"] and after["sysctls"] == before["sysctls"]
     assert after["links"].get("tunl0") in (None, False)
+
+
+def test_setup_refuses_a_state_dir_others_can_write_before_changing_anything(lab: Lab, tmp_path: Path) -> None:
+    h = realserver(lab)
+    state = tmp_path / "open"
+    state.mkdir()
+    state.chmod(0o777)
+    before = snapshot(h)
+    r = rs(h, "setup", "--vip", VIP, "--mode", "dr", state=state)
+    assert r.returncode == 1 and "chmod go-w" in r.stderr, r
+    assert snapshot(h) == before and list(state.iterdir()) == []
