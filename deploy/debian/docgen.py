@@ -262,6 +262,8 @@ def cli_page(
         "health\\-checks the realservers. \\fBlvs\\-ha run\\fR is the daemon (the \\fBlvs\\-ha.service\\fR unit",
         "runs it); the other commands check a configuration, show or make the kernel changes it implies, or talk to",
         "the running daemon over its control socket. The configuration file is described in \\fBlvs\\-ha.yaml\\fR(5).",
+        "\\fBlvs\\-ha realserver\\fR runs on the realservers instead: it prepares a DR or TUN realserver (the",
+        "\\fBlvs\\-ha\\-realserver.service\\fR unit runs it at boot).",
         ".SH OPTIONS",
     ]
     out += _option_entries(_options(parser))
@@ -386,6 +388,10 @@ def generate(reference: Path, version: str, date: str) -> dict[str, str]:
         "/var/lib/lvs-ha": "The daemon's state (node.state_dir): what it owns in the kernel, last known health, "
         "drained realservers.",
         "/lib/systemd/system/lvs-ha.service": "The systemd unit.",
+        "/etc/lvs-ha/realserver.yaml": "On a DR or TUN realserver: the file of lvs-ha realserver (a realserver: "
+        "section; example in /usr/share/doc/lvs-ha/examples/realserver.yaml).",
+        "/var/lib/lvs-ha/realserver.json": "On a realserver: what lvs-ha realserver setup changed, for undo.",
+        "/lib/systemd/system/lvs-ha-realserver.service": "On a realserver: runs setup at boot and undo when stopped.",
     }
     return {
         "lvs-ha.8": cli_page(parser, exit_codes, files, version, date),

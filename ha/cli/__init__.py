@@ -120,6 +120,33 @@ def _reload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
 
 
+def _realserver_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action",
+        choices=["setup", "check", "undo"],
+        help="setup: make what is missing (recorded); check: exit 0 if ready, else 1 and each problem with its fix; "
+        "undo: take back what setup recorded",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", default=None, help="a realserver file (a realserver: section)")
+    p.add_argument("--vip", metavar="ADDR[,ADDR...]", help="the VIPs this realserver serves (instead of -c)")
+    p.add_argument("--mode", choices=["dr", "tun"], help="how the directors forward to it (instead of -c)")
+    p.add_argument(
+        "--interface",
+        metavar="IFACE[,IFACE...]",
+        help="the interfaces that carry the traffic (default: those of the default routes, else those with a "
+        "global address)",
+    )
+    p.add_argument("--tunnel", choices=["ipip", "gue"], help="tun: the encapsulation (default ipip)")
+    p.add_argument("--tunnel-port", type=int, metavar="PORT", help="gue: the UDP port the directors send to")
+    p.add_argument(
+        "--state-dir",
+        metavar="PATH",
+        default="/var/lib/lvs-ha",
+        help="where setup records what it changed (default /var/lib/lvs-ha)",
+    )
+    p.add_argument("--json", action="store_true", help="check: the result as one JSON document")
+
+
 # command -> (help, its arguments, its handler as "module:function", imported only when the command runs),
 # in the order ``lvs-ha --help`` lists them
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
@@ -150,6 +177,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] 
     "failover": ("hand mastership to the peer (planned failover)", _failover_args, "ha.cli.ctl:cmd_failover"),
     "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args, "ha.cli.ctl:cmd_reload"),
     "events": ("follow the daemon's events (roles, realservers, reloads...)", _events_args, "ha.cli.events:cmd_events"),
+    "realserver": (
+        "on a DR/TUN realserver: set up, check or undo the VIPs on lo, ARP sysctls and tunnel",
+        _realserver_args,
+        "ha.cli.realserver:cmd_realserver",
+    ),
 }
 HANDLERS = {name: target for name, (_help, _args, target) in COMMANDS.items()}
 

@@ -1,4 +1,5 @@
-"""``lvs-ha check-config -c FILE [-c PEER_FILE]``: validate one file, or a director pair's two files together.
+"""``lvs-ha check-config -c FILE [-c PEER_FILE]``: validate one file, or a director pair's two files together. A
+realserver's own file (a document with a ``realserver:`` section, ``lvs-ha realserver -c FILE``) is validated as one.
 
 Every error is printed (``FILE:LINE:COL: KEY.PATH: message``) on stdout, warnings and the summary on stderr.
 """
@@ -13,6 +14,7 @@ from ha.config.issues import ConfigErrors, ConfigUnreadable
 from ha.config.load import load_config
 from ha.config.model import Config
 from ha.config.pair import check_pair
+from ha.config.realserver import is_realserver_file, load_realserver
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -24,6 +26,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     rc = 0
     loaded: list[Config] = []
     for f in files:
+        if is_realserver_file(f):  # a realserver's own file (lvs-ha realserver -c FILE), not a director's
+            rc = max(rc, _check_realserver(f, quiet))
+            continue
         try:
             config, warnings = load_config(f)
         except ConfigUnreadable as e:
@@ -52,3 +57,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("check-config: pair checks need exactly two files", file=sys.stderr)
     sys.stdout.flush()
     return rc
+
+
+def _check_realserver(path: str, quiet: bool) -> int:
+    try:
+        load_realserver(path)
+    except ConfigErrors as e:
+        for issue in e.errors:
+            print(issue, flush=False)
+        if not quiet:
+            print(f"{path}: {len(e.errors)} error(s) (realserver file)", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"{path}: OK (realserver file)", file=sys.stderr)
+    return 0

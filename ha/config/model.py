@@ -392,3 +392,19 @@ class Config:
             if i.name == name:
                 return i
         return None
+
+
+# -- the realserver's own file (``lvs-ha realserver``; ha.config.realserver) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class RealserverHostConfig:
+    """What a DR or TUN realserver prepares itself for: its VIPs, the forwarding mode, the interfaces that carry
+    the clients' traffic (None: found on the host) and for TUN the encapsulation."""
+
+    vips: tuple[IPAddress, ...]
+    mode: str  # dr | tun
+    interfaces: tuple[str, ...] | None = None
+    tunnel: str = "ipip"  # tun: ipip | gue
+    port: int | None = None  # gue: the UDP port the directors send to
+    source: str = "<command line>"

@@ -98,6 +98,9 @@ class PairSpec:
     probe_interval_s: float = 0.02  # the client's request interval (the VM is ~10 times slower: use more there)
     ctsync: bool = False  # NAT: lvs.conntrack_sync between the directors over the back link (needs conntrackd)
     vmac: bool = False  # every instance with the VRRP virtual MAC (lvs-ha `vmac: true`, Keepalived `use_vmac`)
+    # DR: the realservers get the VIP on lo and arp_ignore/arp_announce from the lab; False: only their address (the
+    # test prepares them, e.g. with `lvs-ha realserver setup`)
+    prepare_realservers: bool = True
 
     def __post_init__(self) -> None:
         # conntrackd replicates the kernel's conntrack table: the NAT flows of the nftables plane. IPVS flows never
@@ -180,6 +183,8 @@ class PairLab:
                 h.ip("route", "add", "default", "via", GATEWAY)
                 if v6:
                     h.ip("-6", "route", "add", "default", "via", GATEWAY6)
+            elif not spec.prepare_realservers:
+                h = lab.host(name, [f"{addr}/24"], bridge="front")
             else:
                 h = lab.host(
                     name,

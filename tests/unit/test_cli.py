@@ -55,7 +55,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 def test_parser_knows_every_handler() -> None:
     parser = cli.build_parser()
     for command in cli.HANDLERS:
-        extra = ["svc", "10.0.0.1"] if command in ("drain", "enable") else []
+        extra = {"drain": ["svc", "10.0.0.1"], "enable": ["svc", "10.0.0.1"], "realserver": ["check"]}.get(command, [])
         args = parser.parse_args([command, *extra])
         assert args.command == command
 

@@ -207,3 +207,22 @@ def test_unit_reload_runs_lvs_ha_reload_and_documents_the_man_pages() -> None:
             for value in unit_settings(unit).get(key, []):
                 exe = shlex.split(value.lstrip("-@+!:"))[0]
                 assert not exe.startswith("/usr/local/"), f"{unit.name} {key}: the package installs /usr/bin/lvs-ha"
+
+
+def test_realserver_unit_runs_setup_and_undo_of_the_command() -> None:
+    """lvs-ha-realserver.service: a oneshot that stays active, setup on start, undo on stop, both valid command
+    lines of the parser, the file its ExecStart names being the one the man page lists."""
+    unit = unit_settings(ROOT / "deploy" / "systemd" / "lvs-ha-realserver.service")
+    assert unit["Type"] == ["oneshot"] and unit["RemainAfterExit"] == ["yes"]
+    start, stop = shlex.split(unit["ExecStart"][0]), shlex.split(unit["ExecStop"][0])
+    assert start[:3] == ["/usr/bin/lvs-ha", "realserver", "setup"] and stop[:3] == [
+        "/usr/bin/lvs-ha",
+        "realserver",
+        "undo",
+    ]
+    for argv in (start, stop):
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "realserver"
+    assert build_parser().parse_args(start[1:]).config == "/etc/lvs-ha/realserver.yaml"
+    text = deroff(dict(docgen.generate(REFERENCE, "1", "2000-01-01"))["lvs-ha.8"])
+    assert "/etc/lvs-ha/realserver.yaml" in text and "lvs-ha-realserver.service" in text
