@@ -21,6 +21,7 @@ from lvs import model as m
 from lvs.model import State
 
 if TYPE_CHECKING:
+    from ha.via import ViaProbes
     from lvs.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,16 @@ def compute_desired(
     drained: frozenset[HealthKey],
     roles: Mapping[str, str],
     quorum: Mapping[str, bool] | None = None,
+    via: ViaProbes | None = None,
 ) -> Desired:
-    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info."""
+    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info,
+    plus the probe services of ``via: vip`` checks (``ha.via``)."""
     from ha.desired import desired_state
+    from ha.via import add_probe_services
 
     res = desired_state(cfg, health, drained, quorum=quorum, roles=roles)
+    if via is not None:
+        add_probe_services(res.state, via)
     info = {
         name: ServiceInfo(sd.quorum, sd.sorry_active, sd.up, {r.ident: r.why for r in sd.realservers})
         for name, sd in res.services.items()

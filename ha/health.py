@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ha.config.model import Config
 from ha.metrics import DaemonMetrics
 from ha.status import LastCheck, RsHealth
+from ha.via import ViaProbes, target_of
 
 if TYPE_CHECKING:
     pass
@@ -130,8 +131,9 @@ class Health:
         self._views[key] = RsHealth(new.value, view.last_check if view is not None else None)
         self._on_change(key, old.value, new.value, result.reason)
 
-    def configure(self, cfg: Config) -> None:
-        """Set the checks; unchanged ones keep their schedule and rise/fall state. KeyError: unknown type."""
+    def configure(self, cfg: Config, via: ViaProbes | None = None) -> None:
+        """Set the checks; unchanged ones keep their schedule and rise/fall state. KeyError: unknown type.
+        ``via``: the probe paths of the ``via: vip`` checks (``ha.via``), whose targets are VIP:port with a mark."""
         from healthchecks.base import Target
         from healthchecks.hysteresis import Health as H
         from healthchecks.runner import CheckSpec
@@ -145,7 +147,11 @@ class Health:
                     unchecked.add((svc.name, rs.ident))
                     continue
                 addr = chk.connect_address if chk.connect_address is not None else rs.address
-                target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
+                through = target_of(via, (svc.name, rs.ident), rs) if via is not None else None
+                if through is not None:
+                    target = Target(realserver=rs.ident, service=svc.name, **through)
+                else:
+                    target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
                 specs[(svc.name, rs.ident)] = CheckSpec(
                     chk.type,
                     chk.spec,
