@@ -70,9 +70,9 @@ def test_ipvs_dr_checks_via_vip(make_pair: Callable[..., PairLab]) -> None:
     wait_for(settled, 60, 0.1, "rs1 up everywhere, rs2 down through the VIP and up on its own address")
     assert pair.holds_vip("dir1")
     for svc in ("web", "conn", "syn"):
-        health, reason = _health(pair, "rs1", svc)
+        _, reason = _health(pair, "rs1", svc)
         assert "through the DR path" in reason, (svc, reason)
-        health, reason = _health(pair, "rs2", svc)
+        _, reason = _health(pair, "rs2", svc)
         assert "DR path to" in reason and "own address" in reason and "answers" in reason, (svc, reason)
     assert "through" not in _health(pair, "rs2", "plain")[1]
     st = pair.status("dir1") or {}
