@@ -32,6 +32,7 @@ from ha.passive_link import Passive
 from ha.sdnotify import Notifier
 from ha.status import DocMemo, Views, build_status, status_json
 from ha.status_table import TableMemo, format_status
+from ha.via_kernel import ViaDriver
 from ha.vrrp_link import Vrrp, release_leftover_vips
 from lvs import model as m
 
@@ -70,6 +71,7 @@ class Daemon:
         # the status table's lines and the document's realservers, made again only where something changed
         self.table, self.doc = TableMemo(), DocMemo()
         self.health = Health(self.counters, self._health_changed, self._weight_changed)
+        self.via = ViaDriver(cfg)  # via: vip checks: their probe services and interface settings
         self.lvs = DataplaneDriver(cfg, self.counters) if needs_dataplane(cfg) else None
         self.passive = Passive(self.health, self.counters, self._up_of)  # services' passive health
         self.vrrp: Vrrp | None = None
@@ -111,7 +113,9 @@ class Daemon:
         raise_nofile_limit()  # before anything counts descriptors (the checks' budget, the API's reserve)
         release_leftover_vips(self.cfg)  # before anything sends: no VIP here until VRRP says so
         self.overrides.load(self.cfg)
-        self.health.configure(self.cfg)
+        self.via.check_backend(self.cfg)
+        await self.via.start()  # before the checks: replies through the VIP must get in
+        self.health.configure(self.cfg, self.via.probes)
         await self.health.start()
         await self._start_ctsync()  # before VRRP: a node that becomes master must already receive the peer's state
         if self.lvs is not None:
@@ -157,6 +161,7 @@ class Daemon:
         if self.lvs is not None:
             await self.lvs.stop(flush=self.cfg.node.flush_on_stop)
         self._schedule_ramp(None)
+        self.via.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -198,6 +203,7 @@ class Daemon:
 
     def _desired(self, cfg: Config | None = None) -> Desired:
         """The desired state for the running config (or, for a dry run, ``cfg``; then the quorum memory stays)."""
+        via = self.via.probes if cfg is None else self.via.plan(cfg)
         d = compute_desired(
             cfg or self.cfg,
             self.health.states(),
@@ -206,6 +212,7 @@ class Daemon:
             self._quorum,
             self._ramps,
             time.monotonic(),
+            via,
         )
         if cfg is None:
             self._quorum = d.quorum
@@ -361,6 +368,9 @@ class Daemon:
             "dataplane": self.lvs.status() if self.lvs else None,
             "conntrack_sync": self.ctsync.status() if self.ctsync else None,
             "passive": self.passive.status(),
+            "via_vip": self.via.status(self.lvs.actual.services if self.lvs and self.lvs.actual else ())
+            if self.via.probes.checks or self.via.unavailable
+            else None,
         }
 
     async def status(self) -> dict[str, Any]:
@@ -453,8 +463,9 @@ class Daemon:
             await self._reload_vrrp(diff, old, new)
         except VrrpRefused as e:
             raise self._refused(who, "its VRRP part cannot be applied", [str(e)]) from None
+        new_via = self.via.plan(new)  # marks kept for the paths that stay
         try:
-            self.health.configure(new)  # unchanged checks keep their schedule and rise/fall state
+            self.health.configure(new, new_via)  # unchanged checks keep their schedule and rise/fall state
         except KeyError as e:
             with contextlib.suppress(VrrpRefused):  # the VRRP part goes back to the running configuration
                 await self._reload_vrrp(diff_configs(new, old), new, old)
@@ -465,6 +476,7 @@ class Daemon:
         self.overrides.prune(new)
         self.passive.configure(new)
         self.passive.sync()
+        await self.via.apply_kernel(new_via)
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)

@@ -21,6 +21,7 @@ from lvs import model as m
 from lvs.model import State
 
 if TYPE_CHECKING:
+    from ha.via import ViaProbes
     from lvs.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,18 @@ def compute_desired(
     quorum: Mapping[str, bool] | None = None,
     ramps: Any = None,
     now: float | None = None,
+    via: ViaProbes | None = None,
 ) -> Desired:
-    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info.
-    ``now``: the monotonic time, for slow starts (``ramps``: the memory of the last call); a slow start's end is
-    shown in wall-clock time."""
+    """Config + health + overrides + VRRP roles -> the desired data plane (``ha.desired``), with per-service info,
+    plus the probe services of ``via: vip`` checks (``ha.via``). ``now``: the monotonic time, for slow starts
+    (``ramps``: the memory of the last call); a slow start's end is shown in wall-clock time."""
     from ha.desired import desired_state
+    from ha.via import add_probe_services
 
     res = desired_state(cfg, health, drained, now, quorum=quorum, roles=roles, ramps=ramps)
     to_wall = time.time() - now if now is not None else 0.0
+    if via is not None:
+        add_probe_services(res.state, via)
     info = {
         name: ServiceInfo(
             sd.quorum,

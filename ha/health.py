@@ -15,6 +15,7 @@ from ha.checkset import CheckKey, CheckView, combine, combine_weights, deciding,
 from ha.config.model import Config
 from ha.metrics import DaemonMetrics
 from ha.status import LastCheck, PassiveView, RsHealth
+from ha.via import ViaProbes, target_of
 
 if TYPE_CHECKING:
     pass
@@ -167,8 +168,9 @@ class Health:
             several = len(self._members.get(rs, ())) > 1
             self._on_change(rs, before, after, f"{key[2]}: {result.reason}" if several else result.reason)
 
-    def configure(self, cfg: Config) -> None:
-        """Set the checks; unchanged ones keep their schedule and rise/fall state. KeyError: unknown type."""
+    def configure(self, cfg: Config, via: ViaProbes | None = None) -> None:
+        """Set the checks; unchanged ones keep their schedule and rise/fall state. KeyError: unknown type.
+        ``via``: the probe paths of the ``via: vip`` checks (``ha.via``), whose targets are VIP:port with a mark."""
         from healthchecks.base import Target
         from healthchecks.hysteresis import Health as H
         from healthchecks.runner import CheckSpec
@@ -186,9 +188,13 @@ class Health:
                     continue
                 keys = []
                 for label, chk in zip(labels(checks), checks, strict=True):
-                    addr = chk.connect_address if chk.connect_address is not None else rs.address
-                    target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
                     key = (svc.name, rs.ident, label)
+                    addr = chk.connect_address if chk.connect_address is not None else rs.address
+                    through = target_of(via, key, rs) if via is not None else None
+                    if through is not None:
+                        target = Target(realserver=rs.ident, service=svc.name, **through)
+                    else:
+                        target = Target(str(addr), chk.connect_port or rs.port, rs.ident, svc.name)
                     keys.append(key)
                     types[key] = chk.type
                     specs[key] = CheckSpec(

@@ -16,7 +16,18 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 # Keys every check accepts; the config loader parses these itself and never passes them to ``parse_spec``.
 COMMON_KEYS = frozenset(
-    {"type", "interval", "timeout", "rise", "fall", "connect_address", "connect_port", "initial_state", "fall_interval"}
+    {
+        "type",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+        "connect_address",
+        "connect_port",
+        "initial_state",
+        "fall_interval",
+        "via",
+    }
 )
 
 
@@ -52,6 +63,13 @@ class Target:
     port: int | None
     realserver: str = ""  # the realserver's identity, "ADDRESS:PORT" (for messages and maintenance files)
     service: str = ""  # the service's name, if any
+    # a probe through the forwarding path (``via: vip``, see ``healthchecks/via.py``): ``address`` is the VIP, the
+    # sockets carry this firewall mark (the director's probe service for this one realserver picks them up), ``via``
+    # names the path ("dr", "tun") and ``own_address`` is the realserver's own address (the probe's source is the
+    # director's address toward it; when the VIP path fails, the own address is probed to word the reason)
+    mark: int = 0
+    via: str = ""
+    own_address: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from healthchecks import sockio
+from healthchecks import sockio, via
 from healthchecks.base import CheckResult, SpecError, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
 from healthchecks.checks import local_error_result
@@ -84,6 +84,12 @@ def _ssl_context(spec: HttpSpec) -> ssl.SSLContext:
 class HttpChecker:
     name: ClassVar[str] = "http"
     scheme: ClassVar[str] = "http"
+    via_vip: ClassVar[bool] = True  # ``via: vip`` (healthchecks/via.py): through aiohttp, a new connection each
+
+    @staticmethod
+    def share_key(target: Target) -> tuple[Any, ...]:
+        """A probe through the VIP is another probe than one of the same VIP without a mark (or another mark)."""
+        return (target.mark, target.via, target.own_address)
 
     def __init__(self) -> None:
         # None: the session for new connections; (address, port, scheme): a target's own keep-alive session, so
@@ -231,6 +237,8 @@ class HttpChecker:
         if target.port is None:
             done(NO_PORT)
             return None
+        if target.mark:
+            return begin_task(via.through_vip(self._via_probe(spec), target, timeout_s), done, local_error_result)
         client = self._plain_client() if spec.scheme == "http" and spec.client == "auto" else None
         if client is None:
             return begin_task(self._aiohttp_check(target, spec, timeout_s), done, local_error_result)
@@ -257,6 +265,34 @@ class HttpChecker:
 
     async def check(self, target: Target, spec: HttpSpec, timeout_s: float) -> CheckResult:
         return await run_begun(self.begin, target, spec, timeout_s)
+
+    def _via_probe(self, spec: HttpSpec) -> via.Probe:
+        """One request to a target with or without a mark (``via.through_vip``), on a new connection: the marked
+        ones from a session per mark whose sockets get the mark and the source address."""
+
+        async def probe(target: Target, timeout_s: float) -> CheckResult:
+            if not target.mark:
+                return await self._aiohttp_request(self._session(None), target, spec, timeout_s)
+            key = ("via", target.mark, target.own_address)
+            session = self._sessions.get(key)
+            if session is None or session.closed or self._loop is not asyncio.get_running_loop():
+                self._session(None)  # resets the sessions of a finished loop
+                conn = aiohttp.TCPConnector(
+                    limit=0,
+                    enable_cleanup_closed=False,
+                    use_dns_cache=False,
+                    force_close=True,
+                    socket_factory=via.socket_factory(target),
+                )
+                session = self._sessions[key] = aiohttp.ClientSession(
+                    connector=conn,
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    headers={"User-Agent": USER_AGENT},
+                    auto_decompress=False,
+                )
+            return await self._aiohttp_request(session, target, spec, timeout_s)
+
+        return probe
 
     async def _aiohttp_check(self, target: Target, spec: HttpSpec, timeout_s: float) -> CheckResult:
         """aiohttp (https, or ``client: aiohttp``). With connection reuse, a failed check closes the target's

@@ -18,6 +18,11 @@ then 2, 4 ... (as the kernel's connect does), until the check's deadline cancels
 already has a probe in flight (two services checking one realserver with different intervals) joins that probe and
 gets its answer. Needs CAP_NET_RAW; without it the check fails and its reason says so.
 
+A probe through the forwarding path (``via: vip``, ``via.py``) has a prober of its own per firewall mark: its raw
+socket carries the mark (``SO_MARK``) and is bound to the director's address toward the realserver (the source of
+the SYN), and its reserved port is its own, so answers from the same VIP:port through different realservers never
+mix. The counters of all probers of a family are added up in ``loop_stats``.
+
 Callback interface as in ``callback.py``: ``begin(address, port, timeout_s, done) -> cancel``. The packets
 themselves (SYN, checksums, parsing, the BPF program) are pure code in ``synpacket.py``.
 """
@@ -59,6 +64,7 @@ from healthchecks.synpacket import (
 log = logging.getLogger(__name__)
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_MARK = getattr(socket, "SO_MARK", 36)
 IP_RECVERR, IPV6_RECVERR = 11, 25  # Linux; not in the socket module
 FIRST_RTO_S = 1.0
 MAX_SENDS = 6  # SYNs per probe (at 0, 1, 3, 7, 15, 31 s); without a deadline it fails by itself at 95 s
@@ -153,11 +159,16 @@ class _Flight:
 class Prober:
     """The raw socket of one event loop and address family, and the probes in flight on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, family: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, mark: int = 0, source: str | None = None) -> None:
         self.family = family
         self.v6 = family == socket.AF_INET6
+        self.source = source
         self.sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
         try:
+            if mark:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            if source is not None:
+                self.sock.bind((source, 0))
             self.reserve = socket.socket(family, socket.SOCK_STREAM)
             if self.v6:
                 self.reserve.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -165,7 +176,7 @@ class Prober:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             else:
                 self.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors: the error queue
-            self.reserve.bind(("::" if self.v6 else "0.0.0.0", 0))
+            self.reserve.bind((source or ("::" if self.v6 else "0.0.0.0"), 0))
             self.port: int = self.reserve.getsockname()[1]
             attach_filter(self.sock, bpf_program(family, self.port))
             for opt in (33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
@@ -234,7 +245,9 @@ class Prober:
         sockaddr: tuple[Any, ...] = info[4]
         packed = socket.inet_pton(self.family, str(sockaddr[0]).split("%")[0])
         base = 0
-        if not self.v6:  # the source address the kernel will choose: a route lookup by a connected UDP socket
+        if not self.v6 and self.source is not None:  # bound: the source is ours
+            base = syn_base(socket.inet_aton(self.source), packed, self.port, port)
+        elif not self.v6:  # the source address the kernel will choose: a route lookup by a connected UDP socket
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 u.connect(sockaddr)
                 src = socket.inet_aton(u.getsockname()[0])
@@ -413,20 +426,23 @@ def describe(e: BaseException) -> str:
 
 # -- one prober per loop and family ----------------------------------------------------------------------------------
 
-_probers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Prober]] = weakref.WeakKeyDictionary()
+_ProberKey = tuple[int, int, str | None]  # family, mark, source
+_probers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ProberKey, Prober]] = weakref.WeakKeyDictionary()
 _warned: set[str] = set()
 
 
-def prober(loop: asyncio.AbstractEventLoop, family: int) -> Prober:
-    """The loop's prober for ``family`` (made on first use). Raises OSError (PermissionError without
-    CAP_NET_RAW); the next call tries again."""
+def prober(loop: asyncio.AbstractEventLoop, family: int, mark: int = 0, source: str | None = None) -> Prober:
+    """The loop's prober for ``family`` (and a firewall mark with its source address: ``via: vip``), made on first
+    use. Raises OSError (PermissionError without CAP_NET_RAW, or CAP_NET_ADMIN for a mark); the next call tries
+    again."""
     per_loop = _probers.get(loop)
     if per_loop is None:
         per_loop = _probers[loop] = {}
-    p = per_loop.get(family)
+    key = (family, mark, source)
+    p = per_loop.get(key)
     if p is None:
-        p = per_loop[family] = Prober(loop, family)
-        log.debug("half-open probes from port %d (family %d)", p.port, family)
+        p = per_loop[key] = Prober(loop, family, mark, source)
+        log.debug("half-open probes from port %d (family %d, mark %#x)", p.port, family, mark)
     return p
 
 
@@ -437,20 +453,27 @@ def close(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def loop_stats(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, int]]:
-    """The counters of the loop's probers by family ("ipv4", "ipv6"); empty when no half-open probe ran."""
-    return {
-        ("ipv6" if family == socket.AF_INET6 else "ipv4"): p.stats()
-        for family, p in sorted(_probers.get(loop, {}).items())
-    }
+    """The counters of the loop's probers by family ("ipv4", "ipv6"), those of marked probers added in; empty
+    when no half-open probe ran."""
+    out: dict[str, dict[str, int]] = {}
+    for (family, _mark, _source), p in sorted(_probers.get(loop, {}).items(), key=lambda kv: kv[0][:2]):
+        name = "ipv6" if family == socket.AF_INET6 else "ipv4"
+        have = out.get(name)
+        stats = p.stats()
+        out[name] = stats if have is None else {k: have.get(k, 0) + v for k, v in stats.items()}
+    return out
 
 
-def begin(address: str, port: int, timeout_s: float, done: Done) -> Callable[[], None] | None:
-    """Start one half-open probe of ``address``:``port``; ``done(result)`` once, unless cancelled first."""
+def begin(
+    address: str, port: int, timeout_s: float, done: Done, mark: int = 0, source: str | None = None
+) -> Callable[[], None] | None:
+    """Start one half-open probe of ``address``:``port``; ``done(result)`` once, unless cancelled first. With a
+    ``mark`` (``via: vip``) the SYN carries it and leaves from ``source``."""
     family = family_of(address)
     try:
-        p = prober(asyncio.get_running_loop(), family)
+        p = prober(asyncio.get_running_loop(), family, mark, source)
     except OSError as e:
-        reason = no_raw_reason(e)
+        reason = no_raw_reason(e) if not mark else f"half-open probe through the VIP: {describe(e)}"
         if reason not in _warned:
             _warned.add(reason)
             log.warning("%s", reason)

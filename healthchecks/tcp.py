@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from healthchecks import sockio, synprobe
+from healthchecks import sockio, synprobe, via
 from healthchecks.base import CheckResult, Target
 from healthchecks.callback import Cancel, Done, begin_task, run_begun
 from healthchecks.checks import error_result as checker_error_result
@@ -165,6 +165,12 @@ def show(data: bytes, n: int = 60) -> str:
 
 class TcpChecker:
     name: ClassVar[str] = "tcp"
+    via_vip: ClassVar[bool] = True  # supports ``via: vip`` (healthchecks/via.py)
+
+    @staticmethod
+    def share_key(target: Target) -> tuple[Any, ...]:
+        """A probe through the VIP is another probe than one of the same VIP without a mark (or another mark)."""
+        return (target.mark, target.via, target.own_address)
 
     def parse_spec(self, raw: Mapping[str, Any]) -> TcpSpec:
         r = SpecReader(raw, {"send", "send_hex", "expect", "expect_hex", "max_reply", "half_open"}, "tcp")
@@ -190,6 +196,8 @@ class TcpChecker:
         if port is None:
             done(NO_PORT)
             return None
+        if target.mark:
+            return begin_task(via.through_vip(self._probe_fn(spec), target, timeout_s), done, error_result)
         if spec.half_open:
             return synprobe.begin(target.address, port, timeout_s, done)
         p = sockio.poller(asyncio.get_running_loop())
@@ -199,6 +207,23 @@ class TcpChecker:
 
     async def check(self, target: Target, spec: TcpSpec, timeout_s: float) -> CheckResult:
         return await run_begun(self.begin, target, spec, timeout_s)
+
+    def _probe_fn(self, spec: TcpSpec) -> via.Probe:
+        """One probe of a target with or without a mark, for ``via.through_vip``."""
+
+        async def half_open(target: Target, timeout_s: float) -> CheckResult:
+            assert target.port is not None
+            source = via.source_toward(target.own_address) if target.mark and target.own_address else None
+
+            def begin(t: Target, _spec: Any, to: float, done: Done) -> Cancel | None:
+                return synprobe.begin(t.address, t.port or 0, to, done, mark=t.mark, source=source)
+
+            return await run_begun(begin, target, spec, timeout_s)
+
+        async def connect(target: Target, _timeout_s: float) -> CheckResult:
+            return await self._converse(target, spec)
+
+        return half_open if spec.half_open else connect
 
     async def aclose(self) -> None:
         """Release the running loop's per-loop resources: the half-open probers (raw sockets, their reader and
@@ -213,7 +238,7 @@ class TcpChecker:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         assert target.port is not None
-        sock = sockio.new_socket(family_of(target.address))
+        sock = via.stream_socket(target)  # a plain socket unless the target has a mark (via: vip)
         try:
             try:
                 await sockio.connect(sock, sockaddr(target.address, target.port))

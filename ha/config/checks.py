@@ -56,6 +56,7 @@ def _parse_check(ctx: Ctx, node: Node, path: str, name: str | None = None) -> Ch
         connect_port=m.opt("connect_port", c_port()),
         initial_state=m.get("initial_state", c_choice("up", "down"), "up"),
         fall_interval_s=m.opt("fall_interval", c_duration(0.01, 86400)),
+        via=m.get("via", c_choice("realserver", "vip"), "realserver"),
     )
     if common["timeout_s"] is None:  # default: 3s, but never longer than the interval
         common["timeout_s"] = min(3.0, common["interval_s"])  # type: ignore[type-var]
@@ -82,6 +83,8 @@ def _parse_check(ctx: Ctx, node: Node, path: str, name: str | None = None) -> Ch
         )
         ctx.error(m.value_node("type"), m.p("type"), msg)
         return None
+    if common["via"] == "vip" and not check_via_key(ctx, m, ctype, registry):
+        return None
     raw: dict[str, Any] = {}
     for key, (_k, v) in m.items.items():
         if key in COMMON_KEYS:
@@ -105,6 +108,26 @@ def _parse_check(ctx: Ctx, node: Node, path: str, name: str | None = None) -> Ch
         )
         return None
     return CheckConfig(type=ctype, spec=spec, name=name, **common)  # type: ignore[arg-type]
+
+
+def check_via_key(ctx: Ctx, m: Map, ctype: str, registry: Any) -> bool:
+    """``via: vip`` needs a checker that supports it (``via_vip``) and excludes ``connect_address``."""
+    if not getattr(registry.get(ctype), "via_vip", False):
+        able = [t for t in registry.types() if getattr(registry.get(t), "via_vip", False)]
+        ctx.error(
+            m.value_node("via"),
+            m.p("via"),
+            f"a '{ctype}' check cannot go through the VIP; via: vip works with {', '.join(able)} checks",
+        )
+        return False
+    if m.has("connect_address"):
+        ctx.error(
+            m.value_node("connect_address"),
+            m.p("connect_address"),
+            "via: vip probes the VIP itself through the forwarding path: remove connect_address or via",
+        )
+        return False
+    return True
 
 
 def _spec_error(ctx: Ctx, m: Map, se: SpecError) -> None:

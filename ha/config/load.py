@@ -40,6 +40,7 @@ from ha.config.nodes import (
     scan_duplicates,
 )
 from ha.config.services import LVS_KEYS, check_services, parse_lvs, parse_service
+from ha.config.via import check_via
 from ha.config.vrrp import VRRP_KEYS, parse_vrrp
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,9 @@ def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
         if (s := parse_service(ctx, snode, path, named)) is not None
     ]
     check_services(ctx, svcs, vrrp.instances)
-    lvs = parse_lvs(ctx, m.sub("lvs", LVS_KEYS, "lvs data-plane settings"), vrrp.instances)
+    lvs_map = m.sub("lvs", LVS_KEYS, "lvs data-plane settings")
+    lvs = parse_lvs(ctx, lvs_map, vrrp.instances)
+    check_via(ctx, svcs, lvs, node, lvs_map)
     return Config(
         node=node,
         vrrp=vrrp,

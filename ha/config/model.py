@@ -211,6 +211,7 @@ class CheckConfig:
     connect_address: IPAddress | None = None
     connect_port: int | None = None
     initial_state: str = "up"  # "up" | "down" (Keepalived's alpha)
+    via: str = "realserver"  # "realserver" | "vip": through the forwarding path (ha/via.py, healthchecks/via.py)
     spec: Any = None  # the checker plugin's frozen spec for the type-specific keys
     name: str | None = None  # the name under `checks`, None for an inline check
     fall_interval_s: float | None = None  # the interval while in transition (None: ``interval_s``)
@@ -367,6 +368,7 @@ class LvsConfig:
     min_sync_interval_s: float = 0.05
     max_remove_share: float = 0.5  # refuse a plan removing more than this share of owned services
     conntrack_sync: ConntrackSyncConfig | None = None
+    probe_marks: tuple[int, int] = (0x4C560000, 0x4C56FFFF)  # first, last: the marks of the via: vip probe services
 
 
 @dataclass(frozen=True)

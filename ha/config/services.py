@@ -48,6 +48,7 @@ from ha.config.nodes import (
     suggest,
 )
 from ha.config.passive import check_passive, parse_passive
+from ha.config.via import parse_probe_marks
 
 _SERVICE_KEYS = (
     "name",
@@ -458,6 +459,7 @@ LVS_KEYS = (
     "min_sync_interval",
     "max_remove_share",
     "conntrack_sync",
+    "probe_marks",
 )
 _CT_KEYS = ("interface", "peer", "source", "port", "protocols", "ignore", "conntrackd")
 _CT_DEFAULTS = ConntrackSyncConfig("", ipaddress.ip_address("0.0.0.0"))  # the defaults of the optional keys
@@ -537,4 +539,5 @@ def parse_lvs(ctx: Ctx, m: Map | None, instances: Sequence[VrrpInstanceConfig]) 
         resync_interval_s=m.get("resync_interval", c_duration(0.1, 86400), 30.0),
         min_sync_interval_s=m.get("min_sync_interval", c_duration(0, 60), 0.05),
         max_remove_share=m.get("max_remove_share", c_number(0.0, 1.0), 0.5),
+        probe_marks=parse_probe_marks(m),
     )

@@ -1,0 +1,229 @@
+"""The kernel settings that ``via: vip`` checks need on the director, set as narrowly as possible and put back.
+
+A realserver answers a probe that came through the VIP from the VIP, to the director's own address. On a master
+the VIP is a local address, and the kernel drops a packet whose source is one of its own addresses as a martian
+unless ``accept_local`` is on for the interface it arrives on; reverse-path filtering in strict mode (1) drops it
+too when the VIP sits on another interface. So, for each IPv4 interface toward a via-vip realserver (the interface
+of the route to its own address) and only for those:
+
+- ``net.ipv4.conf.IF.accept_local`` = 1;
+- ``net.ipv4.conf.IF.rp_filter`` = 2 (loose) if the effective mode (the larger of ``all`` and ``IF``) is strict (1);
+  a loose or disabled filter is left as it is.
+
+Nothing else changes: client traffic is handled as before (accept_local only lets in packets with a local source,
+which the director would otherwise drop; a spoofed packet with a local source arriving on that interface is let in
+too: that is the cost, limited to those interfaces). The original values are recorded in
+``<state_dir>/via-sysctls.json`` before the first change and put back when no via-vip check needs the interface any
+more (reload) and when the daemon stops; a record left by a daemon that died is put back at the next start before
+anything else (so the values recorded are always the operator's). IPv6 needs none of this.
+
+``SysctlKeeper`` does the reading and writing through two functions (tests pass a dictionary); ``route_interface``
+asks ``ip route get`` which interface leads to an address.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ha.config.model import Config
+from ha.via import ViaProbes, plan_probes, status_rows
+from lvs.model import ServiceKey
+from lvs.statefile import write_atomic
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "via-sysctls.json"
+CONF = "/proc/sys/net/ipv4/conf"
+
+Read = Callable[[str], str]  # sysctl name (net.ipv4.conf.eth0.accept_local) -> value
+Write = Callable[[str, str], None]
+
+
+def proc_read(name: str) -> str:
+    with open("/proc/sys/" + name.replace(".", "/"), encoding="ascii") as f:
+        return f.read().strip()
+
+
+def proc_write(name: str, value: str) -> None:
+    with open("/proc/sys/" + name.replace(".", "/"), "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def route_interface(address: str) -> str | None:
+    """The interface of the route to ``address`` (``ip -j route get``); None if there is none or it is not IPv4."""
+    if ":" in address:
+        return None
+    try:
+        r = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True, timeout=5)
+        routes = json.loads(r.stdout or "[]")
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        log.warning("via: vip: cannot find the interface toward %s: %s", address, e)
+        return None
+    dev = routes[0].get("dev") if routes and isinstance(routes[0], dict) else None
+    return str(dev) if dev and dev != "lo" else None
+
+
+def wanted_settings(iface: str, read: Read) -> dict[str, str]:
+    """What ``iface`` needs (name -> value), given its current settings. Pure but for ``read``."""
+    out = {f"net.ipv4.conf.{iface}.accept_local": "1"}
+    rp_all = int(read("net.ipv4.conf.all.rp_filter") or 0)
+    rp_dev = int(read(f"net.ipv4.conf.{iface}.rp_filter") or 0)
+    if max(rp_all, rp_dev) == 1:
+        out[f"net.ipv4.conf.{iface}.rp_filter"] = "2"
+    return out
+
+
+class SysctlKeeper:
+    """Sets the per-interface settings of ``wanted_settings`` for a set of interfaces, records the originals and
+    puts them back."""
+
+    def __init__(self, state_dir: str, read: Read = proc_read, write: Write = proc_write) -> None:
+        self.path = os.path.join(state_dir, FILE_NAME)
+        self.read, self.write = read, write
+        self.original: dict[str, str] = {}  # sysctl name -> the operator's value
+        self.interfaces: frozenset[str] = frozenset()
+
+    def recover(self) -> list[str]:
+        """Put back what a previous daemon left recorded (it died without restoring); the names restored."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                left = json.load(f)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.error("via: vip: cannot read %s (%s); the interface settings it records are not restored", self.path, e)
+            return []
+        self.original = {str(k): str(v) for k, v in (left.get("original") or {}).items()}
+        return self.restore()
+
+    def _save(self) -> None:
+        if not self.original:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            return
+        body = json.dumps({"original": self.original}, indent=1, sort_keys=True) + "\n"
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        write_atomic(self.path, body.encode())
+
+    def set_interfaces(self, interfaces: Iterable[str]) -> list[str]:
+        """Make the settings right for exactly these interfaces; the changes made ("name: old -> new")."""
+        new = frozenset(interfaces)
+        changes: list[str] = []
+        for name in sorted(self.original):  # interfaces no longer needed: back to the operator's values
+            if name.split(".")[3] not in new:
+                changes += self._put_back(name)
+        for iface in sorted(new):
+            try:
+                wanted = wanted_settings(iface, self.read)
+            except (OSError, ValueError) as e:
+                log.error("via: vip: cannot read the settings of %s: %s", iface, e)
+                continue
+            for name, value in wanted.items():
+                try:
+                    old = self.read(name)
+                    if old == value:
+                        continue
+                    if name not in self.original:
+                        self.original[name] = old
+                        self._save()  # recorded before the change
+                    self.write(name, value)
+                    changes.append(f"{name}: {old} -> {value}")
+                except OSError as e:
+                    log.error("via: vip: cannot set %s=%s: %s (replies through the VIP may be dropped)", name, value, e)
+        self.interfaces = new
+        self._save()
+        return changes
+
+    def _put_back(self, name: str) -> list[str]:
+        old = self.original.pop(name)
+        try:
+            now = self.read(name)
+            if now != old:
+                self.write(name, old)
+                return [f"{name}: {now} -> {old}"]
+        except OSError as e:
+            log.error("via: vip: cannot put %s back to %s: %s", name, old, e)
+        return []
+
+    def restore(self) -> list[str]:
+        """Put every recorded setting back; the changes made."""
+        changes: list[str] = []
+        for name in sorted(self.original):
+            changes += self._put_back(name)
+        self.interfaces = frozenset()
+        self._save()
+        return changes
+
+
+class ViaDriver:
+    """The daemon's ``via: vip`` state: the probe plan (``ha.via``), the data plane it works on, and the interface
+    settings (``SysctlKeeper``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.probes = plan_probes(cfg)
+        self.keeper = SysctlKeeper(cfg.node.state_dir)
+        self.unavailable: str | None = None  # why via-vip checks go to the realservers' own addresses instead
+        self.changes: list[str] = []  # the interface settings changed so far (for the status)
+
+    def plan(self, cfg: Config) -> ViaProbes:
+        """The probe plan for ``cfg``, marks kept from the running one (nothing is changed)."""
+        if self.unavailable is not None:
+            return ViaProbes()
+        return plan_probes(cfg, self.probes)
+
+    def check_backend(self, cfg: Config) -> None:
+        """Probe services need IPVS (or the memory data plane of tests). On the nftables plane chosen by ``auto``
+        (``nftables`` itself is a config error) the checks go to the realservers' own addresses, and say so."""
+        from lvs.select import BackendUnavailable, resolve_kind
+
+        if not self.probes.checks:
+            return
+        try:
+            kind = resolve_kind(cfg.node.dataplane.value)
+        except BackendUnavailable:
+            return
+        if kind not in ("ipvs", "memory"):
+            self.unavailable = (
+                f"via: vip needs the IPVS data plane and this node runs {kind}: the {len(self.probes.checks)} "
+                "via-vip check(s) go to the realservers' own addresses"
+            )
+            log.error("%s", self.unavailable)
+            self.probes = ViaProbes()
+
+    async def apply_kernel(self, probes: ViaProbes) -> None:
+        """Set the interface settings for the realservers of ``probes`` (and put back those no longer needed)."""
+        import asyncio
+
+        self.probes = probes
+        addrs = sorted({p.dest.key.address for p in probes.marks})
+        ifaces = [i for i in await asyncio.gather(*(asyncio.to_thread(route_interface, a) for a in addrs)) if i]
+        changed = await asyncio.to_thread(self.keeper.set_interfaces, ifaces)
+        for c in changed:
+            log.info("via: vip: %s", c)
+        self.changes += changed
+
+    async def start(self) -> None:
+        import asyncio
+
+        for c in await asyncio.to_thread(self.keeper.recover):
+            log.warning("via: vip: put back a setting a previous run left: %s", c)
+        await self.apply_kernel(self.probes)
+
+    def stop(self) -> None:
+        for c in self.keeper.restore():
+            log.info("via: vip: put back %s", c)
+
+    def status(self, in_kernel: Iterable[ServiceKey] = ()) -> dict[str, Any]:
+        return {
+            "probe_services": status_rows(self.probes, in_kernel),
+            "interfaces": sorted(self.keeper.interfaces),
+            "settings": dict(sorted((k, "changed from " + v) for k, v in self.keeper.original.items())),
+            "unavailable": self.unavailable,
+        }
