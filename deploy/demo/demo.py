@@ -44,7 +44,7 @@ DIRECTORS = {"dir1": ("192.168.77.11", "10.77.0.11"), "dir2": ("192.168.77.12", 
 def director_config(
     name: str, priority: int, workdir: Path, dataplane: str, advert: str, ctsync: bool, passive: bool = True
 ) -> str:
-    rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 1 }}" for a in RS.values())
+    rs = "\n".join(f"      - {{ address: {a}, port: 80, weight: 10 }}" for a in RS.values())
     peer = DIRECTORS["dir2" if name == "dir1" else "dir1"][1]
     # NAT state (conntrack) synced between the directors over the back link, so a planned failover loses nothing
     lvs = f"lvs:\n  conntrack_sync: {{ interface: eth1, peer: {peer} }}\n" if ctsync else ""
@@ -71,20 +71,28 @@ vrrp:
 checks:
   web:
     type: http
-    path: /healthz
-    expect_status: ["200"]
+    urls:
+      - {{ path: /healthz, expect_status: ["200"] }}
+      - {{ path: /, expect_body: "rs[0-9]" }}
     interval: 300ms
+    fall_interval: 100ms
     timeout: 250ms
     rise: 2
+    fall: 2
+  port:
+    type: tcp
+    interval: 1s
+    rise: 1
     fall: 2
 services:
   - name: web
     vip: {VIP}
     port: 80
     protocol: tcp
-    scheduler: rr
+    scheduler: wrr
     forwarding: nat
-    check: web
+    checks: [web, port]
+    slow_start: 3s
     passive: {"{resets: 3, window: 2s}" if passive else "false"}
     drain_timeout: 5s
     realservers:
@@ -239,8 +247,15 @@ class Demo:
         t = time.time()
         self.start_server("rs2")
         wait_for(lambda: self.health("dir1", "rs2") == "up", 20, 0.05, "rs2 back up")
-        time.sleep(1.0)
+        weights = []
+        ramp_end = time.time() + 4.0
+        while time.time() < ramp_end:  # slow start: its weight climbs from 1 to 10 over 3 s
+            w = (self.row("dir1", "rs2") or {}).get("weight")
+            if w is not None and (not weights or weights[-1] != w):
+                weights.append(w)
+            time.sleep(0.2)
         self.say(f"   rs2 restarted and back in the pool: {self.window(t)}")
+        self.say(f"   slow start: rs2's weight {' -> '.join(map(str, weights))} over 3 s")
 
         t = time.time()
         self.ctl("dir1", "drain", "web", f"{RS['rs3']}:80")
