@@ -35,6 +35,7 @@ from ha.vrrp_link import Vrrp, release_leftover_vips
 from lvs import model as m
 
 if TYPE_CHECKING:
+    from ha.announce.link import AnnounceLink
     from lvs.ctsync import Conntrackd
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Daemon:
         self.vrrp: Vrrp | None = None
         self.ctsync: Conntrackd | None = None
         self.api: ApiServer | None = None
+        self.announce: AnnounceLink | None = None
         self.roles: dict[str, str] = {}
         self._quorum: dict[str, bool] = {}
         self.events = EventBus()  # GET /v1/events, lvs-ha events, /ui, services' notify hooks
@@ -96,6 +98,7 @@ class Daemon:
                 dataplane=lambda: self.lvs.metrics_state() if self.lvs else None,
                 vrrp_engine_restarts=lambda: self.vrrp.engine.restarts if self.vrrp else None,
                 conntrack_sync=lambda: self.ctsync.status() if self.ctsync else None,
+                extra=lambda: self.announce.metrics() if self.announce else (),
             )
         )
 
@@ -111,6 +114,11 @@ class Daemon:
         await self._start_ctsync()  # before VRRP: a node that becomes master must already receive the peer's state
         if self.lvs is not None:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
+        if self.cfg.announce is not None:  # after the first reconcile: never draw flows before forwarding them
+            from ha.announce.link import AnnounceLink
+
+            self.announce = AnnounceLink(self.cfg, self.events, self._stop.set)
+            await self.announce.start(dict(self._quorum))
         self.api = ApiServer(self, self.cfg.node.api, self.counters.api)
         await self.api.start()
         if self.cfg.vrrp.instances:
@@ -138,6 +146,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if self.announce is not None:  # first: the routers move the flows away while this director forwards
+            await self.announce.stop()
         self.events.close()  # event streams end, so the API's stop does not wait for them
         if self.api is not None:
             await self.api.stop()
@@ -195,6 +205,8 @@ class Daemon:
         if cfg is None:
             self._quorum = d.quorum
             self._service_events(d)
+            if self.announce is not None:
+                self.announce.quorum(d.quorum)
             if self.vrrp is not None:  # track.services: the engine hears of each quorum change (in order)
                 task = asyncio.get_running_loop().create_task(self.vrrp.services_quorum(dict(d.quorum)))
                 self._quorum_pushes.add(task)
@@ -324,6 +336,7 @@ class Daemon:
         return {
             "dataplane": self.lvs.status() if self.lvs else None,
             "conntrack_sync": self.ctsync.status() if self.ctsync else None,
+            **({"announce": self.announce.status()} if self.announce else {}),
         }
 
     async def status(self) -> dict[str, Any]:
@@ -370,6 +383,16 @@ class Daemon:
         if not changed:
             out["note"] = "already " + ("drained" if drain else "enabled")
         return out
+
+    async def drain_director(self, grace_s: float | None, exit: bool, who: str) -> dict[str, Any]:
+        if self.announce is None:
+            raise Conflict("this director announces nothing (no announce section): drain-director needs announce")
+        return await self.announce.drain(grace_s, exit, who)
+
+    async def enable_director(self, who: str) -> dict[str, Any]:
+        if self.announce is None:
+            raise Conflict("this director announces nothing (no announce section): enable-director needs announce")
+        return await self.announce.enable(who)
 
     async def failover(self, instance: str | None, who: str) -> dict[str, Any]:
         if instance is not None and self.cfg.instance(instance) is None:
@@ -426,6 +449,8 @@ class Daemon:
         self.loaded_at = time.time()
         self.last_reload_error = None
         self.overrides.prune(new)
+        if self.announce is not None and new.announce is not None:
+            await self.announce.reconfigure(new)
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)
