@@ -50,6 +50,11 @@ def render_prefixes(prefixes: Iterable[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def proto_name(neighbor: str) -> str:
+    """The neighbor's BGP protocol in BIRD: prefixed, so that no name is one of BIRD's keywords (``router``)."""
+    return f"bgp_{neighbor}"
+
+
 def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))} ms"
 
@@ -83,7 +88,7 @@ def render_config(ann: AnnounceConfig, run_dir: str) -> str:
         local = f"local {n.source} as {ann.local_as}" if n.source else f"local as {ann.local_as}"
         bfd = "  bfd on;\n" if ann.bfd is not None and n.bfd else ""
         lines.append(
-            f"protocol bgp {n.name} {{\n"
+            f"protocol bgp {proto_name(n.name)} {{\n"
             f"  {local};\n"
             f"  neighbor {n.address} as {n.remote_as};\n"
             f"  hold time {hold}; keepalive time {max(1, hold // 3)};\n"
@@ -292,7 +297,7 @@ class Bird:
         parsed = parse_protocols(protos)
         neighbors = []
         for n in self.ann.neighbors:
-            p = parsed.get(n.name, {})
+            p = parsed.get(proto_name(n.name), {})
             bgp_state = str(p.get("bgp_state") or p.get("info") or "unknown").split()[0] if p else "unknown"
             since = p.get("since")
             neighbors.append(

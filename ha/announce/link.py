@@ -90,7 +90,11 @@ class AnnounceLink:
             self.core.drain(time.time(), 0.0, False, who)
             log.warning("announce: this director was drained (%s): nothing is announced until enable-director", who)
         d = self.core.decide(self._quorum, time.time())
-        await self.rd.start(d.announce)
+        try:
+            await self.rd.start(d.announce)
+        except BaseException:
+            self.core.announced = frozenset()  # never announced: nothing to withdraw
+            raise
         self._report(d)
         self.state = await self.rd.state()
         loop = asyncio.get_running_loop()

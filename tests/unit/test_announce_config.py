@@ -152,10 +152,10 @@ announce:
     assert "router id 192.168.77.11;" in text  # from the first IPv4 source
     assert "min rx interval 100 ms; min tx interval 100 ms;" in text and "multiplier 3;" in text
     assert 'include "/run/x/prefixes.conf";' in text
-    n1 = text[text.index("protocol bgp n1") :]
+    n1 = text[text.index("protocol bgp bgp_n1") :]
     assert "local 192.168.77.11 as 65001;" in n1 and "neighbor 192.168.77.1 as 65000;" in n1
-    assert "bfd on;" in n1.split("protocol bgp n2")[0]
-    assert "bfd on;" not in text[text.index("protocol bgp n2") :]
+    assert "bfd on;" in n1.split("protocol bgp bgp_n2")[0]
+    assert "bfd on;" not in text[text.index("protocol bgp bgp_n2") :]
     assert 'ipv6 { import none; export where proto = "lvsha_vips6"; next hop self; };' in text
     assert "graceful restart off;" in n1
     p = render_prefixes(["fd00::53/128", "10.0.0.2/32", "10.0.0.1/32"])
