@@ -349,7 +349,10 @@ class Daemon:
         return status_json(self.cfg, views, self._extra(), self.doc)
 
     async def status_text(self) -> str:
-        return format_status(self.cfg, await self._views(), self.table)
+        text = format_status(self.cfg, await self._views(), self.table)
+        if self.announce is not None:
+            text = text.rstrip("\n") + "\n\n" + self.announce.status_text()
+        return text
 
     async def metrics(self) -> bytes:
         if self.lvs is not None:

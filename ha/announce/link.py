@@ -258,6 +258,25 @@ class AnnounceLink:
             "restarts": self.restarts,
         }
 
+    def status_text(self) -> str:
+        """The lines ``lvs-ha status`` adds for announce."""
+        st = self.state
+        head = (
+            f"announce: {self.rd.name} {'running' if st.running else 'NOT RUNNING'}, director {self.core.phase.value}"
+        )
+        if self.core.phase is Phase.DRAINING and self.core.drain_until is not None:
+            head += f" (grace over in {max(0.0, self.core.drain_until - time.time()):.0f}s)"
+        lines = [head]
+        for n in st.neighbors:
+            bfd = f", BFD {n.bfd}" if n.bfd is not None else ""
+            lines.append(f"  neighbor {n.name} {n.address}: {n.state}{bfd}, {n.exported} prefix(es) exported")
+        for p in self.core.vips:
+            state = "announced" if p in self.core.announced else "withdrawn"
+            lines.append(f"  {p:<20} {state:<10} {self.core.reasons.get(p, '')}")
+        if self.error or st.error:
+            lines.append(f"  error: {self.error or st.error}")
+        return "\n".join(lines) + "\n"
+
     def metrics(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 

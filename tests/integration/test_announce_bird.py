@@ -97,6 +97,11 @@ def test_directors_announce_while_healthy_and_withdraw(so: ScaleoutLab) -> None:
     ]
     assert a["daemon"]["running"] and a["daemon"]["prefixes"] == [f"{VIP}/32"]
     assert VIP in so.hosts["dir1"].ip("-br", "addr", "show", "dev", "lo").stdout  # held locally
+    r = so.cli("dir1", "status")
+    assert r.returncode == 0, r.stderr
+    assert "announce: bird running, director serving" in r.stdout
+    assert "neighbor router 192.168.77.1: Established, BFD Up, 1 prefix(es) exported" in r.stdout
+    assert f"{VIP}/32" in r.stdout and "announced" in r.stdout
     text = str(request(so.socket("dir1"), "GET", "/metrics", raw_text=True))
     assert metric(text, "lvs_ha_announce_prefix_announced", prefix=f"{VIP}/32") == 1
     assert metric(text, "lvs_ha_announce_neighbor_up", neighbor="router") == 1
