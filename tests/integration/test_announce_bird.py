@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from ha.cli.ctl import request
+from tests.e2e.pairlab import dump_yaml
 from tests.e2e.scaleoutlab import VIP, ScaleoutLab, ScaleoutSpec, bird_missing
 from tests.lab import LVS_HA, Lab, lab_unavailable_reason, pid_alive, wait_for
 
@@ -61,6 +62,9 @@ def so(tmp_path: Path) -> Iterator[ScaleoutLab]:
             yield s
         finally:
             print(s.logs())
+
+
+VIP2 = "10.200.0.2"
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -142,9 +146,22 @@ def test_directors_announce_while_healthy_and_withdraw(so: ScaleoutLab) -> None:
     print(f"figures: crashed director routed around in {took * 1000:.0f} ms (BFD 100 ms x 3)")
     assert took < 5.0  # under the BGP hold time: it was BFD (the timing itself is bench/scaleout's)
 
+    # a reload that adds a service on a new VIP: held on lo and announced, the sessions untouched
+    doc = so.director_config("dir1")
+    web2 = dict(doc["services"][0], name="web2", vip=VIP2)
+    doc["services"].append(web2)
+    (so.workdir / "dir1" / "lvs-ha.yaml").write_text(dump_yaml(doc))
+    r = so.cli("dir1", "reload")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: "192.168.77.11" in so.hosts["router"].ip("route", "show", f"{VIP2}/32").stdout, 20, 0.05, VIP2)
+    assert so.nexthops() == {"dir1"}
+    assert ev.of("announce", prefix=f"{VIP2}/32", announced=True)
+    assert len(ev.of("bgp", neighbor="router", up=False)) == 0  # no session went down for it
+
     # SIGTERM: withdrawn before the daemon goes, exit 0
     assert so.stop_director("dir1") == 0
     assert so.nexthops() == set()
+    assert so.hosts["router"].ip("route", "show", f"{VIP2}/32").stdout.strip() == ""
 
 
 def test_drain_director_exit_stops_the_daemon_after_the_grace(so: ScaleoutLab) -> None:
@@ -173,8 +190,6 @@ def test_drain_director_exit_stops_the_daemon_after_the_grace(so: ScaleoutLab) -
 def test_drain_director_without_announce_is_refused(so: ScaleoutLab) -> None:
     doc = so.director_config("dir1")
     del doc["announce"]
-    from tests.e2e.pairlab import dump_yaml
-
     (so.workdir / "dir1" / "lvs-ha.yaml").write_text(dump_yaml(doc))
     so.start_director("dir1")
     wait_for(lambda: so.status("dir1") is not None, 30, 0.1, "dir1's API")
