@@ -67,13 +67,14 @@ def _figures(hold: Hold, t0: float, t1: float, period_s: float) -> EventFigures:
 
 
 def _settle(so: ScaleoutLab, hold: Hold, live: set[str], since: float, timeout: float) -> float:
-    """Until every connection is alive on the directors ``live``, seen at least 1.5 s after ``since``."""
-    n = hold.conns
+    """Until every connection that is not broken is alive on the directors ``live``, seen at least 1.5 s after
+    ``since``."""
 
     def ok() -> bool:
+        n = hold.conns - len(hold.of("broken")) - len(hold.of("connect-failed"))
         return time.time() >= since + 1.5 and len(fresh_flows(so, live)) >= n
 
-    wait_for(ok, timeout, 0.2, f"all {n} connections alive through {sorted(live)}")
+    wait_for(ok, timeout, 0.2, f"the connections alive through {sorted(live)}")
     return time.time()
 
 
