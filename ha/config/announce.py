@@ -25,7 +25,8 @@ from ha.config.nodes import Ctx, Invalid, Map, c_bool, c_choice, c_duration, c_i
 if TYPE_CHECKING:
     from yaml.nodes import Node
 
-    from ha.config.model import ServiceConfig, VrrpInstanceConfig
+    from ha.config.issues import ConfigIssue
+    from ha.config.model import Config, ServiceConfig, VrrpInstanceConfig
 
 ROUTING_DAEMONS = ("bird",)
 ANNOUNCE_KEYS = (
@@ -163,17 +164,98 @@ def parse_announce(ctx: Ctx, m: Map | None) -> AnnounceConfig | None:
     )
 
 
+def check_directors(configs: list[Config]) -> list[ConfigIssue]:
+    """``lvs-ha check-config -c dir1.yaml -c dir2.yaml ...`` for directors with announce: warnings (naming the later
+    file) where two directors would schedule the same flow differently (other services, schedulers, realservers,
+    order or weights), or share a router id, or differ in their AS."""
+    from ha.config.issues import ConfigIssue, Severity
+
+    out: list[ConfigIssue] = []
+    first = configs[0]
+
+    def table(c: Config) -> dict[str, tuple[object, ...]]:
+        return {
+            s.key_str: (
+                s.scheduler,
+                s.scheduler_flags,
+                s.forwarding,
+                tuple((str(r.address), r.port, r.weight, r.forwarding) for r in s.realservers),
+            )
+            for s in c.services
+        }
+
+    ref = table(first)
+    ids: dict[str, str] = {}
+    for c in configs:
+
+        def warn(path: str, message: str, c: Config = c) -> None:
+            out.append(ConfigIssue(c.source or "<config>", 1, 1, path, message, Severity.WARNING))
+
+        assert c.announce is not None and first.announce is not None
+        rid = str(c.announce.router_id) if c.announce.router_id else None
+        if rid is not None and rid in ids:
+            warn("announce.router_id", f"router id {rid} is also {ids[rid]}'s: give each director its own")
+        if rid is not None:
+            ids.setdefault(rid, c.source)
+        if c is first:
+            continue
+        if c.announce.local_as != first.announce.local_as:
+            warn(
+                "announce.local_as",
+                f"AS {c.announce.local_as} here, {first.announce.local_as} in {first.source}: "
+                "the router merges routes into one ECMP route only from equal paths",
+            )
+        mine = table(c)
+        for key in sorted(set(ref) | set(mine)):
+            if ref.get(key) != mine.get(key):
+                warn(
+                    "services",
+                    f"service {key} differs from {first.source} (scheduler, flags, forwarding, or realservers, their "
+                    "order or weights): the directors' Maglev tables differ, and a flow moved between them may "
+                    "reach another realserver",
+                )
+    return out
+
+
 def check_announce(
     ctx: Ctx,
     m: Map | None,
     ann: AnnounceConfig | None,
     services: tuple[ServiceConfig, ...],
     instances: tuple[VrrpInstanceConfig, ...],
+    sysctls: dict[str, int] | None = None,
 ) -> None:
     """An announced VIP is never a VRRP VIP too (one of them would hold it); a service without a VIP (fwmark) is
-    not announced (a warning); directors with announce need services that have VIPs."""
+    not announced (a warning); directors with announce need services that have VIPs. Warnings for what breaks
+    flows that ECMP moves between directors: a scheduler other than ``mh``, NAT, no ``sloppy_tcp``/``sloppy_sctp``."""
     if ann is None or m is None:
         return
+    sysctls = sysctls or {}
+    for s in services:
+        if s.vip is None:
+            continue
+        if s.scheduler != "mh":
+            ctx.warn(
+                m.node,
+                m.path,
+                f"service {s.name}: scheduler {s.scheduler}: a flow ECMP moves to another director may be scheduled "
+                "to another realserver there (reset); use scheduler: mh (the same on every director)",
+            )
+        if s.forwarding == "nat" or any(rs.forwarding == "nat" for rs in s.realservers):
+            ctx.warn(
+                m.node,
+                m.path,
+                f"service {s.name}: nat forwarding with several active directors: the replies must come back "
+                "through the director that translated the flow; use dr or tun",
+            )
+        knob = {"tcp": "net.ipv4.vs.sloppy_tcp", "sctp": "net.ipv4.vs.sloppy_sctp"}.get(s.protocol)
+        if knob is not None and not sysctls.get(knob):
+            ctx.warn(
+                m.node,
+                m.path,
+                f"service {s.name}: without lvs.sysctls {knob}: 1 a director drops the flows ECMP moves to it "
+                "mid-stream (IPVS takes up only new connections)",
+            )
     vrrp_vips = {v.address.ip for inst in instances for v in inst.vips}
     both = sorted({str(s.vip) for s in services if s.vip is not None and s.vip in vrrp_vips})
     if both:

@@ -155,8 +155,8 @@ def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
     am = m.sub("announce", ANNOUNCE_KEYS, "announce: routing_daemon, local_as, neighbors, bfd, ...")
     announce = parse_announce(ctx, am)
     check_services(ctx, svcs, vrrp.instances, announced=announce is not None)
-    check_announce(ctx, am, announce, tuple(s.cfg for s in svcs), vrrp.instances)
     lvs = parse_lvs(ctx, m.sub("lvs", LVS_KEYS, "lvs data-plane settings"), vrrp.instances)
+    check_announce(ctx, am, announce, tuple(s.cfg for s in svcs), vrrp.instances, dict(lvs.sysctls))
     return Config(
         node=node,
         vrrp=vrrp,

@@ -4,6 +4,9 @@ line, key and what would be valid)."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,7 @@ from ha.announce.bird import parse_bfd, parse_protocols, render_config, render_p
 from ha.config import ConfigErrors, parse_config_text
 from tests.unit.config_fixtures.stubs import stub_registry
 
+LVS_HA_CLI = str(Path(sys.executable).parent / "lvs-ha")
 BASE = """
 node: {name: dir1}
 services:
@@ -21,6 +25,7 @@ services:
     forwarding: dr
     realservers:
       - {address: 192.168.77.21, port: 80}
+lvs: {sysctls: {net.ipv4.vs.sloppy_tcp: 1}}
 """
 
 
@@ -196,3 +201,33 @@ def test_parse_replies() -> None:
     )
     assert bfd == {"10.9.9.1": "Up"}
     assert ipaddress.ip_address("10.9.9.1")
+
+
+def test_warnings_for_what_breaks_moved_flows() -> None:
+    rest = BASE.replace("scheduler: mh", "scheduler: wlc").replace("forwarding: dr", "forwarding: nat")
+    rest = rest.replace("lvs: {sysctls: {net.ipv4.vs.sloppy_tcp: 1}}", "")
+    _, warnings = load("announce: {local_as: 1, neighbors: [{address: 10.0.0.1, remote_as: 2}]}\n", rest)
+    text = "\n".join(w.message for w in warnings)
+    assert "scheduler wlc" in text and "use scheduler: mh" in text
+    assert "nat forwarding with several active directors" in text
+    assert "net.ipv4.vs.sloppy_tcp: 1" in text
+    assert all(w.path == "announce" and w.file == "a.yaml" for w in warnings)
+
+
+def test_check_config_of_several_directors(tmp_path: Path) -> None:
+    ann = "announce: {local_as: 65001, router_id: 10.0.0.%d, neighbors: [{address: 10.0.0.1, remote_as: 65000}]}\n"
+    files = []
+    for i, rest in enumerate(
+        [BASE, BASE, BASE.replace("192.168.77.21, port: 80}", "192.168.77.21, port: 80, weight: 2}")]
+    ):
+        f = tmp_path / f"dir{i + 1}.yaml"
+        f.write_text(rest + ann % (2 if i < 2 else 4))
+        files.append(f)
+    r = subprocess.run(
+        [LVS_HA_CLI, "check-config", *(a for f in files for a in ("-c", str(f)))], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{files[1]}:" in r.stderr and "router id 10.0.0.2 is also" in r.stderr
+    assert f"{files[2]}:" in r.stderr and "Maglev tables differ" in r.stderr
+    differ = [line for line in r.stderr.splitlines() if "differs from" in line]
+    assert differ and all(line.startswith(f"{files[2]}:") for line in differ)  # dir2's table is dir1's
