@@ -231,3 +231,15 @@ def test_check_config_of_several_directors(tmp_path: Path) -> None:
     assert f"{files[2]}:" in r.stderr and "Maglev tables differ" in r.stderr
     differ = [line for line in r.stderr.splitlines() if "differs from" in line]
     assert differ and all(line.startswith(f"{files[2]}:") for line in differ)  # dir2's table is dir1's
+
+
+def test_a_reload_says_an_announce_change_waits_for_a_restart() -> None:
+    from ha.config.diff import diff_configs
+
+    a, _ = load("announce: {local_as: 1, neighbors: [{address: 10.0.0.1, remote_as: 2}]}\n")
+    b, _ = load("announce: {local_as: 1, neighbors: [{address: 10.0.0.9, remote_as: 2}]}\n")
+    assert diff_configs(a, a).restart_needed == ()
+    assert diff_configs(a, b).restart_needed == ("announce",)
+    assert diff_configs(a, parse_config_text(BASE, "a.yaml", registry=stub_registry())[0]).restart_needed == (
+        "announce",
+    )
