@@ -29,6 +29,7 @@ have man       || debs+=(man-db)
 have systemd-analyze || debs+=(systemd)
 have chromium  || debs+=(chromium)
 have promtool  || debs+=(prometheus)  # promtool checks deploy/monitoring/alerts.yml
+have bird      || debs+=(bird2)       # announce: lvs-ha runs its own BIRD 2 (the tests too, on routers and directors)
 if ((${#debs[@]})); then
   if [[ $EUID -ne 0 ]]; then
     echo "install-deps: missing Debian packages: ${debs[*]} (run as root to install them)" >&2
@@ -39,14 +40,15 @@ if ((${#debs[@]})); then
       apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${debs[@]}" >/dev/null; }
   fi
 fi
-# keepalived and conntrackd must not run as system services: the tests start their own instances (lvs-ha runs
-# its own conntrackd for lvs.conntrack_sync). Debian's prometheus package (installed for promtool) starts a server
-# on :9090: stopped and disabled.
-for unit in keepalived conntrackd prometheus; do
+# keepalived, conntrackd and bird must not run as system services: the tests start their own instances (lvs-ha runs
+# its own conntrackd for lvs.conntrack_sync and its own BIRD for announce). Debian's prometheus package (installed
+# for promtool) starts a server on :9090: stopped and disabled, as is bird's.
+for unit in keepalived conntrackd prometheus bird; do
   if [[ $EUID -eq 0 ]] && have systemctl && systemctl is-active -q "$unit" 2>/dev/null; then
     systemctl stop "$unit" || true
   fi
-  if [[ $unit == prometheus && $EUID -eq 0 ]] && have systemctl && systemctl is-enabled -q "$unit" 2>/dev/null; then
+  if [[ ($unit == prometheus || $unit == bird) && $EUID -eq 0 ]] && have systemctl \
+     && systemctl is-enabled -q "$unit" 2>/dev/null; then
     systemctl disable -q "$unit" 2>/dev/null || true
   fi
 done

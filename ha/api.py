@@ -350,6 +350,9 @@ def make_app(controller: Controller, token: str | None = None, request_timeout: 
     from ha.events_api import add_routes
 
     add_routes(app)  # /v1/events, /v1/whoami, /ui
+    from ha.announce.api import add_routes as add_director_routes
+
+    add_director_routes(app)  # /v1/director/drain, /v1/director/enable
     return app
 
 

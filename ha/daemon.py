@@ -37,6 +37,7 @@ from ha.vrrp_link import Vrrp, release_leftover_vips
 from lvs import model as m
 
 if TYPE_CHECKING:
+    from ha.announce.link import AnnounceLink
     from lvs.ctsync import Conntrackd
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Daemon:
         self.vrrp: Vrrp | None = None
         self.ctsync: Conntrackd | None = None
         self.api: ApiServer | None = None
+        self.announce: AnnounceLink | None = None
         self.roles: dict[str, str] = {}
         self._quorum: dict[str, bool] = {}
         self._ramps: Any = None  # slow-start memory (ha.slowstart), passed back in like the quorum's
@@ -103,6 +105,7 @@ class Daemon:
                 dataplane=lambda: self.lvs.metrics_state() if self.lvs else None,
                 vrrp_engine_restarts=lambda: self.vrrp.engine.restarts if self.vrrp else None,
                 conntrack_sync=lambda: self.ctsync.status() if self.ctsync else None,
+                extra=lambda: self.announce.metrics() if self.announce else (),
             )
         )
 
@@ -122,6 +125,11 @@ class Daemon:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
         self.passive.configure(self.cfg)
         self.passive.sync()
+        if self.cfg.announce is not None:  # after the first reconcile: never draw flows before forwarding them
+            from ha.announce.link import AnnounceLink
+
+            self.announce = AnnounceLink(self.cfg, self.events, self._stop.set)
+            await self.announce.start(dict(self._quorum))
         self.api = ApiServer(self, self.cfg.node.api, self.counters.api)
         await self.api.start()
         if self.cfg.vrrp.instances:
@@ -149,6 +157,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if self.announce is not None:  # first: the routers move the flows away while this director forwards
+            await self.announce.stop()
         self.events.close()  # event streams end, so the API's stop does not wait for them
         if self.api is not None:
             await self.api.stop()
@@ -219,6 +229,8 @@ class Daemon:
             self._ramps = d.ramps
             self._schedule_ramp(d.next_ramp_at)
             self._service_events(d)
+            if self.announce is not None:
+                self.announce.quorum(d.quorum)
             if self.vrrp is not None:  # track.services: the engine hears of each quorum change (in order)
                 task = asyncio.get_running_loop().create_task(self.vrrp.services_quorum(dict(d.quorum)))
                 self._quorum_pushes.add(task)
@@ -371,6 +383,7 @@ class Daemon:
             "via_vip": self.via.status(self.lvs.actual.services if self.lvs and self.lvs.actual else ())
             if self.via.probes.checks or self.via.unavailable
             else None,
+            **({"announce": self.announce.status()} if self.announce else {}),
         }
 
     async def status(self) -> dict[str, Any]:
@@ -383,7 +396,10 @@ class Daemon:
         return status_json(self.cfg, views, self._extra(), self.doc)
 
     async def status_text(self) -> str:
-        return format_status(self.cfg, await self._views(), self.table)
+        text = format_status(self.cfg, await self._views(), self.table)
+        if self.announce is not None:
+            text = text.rstrip("\n") + "\n\n" + self.announce.status_text()
+        return text
 
     async def metrics(self) -> bytes:
         if self.lvs is not None:
@@ -417,6 +433,16 @@ class Daemon:
         if not changed:
             out["note"] = "already " + ("drained" if drain else "enabled")
         return out
+
+    async def drain_director(self, grace_s: float | None, exit: bool, who: str) -> dict[str, Any]:
+        if self.announce is None:
+            raise Conflict("this director announces nothing (no announce section): drain-director needs announce")
+        return await self.announce.drain(grace_s, exit, who)
+
+    async def enable_director(self, who: str) -> dict[str, Any]:
+        if self.announce is None:
+            raise Conflict("this director announces nothing (no announce section): enable-director needs announce")
+        return await self.announce.enable(who)
 
     async def failover(self, instance: str | None, who: str) -> dict[str, Any]:
         if instance is not None and self.cfg.instance(instance) is None:
@@ -477,6 +503,8 @@ class Daemon:
         self.passive.configure(new)
         self.passive.sync()
         await self.via.apply_kernel(new_via)
+        if self.announce is not None and new.announce is not None:
+            await self.announce.reconfigure(new)
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)

@@ -29,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KINDS = ("role", "realserver", "drain", "weight", "quorum", "sorry", "reload", "drift")
+KINDS = ("role", "realserver", "drain", "weight", "quorum", "sorry", "reload", "drift", "announce", "bgp", "director")
 RING_SIZE = 1000
 QUEUE_SIZE = 1000
 MAX_SUBSCRIBERS = 32

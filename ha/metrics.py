@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -149,6 +149,7 @@ class MetricsSources:
     dataplane: Callable[[], DataplaneState | None] = lambda: None
     vrrp_engine_restarts: Callable[[], int | None] = lambda: None
     conntrack_sync: Callable[[], Mapping[str, object] | None] = lambda: None  # ``Conntrackd.status()``
+    extra: Callable[[], Iterable[Metric]] = lambda: ()  # more families (``ha.announce``'s)
 
 
 def _hist(name: str, doc: str, labels: list[str], items: Mapping[tuple[str, ...], Histogram]) -> Metric:
@@ -172,6 +173,7 @@ class LvsHaCollector:
 
         s, d = self.s, self.s.daemon
         yield _build_info()
+        yield from s.extra()
         yield from self._vrrp()
         res = CounterMetricFamily(
             "lvs_ha_check_results", "Health check results", labels=["service", "realserver", "result"]

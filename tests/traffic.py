@@ -121,7 +121,12 @@ async def _probe(host: str, port: int, interval: float, duration: float | None, 
 
 
 # -- long-lived connections -------------------------------------------------------------------------
-async def _hold(host: str, port: int, conns: int, duration: float | None, period: float) -> None:
+async def _hold(
+    host: str, port: int, conns: int, duration: float | None, period: float, gap_ms: float | None = None
+) -> None:
+    """``gap_ms``: also a ``gap`` event (``ms``, ``t`` its end) whenever a connection went longer than that between
+    two answers; ``done`` and ``broken`` carry the connection's longest such interval (``max_gap_ms``)."""
+
     async def one(i: int) -> None:
         try:
             reader, writer = await asyncio.open_connection(host, port)
@@ -130,6 +135,8 @@ async def _hold(host: str, port: int, conns: int, duration: float | None, period
             return
         first_rs = None
         n = 0
+        last = time.monotonic()
+        max_gap = 0.0
         end = None if duration is None else time.monotonic() + duration
         try:
             while end is None or time.monotonic() < end:
@@ -140,16 +147,44 @@ async def _hold(host: str, port: int, conns: int, duration: float | None, period
                     line = await reader.readline()
                 if not line:
                     raise ConnectionResetError("closed by peer")
+                now = time.monotonic()
+                gap, last = now - last, now
+                max_gap = max(max_gap, gap) if n > 1 else max_gap
+                if gap_ms is not None and n > 1 and gap * 1000 > gap_ms:
+                    print(
+                        json.dumps({"conn": i, "event": "gap", "ms": round(gap * 1000, 1), "t": time.time()}),
+                        flush=True,
+                    )
                 rs = line.split()[-1].decode()
                 if first_rs is None:
                     first_rs = rs
                     print(json.dumps({"conn": i, "event": "open", "rs": rs, "t": time.time()}), flush=True)
                 await asyncio.sleep(period)
-            print(json.dumps({"conn": i, "event": "done", "rs": first_rs, "pings": n, "t": time.time()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "conn": i,
+                        "event": "done",
+                        "rs": first_rs,
+                        "pings": n,
+                        "max_gap_ms": round(max_gap * 1000, 1),
+                        "t": time.time(),
+                    }
+                ),
+                flush=True,
+            )
         except (OSError, TimeoutError) as e:
             print(
                 json.dumps(
-                    {"conn": i, "event": "broken", "rs": first_rs, "pings": n, "err": repr(e), "t": time.time()}
+                    {
+                        "conn": i,
+                        "event": "broken",
+                        "rs": first_rs,
+                        "pings": n,
+                        "err": repr(e),
+                        "max_gap_ms": round(max_gap * 1000, 1),
+                        "t": time.time(),
+                    }
                 ),
                 flush=True,
             )
@@ -242,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, default=10)
     p.add_argument("--duration", type=float)
     p.add_argument("--period", type=float, default=0.05)
+    p.add_argument("--gap-ms", type=float, help="report every interval between answers longer than this")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "serve":
@@ -249,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "probe":
             asyncio.run(_probe(a.host, a.port, a.interval, a.duration, a.timeout, a.path))
         else:
-            asyncio.run(_hold(a.host, a.port, a.conns, a.duration, a.period))
+            asyncio.run(_hold(a.host, a.port, a.conns, a.duration, a.period, a.gap_ms))
     except KeyboardInterrupt:
         pass
     return 0

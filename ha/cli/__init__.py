@@ -115,6 +115,16 @@ def _events_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", action="store_true", help="when the daemon goes away, connect again and go on")
 
 
+def _drain_director_args(p: argparse.ArgumentParser) -> None:
+    _add_daemon_target(p)
+    p.add_argument(
+        "--grace",
+        metavar="DURATION",
+        help="keep forwarding this long after the withdraw (default: announce.withdraw_grace), e.g. 30s",
+    )
+    p.add_argument("--exit", action="store_true", help="stop the daemon once the grace is over")
+
+
 def _reload_args(p: argparse.ArgumentParser) -> None:
     _add_daemon_target(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
@@ -175,6 +185,16 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] 
     "drain": ("take a realserver out gracefully", _rs_args, "ha.cli.ctl:cmd_drain"),
     "enable": ("put a drained realserver back", _rs_args, "ha.cli.ctl:cmd_enable"),
     "failover": ("hand mastership to the peer (planned failover)", _failover_args, "ha.cli.ctl:cmd_failover"),
+    "drain-director": (
+        "withdraw this director's VIPs from the routers (announce), keep forwarding for a grace",
+        _drain_director_args,
+        "ha.cli.director:cmd_drain_director",
+    ),
+    "enable-director": (
+        "announce this director's VIPs again after drain-director",
+        _add_daemon_target,
+        "ha.cli.director:cmd_enable_director",
+    ),
     "reload": ("re-read the configuration (a dry run prints the plan)", _reload_args, "ha.cli.ctl:cmd_reload"),
     "events": ("follow the daemon's events (roles, realservers, reloads...)", _events_args, "ha.cli.events:cmd_events"),
     "realserver": (

@@ -49,7 +49,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             for w in warnings:
                 print(w, file=sys.stderr)
             print(f"{f}: OK ({len(warnings)} warning(s))", file=sys.stderr)
-    if rc == 0 and len(loaded) == 2:
+    if rc == 0 and len(loaded) >= 2 and all(c.announce is not None for c in loaded):
+        from ha.config.announce import check_directors  # N active directors (announce): their tables must agree
+
+        for w in check_directors(loaded):
+            if not quiet:
+                print(w, file=sys.stderr)
+    elif rc == 0 and len(loaded) == 2:
         for w in check_pair(loaded[0], loaded[1]):
             if not quiet:
                 print(w, file=sys.stderr)

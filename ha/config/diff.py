@@ -114,6 +114,8 @@ def diff_configs(old: Config, new: Config) -> ReloadDiff:
     restart = tuple(f"node.{f}" for f in node if f in _RESTART_FIELDS)
     if old.lvs.conntrack_sync != new.lvs.conntrack_sync:  # conntrackd is started with the daemon
         restart += ("lvs.conntrack_sync",)
+    if old.announce != new.announce:  # the routing daemon and its config are made when the daemon starts
+        restart += ("announce",)
     if old.vrrp.sync_groups != new.vrrp.sync_groups:
         instances = [*instances, ItemChange("sync_groups", Change.CHANGED)]
     return ReloadDiff(tuple(instances), tuple(checks), tuple(services), tuple(realservers), node, restart)

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from yaml.nodes import Node
 
+from ha.config.announce import ANNOUNCE_KEYS, check_announce, parse_announce
 from ha.config.checks import parse_checks
 from ha.config.files import UnsafeFile, read_regular, secret_problem, state_dir_problem
 from ha.config.issues import ConfigError, ConfigErrors, ConfigIssue, ConfigUnreadable, Severity
@@ -52,7 +53,7 @@ _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # -- node ------------------------------------------------------------------------------------------------------------
 
-_ROOT_KEYS = ("node", "vrrp", "checks", "services", "lvs")
+_ROOT_KEYS = ("node", "vrrp", "checks", "services", "lvs", "announce")
 _NODE_KEYS = ("name", "state_dir", "dataplane", "api", "log_level", "log_format", "flush_on_stop")
 _API_KEYS = ("socket", "socket_mode", "listen", "token_file", "tls", "metrics_listen")
 _TLS_KEYS = ("cert_file", "key_file", "client_ca_file")
@@ -141,7 +142,7 @@ def _parse_node(ctx: Ctx, m: Map | None) -> NodeConfig:
 
 
 def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
-    m = Map(ctx, root, "", _ROOT_KEYS, "the configuration: node, vrrp, checks, services, lvs")
+    m = Map(ctx, root, "", _ROOT_KEYS, "the configuration: node, vrrp, checks, services, lvs, announce")
     if not m.ok:
         return None
     node = _parse_node(ctx, m.sub("node", _NODE_KEYS, "node settings"))
@@ -152,16 +153,20 @@ def _parse_root(ctx: Ctx, root: Node, filename: str) -> Config | None:
         for path, snode in m.seq("services", "of virtual services")
         if (s := parse_service(ctx, snode, path, named)) is not None
     ]
-    check_services(ctx, svcs, vrrp.instances)
+    am = m.sub("announce", ANNOUNCE_KEYS, "announce: routing_daemon, local_as, neighbors, bfd, ...")
+    announce = parse_announce(ctx, am)
+    check_services(ctx, svcs, vrrp.instances, announced=announce is not None)
     lvs_map = m.sub("lvs", LVS_KEYS, "lvs data-plane settings")
     lvs = parse_lvs(ctx, lvs_map, vrrp.instances)
     check_via(ctx, svcs, lvs, node, lvs_map)
+    check_announce(ctx, am, announce, tuple(s.cfg for s in svcs), vrrp.instances, dict(lvs.sysctls))
     return Config(
         node=node,
         vrrp=vrrp,
         checks=tuple((k, v) for k, v in named.items() if v is not None),
         services=tuple(s.cfg for s in svcs),
         lvs=lvs,
+        announce=announce,
         source=filename,
     )
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ha.config.announce import AnnounceConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -378,6 +381,7 @@ class Config:
     checks: tuple[tuple[str, CheckConfig], ...] = ()  # named checks, in file order
     services: tuple[ServiceConfig, ...] = ()
     lvs: LvsConfig = field(default_factory=LvsConfig)
+    announce: AnnounceConfig | None = None  # active-active behind ECMP (ha.config.announce)
     source: str = ""  # the file it came from
 
     def check_named(self, name: str) -> CheckConfig | None:

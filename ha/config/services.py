@@ -338,7 +338,10 @@ def parse_service(ctx: Ctx, node: Node, path: str, named: dict[str, CheckConfig 
     return _Svc(cfg, m, [rm for _, rm in parsed])
 
 
-def check_services(ctx: Ctx, svcs: list[_Svc], instances: Sequence[VrrpInstanceConfig]) -> None:
+def check_services(
+    ctx: Ctx, svcs: list[_Svc], instances: Sequence[VrrpInstanceConfig], announced: bool = False
+) -> None:
+    """``announced``: the VIPs are announced by a routing daemon (``announce``), not moved by VRRP."""
     names: dict[str, int] = {}
     keys: dict[str, int] = {}
     vips: dict[Any, IPInterface] = {vip.address.ip: vip.address for inst in instances for vip in inst.vips}
@@ -360,7 +363,7 @@ def check_services(ctx: Ctx, svcs: list[_Svc], instances: Sequence[VrrpInstanceC
             )
         keys.setdefault(key, i)
         owner = vips.get(cfg.vip) if cfg.vip is not None else None
-        if cfg.vip is not None and owner is None:
+        if cfg.vip is not None and owner is None and not announced:
             ctx.warn(
                 m.value_node("vip"),
                 m.p("vip"),

@@ -111,7 +111,15 @@ class Hold(_Recorder):
     """``tests.traffic hold``: long-lived echo connections; one record per connection event."""
 
     def __init__(
-        self, lab: Lab, client: Host, host: str, port: int, conns: int, duration_s: float, period_s: float = 0.05
+        self,
+        lab: Lab,
+        client: Host,
+        host: str,
+        port: int,
+        conns: int,
+        duration_s: float,
+        period_s: float = 0.05,
+        gap_ms: float | None = None,
     ) -> None:
         super().__init__(
             lab,
@@ -128,6 +136,7 @@ class Hold(_Recorder):
                 str(duration_s),
                 "--period",
                 str(period_s),
+                *(["--gap-ms", str(gap_ms)] if gap_ms is not None else []),
             ],
         )
         self.conns = conns

@@ -62,7 +62,7 @@ def test_example_loads_without_warnings(path: Path) -> None:
     config, warnings = load_config(path, registry=REG)
     assert warnings == []
     assert config.source == str(path)
-    assert config.services and config.vrrp.instances
+    assert config.services and (config.vrrp.instances or config.announce)
     assert {c.type for _, c in config.checks} <= {"tcp", "http"}
 
 
