@@ -28,7 +28,14 @@ services:
       - {address: 192.168.77.21}
       - {address: 10.0.0.23, forwarding: tun}
 """
-ROUTES = {"192.168.77.21": ("eth0", "192.168.77.11"), "10.0.0.23": ("eth1", "10.0.0.11")}
+ROUTES: dict[str, tuple[str, str | None]] = {
+    "192.168.77.21": ("eth0", "192.168.77.11"),
+    "10.0.0.23": ("eth1", "10.0.0.11"),
+}
+
+
+def route(address: str) -> tuple[str, str | None] | None:
+    return ROUTES.get(address)
 
 
 def test_render_guards_each_interface_and_lets_in_only_probe_replies() -> None:
@@ -92,7 +99,7 @@ def driver(tmp_path: Path, rec: Recorder) -> tuple[ViaDriver, ViaProbes, ViaProb
     drv = ViaDriver(cfg)
     drv.keeper = SysctlKeeper(str(tmp_path), rec.read, rec.write)
     drv.guard = Guard(str(tmp_path), rec.nft)
-    drv.route = ROUTES.get
+    drv.route = route
     cfg_eth0, _ = parse_config_text(CONFIG.replace("      - {address: 10.0.0.23, forwarding: tun}\n", ""))
     return drv, drv.probes, plan_probes(cfg_eth0)
 
@@ -151,7 +158,7 @@ def test_a_table_left_by_a_daemon_that_died_is_deleted_without_via_checks(tmp_pa
     again = ViaDriver(cfg)
     again.keeper = SysctlKeeper(str(tmp_path), rec.read, rec.write)
     again.guard = Guard(str(tmp_path), rec.nft)
-    again.route = ROUTES.get
+    again.route = route
     asyncio.run(again.start())
     assert rec.events[-1] == ("nft-delete",) and rec.values == sysctls()
     assert rec.events.index(("nft-delete",)) > rec.events.index(("sysctl", "eth1", "accept_local", "0"))
