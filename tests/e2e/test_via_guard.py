@@ -9,6 +9,7 @@ accept_local back and removes the table; so does a stop."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.e2e.pairlab import VIP, PairLab
 from tests.e2e.spoof import nft_supported, probe_reply_let_in, spoofed_local_sources_dropped
-from tests.lab import wait_for
+from tests.lab import LVS_HA, wait_for
 
 PORT = 81  # nothing listens there on rs1, so it can send from VIP:81 (the probed port)
 
@@ -82,6 +83,13 @@ def test_half_open_probers_of_removed_paths_are_closed(make_pair: Callable[..., 
     marks = [p["mark"] for p in (pair.status("dir1") or {})["via_vip"]["probe_services"]]
     assert len(set(marks)) == 2, marks
     one = {**svc, "realservers": svc["realservers"][:1]}
+    # reload --dry-run shows what the reload does to the probe services: the removed path's goes
+    pair.write_config("dir1", pair.director_config("dir1", services=[one]))
+    dry = subprocess.run(
+        [LVS_HA, "reload", "--socket", pair.socket("dir1"), "--dry-run"], capture_output=True, text=True, timeout=30
+    )
+    print("figures: reload --dry-run:", dry.stdout)
+    assert dry.returncode == 0 and f"fwmark/{marks[1]}" in dry.stdout and f"fwmark/{marks[0]}" not in dry.stdout, dry
     pair.reload("dir1", pair.director_config("dir1", services=[one]))
     wait_for(lambda: _tcp_raw_sockets(pair, "dir1") == 1, 10, 0.05, "the removed path's prober to close")
     assert [p["mark"] for p in (pair.status("dir1") or {})["via_vip"]["probe_services"]] == marks[:1]
