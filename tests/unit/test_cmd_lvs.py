@@ -254,8 +254,10 @@ def test_plan_and_apply_include_the_probe_services_of_via_vip_checks(tmp_path, c
     """The daemon programs and owns a probe service per via-vip path: plan shows them, apply programs them, and a
     plan after shows no removal of them."""
     cfg = write(tmp_path)
-    text = Path(cfg).read_text().replace(
-        "    scheduler: wlc\n", "    scheduler: wlc\n    forwarding: dr\n    check: {type: tcp, via: vip}\n"
+    text = (
+        Path(cfg)
+        .read_text()
+        .replace("    scheduler: wlc\n", "    scheduler: wlc\n    forwarding: dr\n    check: {type: tcp, via: vip}\n")
     )
     Path(cfg).write_text(text)
     assert main(["plan", "-c", cfg]) == 0
