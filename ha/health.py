@@ -154,6 +154,18 @@ class Health:
         except RuntimeError:  # no loop: nothing probed
             return {}
 
+    @staticmethod
+    def _retain_probers(marks: set[int]) -> None:
+        """Close the half-open probers of marks no check uses any more (a reload removed their probe paths)."""
+        from healthchecks import synprobe
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # configured before the loop runs: no prober exists yet
+            return
+        if n := synprobe.retain_marks(loop, marks):
+            log.info("via: vip: closed %d half-open prober(s) of probe paths that are gone", n)
+
     def _changed(self, key: Any, old: Any, new: Any, result: Any) -> None:
         view = self._check_views.get(key)
         self._check_views[key] = CheckView(
@@ -210,6 +222,7 @@ class Health:
                     )
                 members[rkey] = tuple(keys)
         self.runner.set_checks(specs)
+        self._retain_probers({s.target.mark for s in specs.values() if s.target.mark})
         self.unchecked = unchecked
         self._members, self._types = members, types
         self._weights = {k: w for k, w in self._weights.items() if k in specs}

@@ -11,14 +11,15 @@ of the route to its own address) and only for those:
   a loose or disabled filter is left as it is.
 
 Nothing else changes: client traffic is handled as before (accept_local only lets in packets with a local source,
-which the director would otherwise drop; a spoofed packet with a local source arriving on that interface is let in
-too: that is the cost, limited to those interfaces). The original values are recorded in
+which the director would otherwise drop; a spoofed packet with a local source arriving on that interface would be
+let in too, so the nftables guard of ``ha.via_guard`` drops those but for the probes' replies, on each interface
+from before its accept_local goes on until after it is put back). The original values are recorded in
 ``<state_dir>/via-sysctls.json`` before the first change and put back when no via-vip check needs the interface any
 more (reload) and when the daemon stops; a record left by a daemon that died is put back at the next start before
 anything else (so the values recorded are always the operator's). IPv6 needs none of this.
 
-``SysctlKeeper`` does the reading and writing through two functions (tests pass a dictionary); ``route_interface``
-asks ``ip route get`` which interface leads to an address.
+``SysctlKeeper`` does the reading and writing through two functions (tests pass a dictionary); ``route_of``
+asks ``ip route get`` which interface (and source address) leads to an address.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from ha.config.model import Config
 from ha.via import ViaProbes, plan_probes, status_rows
+from ha.via_guard import Guard, Reply
 from lvs.model import ServiceKey
 from lvs.statefile import write_atomic
 
@@ -54,8 +56,9 @@ def proc_write(name: str, value: str) -> None:
         f.write(value)
 
 
-def route_interface(address: str) -> str | None:
-    """The interface of the route to ``address`` (``ip -j route get``); None if there is none or it is not IPv4."""
+def route_of(address: str) -> tuple[str, str | None] | None:
+    """The interface of the route to ``address`` and the source address it gives (``ip -j route get``); None if
+    there is none, it is loopback, or the address is not IPv4."""
     if ":" in address:
         return None
     try:
@@ -64,8 +67,9 @@ def route_interface(address: str) -> str | None:
     except (OSError, ValueError, subprocess.SubprocessError) as e:
         log.warning("via: vip: cannot find the interface toward %s: %s", address, e)
         return None
-    dev = routes[0].get("dev") if routes and isinstance(routes[0], dict) else None
-    return str(dev) if dev and dev != "lo" else None
+    route = routes[0] if routes and isinstance(routes[0], dict) else {}
+    dev, src = route.get("dev"), route.get("prefsrc")
+    return (str(dev), str(src) if src else None) if dev and dev != "lo" else None
 
 
 def wanted_settings(iface: str, read: Read) -> dict[str, str]:
@@ -141,6 +145,20 @@ class SysctlKeeper:
         self._save()
         return changes
 
+    def turns_on(self, iface: str) -> bool:
+        """Whether ``accept_local`` on ``iface`` is (or would be) on because of us: recorded, or not on yet."""
+        name = f"net.ipv4.conf.{iface}.accept_local"
+        if name in self.original:
+            return True
+        try:
+            return self.read(name) != "1"
+        except OSError:
+            return False
+
+    def turned_on(self) -> frozenset[str]:
+        """The interfaces where ``accept_local`` is on because of us (the original value is recorded)."""
+        return frozenset(n.split(".")[3] for n in self.original if n.endswith(".accept_local"))
+
     def _put_back(self, name: str) -> list[str]:
         old = self.original.pop(name)
         try:
@@ -169,6 +187,8 @@ class ViaDriver:
     def __init__(self, cfg: Config) -> None:
         self.probes = plan_probes(cfg)
         self.keeper = SysctlKeeper(cfg.node.state_dir)
+        self.guard = Guard(cfg.node.state_dir)  # drops spoofed local sources where accept_local is on because of us
+        self.route = route_of
         self.unavailable: str | None = None  # why via-vip checks go to the realservers' own addresses instead
         self.changes: list[str] = []  # the interface settings changed so far (for the status)
 
@@ -198,16 +218,27 @@ class ViaDriver:
             self.probes = ViaProbes()
 
     async def apply_kernel(self, probes: ViaProbes) -> None:
-        """Set the interface settings for the realservers of ``probes`` (and put back those no longer needed)."""
+        """Set the interface settings for the realservers of ``probes`` (and put back those no longer needed), the
+        guard covering every interface before its ``accept_local`` goes on and until after it is put back."""
         import asyncio
 
         self.probes = probes
         addrs = sorted({p.dest.key.address for p in probes.marks})
-        ifaces = [i for i in await asyncio.gather(*(asyncio.to_thread(route_interface, a) for a in addrs)) if i]
+        routes = dict(zip(addrs, await asyncio.gather(*(asyncio.to_thread(self.route, a) for a in addrs)), strict=True))
+        ifaces = sorted({r[0] for r in routes.values() if r})
+        replies = []
+        for path in probes.marks:
+            r = routes.get(path.dest.key.address)
+            if r is not None and r[1] is not None:
+                replies.append(Reply(r[0], r[1], path.vip, path.port))
+        wider = self.guard.interfaces | {i for i in ifaces if self.keeper.turns_on(i)}
+        await asyncio.to_thread(self.guard.apply, wider, replies)  # in place before accept_local goes on
         changed = await asyncio.to_thread(self.keeper.set_interfaces, ifaces)
         for c in changed:
             log.info("via: vip: %s", c)
         self.changes += changed
+        if self.keeper.turned_on() != wider:  # narrowed only now that accept_local is back off where it went
+            await asyncio.to_thread(self.guard.apply, self.keeper.turned_on(), replies)
 
     async def start(self) -> None:
         import asyncio
@@ -219,6 +250,7 @@ class ViaDriver:
     def stop(self) -> None:
         for c in self.keeper.restore():
             log.info("via: vip: put back %s", c)
+        self.guard.remove()  # after accept_local is off
 
     def status(self, in_kernel: Iterable[ServiceKey] = ()) -> dict[str, Any]:
         return {
@@ -226,4 +258,5 @@ class ViaDriver:
             "interfaces": sorted(self.keeper.interfaces),
             "settings": dict(sorted((k, "changed from " + v) for k, v in self.keeper.original.items())),
             "unavailable": self.unavailable,
+            "guard": dict(self.guard.status()),
         }

@@ -21,7 +21,9 @@ gets its answer. Needs CAP_NET_RAW; without it the check fails and its reason sa
 A probe through the forwarding path (``via: vip``, ``via.py``) has a prober of its own per firewall mark: its raw
 socket carries the mark (``SO_MARK``) and is bound to the director's address toward the realserver (the source of
 the SYN), and its reserved port is its own, so answers from the same VIP:port through different realservers never
-mix. The counters of all probers of a family are added up in ``loop_stats``.
+mix. The counters of all probers of a family are added up in ``loop_stats``. A marked prober lives while its mark
+does: ``retain_marks`` (after a reload) closes those of marks no probe path has any more, and a mark that comes back
+with another source address (a path removed, its mark given to a new one) replaces its prober.
 
 Callback interface as in ``callback.py``: ``begin(address, port, timeout_s, done) -> cancel``. The packets
 themselves (SYN, checksums, parsing, the BPF program) are pure code in ``synpacket.py``.
@@ -42,7 +44,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from healthchecks.base import CheckResult
@@ -442,6 +444,9 @@ def prober(loop: asyncio.AbstractEventLoop, family: int, mark: int = 0, source: 
     p = per_loop.get(key)
     if p is None:
         p = per_loop[key] = Prober(loop, family, mark, source)
+        if mark:  # one path per mark: a prober of this mark from another source belongs to a path gone
+            for k in [k for k in per_loop if k[:2] == (family, mark) and k != key]:
+                per_loop.pop(k).close()
         log.debug("half-open probes from port %d (family %d, mark %#x)", p.port, family, mark)
     return p
 
@@ -450,6 +455,16 @@ def close(loop: asyncio.AbstractEventLoop) -> None:
     """Close the loop's probers (raw sockets, reader, timer); the next probe on the loop makes new ones."""
     for p in _probers.pop(loop, {}).values():
         p.close()
+
+
+def retain_marks(loop: asyncio.AbstractEventLoop, marks: Collection[int]) -> int:
+    """Close the loop's marked probers whose mark is not in ``marks`` (their probe paths are gone); the number
+    closed. Unmarked probers stay."""
+    per_loop = _probers.get(loop, {})
+    gone = [k for k in per_loop if k[1] and k[1] not in marks]
+    for k in gone:
+        per_loop.pop(k).close()
+    return len(gone)
 
 
 def loop_stats(loop: asyncio.AbstractEventLoop) -> dict[str, dict[str, int]]:

@@ -1,5 +1,10 @@
 """``lvs-ha plan`` and ``lvs-ha apply``: the desired state with every realserver up, against the live backend.
 
+The desired state includes the probe services of ``via: vip`` checks (``ha.via``) on the backends that take them
+(IPVS, memory), with the marks a daemon starting with this config would give them: they are part of what the daemon
+programs and owns, so leaving them out would show them as removals (and ``apply`` would remove them). A daemon that
+reloaded may hold other marks (it keeps each path's mark across reloads); then the plan shows those as changes.
+
 ``plan`` prints the operations and changes nothing. ``apply`` programs them once (recording ownership, then verifying
 with a second dump) and exits; a second run makes zero writes. On a terminal ``apply`` shows its progress on one line
 of stderr (``ha.progress``: operations applied of all, rate, time left), cleared before its report; piped, it adds
@@ -51,8 +56,13 @@ async def _open(config: Config, override: str | None) -> Dataplane:
     return dp
 
 
-def _desired(config: Config) -> State:
-    return desired_state(config, all_up(config)).state
+def _desired(config: Config, backend: str) -> State:
+    from ha.via import add_probe_services, plan_probes
+
+    state = desired_state(config, all_up(config)).state
+    if backend in ("ipvs", "memory"):  # the daemon's via: vip goes to the realservers' addresses elsewhere
+        add_probe_services(state, plan_probes(config))
+    return state
 
 
 def _foreign(actual: State, owned: frozenset[ServiceKey], desired: State) -> list[ServiceKey]:
@@ -132,7 +142,7 @@ async def _on_backend(
 
 async def _plan(args: argparse.Namespace) -> int:
     async def show(config: Config, dp: Dataplane, actual: State) -> int:
-        desired, dropped = within_capabilities(_desired(config), dp.capabilities)
+        desired, dropped = within_capabilities(_desired(config, dp.name), dp.capabilities)
         for what in dropped:
             print(
                 f"note: the {dp.name} data plane has no {what}: that part of the config is not applied", file=sys.stderr
@@ -157,14 +167,14 @@ async def _apply(args: argparse.Namespace) -> int:
             max_remove_share=config.lvs.max_remove_share,
             progress=progress if progress.enabled else None,
         )
-        rec.set_desired(_desired(config), force=bool(getattr(args, "force", False)))
+        rec.set_desired(_desired(config, dp.name), force=bool(getattr(args, "force", False)))
         owned_before = rec.owned
         try:
             result = await rec.sync()
         finally:
             progress.close()
         if result.plan is not None:
-            _print_plan(result.plan, actual, dp.name, owned_before, _desired(config), False, "apply")
+            _print_plan(result.plan, actual, dp.name, owned_before, _desired(config, dp.name), False, "apply")
         print(f"writes: {result.writes}")
         if not result.ok:
             print(f"lvs-ha apply: {result.error}", file=sys.stderr)

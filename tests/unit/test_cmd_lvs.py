@@ -248,3 +248,23 @@ async def test_the_daemon_driver_opens_the_backend_the_same_way(tmp_path, opened
         assert opened == [("nftables", {"require_state": True})]
     finally:
         await drv.stop(flush=False)
+
+
+def test_plan_and_apply_include_the_probe_services_of_via_vip_checks(tmp_path, capsys) -> None:
+    """The daemon programs and owns a probe service per via-vip path: plan shows them, apply programs them, and a
+    plan after shows no removal of them."""
+    cfg = write(tmp_path)
+    text = (
+        Path(cfg)
+        .read_text()
+        .replace("    scheduler: wlc\n", "    scheduler: wlc\n    forwarding: dr\n    check: {type: tcp, via: vip}\n")
+    )
+    Path(cfg).write_text(text)
+    assert main(["plan", "-c", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "+ service fwmark/1280704512 rr" in out and "+ service fwmark/1280704513 rr" in out, out
+    assert "+ dest fwmark/1280704512 -> 10.0.20.11:80 dr weight 1" in out, out
+    assert main(["apply", "-c", cfg]) == 0
+    capsys.readouterr()
+    assert main(["plan", "-c", cfg]) == 0
+    assert "no changes" in capsys.readouterr().out
