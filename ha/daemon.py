@@ -121,7 +121,8 @@ class Daemon:
         if self.lvs is not None:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
         self.passive.configure(self.cfg)
-        self.passive.sync()
+        self.passive.recover()
+        self.passive.sync(self._dataplane_name())
         self.api = ApiServer(self, self.cfg.node.api, self.counters.api)
         await self.api.start()
         if self.cfg.vrrp.instances:
@@ -276,6 +277,11 @@ class Daemon:
                     self.events.publish("drift", repairs=stats.drift_repairs - seen, total=stats.drift_repairs)
                 seen = stats.drift_repairs
             await asyncio.sleep(every_s)
+
+    def _dataplane_name(self) -> str | None:
+        """The open data plane's backend (``ipvs``, ``nftables``, ``memory``), None if there is none (yet)."""
+        dp = getattr(self.lvs, "dataplane", None) if self.lvs is not None else None
+        return getattr(dp, "name", None)
 
     def _up_of(self, service: str) -> int | None:
         info = self.lvs.last_desired.info.get(service) if self.lvs and self.lvs.last_desired else None
@@ -475,13 +481,14 @@ class Daemon:
         self.last_reload_error = None
         self.overrides.prune(new)
         self.passive.configure(new)
-        self.passive.sync()
+        self.passive.sync(self._dataplane_name())
         await self.via.apply_kernel(new_via)
         applied: list[m.Op] = []
         if self.lvs is None and needs_dataplane(new):  # a VRRP-only node gains services
             self.lvs = DataplaneDriver(new, self.counters)
             await self.lvs.start(self._desired())
             applied = list(self.lvs.reconciler.stats.last_plan.ops) if self.lvs.reconciler.stats.last_plan else []
+            self.passive.sync(self._dataplane_name())  # what passive health needs of the data plane just opened
         elif self.lvs is not None:
             self.lvs.cfg = new
             applied = await self.lvs.sync_now(self._desired())
