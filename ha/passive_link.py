@@ -101,7 +101,7 @@ class Passive:
         what the ``dataplane`` (its name: ``ipvs``, ``nftables``...) needs for it."""
         from lvs.ctmonitor import ConntrackMonitor, MonitorError
 
-        self._ipvs_needs(self.wanted and dataplane == "ipvs")
+        self.ipvs_needs(self.wanted and dataplane == "ipvs")
         if self.wanted and self.monitor is None:
             mon = ConntrackMonitor(self.watch, self.observe)
             try:
@@ -118,9 +118,9 @@ class Passive:
         mon, self.monitor = self.monitor, None
         if mon is not None:
             mon.stop()  # type: ignore[attr-defined]
-        self._ipvs_needs(False)
+        self.ipvs_needs(False)
 
-    def _ipvs_needs(self, on: bool) -> None:
+    def ipvs_needs(self, on: bool) -> None:
         """Turn on (or back off) what passive health needs on the IPVS data plane (see the module docstring)."""
         if not on:
             self.ipvs_problem = None

@@ -1,6 +1,6 @@
 """What passive health needs on the IPVS data plane, over fakes: the setting keeper (``ha.sysctl_keeper``: set,
 record the operator's value first, put back) and the connection-tracking table (``lvs.cthooks``: the ruleset, the
-fallback from ``inet`` to ``bridge``, the release)."""
+fallback from ``inet`` to ``bridge``, the release), and the passive link turning both on and off."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ha.config.load import parse_config_text
+from ha.health import Health
+from ha.metrics import DaemonMetrics
+from ha.passive_link import Passive
 from ha.sysctl_keeper import SettingKeeper
 from lvs.cthooks import ConntrackHooks, ruleset
 
@@ -97,3 +101,51 @@ def test_hooks_say_why_when_no_family_loads() -> None:
     h = ConntrackHooks(run=FakeNft([]))
     why = h.hold()
     assert why is not None and "inet: Error" in why and "bridge: Error" in why and h.family is None
+
+
+CONFIG = """
+node: {name: d1, state_dir: STATE, dataplane: ipvs}
+LVS
+services:
+  - name: web
+    vip: 192.0.2.10
+    port: 80
+    forwarding: nat
+    check: {type: tcp}
+    passive: PASSIVE
+    realservers:
+      - {address: 10.0.0.21}
+      - {address: 10.0.0.22}
+"""
+
+
+def passive_link(tmp_path: Path, passive: str = "true", lvs: str = "") -> tuple[Passive, FakeSysctls, FakeNft]:
+    cfg, _warnings = parse_config_text(
+        CONFIG.replace("STATE", str(tmp_path)).replace("PASSIVE", passive).replace("LVS", lvs)
+    )
+    p = Passive(Health(DaemonMetrics(), lambda *a: None), DaemonMetrics(), lambda svc: None)
+    p.configure(cfg)
+    fs, nft = FakeSysctls({"net.ipv4.vs.conntrack": "0"}), FakeNft(["inet"])
+    assert p.keeper is not None
+    p.keeper.read, p.keeper.write = fs.read, fs.write
+    p.hooks = ConntrackHooks(run=nft)
+    return p, fs, nft
+
+
+def test_passive_on_ipvs_turns_on_conntrack_and_tracking_and_puts_them_back(tmp_path: Path) -> None:
+    p, fs, nft = passive_link(tmp_path)
+    assert p.wanted
+    p.ipvs_needs(True)
+    assert fs.values["net.ipv4.vs.conntrack"] == "1" and p.hooks.family == "inet" and p.ipvs_problem is None
+    p.ipvs_needs(False)  # no service needs it any more (reload), or the daemon stops
+    assert fs.values["net.ipv4.vs.conntrack"] == "0" and p.hooks.family is None
+    assert nft.calls[-1].startswith("add table inet lvs_ha_conntrack\ndelete table inet lvs_ha_conntrack")
+
+
+def test_an_operators_lvs_sysctls_entry_is_left_alone_and_a_zero_is_a_problem(tmp_path: Path) -> None:
+    p, fs, _ = passive_link(tmp_path, lvs="lvs: {sysctls: {net.ipv4.vs.conntrack: 0}}")
+    p.ipvs_needs(True)
+    assert fs.writes == [] and p.ipvs_problem is not None and "sets net.ipv4.vs.conntrack to 0" in p.ipvs_problem
+    p, fs, _ = passive_link(tmp_path, lvs="lvs: {sysctls: {net.ipv4.vs.conntrack: 1}}")
+    p.ipvs_needs(True)
+    assert fs.writes == [] and p.ipvs_problem is None and p.hooks.family == "inet"
