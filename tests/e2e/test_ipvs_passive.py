@@ -1,9 +1,10 @@
-"""Passive health on real IPVS (NAT): a director running ``lvs-ha run`` with ``dataplane: ipvs``, two realservers,
-a client sending requests through the VIP. The daemon turns on what IPVS needs for it (``net.ipv4.vs.conntrack``,
+"""Passive health on real IPVS (NAT): a director running ``lvs-ha run`` with ``dataplane: ipvs``, two realservers, a
+client sending requests through the VIP. The daemon turns on what IPVS needs for it (``net.ipv4.vs.conntrack``,
 connection tracking in its namespace); killing one realserver's server process takes it down from the conntrack
 events of the connections it refuses, long before its active check could (interval 5 s, fall 3); it comes back
-through the check's rise once restarted; and at stop the daemon puts the sysctl back and drops its table. Runs
-where the kernel has IPVS (the User-Mode-Linux VM: ``make kernel``)."""
+through the check's rise once restarted; cutting the other off the network takes it down from the SYNs it leaves
+unanswered; and at stop the daemon puts the sysctl back and drops its table. Runs where the kernel has IPVS (the
+User-Mode-Linux VM: ``make kernel``)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ def test_ipvs_passive_takes_a_crashed_realserver_down_and_puts_the_sysctl_back(l
     # back only through the active check's rise (rise 1: its next check after the server is back)
     plab.start_server("rs2")
     wait_for(lambda: (r := plab.row("rs2")) is not None and r["health"] == "up", 20.0, 0.1, "rs2 back up")
+
+    # a realserver cut off the network leaves the SYNs IPVS forwards to it unanswered: down from those too
+    plab.lab.cut(plab.hosts["rs1"])
+    try:
+        row = wait_for(lambda: (r := plab.row("rs1")) is not None and r["health"] == "down" and r, 8.0, 0.1, "rs1 down")
+    except TimeoutError:
+        pytest.fail("rs1 not taken down within 8 s of the cut\n" + plab.log_tail())
+    assert row["passive"]["last_trip"].startswith("passive: 3 SYNs left unanswered in "), row
     probe.stop()
 
     assert plab.stop_daemon() == 0
