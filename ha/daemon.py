@@ -124,7 +124,8 @@ class Daemon:
         if self.lvs is not None:
             await self.lvs.start(self._desired())  # the first reconcile happens before READY
         self.passive.configure(self.cfg)
-        self.passive.sync()
+        self.passive.recover()
+        self.passive.sync(self._dataplane_name())
         if self.cfg.announce is not None:  # after the first reconcile: never draw flows before forwarding them
             from ha.announce.link import AnnounceLink
 
@@ -288,6 +289,11 @@ class Daemon:
                     self.events.publish("drift", repairs=stats.drift_repairs - seen, total=stats.drift_repairs)
                 seen = stats.drift_repairs
             await asyncio.sleep(every_s)
+
+    def _dataplane_name(self) -> str | None:
+        """The open data plane's backend (``ipvs``, ``nftables``, ``memory``), None if there is none (yet)."""
+        dp = getattr(self.lvs, "dataplane", None) if self.lvs is not None else None
+        return getattr(dp, "name", None)
 
     def _up_of(self, service: str) -> int | None:
         info = self.lvs.last_desired.info.get(service) if self.lvs and self.lvs.last_desired else None
@@ -501,7 +507,7 @@ class Daemon:
         self.last_reload_error = None
         self.overrides.prune(new)
         self.passive.configure(new)
-        self.passive.sync()
+        self.passive.sync(self._dataplane_name())
         await self.via.apply_kernel(new_via)
         if self.announce is not None and new.announce is not None:
             await self.announce.reconfigure(new)
@@ -510,6 +516,7 @@ class Daemon:
             self.lvs = DataplaneDriver(new, self.counters)
             await self.lvs.start(self._desired())
             applied = list(self.lvs.reconciler.stats.last_plan.ops) if self.lvs.reconciler.stats.last_plan else []
+            self.passive.sync(self._dataplane_name())  # what passive health needs of the data plane just opened
         elif self.lvs is not None:
             self.lvs.cfg = new
             applied = await self.lvs.sync_now(self._desired())

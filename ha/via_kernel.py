@@ -28,32 +28,19 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from ha.config.model import Config
+from ha.sysctl_keeper import Read, SettingKeeper, Write, proc_read, proc_write
 from ha.via import ViaProbes, plan_probes, status_rows
 from ha.via_guard import Guard, Reply
 from lvs.model import ServiceKey
-from lvs.statefile import write_atomic
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "via-sysctls.json"
 CONF = "/proc/sys/net/ipv4/conf"
-
-Read = Callable[[str], str]  # sysctl name (net.ipv4.conf.eth0.accept_local) -> value
-Write = Callable[[str, str], None]
-
-
-def proc_read(name: str) -> str:
-    with open("/proc/sys/" + name.replace(".", "/"), encoding="ascii") as f:
-        return f.read().strip()
-
-
-def proc_write(name: str, value: str) -> None:
-    with open("/proc/sys/" + name.replace(".", "/"), "w", encoding="ascii") as f:
-        f.write(value)
 
 
 def route_of(address: str) -> tuple[str, str | None] | None:
@@ -82,67 +69,30 @@ def wanted_settings(iface: str, read: Read) -> dict[str, str]:
     return out
 
 
-class SysctlKeeper:
+class SysctlKeeper(SettingKeeper):
     """Sets the per-interface settings of ``wanted_settings`` for a set of interfaces, records the originals and
-    puts them back."""
+    puts them back (``ha.sysctl_keeper``)."""
 
     def __init__(self, state_dir: str, read: Read = proc_read, write: Write = proc_write) -> None:
-        self.path = os.path.join(state_dir, FILE_NAME)
-        self.read, self.write = read, write
-        self.original: dict[str, str] = {}  # sysctl name -> the operator's value
+        super().__init__(os.path.join(state_dir, FILE_NAME), "via: vip", read, write)
         self.interfaces: frozenset[str] = frozenset()
-
-    def recover(self) -> list[str]:
-        """Put back what a previous daemon left recorded (it died without restoring); the names restored."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                left = json.load(f)
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as e:
-            log.error("via: vip: cannot read %s (%s); the interface settings it records are not restored", self.path, e)
-            return []
-        self.original = {str(k): str(v) for k, v in (left.get("original") or {}).items()}
-        return self.restore()
-
-    def _save(self) -> None:
-        if not self.original:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            return
-        body = json.dumps({"original": self.original}, indent=1, sort_keys=True) + "\n"
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        write_atomic(self.path, body.encode())
 
     def set_interfaces(self, interfaces: Iterable[str]) -> list[str]:
         """Make the settings right for exactly these interfaces; the changes made ("name: old -> new")."""
         new = frozenset(interfaces)
-        changes: list[str] = []
-        for name in sorted(self.original):  # interfaces no longer needed: back to the operator's values
-            if name.split(".")[3] not in new:
-                changes += self._put_back(name)
+        wanted: dict[str, str] = {}
         for iface in sorted(new):
+            # what we already set there stays (accept_local 1, rp_filter 2: a filter we loosened reads loose now)
+            prefix = f"net.ipv4.conf.{iface}."
+            wanted.update(
+                {n: "1" if n.endswith(".accept_local") else "2" for n in self.original if n.startswith(prefix)}
+            )
             try:
-                wanted = wanted_settings(iface, self.read)
+                wanted.update(wanted_settings(iface, self.read))
             except (OSError, ValueError) as e:
                 log.error("via: vip: cannot read the settings of %s: %s", iface, e)
-                continue
-            for name, value in wanted.items():
-                try:
-                    old = self.read(name)
-                    if old == value:
-                        continue
-                    if name not in self.original:
-                        self.original[name] = old
-                        self._save()  # recorded before the change
-                    self.write(name, value)
-                    changes.append(f"{name}: {old} -> {value}")
-                except OSError as e:
-                    log.error("via: vip: cannot set %s=%s: %s (replies through the VIP may be dropped)", name, value, e)
+        changes = self.want(wanted)
         self.interfaces = new
-        self._save()
         return changes
 
     def turns_on(self, iface: str) -> bool:
@@ -159,25 +109,10 @@ class SysctlKeeper:
         """The interfaces where ``accept_local`` is on because of us (the original value is recorded)."""
         return frozenset(n.split(".")[3] for n in self.original if n.endswith(".accept_local"))
 
-    def _put_back(self, name: str) -> list[str]:
-        old = self.original.pop(name)
-        try:
-            now = self.read(name)
-            if now != old:
-                self.write(name, old)
-                return [f"{name}: {now} -> {old}"]
-        except OSError as e:
-            log.error("via: vip: cannot put %s back to %s: %s", name, old, e)
-        return []
-
     def restore(self) -> list[str]:
         """Put every recorded setting back; the changes made."""
-        changes: list[str] = []
-        for name in sorted(self.original):
-            changes += self._put_back(name)
         self.interfaces = frozenset()
-        self._save()
-        return changes
+        return super().restore()
 
 
 class ViaDriver:

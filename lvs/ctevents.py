@@ -20,9 +20,11 @@ Resets of established connections are not counted: conntrack does not record whi
 clients reset connections all the time (an aborted page load), so counting them would let clients take
 realservers out. A crashed server process is caught through the next connections it refuses.
 
-The same events come from IPVS NAT connections when ``net.ipv4.vs.conntrack = 1`` (IPVS then keeps a conntrack
-entry whose reply tuple names the realserver), so the classifier does not ask for the DST_NAT status bit: a
-connection is DNATed when its reply source differs from its original destination.
+The same events come from IPVS NAT connections when ``net.ipv4.vs.conntrack = 1`` and the namespace tracks
+connections (``lvs.cthooks``): IPVS then keeps a conntrack entry whose reply tuple names the realserver, but sets no
+DST_NAT status bit (seen on Linux 6.1: a refused SYN's DESTROY event has status CONFIRMED|DYING, state CLOSE, one
+reply packet; an unanswered one stays SYN_SENT). So the classifier does not ask for DST_NAT: a connection is DNATed
+when its reply source differs from its original destination.
 """
 
 from __future__ import annotations

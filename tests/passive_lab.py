@@ -1,5 +1,6 @@
-"""A one-director NAT lab for passive health (tests/integration/test_passive.py, bench/passive): a client, a
-director running ``lvs-ha run`` on the nftables data plane, and realservers running ``tests.traffic serve``.
+"""A one-director NAT lab for passive health (tests/integration/test_passive.py, tests/e2e/test_ipvs_passive.py,
+bench/passive): a client, a director running ``lvs-ha run`` on the nftables data plane (or IPVS, in the VM), and
+realservers running ``tests.traffic serve``.
 
 Topology (one bridge, two subnets on it; nothing leaves the machine):
   client   192.168.78.2/24
@@ -25,20 +26,22 @@ PY = sys.executable
 VIP = "192.168.78.100"
 
 
-def passive_missing() -> str | None:
-    """Why the lab cannot run here (nft missing), or None."""
+def passive_missing(dataplane: str = "nftables") -> str | None:
+    """Why the lab cannot run here (nft missing, no IPVS), or None."""
     if shutil.which("nft") is None:
         return "nft is not installed (Debian package nftables)"
+    if dataplane == "ipvs" and not Path("/proc/net/ip_vs").exists():
+        return "needs a kernel with IPVS (run in the VM: tests/kernel/uml-run)"
     return None
 
 
-def config(workdir: Path, rs: list[str], interval_s: float, fall: int, passive: str) -> str:
+def config(workdir: Path, rs: list[str], interval_s: float, fall: int, passive: str, dataplane: str) -> str:
     rows = "\n".join(f"      - {{ address: {a}, port: 80 }}" for a in rs)
     return f"""\
 node:
   name: dir
   state_dir: {workdir}/state
-  dataplane: nftables
+  dataplane: {dataplane}
   api: {{ socket: {workdir}/api.sock, metrics_listen: "127.0.0.1:9109" }}
 services:
   - name: web
@@ -54,10 +57,19 @@ services:
 
 
 class PassiveLab:
-    """``passive``: the service's ``passive`` value as YAML (``false``, ``true``, ``{{resets: 3}}``)."""
+    """``passive``: the service's ``passive`` value as YAML (``false``, ``true``, ``{{resets: 3}}``); ``dataplane``:
+    ``nftables`` or ``ipvs``."""
 
     def __init__(
-        self, lab: Lab, workdir: Path, n_rs: int = 3, interval_s: float = 5.0, fall: int = 3, passive: str = "true"
+        self,
+        lab: Lab,
+        workdir: Path,
+        n_rs: int = 3,
+        interval_s: float = 5.0,
+        fall: int = 3,
+        passive: str = "true",
+        dataplane: str = "nftables",
+        start: bool = True,
     ) -> None:
         self.lab, self.workdir = lab, workdir
         self.rs = {f"rs{i + 1}": f"10.78.0.1{i + 1}" for i in range(n_rs)}
@@ -82,12 +94,22 @@ class PassiveLab:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "state").mkdir(exist_ok=True)
         self.cfg = workdir / "lvs-ha.yaml"
-        self.cfg.write_text(config(workdir, list(self.rs.values()), interval_s, fall, passive))
-        with open(workdir / "daemon.log", "ab") as log:
-            self.daemon = lab.spawn(
+        self.cfg.write_text(config(workdir, list(self.rs.values()), interval_s, fall, passive, dataplane))
+        self.daemon: subprocess.Popen[Any] | None = None
+        if start:
+            self.start_daemon()
+
+    def start_daemon(self) -> None:
+        with open(self.workdir / "daemon.log", "ab") as log:
+            self.daemon = self.lab.spawn(
                 self.director, [LVS_HA, "run", "-c", str(self.cfg)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
             )
         wait_for(lambda: self.all_up(), 30, 0.1, "the daemon up with every realserver up")
+
+    def stop_daemon(self) -> int | None:
+        """SIGTERM the daemon (an orderly stop) and reap it; its exit status."""
+        assert self.daemon is not None
+        return self.lab.stop(self.daemon, signal.SIGTERM, timeout=30)
 
     def start_server(self, name: str) -> None:
         self.servers[name] = self.lab.spawn(

@@ -111,6 +111,18 @@ def test_a_clients_own_rst_is_not_counted() -> None:
     assert w.feed(events(message("destroy", 3, DST_NAT | IPS_SEEN_REPLY, TCP_CLOSE, reply_packets=5))[0], 0.3) is None
 
 
+def test_ipvs_nat_entries_without_the_dst_nat_bit_classify_the_same() -> None:
+    """The events IPVS NAT makes with net.ipv4.vs.conntrack=1, as read on Linux 6.1 in the VM: the reply tuple
+    names the realserver, the status has no DST_NAT bit (CONFIRMED; DYING = 1 << 9 on the destroy)."""
+    dying = 1 << 9
+    w = watch()
+    assert w.feed(events(message("new", 1, CONFIRMED, TCP_SYN_SENT))[0], 0.0) is None
+    obs = w.feed(events(message("destroy", 1, CONFIRMED | dying, TCP_CLOSE, reply_packets=1))[0], 0.001)
+    assert obs == Observation("reset", 6, VIP, RS)
+    w.feed(events(message("new", 2, CONFIRMED, TCP_SYN_SENT))[0], 1.0)
+    assert w.sweep(2.0) == [Observation("unanswered", 6, VIP, RS)]
+
+
 def test_a_syn_left_unanswered_for_syn_timeout_is_reported_once() -> None:
     w = watch(timeout=1.0)
     w.feed(events(message("new", 1, DST_NAT, TCP_SYN_SENT))[0], 0.0)
