@@ -29,6 +29,18 @@ from pathlib import Path
 from typing import Any
 
 
+def exit_on_sigterm() -> None:
+    """For scripts that build labs (the benchmarks): SIGTERM, SIGHUP and SIGINT unwind like Ctrl-C, so every ``Lab``
+    tears down its namespaces and processes, also when the script was started in the background (which ignores
+    SIGINT) or is stopped with ``kill``."""
+
+    def unwind(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, unwind)
+
+
 def lvs_ha_command() -> str:
     """The ``lvs-ha`` console script of the install these tests run on, refused unless that install is what an
     operator's would be: a virtualenv (the script beside its interpreter, as pip puts it) whose base Python cannot
