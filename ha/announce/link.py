@@ -95,6 +95,7 @@ class AnnounceLink:
         except BaseException:
             self.core.announced = frozenset()  # never announced: nothing to withdraw
             raise
+        self._wake_at = d.wake_at  # an announce_delay already running: the decide loop must wake for it
         self._report(d)
         self.state = await self.rd.state()
         loop = asyncio.get_running_loop()

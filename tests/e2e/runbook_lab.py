@@ -14,7 +14,8 @@ placed first on PATH, next to ``lab-service`` (the lab's stand-in for ``systemct
 
 Runbook markup (HTML comments, invisible when rendered), each applying to the next fenced ``sh`` block:
 
-    <!-- run: dir1 -->          execute the block on this lab host (dir1, dir2, client, rs1..rs3)
+    <!-- run: dir1 -->          execute the block on this lab host (dir1, dir2, client, rs1..rs3); several
+                                hosts (``run: rs1 rs2 rs3``): on each in turn, each meeting the expectations
     <!-- lab: CMD -->           run CMD instead of the block's text (for systemctl, apt, journalctl, ipvsadm)
     <!-- lab-replace: A => B --> run the block with the text A replaced by B (unused so far)
     <!-- expect: REGEX -->      the output (stdout + stderr) must match (re.search, multiline); may repeat
@@ -24,9 +25,11 @@ Runbook markup (HTML comments, invisible when rendered), each applying to the ne
     <!-- lab-do: ACTION ARGS --> (standalone) what the lab does between blocks: fail|heal|kill|start RS
                                 (a realserver's /healthz answers 503, again 200, its server dies, restarts),
                                 cut|uncut HOST [IFNAME] (a port on the bridge down / up), drop-vrrp HOST (a firewall
-                                rule dropping VRRP on HOST), copy-config SRC DST
+                                rule dropping VRRP on HOST), copy-config SRC DST[:FILE] (SRC's
+                                /etc/lvs-ha/lvs-ha.yaml to DST's /etc/lvs-ha/lvs-ha.yaml, or to /etc/lvs-ha/FILE)
     <!-- lab-setup: MODE -->    (once, at the top) pair (default: both directors run lvs-ha, dir1 MASTER),
-                                bare (nothing installed or running), keepalived (both directors run Keepalived)
+                                bare (nothing installed or running), keepalived (both directors run Keepalived),
+                                ecmp (a router and N directors with real IPVS: tests/e2e/ecmp_lab.py, in the VM)
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,8 @@ class Runbook:
     trailing_actions: list[tuple[str, str]]
 
 
+IPVS_SETUPS = frozenset({"ecmp"})  # setups whose lab needs real IPVS (tests/e2e/test_ipvs_runbooks.py, in the VM)
+
 _DIRECTIVE = re.compile(r"^<!--\s*([a-z-]+):\s*(.*?)\s*-->\s*$")
 
 
@@ -247,11 +251,23 @@ class Outcome:
     why: str = ""
 
 
+# the private mount points of a pair-lab director: (mount point, its directory under WORKDIR/HOST)
+DIRECTOR_MOUNTS = (
+    ("/etc/lvs-ha", "etc-lvs-ha"),
+    ("/etc/keepalived", "etc-keepalived"),
+    ("/var/lib/lvs-ha", "state"),
+    ("/run", "run"),
+)
+
+
 class RunbookLab:
     def __init__(self, lab: Lab, workdir: Path) -> None:
         self.lab = lab
         self.workdir = workdir
         self.hosts: dict[str, Host] = {}
+        self.directors: list[str] = list(DIRECTORS)  # the hosts whose lvs-ha / Keepalived the lab stops at the end
+        self.realservers: list[str] = list(REALSERVERS)
+        self.mounts: dict[str, tuple[tuple[str, str], ...]] = {n: DIRECTOR_MOUNTS for n in DIRECTORS}
         self.servers: dict[str, subprocess.Popen[Any]] = {}
         self.bindir = workdir / "bin"
         self.stub_etc = workdir / "stub" / "etc"
@@ -266,8 +282,6 @@ class RunbookLab:
             h = lab.host(name, [f"{front}/24"], bridge="front", sysctls=["net.ipv4.ip_forward=1"])
             lab.attach(h, [f"{back}/24"], ifname="eth1", bridge="back")
             self.hosts[name] = h
-            for sub in ("etc-lvs-ha", "etc-keepalived", "state", "run/lvs-ha"):
-                (self.workdir / name / sub).mkdir(parents=True, exist_ok=True)
         for name, addr in REALSERVERS.items():
             h = lab.host(name, [f"{addr}/24"], bridge="back")
             h.ip("route", "add", "default", "via", GW_VIP)
@@ -299,8 +313,17 @@ class RunbookLab:
             raise ValueError(f"unknown lab-setup {setup!r}")
 
     def _write_tools(self) -> None:
-        for d in (self.bindir, self.stub_etc / "lvs-ha", self.stub_etc / "keepalived", self.stub_varlib / "lvs-ha"):
-            d.mkdir(parents=True, exist_ok=True)
+        self.bindir.mkdir(parents=True, exist_ok=True)
+        # the overlays over /etc and /var/lib add the private mount points that the host's may lack
+        for mounts in self.mounts.values():
+            for point, _sub in mounts:
+                for top, stub in (("/etc/", self.stub_etc), ("/var/lib/", self.stub_varlib)):
+                    if point.startswith(top):
+                        (stub / point[len(top) :]).mkdir(parents=True, exist_ok=True)
+        for name, mounts in self.mounts.items():
+            for _point, sub in mounts:
+                (self.workdir / name / sub).mkdir(parents=True, exist_ok=True)
+            (self.workdir / name / "run" / "lvs-ha").mkdir(parents=True, exist_ok=True)
         # the runbooks' `lvs-ha` is the installed console script itself (a link on the lab's PATH)
         wrapper = self.bindir / "lvs-ha"
         wrapper.unlink(missing_ok=True)
@@ -310,25 +333,24 @@ class RunbookLab:
         service.chmod(0o755)
 
     def prelude(self, name: str) -> str:
-        """Shell lines that give this director its own /etc/lvs-ha, /etc/keepalived, /var/lib/lvs-ha and /run."""
+        """Shell lines that give this host its own directories (``self.mounts``: for a director /etc/lvs-ha,
+        /etc/keepalived, /var/lib/lvs-ha and /run)."""
         d = self.workdir / name
         q = shlex.quote
-        return textwrap.dedent(f"""\
-            set -e
-            mount -t overlay lab-etc -o lowerdir={q(str(self.stub_etc))}:/etc /etc
-            mount -t overlay lab-varlib -o lowerdir={q(str(self.stub_varlib))}:/var/lib /var/lib
-            mount --bind {q(str(d / "etc-lvs-ha"))} /etc/lvs-ha
-            mount --bind {q(str(d / "etc-keepalived"))} /etc/keepalived
-            mount --bind {q(str(d / "state"))} /var/lib/lvs-ha
-            mount --bind {q(str(d / "run"))} /run
-            export PATH={q(str(self.bindir))}:$PATH
-            cd /root 2>/dev/null || cd /
-            set +e
-            """)
+        binds = "".join(f"mount --bind {q(str(d / sub))} {q(point)}\n" for point, sub in self.mounts[name])
+        return (
+            "set -e\n"
+            f"mount -t overlay lab-etc -o lowerdir={q(str(self.stub_etc))}:/etc /etc\n"
+            f"mount -t overlay lab-varlib -o lowerdir={q(str(self.stub_varlib))}:/var/lib /var/lib\n"
+            f"{binds}"
+            f"export PATH={q(str(self.bindir))}:$PATH\n"
+            "cd /root 2>/dev/null || cd /\n"
+            "set +e\n"
+        )
 
     def argv(self, name: str, script: str) -> list[str]:
-        """The command line that runs ``script`` on host ``name`` (directors: in their private mount namespace)."""
-        if name in DIRECTORS:
+        """The command line that runs ``script`` on host ``name`` (in its private mount namespace if it has one)."""
+        if name in self.mounts:
             return ["unshare", "--mount", "--propagation", "private", "bash", "-c", self.prelude(name) + script]
         return ["bash", "-c", f"export PATH={shlex.quote(str(self.bindir))}:$PATH\n{script}"]
 
@@ -359,7 +381,7 @@ class RunbookLab:
 
     def daemon_pids(self) -> list[int]:
         pids = []
-        for name in DIRECTORS:
+        for name in self.directors:
             for f in ("lvs-ha/lvs-ha.pid", "keepalived.pid"):
                 p = self.workdir / name / "run" / f
                 if p.exists() and p.read_text().strip().isdigit():
@@ -368,7 +390,7 @@ class RunbookLab:
 
     def stop_daemons(self) -> None:
         """Orderly stop (SIGTERM) of the daemons the runbooks started; Lab.close() kills what is left."""
-        for name in DIRECTORS:
+        for name in self.directors:
             if name in self.hosts:
                 self.shell(name, "lab-service stop lvs-ha; lab-service stop keepalived", timeout=60)
 
@@ -414,11 +436,13 @@ class RunbookLab:
                 "add rule inet firewall input ip protocol vrrp counter drop",
             )
             return
-        if verb == "copy-config":  # copy-config SRC DST: what scp of /etc/lvs-ha/lvs-ha.yaml does
-            src, dst = (self.workdir / n / "etc-lvs-ha" / "lvs-ha.yaml" for n in args)
+        if verb == "copy-config":  # copy-config SRC DST[:FILE]: what scp of /etc/lvs-ha/lvs-ha.yaml does
+            dst_host, _, dst_file = args[1].partition(":")
+            src = self.workdir / args[0] / "etc-lvs-ha" / "lvs-ha.yaml"
+            dst = self.workdir / dst_host / "etc-lvs-ha" / (dst_file or "lvs-ha.yaml")
             dst.write_bytes(src.read_bytes())
             return
-        if target not in REALSERVERS:
+        if target not in self.realservers:
             raise ValueError(f"lab-do: unknown realserver {target!r}")
         fail = self.workdir / target / "fail"
         if verb == "fail":  # /healthz answers 503
@@ -436,13 +460,21 @@ class RunbookLab:
     def run_block(self, block: Block) -> Outcome:
         for verb, target in block.actions:
             self.do(verb, target)
-        if block.host not in self.hosts:
-            return Outcome(False, -1, "", f"unknown lab host {block.host!r}")
+        outcome = Outcome(False, -1, "", "no host")
+        for host in str(block.host).split():
+            outcome = self._run_on(host, block)
+            if not outcome.ok:
+                return Outcome(False, outcome.rc, outcome.output, f"{host}: {outcome.why}")
+        return outcome
+
+    def _run_on(self, host: str, block: Block) -> Outcome:
+        if host not in self.hosts:
+            return Outcome(False, -1, "", f"unknown lab host {host!r}")
         deadline_s = max(block.retry_s, 0.0)
         end = time.monotonic() + deadline_s
         while True:
             try:
-                r = self.shell(str(block.host), block.command, timeout=90)
+                r = self.shell(host, block.command, timeout=90)
                 rc, out = r.returncode, r.stdout + (("\n[stderr]\n" + r.stderr) if r.stderr else "")
             except subprocess.TimeoutExpired as e:
                 rc, out = -9, f"timed out after {e.timeout}s"
