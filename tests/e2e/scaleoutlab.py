@@ -68,6 +68,7 @@ class ScaleoutSpec:
     bfd_interval_s: float | None = 0.1  # None: no BFD (the hold timer alone finds a dead director)
     bfd_multiplier: int = 3
     withdraw_grace_s: float = 2.0
+    announce_delay_s: float = 0.0
     check_interval_s: float = 0.5
     check_timeout_s: float = 0.4
     port: int = 80
@@ -124,6 +125,8 @@ class ScaleoutLab:
             "hold_time": "6s",
             "withdraw_grace": spec.withdraw_grace_s,
         }
+        if spec.announce_delay_s:
+            announce["announce_delay"] = spec.announce_delay_s
         if spec.bfd_interval_s is not None:
             announce["bfd"] = {"interval": spec.bfd_interval_s, "multiplier": spec.bfd_multiplier}
         doc: dict[str, Any] = {

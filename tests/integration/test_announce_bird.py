@@ -195,3 +195,19 @@ def test_drain_director_without_announce_is_refused(so: ScaleoutLab) -> None:
     wait_for(lambda: so.status("dir1") is not None, 30, 0.1, "dir1's API")
     r = so.cli("dir1", "drain-director")
     assert r.returncode == 1 and "needs announce" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_an_announce_delay_that_starts_with_the_daemon_runs_out(tmp_path: Path) -> None:
+    """The services meet their quorum at start: the delay starts then, and the VIP is announced when it is over
+    (it once never was: nothing woke the daemon for a delay that began before its decide loop)."""
+    with Lab("and") as lab:
+        spec = ScaleoutSpec(directors=1, realservers=1, dataplane="memory", announce_delay_s=1.0)
+        s = ScaleoutLab(lab, tmp_path, spec).build()
+        s.start_router()
+        try:
+            s.start_director("dir1")
+            s.wait_nexthops({"dir1"})
+            a = announce_status(s, "dir1")
+            assert a["prefixes"][0]["announced"] is True, a
+        finally:
+            print(s.logs())
