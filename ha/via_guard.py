@@ -35,9 +35,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from lvs.cthooks import Run, run_nft  # one way to run nft -f - with a script
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +103,6 @@ def render(interfaces: Iterable[str], replies: Iterable[Reply]) -> str:
 
 def render_remove() -> str:
     return f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
-
-
-Run = Callable[[Sequence[str], str], tuple[int, str]]  # argv, stdin -> (exit status, stderr)
-
-
-def run_nft(argv: Sequence[str], stdin: str) -> tuple[int, str]:
-    try:
-        r = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as e:
-        return 127, str(e)
-    return r.returncode, r.stderr.strip()
 
 
 class Guard:
