@@ -165,6 +165,20 @@ class PassiveLab:
         code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9109/metrics').read().decode())"
         return self.director.run("python3", "-c", code).stdout
 
+    def wait_passive_down(self, name: str, within_s: float = 8.0) -> dict[str, Any]:
+        """``name``'s status row once it is down; AssertionError (with the daemon's log) if not within ``within_s``.
+        With the checks' fall 3 at a 5 s interval only passive health can take it down within 8 s of a crash."""
+        try:
+            row: dict[str, Any] = wait_for(
+                lambda: (r := self.row(name)) is not None and r["health"] == "down" and r,
+                within_s,
+                0.1,
+                f"{name} down from passive health",
+            )
+        except TimeoutError:
+            raise AssertionError(f"{name} not taken down within {within_s:g} s\n" + self.log_tail()) from None
+        return row
+
     def log_tail(self, n: int = 30) -> str:
         p = self.workdir / "daemon.log"
         return "\n".join(p.read_text(errors="replace").splitlines()[-n:]) if p.exists() else ""
