@@ -95,8 +95,7 @@ class AnnounceLink:
         except BaseException:
             self.core.announced = frozenset()  # never announced: nothing to withdraw
             raise
-        self._wake_at = d.wake_at  # an announce_delay already running: the decide loop must wake for it
-        self._report(d)
+        self._decided(d)
         self.state = await self.rd.state()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._decide_loop(), name="announce"), loop.create_task(self._watch())]
@@ -110,7 +109,7 @@ class AnnounceLink:
         d = self.core.decide(self._quorum, time.time())
         with contextlib.suppress(RoutingDaemonError, OSError, TimeoutError):
             await self.rd.set_prefixes(d.announce)
-        self._report(d)
+        self._decided(d)
         await self.rd.stop()
 
     async def reconfigure(self, cfg: Config) -> None:
@@ -166,7 +165,6 @@ class AnnounceLink:
             await self._apply(self.core.decide(self._quorum, time.time()))
 
     async def _apply(self, d: Decision) -> None:
-        self._wake_at = d.wake_at
         if self.rd_prefixes() != d.announce:
             try:
                 await self.rd.set_prefixes(d.announce)
@@ -174,10 +172,16 @@ class AnnounceLink:
             except RoutingDaemonError as e:
                 self.error = str(e)
                 log.error("announce: %s", e)
-        self._report(d)
+        self._decided(d)
         if d.exit:
             log.info("announce: the drain's grace is over: exiting (drain-director --exit)")
             self.request_exit()
+
+    def _decided(self, d: Decision) -> None:
+        """Every decision, however it was carried out: the decide loop wakes when it asks (an announce_delay or a
+        drain's grace running out), and the status and events show it."""
+        self._wake_at = d.wake_at
+        self._report(d)
 
     def rd_prefixes(self) -> frozenset[str]:
         return frozenset(self.rd.prefixes)
