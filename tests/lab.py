@@ -305,6 +305,11 @@ class Lab:
         self.procs.append(p)
         return p
 
+    def run_lvs_ha(self, host: Host | None, config: Path | str, log: Path, **kw: Any) -> subprocess.Popen[Any]:
+        """``lvs-ha run -c CONFIG`` (the install's console script) in ``host``, its output appended to ``log``."""
+        with open(log, "ab") as out:
+            return self.spawn(host, [LVS_HA, "run", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT, **kw)
+
     def stop(self, proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         """Signal a process group we started and reap it (SIGKILL after ``timeout``)."""
         if proc.poll() is None:

@@ -100,10 +100,7 @@ class PassiveLab:
             self.start_daemon()
 
     def start_daemon(self) -> None:
-        with open(self.workdir / "daemon.log", "ab") as log:
-            self.daemon = self.lab.spawn(
-                self.director, [LVS_HA, "run", "-c", str(self.cfg)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.daemon = self.lab.run_lvs_ha(self.director, self.cfg, self.workdir / "daemon.log", cwd=ROOT)
         wait_for(lambda: self.all_up(), 30, 0.1, "the daemon up with every realserver up")
 
     def stop_daemon(self) -> int | None:

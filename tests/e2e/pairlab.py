@@ -342,15 +342,7 @@ class PairLab:
         return self
 
     def start_daemon(self, name: str) -> subprocess.Popen[Any]:
-        log = open(self.workdir / name / "daemon.log", "ab")
-        p = self.lab.spawn(
-            self.hosts[name],
-            [LVS_HA, "run", "-c", str(self.config_path(name))],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        p = self.lab.run_lvs_ha(self.hosts[name], self.config_path(name), self.workdir / name / "daemon.log", cwd=ROOT)
         self.daemons[name] = p
         return p
 

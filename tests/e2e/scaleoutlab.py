@@ -232,15 +232,8 @@ class ScaleoutLab:
         return self.hosts["router"].run(BIRDC, "-s", str(self.workdir / "router-bird.ctl"), *cmd, check=False).stdout
 
     def start_director(self, name: str) -> subprocess.Popen[Any]:
-        log = open(self.workdir / name / "daemon.log", "ab")
-        p = self.lab.spawn(
-            self.hosts[name],
-            [LVS_HA, "run", "-c", str(self.workdir / name / "lvs-ha.yaml")],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        d = self.workdir / name
+        p = self.lab.run_lvs_ha(self.hosts[name], d / "lvs-ha.yaml", d / "daemon.log", cwd=ROOT)
         self.daemons[name] = p
         return p
 
