@@ -14,21 +14,7 @@ from ha.metrics import DaemonMetrics
 from ha.passive_link import Passive
 from ha.sysctl_keeper import SettingKeeper
 from lvs.cthooks import ConntrackHooks, ruleset
-
-
-class FakeSysctls:
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-        self.writes: list[tuple[str, str]] = []
-
-    def read(self, name: str) -> str:
-        if name not in self.values:
-            raise FileNotFoundError(name)
-        return self.values[name]
-
-    def write(self, name: str, value: str) -> None:
-        self.writes.append((name, value))
-        self.values[name] = value
+from tests.sysctls import FakeSysctls
 
 
 def test_the_keeper_records_the_operators_value_before_the_change_and_puts_it_back(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from ha.via_kernel import SysctlKeeper, wanted_settings
 from healthchecks.base import CheckResult, Target
 from healthchecks.via import through_vip
 from lvs.model import Forwarding, ServiceKey, TunnelType
+from tests.sysctls import FakeSysctls
 
 BASE = """
 node: {name: d1, state_dir: /tmp/via-unit, dataplane: DATAPLANE}
@@ -129,19 +130,8 @@ def test_allocate_skips_marks_out_of_range_and_stops_at_the_end() -> None:
     assert sorted(got.values()) == [10, 11] and len(got) == 2
 
 
-class FakeSysctl:
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-
-    def read(self, name: str) -> str:
-        return self.values[name]
-
-    def write(self, name: str, value: str) -> None:
-        self.values[name] = value
-
-
 def test_sysctl_keeper_sets_records_and_puts_back(tmp_path: Path) -> None:
-    fs = FakeSysctl(
+    fs = FakeSysctls(
         {
             "net.ipv4.conf.all.rp_filter": "1",
             "net.ipv4.conf.eth0.rp_filter": "0",

@@ -15,6 +15,7 @@ from ha.config.load import parse_config_text
 from ha.via import ViaProbes, plan_probes
 from ha.via_guard import Guard, Reply, render, render_remove
 from ha.via_kernel import SysctlKeeper, ViaDriver
+from tests.sysctls import FakeSysctls
 
 CONFIG = """
 node: {name: d1, state_dir: /nonexistent/via-guard-unit, dataplane: ipvs}
@@ -64,19 +65,16 @@ def test_render_guards_each_interface_and_lets_in_only_probe_replies() -> None:
         render(['eth0" accept; #'], [])
 
 
-class Recorder:
+class Recorder(FakeSysctls):
     """The sysctls (a dictionary) and nft (the interfaces each load guards), and the order of what happened."""
 
     def __init__(self, values: dict[str, str], nft_status: int = 0) -> None:
-        self.values = values
+        super().__init__(values)
         self.events: list[tuple[str, ...]] = []
         self.nft_status = nft_status
 
-    def read(self, name: str) -> str:
-        return self.values[name]
-
     def write(self, name: str, value: str) -> None:
-        self.values[name] = value
+        super().write(name, value)
         self.events.append(("sysctl", name.split(".")[3], name.split(".")[4], value))
 
     def nft(self, argv: Sequence[str], stdin: str) -> tuple[int, str]:
