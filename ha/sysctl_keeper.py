@@ -21,13 +21,32 @@ Read = Callable[[str], str]  # sysctl name (net.ipv4.vs.conntrack) -> value
 Write = Callable[[str, str], None]
 
 
+_SWAP = str.maketrans("./", "/.")
+
+
+def sysctl_path(name: str) -> str:
+    """The /proc/sys file of a setting named as sysctl(8) names it: dots separate the levels and a slash stands for a
+    dot inside one (interface eth0.100: ``net.ipv4.conf.eth0/100.rp_filter``)."""
+    return "/proc/sys/" + name.translate(_SWAP)
+
+
+def conf_name(iface: str, knob: str) -> str:
+    """``net.ipv4.conf.IFACE.KNOB`` for an interface whose name may hold dots (VLANs: eth0.100)."""
+    return f"net.ipv4.conf.{iface.replace('.', '/')}.{knob}"
+
+
+def conf_iface(name: str) -> str:
+    """The interface of a ``conf_name``."""
+    return name.split(".")[3].replace("/", ".")
+
+
 def proc_read(name: str) -> str:
-    with open("/proc/sys/" + name.replace(".", "/"), encoding="ascii") as f:
+    with open(sysctl_path(name), encoding="ascii") as f:
         return f.read().strip()
 
 
 def proc_write(name: str, value: str) -> None:
-    with open("/proc/sys/" + name.replace(".", "/"), "w", encoding="ascii") as f:
+    with open(sysctl_path(name), "w", encoding="ascii") as f:
         f.write(value)
 
 

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ha.config.model import Config
-from ha.sysctl_keeper import Read, SettingKeeper, Write, proc_read, proc_write
+from ha.sysctl_keeper import Read, SettingKeeper, Write, conf_iface, conf_name, proc_read, proc_write
 from ha.via import ViaProbes, plan_probes, status_rows
 from ha.via_guard import Guard, Reply
 from lvs.model import ServiceKey
@@ -40,7 +40,6 @@ from lvs.model import ServiceKey
 log = logging.getLogger(__name__)
 
 FILE_NAME = "via-sysctls.json"
-CONF = "/proc/sys/net/ipv4/conf"
 
 
 def route_of(address: str) -> tuple[str, str | None] | None:
@@ -61,11 +60,11 @@ def route_of(address: str) -> tuple[str, str | None] | None:
 
 def wanted_settings(iface: str, read: Read) -> dict[str, str]:
     """What ``iface`` needs (name -> value), given its current settings. Pure but for ``read``."""
-    out = {f"net.ipv4.conf.{iface}.accept_local": "1"}
+    out = {conf_name(iface, "accept_local"): "1"}
     rp_all = int(read("net.ipv4.conf.all.rp_filter") or 0)
-    rp_dev = int(read(f"net.ipv4.conf.{iface}.rp_filter") or 0)
+    rp_dev = int(read(conf_name(iface, "rp_filter")) or 0)
     if max(rp_all, rp_dev) == 1:
-        out[f"net.ipv4.conf.{iface}.rp_filter"] = "2"
+        out[conf_name(iface, "rp_filter")] = "2"
     return out
 
 
@@ -83,7 +82,7 @@ class SysctlKeeper(SettingKeeper):
         wanted: dict[str, str] = {}
         for iface in sorted(new):
             # what we already set there stays (accept_local 1, rp_filter 2: a filter we loosened reads loose now)
-            prefix = f"net.ipv4.conf.{iface}."
+            prefix = conf_name(iface, "")
             wanted.update(
                 {n: "1" if n.endswith(".accept_local") else "2" for n in self.original if n.startswith(prefix)}
             )
@@ -97,7 +96,7 @@ class SysctlKeeper(SettingKeeper):
 
     def turns_on(self, iface: str) -> bool:
         """Whether ``accept_local`` on ``iface`` is (or would be) on because of us: recorded, or not on yet."""
-        name = f"net.ipv4.conf.{iface}.accept_local"
+        name = conf_name(iface, "accept_local")
         if name in self.original:
             return True
         try:
@@ -107,7 +106,7 @@ class SysctlKeeper(SettingKeeper):
 
     def turned_on(self) -> frozenset[str]:
         """The interfaces where ``accept_local`` is on because of us (the original value is recorded)."""
-        return frozenset(n.split(".")[3] for n in self.original if n.endswith(".accept_local"))
+        return frozenset(conf_iface(n) for n in self.original if n.endswith(".accept_local"))
 
     def restore(self) -> list[str]:
         """Put every recorded setting back; the changes made."""

@@ -12,6 +12,7 @@ import pytest
 from ha.config import ConfigErrors
 from ha.config.load import parse_config_text
 from ha.dataplane import compute_desired
+from ha.sysctl_keeper import sysctl_path
 from ha.via import allocate, plan_probes, status_rows, target_of
 from ha.via_kernel import SysctlKeeper, wanted_settings
 from healthchecks.base import CheckResult, Target
@@ -201,3 +202,23 @@ def test_several_checks_each_with_or_without_the_vip_path() -> None:
     # too few marks for the paths of several checks: a config error at lvs.probe_marks
     small = text + "lvs: {probe_marks: '5-7'}\n"  # four paths
     assert [p for p, m in errors(small) if "holds only 3 marks" in m] == ["lvs.probe_marks"]
+
+
+def test_a_vlan_interface_is_named_as_sysctl_names_it(tmp_path: Path) -> None:
+    # a dot in an interface's name is a slash in the setting's name, and a dot again in its /proc/sys path
+    fs = FakeSysctls(
+        {
+            "net.ipv4.conf.all.rp_filter": "1",
+            "net.ipv4.conf.eth0/100.rp_filter": "1",
+            "net.ipv4.conf.eth0/100.accept_local": "0",
+        }
+    )
+    k = SysctlKeeper(str(tmp_path), fs.read, fs.write)
+    assert k.set_interfaces(["eth0.100"]) == [
+        "net.ipv4.conf.eth0/100.accept_local: 0 -> 1",
+        "net.ipv4.conf.eth0/100.rp_filter: 1 -> 2",
+    ]
+    assert k.turned_on() == frozenset({"eth0.100"})
+    assert sysctl_path("net.ipv4.conf.eth0/100.accept_local") == "/proc/sys/net/ipv4/conf/eth0.100/accept_local"
+    k.restore()
+    assert fs.values["net.ipv4.conf.eth0/100.accept_local"] == "0" and k.turned_on() == frozenset()
