@@ -170,12 +170,13 @@ def state_dir_problem(path: str) -> str | None:
     return None
 
 
-def ensure_state_dir(path: str) -> None:
-    """Make the state directory if missing (owner only), then check it. Raises UnsafeFile or OSError."""
+def ensure_state_dir(path: str, what: str = "node.state_dir") -> None:
+    """Make the state directory if missing (owner only), then check it. Raises UnsafeFile (``what: problem``) or
+    OSError."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     problem = state_dir_problem(path)
     if problem is not None:
-        raise UnsafeFile(f"node.state_dir: {problem}")
+        raise UnsafeFile(f"{what}: {problem}")
 
 
 __all__ = [

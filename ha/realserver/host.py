@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from ha.config.files import state_dir_problem
+from ha.config.files import UnsafeFile, ensure_state_dir
 from ha.config.model import RealserverHostConfig
 from ha.realserver.plan import (
     Change,
@@ -136,12 +136,11 @@ def read_record(state_dir: str) -> list[Change] | None:
 def _state_dir(state_dir: str) -> None:
     """Made if missing (owner only); refused when others could plant files in it (HostError)."""
     try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        ensure_state_dir(state_dir, f"cannot keep the record in {state_dir}")
+    except UnsafeFile as e:
+        raise HostError(str(e)) from None
     except OSError as e:
         raise HostError(f"cannot keep the record in {state_dir}: {e.strerror or e}") from None
-    problem = state_dir_problem(state_dir)
-    if problem is not None:
-        raise HostError(f"cannot keep the record in {state_dir}: {problem}")
 
 
 def write_record(state_dir: str, record: list[Change]) -> None:
